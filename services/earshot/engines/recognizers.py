@@ -1,0 +1,116 @@
+"""The recogniser protocol every engine implements, and the errors it raises.
+
+A :class:`Recognizer` is long-lived and shared by every stream of a process; a
+:class:`RecognizerStream` belongs to one audio stream (one call, one speaker). Audio is float32 mono
+PCM in [-1, 1) at the recogniser's own :attr:`Recognizer.sample_rate`: resampling is the caller's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from earshot.events import Recognition
+
+Samples = npt.NDArray[np.float32]
+
+
+class EngineError(Exception):
+    """A recogniser failed; the stream cannot go on."""
+
+
+class EngineOverloaded(EngineError):
+    """The engine's inference queue stayed full for longer than the configured wait.
+
+    Retryable: the client should come back later.
+    """
+
+
+class RecognizerStream(Protocol):
+    """One audio stream being recognised."""
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        """Feed audio and return what it made the recogniser say (often nothing).
+
+        Raises:
+            EngineOverloaded: the audio was not taken; nothing of the stream is lost so far.
+            EngineError: the stream is broken.
+        """
+        ...
+
+    async def finish(self) -> list[Recognition]:
+        """End the stream: flush the audio still held and finalise a pending partial.
+
+        Always call it, also after an error: it frees the stream's resources. The returned list ends
+        with a final when the stream had unfinalised text.
+        """
+        ...
+
+
+class Recognizer(Protocol):
+    """A recognition engine: opens streams at its own sample rate."""
+
+    @property
+    def name(self) -> str:
+        """The engine name used in configuration and metrics labels (e.g. ``paraformer``)."""
+        ...
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate, in Hz, of the audio :meth:`RecognizerStream.accept` takes."""
+        ...
+
+    def open_stream(self) -> RecognizerStream:
+        """Start recognising a new stream."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop the engine's workers; streams still open fail afterwards."""
+        ...
+
+
+StreamT = TypeVar("StreamT")
+
+
+class BatchDecoder(Protocol[StreamT]):
+    """The synchronous core of an engine: per-stream state plus one batched decode step.
+
+    No asyncio and no threads of its own: :mod:`earshot.engines.batching` runs it on worker threads
+    for the in-process recogniser, and the Triton models in ``model-repo/`` call it from ``execute``.
+    A stream is used by one thread at a time.
+    """
+
+    @property
+    def name(self) -> str:
+        """The engine name (``paraformer``, ``kyutai``)."""
+        ...
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate, in Hz, of the audio :meth:`accept` takes."""
+        ...
+
+    def open(self) -> StreamT:
+        """Create the state of a new stream."""
+        ...
+
+    def accept(self, stream: StreamT, samples: Samples) -> None:
+        """Append audio to a stream (cheap: no inference)."""
+        ...
+
+    def finish(self, stream: StreamT) -> None:
+        """Mark the stream's input as ended; its next decode flushes it and finalises its text."""
+        ...
+
+    def decode(self, streams: Sequence[StreamT]) -> list[list[Recognition]]:
+        """Run inference on every stream that has enough audio, as one batch.
+
+        Returns:
+            For each stream, in order, the recognitions this step produced: a partial when the
+            segment's text changed, a final at an endpoint (the stream then starts a new segment)
+            or after :meth:`finish`.
+        """
+        ...

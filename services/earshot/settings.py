@@ -1,0 +1,101 @@
+"""The one settings object of a data-plane process, built from the environment at start-up.
+
+Every environment read of the data plane happens here. Names are ``EARSHOT_<FIELD>``; the variable
+names of the telephony server earshot replaces stay accepted as aliases (PROTOCOLS.md §1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from earshot.audio.codecs import Codec
+
+
+def _env(name: str, *aliases: str) -> AliasChoices:
+    return AliasChoices(f"EARSHOT_{name}", *aliases)
+
+
+def default_cache_dir() -> Path:
+    """Where models and the embedded database live when nothing else is configured."""
+    return Path.home() / ".cache" / "earshot"
+
+
+class Settings(BaseSettings):
+    """Configuration of the gateway (and, later, the persister) process."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
+    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT"))
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias=_env("LOG_LEVEL")
+    )
+
+    audio_codec: Codec = Field(
+        Codec.ALAW, validation_alias=_env("AUDIO_CODEC", "AUDIO_INPUT_FORMAT"),
+        description="Encoding of the client's binary frames: alaw, ulaw or pcm16le.",
+    )
+    audio_rate: Literal[8000, 16000] = Field(
+        8000, validation_alias=_env("AUDIO_RATE", "AUDIO_SOURCE_RATE"),
+        description="Sample rate of the client's audio in Hz.",
+    )
+    max_frame_bytes: int = Field(
+        64_000, gt=0, validation_alias=_env("MAX_FRAME_BYTES"),
+        description="Largest binary frame accepted; larger frames end the stream with 1009.",
+    )
+    return_transcription: bool = Field(
+        True, validation_alias=_env("RETURN_TRANSCRIPTION", "RETURN_TRANSCRIPTION"),
+        description="False: recognise and store, but send nothing to the client.",
+    )
+
+    engine: Literal["paraformer"] = Field("paraformer", validation_alias=_env("ENGINE"))
+    model_dir: Path | None = Field(
+        None, validation_alias=_env("MODEL_DIR", "MODEL_PATH"),
+        description="Directory with encoder/decoder ONNX files and tokens.txt; unset: the tiny model.",
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir, validation_alias=_env("CACHE_DIR"))
+    inference_workers: int = Field(
+        1, ge=1, validation_alias=_env("INFERENCE_WORKERS", "ASR_INFERENCE_WORKERS"),
+        description="Threads that run the recogniser (each decodes a batch of streams at a time).",
+    )
+    inference_queue_size: int = Field(
+        256, ge=1, validation_alias=_env("INFERENCE_QUEUE_SIZE", "ASR_INFERENCE_QUEUE_SIZE"),
+        description="Chunks waiting for inference, all streams together, before clients wait.",
+    )
+    inference_queue_timeout_seconds: float = Field(
+        2.0, gt=0,
+        validation_alias=_env(
+            "INFERENCE_QUEUE_TIMEOUT_SECONDS", "ASR_INFERENCE_QUEUE_TIMEOUT_SECONDS"
+        ),
+        description="How long a chunk may wait for a queue slot before the client gets 1013.",
+    )
+    inference_threads: int = Field(
+        1, ge=1, validation_alias=_env("INFERENCE_THREADS"),
+        description="ONNX Runtime threads per recogniser worker.",
+    )
+
+    segments_url: str = Field(
+        "", validation_alias=_env("SEGMENTS_URL", "MYSQL_DATABASE_URL"),
+        description="sqlite:///path or mysql://user:pass@host/db; empty: SQLite in the cache dir.",
+    )
+    partials_url: str = Field(
+        "memory://", validation_alias=_env("PARTIALS_URL", "REDIS_URL"),
+        description="memory:// or redis://host:port/db.",
+    )
+    partial_ttl_seconds: int = Field(300, gt=0, validation_alias=_env("PARTIAL_TTL_SECONDS"))
+
+    @field_validator("audio_codec", mode="before")
+    @classmethod
+    def _known_codec(cls, value: object) -> object:
+        if isinstance(value, str) and value.lower() not in {c.value for c in Codec}:
+            known = ", ".join(c.value for c in Codec)
+            raise ValueError(f"unknown audio codec {value!r}; use one of: {known}")
+        return value.lower() if isinstance(value, str) else value
+
+    def resolved_segments_url(self) -> str:
+        """The segment store URL, defaulting to a SQLite file in the cache directory."""
+        return self.segments_url or f"sqlite:///{self.cache_dir / 'earshot.sqlite3'}"
