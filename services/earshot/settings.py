@@ -9,10 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from earshot.audio.codecs import Codec
+
+
+SOURCE_RATES = (8000, 16000)
 
 
 def _env(name: str, *aliases: str) -> AliasChoices:
@@ -35,11 +38,16 @@ class Settings(BaseSettings):
         "info", validation_alias=_env("LOG_LEVEL")
     )
 
+    access_token: SecretStr | None = Field(
+        None, validation_alias=_env("ACCESS_TOKEN"),
+        description="When set, clients must send it (Bearer header or ?token=); unset: no auth.",
+    )
+
     audio_codec: Codec = Field(
         Codec.ALAW, validation_alias=_env("AUDIO_CODEC", "AUDIO_INPUT_FORMAT"),
         description="Encoding of the client's binary frames: alaw, ulaw or pcm16le.",
     )
-    audio_rate: Literal[8000, 16000] = Field(
+    audio_rate: int = Field(
         8000, validation_alias=_env("AUDIO_RATE", "AUDIO_SOURCE_RATE"),
         description="Sample rate of the client's audio in Hz.",
     )
@@ -95,6 +103,13 @@ class Settings(BaseSettings):
             known = ", ".join(c.value for c in Codec)
             raise ValueError(f"unknown audio codec {value!r}; use one of: {known}")
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("audio_rate")
+    @classmethod
+    def _known_rate(cls, value: int) -> int:
+        if value not in SOURCE_RATES:
+            raise ValueError(f"unsupported audio rate {value} Hz; use 8000 or 16000")
+        return value
 
     def resolved_segments_url(self) -> str:
         """The segment store URL, defaulting to a SQLite file in the cache directory."""
