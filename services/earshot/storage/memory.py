@@ -1,0 +1,66 @@
+"""The in-process partial store of the embedded default (one process, no servers).
+
+It behaves like the Redis store: a partial expires ``ttl_seconds`` after its last write (checked
+when it is read; there is no sweeper task), and the final counter never goes down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from earshot.events import Partial, SessionId
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    partial: Partial
+    expires_at: float
+
+
+class MemoryPartialStore:
+    """Partials and final counters in dictionaries; nothing survives the process."""
+
+    def __init__(self, *, ttl_seconds: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """Create an empty store.
+
+        Args:
+            ttl_seconds: how long a partial lives after its last write.
+            clock: monotonic seconds; tests pass a fake one to expire partials without sleeping.
+        """
+        if ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._partials: dict[SessionId, _Entry] = {}
+        self._counters: dict[SessionId, int] = {}
+
+    async def put_partial(self, partial: Partial) -> None:
+        """Replace the session's current partial and restart its TTL."""
+        self._partials[partial.session_id] = _Entry(partial, self._clock() + self._ttl)
+
+    async def commit_final(self, session_id: SessionId, seq: int) -> None:
+        """Raise the counter to ``seq`` (never lower it); drop partials numbered up to ``seq``."""
+        self._counters[session_id] = max(self._counters.get(session_id, 0), seq)
+        entry = self._partials.get(session_id)
+        # A partial of a later segment (replayed commits) is still current: keep it.
+        if entry is not None and entry.partial.seq <= seq:
+            del self._partials[session_id]
+
+    async def last_seq(self, session_id: SessionId) -> int:
+        """The number of the session's last final, 0 when none."""
+        return self._counters.get(session_id, 0)
+
+    async def current_partial(self, session_id: SessionId) -> Partial | None:
+        """The session's current partial, or None when there is none or it expired."""
+        entry = self._partials.get(session_id)
+        if entry is None:
+            return None
+        if entry.expires_at <= self._clock():
+            del self._partials[session_id]
+            return None
+        return entry.partial
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

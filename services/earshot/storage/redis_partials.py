@@ -1,0 +1,174 @@
+"""The Redis partial store, with the keys of the telephony server it replaces (PROTOCOLS.md §1).
+
+* ``asr:sess:{id}:current``: a hash ``{content, seq, ts}`` with a TTL, rewritten by every partial.
+  ``ts`` is the partial's time as Unix seconds, a decimal string with microseconds
+  (``"1763690000.123456"``): what ``time.time()`` wrote in the older server, and sortable.
+* ``asr:sess:{id}:seq``: the number of the session's last final, an integer string without TTL.
+
+The counter is raised by a Lua script so that it never goes down, whatever order writers run in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from earshot.events import Partial, SessionId
+from earshot.storage.ports import StorageError
+
+# KEYS[1] counter, KEYS[2] current hash; ARGV[1] seq. Returns the counter after the call.
+# The hash goes only when its partial belongs to a segment up to seq: a replayed commit must not
+# drop the partial of a later segment.
+_COMMIT_FINAL_LUA = """
+local counter = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local seq = tonumber(ARGV[1])
+if seq > counter then
+  redis.call('SET', KEYS[1], ARGV[1])
+  counter = seq
+end
+local current = tonumber(redis.call('HGET', KEYS[2], 'seq') or '')
+if current == nil or current <= seq then
+  redis.call('DEL', KEYS[2])
+end
+return counter
+"""
+
+# The caller (the persister) retries with its own spool; a store call gives up after a short while.
+_RETRIES = 2
+_SOCKET_TIMEOUT_SECONDS = 5.0
+
+
+def current_key(session_id: SessionId) -> str:
+    """The key of the session's current-partial hash."""
+    return f"asr:sess:{session_id}:current"
+
+
+def counter_key(session_id: SessionId) -> str:
+    """The key of the session's final counter."""
+    return f"asr:sess:{session_id}:seq"
+
+
+def unix_seconds(moment: datetime) -> str:
+    """A time as the ``ts`` field holds it; a naive time is taken as UTC."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return f"{aware.timestamp():.6f}"
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextlib.contextmanager
+def _storage_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StorageError(f"Redis partial store at {where} failed: {exc}") from exc
+
+
+class RedisPartialStore:
+    """Partials and final counters in Redis (``redis://``, ``rediss://`` or ``unix://``)."""
+
+    def __init__(self, client: Redis, *, ttl_seconds: int, where: str) -> None:
+        """Wrap a client; prefer :meth:`from_url`.
+
+        Args:
+            client: the Redis client; the store owns it and closes it in :meth:`aclose`.
+            ttl_seconds: how long a partial lives after its last write.
+            where: the server as error messages name it (no password).
+        """
+        if ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
+        self._redis = client
+        self._ttl = ttl_seconds
+        self._where = where
+        self._commit_final = client.register_script(_COMMIT_FINAL_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl_seconds: int) -> RedisPartialStore:
+        """Create a store for a Redis URL; nothing connects until the first call."""
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=_RETRIES)
+        client = Redis.from_url(
+            url,
+            retry=retry,
+            socket_connect_timeout=_SOCKET_TIMEOUT_SECONDS,
+            socket_timeout=_SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+        return cls(client, ttl_seconds=ttl_seconds, where=redacted(url))
+
+    async def put_partial(self, partial: Partial) -> None:
+        """Rewrite the session's current hash and restart its TTL, in one round trip."""
+        key = current_key(partial.session_id)
+        fields: dict[FieldT, EncodableT] = {
+            "content": partial.text,
+            "seq": str(partial.seq),
+            "ts": unix_seconds(partial.at),
+        }
+        with _storage_errors(self._where):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, self._ttl)
+                await pipe.execute()
+
+    async def commit_final(self, session_id: SessionId, seq: int) -> None:
+        """Raise the counter to ``seq`` (never lower it); drop partials numbered up to ``seq``."""
+        keys = [counter_key(session_id), current_key(session_id)]
+        with _storage_errors(self._where):
+            await self._commit_final(keys=keys, args=[seq])
+
+    async def last_seq(self, session_id: SessionId) -> int:
+        """The counter, 0 when the session has none."""
+        with _storage_errors(self._where):
+            raw = await self._redis.get(counter_key(session_id))
+        if raw is None:
+            return 0
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise StorageError(
+                f"Redis key {counter_key(session_id)} at {self._where} holds {raw!r}, "
+                "not an integer"
+            ) from exc
+
+    async def current_partial(self, session_id: SessionId) -> Partial | None:
+        """The session's current partial, or None when there is none (or it expired)."""
+        with _storage_errors(self._where):
+            raw = await self._redis.hgetall(current_key(session_id))
+        if not raw:
+            return None
+        fields = {_text(key): _text(value) for key, value in raw.items()}
+        try:
+            return Partial(
+                session_id=session_id,
+                seq=int(fields["seq"]),
+                text=fields["content"],
+                at=datetime.fromtimestamp(float(fields["ts"]), UTC),
+            )
+        except (KeyError, ValueError) as exc:
+            raise StorageError(
+                f"Redis hash {current_key(session_id)} at {self._where} is malformed: {fields!r}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Close the client and its connection pool."""
+        with _storage_errors(self._where):
+            await self._redis.aclose()

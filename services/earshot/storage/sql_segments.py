@@ -1,0 +1,225 @@
+"""The SQL segment store: the ``sessions`` and ``segments`` tables of PROTOCOLS.md §1.
+
+SQLAlchemy async Core on SQLite (aiosqlite, the embedded default) or MySQL/MariaDB (aiomysql).
+Tables are created when missing; tables the older telephony server created are used as they are.
+
+Writes are idempotent so that the persister may replay its spool: a segment's id is derived from
+(session, seq) and rows are inserted with ``INSERT IGNORE`` / ``INSERT OR IGNORE``, so the first
+write of a (session, seq) wins. Times are stored as naive UTC ``DATETIME`` (whole seconds on MySQL)
+and read back as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    CHAR,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Insert,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from earshot.events import Segment, SessionId
+from earshot.storage.ports import StorageError
+
+# Fixed forever (it is uuid5(NAMESPACE_DNS, "segments.earshot.dev")): ids written by earlier
+# releases must stay reproducible.
+SEGMENT_ID_NAMESPACE = uuid.UUID("63ac9d93-7aeb-5f84-9d68-b79cf4a839b8")
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    # A server started without configuration defaults to latin1, which cannot hold Chinese text.
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", CHAR(36), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("segment_seq", Integer, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Index("idx_session_seq", "session_id", "segment_seq"),
+    UniqueConstraint("session_id", "segment_seq", name="uq_segments_session_seq"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+
+def segment_id(session_id: SessionId, seq: int) -> str:
+    """The deterministic id of a session's segment ``seq``: uuid5 of ``"{session_id}:{seq}"``."""
+    return str(uuid.uuid5(SEGMENT_ID_NAMESPACE, f"{session_id}:{seq}"))
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """A time as the DATETIME columns hold it; a naive time is taken as UTC already."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the gateway read while the persister writes; the busy timeout rides out the short
+    # write locks of another process instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "busy_timeout=5000", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _create_engine(url: URL) -> AsyncEngine:
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, pool_pre_ping=True)
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        return engine
+    # MySQL closes idle connections after wait_timeout (8 h by default): recycle well before.
+    return create_async_engine(url, pool_pre_ping=True, pool_recycle=3600)
+
+
+class SqlSegmentStore:
+    """Sessions and segments in SQLite or MySQL/MariaDB."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        """Wrap an engine whose database already has the tables; prefer :meth:`open`."""
+        self._engine = engine
+        self._where = engine.url.render_as_string(hide_password=True)
+        ignore = {"mysql": "IGNORE", "mariadb": "IGNORE", "sqlite": "OR IGNORE"}
+        prefix = ignore.get(engine.dialect.name)
+        if prefix is None:
+            raise ValueError(f"no insert-or-ignore for SQL dialect {engine.dialect.name!r}")
+        self._insert_session = insert(sessions).prefix_with(prefix)
+        self._insert_segment = insert(segments).prefix_with(prefix)
+
+    @classmethod
+    async def open(cls, url: str | URL) -> SqlSegmentStore:
+        """Connect to an async database URL and create the tables that are missing.
+
+        Args:
+            url: ``sqlite+aiosqlite:///path`` or ``mysql+aiomysql://user:pass@host:port/db``.
+
+        Raises:
+            StorageError: when the database cannot be reached or the tables cannot be created.
+        """
+        store = cls(_create_engine(make_url(url)))
+        try:
+            await store._create_schema()
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    async def _create_schema(self) -> None:
+        # Two processes (gateway, persister) may race to create the tables: the loser finds them on
+        # its second look.
+        for attempt in (1, 2):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all, checkfirst=True)
+                return
+            except SQLAlchemyError as exc:
+                if attempt == 2:
+                    message = (
+                        f"segment store at {self._where} cannot be opened (connect, create tables)"
+                    )
+                    raise StorageError(f"{message}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"segment store at {self._where} failed: {exc}") from exc
+
+    async def ensure_session(self, session_id: SessionId, user_id: str | None) -> None:
+        """Create the session's row if missing; fill in its user when it was stored without one."""
+        async with self._transaction() as conn:
+            await conn.execute(self._session_row(session_id, user_id))
+            if user_id is not None:
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.user_id.is_(None))
+                    .values(user_id=user_id)
+                )
+
+    async def add_segment(self, segment: Segment) -> None:
+        """Store a segment (and its session's row if missing); a stored (session, seq) is kept."""
+        # MySQL's INSERT IGNORE would also swallow a foreign-key failure and lose the segment:
+        # make sure the session row exists in the same transaction.
+        async with self._transaction() as conn:
+            await conn.execute(self._session_row(segment.session_id, None))
+            await conn.execute(
+                self._insert_segment.values(
+                    id=segment_id(segment.session_id, segment.seq),
+                    session_id=segment.session_id,
+                    segment_seq=segment.seq,
+                    content=segment.text,
+                    created_at=_naive_utc(segment.created_at),
+                )
+            )
+
+    def _session_row(self, session_id: SessionId, user_id: str | None) -> Insert:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        return self._insert_session.values(id=session_id, user_id=user_id, created_at=now)
+
+    async def last_seq(self, session_id: SessionId) -> int:
+        """The highest stored segment number of the session, 0 when none."""
+        query = select(func.max(segments.c.segment_seq)).where(segments.c.session_id == session_id)
+        async with self._transaction() as conn:
+            highest = (await conn.execute(query)).scalar()
+        return int(highest or 0)
+
+    async def segments(self, session_id: SessionId) -> list[Segment]:
+        """Every stored segment of the session, in sequence order."""
+        query = (
+            select(segments.c.segment_seq, segments.c.content, segments.c.created_at)
+            .where(segments.c.session_id == session_id)
+            .order_by(segments.c.segment_seq)
+        )
+        async with self._transaction() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Segment(
+                session_id=session_id,
+                seq=seq,
+                text=content,
+                created_at=created_at.replace(tzinfo=UTC),
+            )
+            for seq, content, created_at in rows
+        ]
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
