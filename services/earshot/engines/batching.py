@@ -1,0 +1,277 @@
+"""An async :class:`Recognizer` over any synchronous :class:`BatchDecoder`, run on worker threads.
+
+May do: start, stop and join its own threads; resolve futures on the callers' event loop.
+Must not: run inference on the event loop, know which engine it drives, read settings other than
+those handed to :meth:`BatchingRecognizer.from_settings`.
+
+Work flows like this: ``accept`` takes a slot of a bounded queue (waiting at most the configured
+timeout, then :class:`EngineOverloaded`), appends a job to its stream and marks the stream
+runnable; a free worker takes every runnable stream (up to ``max_batch``), feeds each its jobs,
+decodes them all in one batch and hands each job's result back to its event loop, which frees the
+slot. A stream is runnable or on a worker, never both, so no stream decodes on two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic
+
+from earshot.engines.recognizers import (
+    BatchDecoder,
+    EngineError,
+    EngineOverloaded,
+    Samples,
+    StreamT,
+)
+from earshot.events import Recognition
+from earshot.settings import Settings
+
+DEFAULT_MAX_BATCH = 16
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One call waiting for a worker: audio to accept, or the end of the stream (``None``)."""
+
+    samples: Samples | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[Recognition]]
+    holds_slot: bool
+
+
+@dataclass(eq=False, slots=True)
+class _Work(Generic[StreamT]):
+    """A stream's decoder state and its jobs not yet taken by a worker."""
+
+    state: StreamT
+    jobs: list[_Job] = field(default_factory=list)
+    # In the run queue or on a worker: it then must not be queued again.
+    scheduled: bool = False
+
+
+_Batch = list[tuple[_Work[StreamT], list[_Job]]]
+
+
+class BatchingRecognizer(Generic[StreamT]):
+    """Runs a :class:`BatchDecoder` on worker threads that each decode many streams at once.
+
+    Use it from one event loop; call :meth:`aclose` to stop the workers.
+    """
+
+    def __init__(
+        self,
+        decoder: BatchDecoder[StreamT],
+        *,
+        workers: int = 1,
+        queue_size: int = 256,
+        queue_timeout: float = 2.0,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        """Start the workers.
+
+        Args:
+            decoder: the engine's synchronous core; it must accept calls from several threads on
+                different streams when ``workers`` is above one.
+            workers: worker threads.
+            queue_size: audio chunks waiting or being decoded, all streams together.
+            queue_timeout: how long, in seconds, ``accept`` waits for a free slot.
+            max_batch: the most streams one worker decodes in one call.
+        """
+        self._decoder = decoder
+        self._queue_timeout = queue_timeout
+        self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(queue_size)
+        self._lock = threading.Condition()
+        self._runnable: deque[_Work[StreamT]] = deque()
+        self._closing = False
+        self._exits: list[asyncio.Future[None]] = []
+        self._threads = [
+            threading.Thread(
+                target=self._serve, args=(i,), name=f"earshot-{decoder.name}-{i}", daemon=True
+            )
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @classmethod
+    def from_settings(
+        cls, decoder: BatchDecoder[StreamT], settings: Settings
+    ) -> BatchingRecognizer[StreamT]:
+        """Start a recogniser sized by ``inference_workers`` and the ``inference_queue_*`` settings."""
+        return cls(
+            decoder,
+            workers=settings.inference_workers,
+            queue_size=settings.inference_queue_size,
+            queue_timeout=settings.inference_queue_timeout_seconds,
+        )
+
+    @property
+    def name(self) -> str:
+        """The decoder's name."""
+        return self._decoder.name
+
+    @property
+    def sample_rate(self) -> int:
+        """The decoder's sample rate."""
+        return self._decoder.sample_rate
+
+    def open_stream(self) -> BatchedStream[StreamT]:
+        """Start recognising a new stream (cheap: creating decoder state runs no inference)."""
+        return BatchedStream(self, _Work(self._decoder.open()))
+
+    async def aclose(self) -> None:
+        """Stop and join every worker; calls still waiting fail with :class:`EngineError`."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._closing:
+                self._closing = True
+                self._exits = [loop.create_future() for _ in self._threads]
+                self._lock.notify_all()
+        # A worker's last act is to resolve its future, so joining afterwards does not block.
+        await asyncio.gather(*self._exits)
+        for thread in self._threads:
+            thread.join()
+        while self._runnable:
+            work = self._runnable.popleft()
+            self._post(work.jobs, None, EngineError("the recogniser was closed"))
+
+    async def _submit(self, work: _Work[StreamT], samples: Samples | None) -> list[Recognition]:
+        # The end of a stream takes no slot: it must always get through, also when overloaded.
+        holds_slot = samples is not None
+        if holds_slot:
+            await self._take_slot()
+        loop = asyncio.get_running_loop()
+        job = _Job(samples, loop, loop.create_future(), holds_slot)
+        with self._lock:
+            closing = self._closing
+            if not closing:
+                work.jobs.append(job)
+                self._schedule(work)
+        if closing:
+            self._settle(job, None, EngineError("the recogniser is closed"))
+        return await job.future
+
+    async def _take_slot(self) -> None:
+        if not self._slots.locked():
+            # A free slot is taken without suspending, so jobs queue in the order of the calls.
+            await self._slots.acquire()
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._queue_timeout)
+        except TimeoutError:
+            raise EngineOverloaded(
+                f"the {self.name} inference queue stayed full for {self._queue_timeout:g} s"
+            ) from None
+
+    def _schedule(self, work: _Work[StreamT]) -> None:
+        # Caller holds the lock.
+        if work.jobs and not work.scheduled:
+            work.scheduled = True
+            self._runnable.append(work)
+            self._lock.notify()
+
+    def _serve(self, index: int) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._run(batch)
+            with self._lock:
+                for work, _ in batch:
+                    work.scheduled = False
+                    self._schedule(work)
+        self._exits[index].get_loop().call_soon_threadsafe(self._exits[index].set_result, None)
+
+    def _next_batch(self) -> _Batch[StreamT] | None:
+        with self._lock:
+            while not self._runnable and not self._closing:
+                self._lock.wait()
+            if self._closing:
+                return None
+            batch: _Batch[StreamT] = []
+            while self._runnable and len(batch) < self._max_batch:
+                work = self._runnable.popleft()
+                batch.append((work, work.jobs))
+                work.jobs = []
+            return batch
+
+    def _run(self, batch: _Batch[StreamT]) -> None:
+        fed: _Batch[StreamT] = []
+        for work, jobs in batch:
+            try:
+                self._feed(work.state, jobs)
+            except Exception as error:
+                self._post(jobs, None, _as_engine_error(error))
+            else:
+                fed.append((work, jobs))
+        try:
+            results = self._decoder.decode([work.state for work, _ in fed])
+            if len(results) != len(fed):
+                raise EngineError(f"decode returned {len(results)} results for {len(fed)} streams")
+        except Exception as error:
+            for _, jobs in fed:
+                self._post(jobs, None, _as_engine_error(error))
+            return
+        for (_, jobs), recognitions in zip(fed, results, strict=True):
+            self._post(jobs, recognitions, None)
+
+    def _feed(self, state: StreamT, jobs: list[_Job]) -> None:
+        for job in jobs:
+            if job.samples is None:
+                self._decoder.finish(state)
+            else:
+                self._decoder.accept(state, job.samples)
+
+    def _post(
+        self, jobs: list[_Job], recognitions: list[Recognition] | None, error: EngineError | None
+    ) -> None:
+        # Several jobs of one stream decoded together: the step's results answer the last call.
+        for position, job in enumerate(jobs, start=1):
+            answer = recognitions if position == len(jobs) else []
+            # RuntimeError: the caller's loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(self._settle, job, answer, error)
+
+    def _settle(
+        self, job: _Job, recognitions: list[Recognition] | None, error: EngineError | None
+    ) -> None:
+        if job.holds_slot:
+            self._slots.release()
+        if job.future.done():  # the caller was cancelled
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(recognitions or [])
+
+
+class BatchedStream(Generic[StreamT]):
+    """One stream of a :class:`BatchingRecognizer` (a ``RecognizerStream``)."""
+
+    def __init__(self, recognizer: BatchingRecognizer[StreamT], work: _Work[StreamT]) -> None:
+        self._recognizer = recognizer
+        self._work = work
+        self._finished = False
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        """Feed audio; see :meth:`RecognizerStream.accept`."""
+        if self._finished:
+            raise EngineError("audio arrived after the stream was finished")
+        return await self._recognizer._submit(self._work, samples)
+
+    async def finish(self) -> list[Recognition]:
+        """End the stream; see :meth:`RecognizerStream.finish`. A second call returns nothing."""
+        if self._finished:
+            return []
+        self._finished = True
+        return await self._recognizer._submit(self._work, None)
+
+
+def _as_engine_error(error: Exception) -> EngineError:
+    if isinstance(error, EngineError):
+        return error
+    wrapped = EngineError(f"{type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped

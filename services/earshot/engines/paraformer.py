@@ -1,0 +1,202 @@
+"""The streaming Paraformer engine in process: sherpa-onnx's ``OnlineRecognizer`` as a BatchDecoder.
+
+May do: load a model with sherpa-onnx and run inference on the calling thread; build the tiny model
+into the cache directory. Must not: use asyncio or start threads (:mod:`earshot.engines.batching`
+runs it on workers, the Triton model calls it from ``execute``), read the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sherpa_onnx
+
+from earshot.engines import tiny_paraformer
+from earshot.engines.recognizers import EngineError, Samples
+from earshot.events import Recognition
+from earshot.settings import Settings
+
+SAMPLE_RATE = 16_000
+
+# sherpa decodes 0.61 s chunks and counts a chunk's last 0.18 s only with the next one, so audio
+# at the end of a stream needs up to ~0.85 s after it before it is decoded; zeros never add text.
+_TAIL_PADDING = np.zeros(SAMPLE_RATE, dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRules:
+    """When sherpa ends a segment (its endpoint rules 1 to 3), in seconds.
+
+    sherpa measures a Paraformer's trailing silence from the start of the last 0.6 s chunk that
+    produced a token, so it moves in steps of 0.6 s and is already 0.6 s after every chunk with
+    speech: ``silence_after_text`` must lie above 0.6, and every value below 1.2 behaves the same.
+    The default 1.0 ends a segment after one chunk without tokens, i.e. after 0.5 to 1.4 s of
+    silence. sherpa's own default 1.2 waits one chunk more: 120 frames of 10 ms add up, in
+    float32, to just below 1.2.
+    """
+
+    silence_without_text: float = 2.4
+    silence_after_text: float = 1.0
+    max_segment: float = 20.0
+
+
+@dataclass(eq=False, slots=True)
+class ParaformerStream:
+    """The state of one stream: sherpa's stream and what this engine last said about it."""
+
+    sherpa: Any
+    emitted: str = ""
+    finished: bool = False
+    done: bool = False
+
+
+class ParaformerDecoder:
+    """Decodes many streams with one sherpa-onnx streaming Paraformer (a ``BatchDecoder``)."""
+
+    def __init__(
+        self,
+        files: tiny_paraformer.ParaformerFiles,
+        *,
+        num_threads: int = 1,
+        endpoint: EndpointRules = EndpointRules(),
+    ) -> None:
+        """Load a model.
+
+        Args:
+            files: the model's encoder, decoder and tokens.
+            num_threads: ONNX Runtime threads for each inference call.
+            endpoint: when a segment ends.
+        """
+        self._recognizer = sherpa_onnx.OnlineRecognizer.from_paraformer(
+            tokens=str(files.tokens),
+            encoder=str(files.encoder),
+            decoder=str(files.decoder),
+            num_threads=num_threads,
+            sample_rate=SAMPLE_RATE,
+            enable_endpoint_detection=True,
+            rule1_min_trailing_silence=endpoint.silence_without_text,
+            rule2_min_trailing_silence=endpoint.silence_after_text,
+            rule3_min_utterance_length=endpoint.max_segment,
+        )
+
+    @property
+    def name(self) -> str:
+        """``paraformer``."""
+        return "paraformer"
+
+    @property
+    def sample_rate(self) -> int:
+        """16 kHz."""
+        return SAMPLE_RATE
+
+    def open(self) -> ParaformerStream:
+        """Create the state of a new stream."""
+        return ParaformerStream(sherpa=self._recognizer.create_stream())
+
+    def accept(self, stream: ParaformerStream, samples: Samples) -> None:
+        """Append 16 kHz float32 audio to a stream.
+
+        Raises:
+            EngineError: the stream was already finished.
+        """
+        if stream.finished:
+            raise EngineError("audio arrived after the stream was finished")
+        stream.sherpa.accept_waveform(SAMPLE_RATE, np.ascontiguousarray(samples, np.float32))
+
+    def finish(self, stream: ParaformerStream) -> None:
+        """Mark the input as ended; the next :meth:`decode` flushes it and finalises its text."""
+        if not stream.finished:
+            stream.sherpa.accept_waveform(SAMPLE_RATE, _TAIL_PADDING)
+            stream.sherpa.input_finished()
+            stream.finished = True
+
+    def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
+        """Decode every chunk the streams have ready, one batch per step.
+
+        Returns:
+            For each stream, in order: a final for every endpoint passed (the segment then starts
+            anew), then a partial when the open segment's text changed, or, for a finished stream,
+            a final with its remaining text. Empty text never yields a recognition.
+        """
+        said: list[list[Recognition]] = [[] for _ in streams]
+        while ready := [i for i, s in enumerate(streams) if self._is_ready(s)]:
+            self._recognizer.decode_streams([streams[i].sherpa for i in ready])
+            for i in ready:
+                said[i].extend(self._end_segment_at_endpoint(streams[i]))
+        for stream, recognitions in zip(streams, said, strict=True):
+            recognitions.extend(self._settle(stream))
+        return said
+
+    def _is_ready(self, stream: ParaformerStream) -> bool:
+        return not stream.done and bool(self._recognizer.is_ready(stream.sherpa))
+
+    def _end_segment_at_endpoint(self, stream: ParaformerStream) -> list[Recognition]:
+        # Checked after every step, not once per call: a backlog may hold several segments.
+        if not self._recognizer.is_endpoint(stream.sherpa):
+            return []
+        text = self._text(stream)
+        self._recognizer.reset(stream.sherpa)
+        stream.emitted = ""
+        return [Recognition(text=text, is_final=True)] if text else []
+
+    def _settle(self, stream: ParaformerStream) -> list[Recognition]:
+        if stream.done:
+            return []
+        text = self._text(stream)
+        if stream.finished:
+            stream.done = True
+            return [Recognition(text=text, is_final=True)] if text else []
+        if not text or text == stream.emitted:
+            return []
+        stream.emitted = text
+        return [Recognition(text=text, is_final=False)]
+
+    def _text(self, stream: ParaformerStream) -> str:
+        return str(self._recognizer.get_result(stream.sherpa)).strip()
+
+
+def load_paraformer(settings: Settings) -> ParaformerDecoder:
+    """Load the configured model, or the tiny one when no model directory is configured.
+
+    The tiny model is built once into ``<cache_dir>/models/tiny-paraformer`` and reused after.
+
+    Args:
+        settings: ``model_dir``, ``cache_dir`` and ``inference_threads`` are used.
+
+    Returns:
+        The decoder.
+
+    Raises:
+        tiny_paraformer.ModelFilesMissing: ``model_dir`` lacks a file.
+    """
+    if settings.model_dir is not None:
+        files = tiny_paraformer.ParaformerFiles.in_directory(settings.model_dir)
+    else:
+        files = cached_tiny_paraformer(settings.cache_dir)
+    return ParaformerDecoder(files, num_threads=settings.inference_threads)
+
+
+def cached_tiny_paraformer(cache_dir: Path) -> tiny_paraformer.ParaformerFiles:
+    """The tiny model under ``cache_dir``, built there first when missing.
+
+    It is built in a temporary directory and renamed into place, so a process that is killed
+    half-way or a second process building at the same time never leaves a broken model behind.
+    """
+    target = cache_dir / "models" / "tiny-paraformer"
+    with contextlib.suppress(tiny_paraformer.ModelFilesMissing):
+        return tiny_paraformer.ParaformerFiles.in_directory(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tiny-paraformer-") as scratch:
+        built = Path(scratch) / "model"
+        tiny_paraformer.build_tiny_paraformer(built)
+        # OSError: another process renamed its copy first, and theirs is as good.
+        with contextlib.suppress(OSError):
+            os.rename(built, target)
+    return tiny_paraformer.ParaformerFiles.in_directory(target)
