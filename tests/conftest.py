@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 
@@ -17,3 +19,9 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     me = asyncio.current_task()
     leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not me]
     assert not leaked, f"tasks leaked by the test: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory shared by the session, so the tiny model is built once."""
+    return tmp_path_factory.mktemp("earshot-cache")

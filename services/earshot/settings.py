@@ -14,7 +14,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from earshot.audio.codecs import Codec
 
-
 SOURCE_RATES = (8000, 16000)
 
 
@@ -39,59 +38,75 @@ class Settings(BaseSettings):
     )
 
     access_token: SecretStr | None = Field(
-        None, validation_alias=_env("ACCESS_TOKEN"),
+        None,
+        validation_alias=_env("ACCESS_TOKEN"),
         description="When set, clients must send it (Bearer header or ?token=); unset: no auth.",
     )
 
     audio_codec: Codec = Field(
-        Codec.ALAW, validation_alias=_env("AUDIO_CODEC", "AUDIO_INPUT_FORMAT"),
+        Codec.ALAW,
+        validation_alias=_env("AUDIO_CODEC", "AUDIO_INPUT_FORMAT"),
         description="Encoding of the client's binary frames: alaw, ulaw or pcm16le.",
     )
     audio_rate: int = Field(
-        8000, validation_alias=_env("AUDIO_RATE", "AUDIO_SOURCE_RATE"),
+        8000,
+        validation_alias=_env("AUDIO_RATE", "AUDIO_SOURCE_RATE"),
         description="Sample rate of the client's audio in Hz.",
     )
     max_frame_bytes: int = Field(
-        64_000, gt=0, validation_alias=_env("MAX_FRAME_BYTES"),
+        64_000,
+        gt=0,
+        validation_alias=_env("MAX_FRAME_BYTES"),
         description="Largest binary frame accepted; larger frames end the stream with 1009.",
     )
     return_transcription: bool = Field(
-        True, validation_alias=_env("RETURN_TRANSCRIPTION", "RETURN_TRANSCRIPTION"),
+        True,
+        validation_alias=_env("RETURN_TRANSCRIPTION", "RETURN_TRANSCRIPTION"),
         description="False: recognise and store, but send nothing to the client.",
     )
 
     engine: Literal["paraformer"] = Field("paraformer", validation_alias=_env("ENGINE"))
     model_dir: Path | None = Field(
-        None, validation_alias=_env("MODEL_DIR", "MODEL_PATH"),
+        None,
+        validation_alias=_env("MODEL_DIR", "MODEL_PATH"),
         description="Directory with encoder/decoder ONNX files and tokens.txt; unset: the tiny model.",
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, validation_alias=_env("CACHE_DIR"))
     inference_workers: int = Field(
-        1, ge=1, validation_alias=_env("INFERENCE_WORKERS", "ASR_INFERENCE_WORKERS"),
+        1,
+        ge=1,
+        validation_alias=_env("INFERENCE_WORKERS", "ASR_INFERENCE_WORKERS"),
         description="Threads that run the recogniser (each decodes a batch of streams at a time).",
     )
     inference_queue_size: int = Field(
-        256, ge=1, validation_alias=_env("INFERENCE_QUEUE_SIZE", "ASR_INFERENCE_QUEUE_SIZE"),
+        256,
+        ge=1,
+        validation_alias=_env("INFERENCE_QUEUE_SIZE", "ASR_INFERENCE_QUEUE_SIZE"),
         description="Chunks waiting for inference, all streams together, before clients wait.",
     )
     inference_queue_timeout_seconds: float = Field(
-        2.0, gt=0,
+        2.0,
+        gt=0,
         validation_alias=_env(
             "INFERENCE_QUEUE_TIMEOUT_SECONDS", "ASR_INFERENCE_QUEUE_TIMEOUT_SECONDS"
         ),
         description="How long a chunk may wait for a queue slot before the client gets 1013.",
     )
     inference_threads: int = Field(
-        1, ge=1, validation_alias=_env("INFERENCE_THREADS"),
+        1,
+        ge=1,
+        validation_alias=_env("INFERENCE_THREADS"),
         description="ONNX Runtime threads per recogniser worker.",
     )
 
     segments_url: str = Field(
-        "", validation_alias=_env("SEGMENTS_URL", "MYSQL_DATABASE_URL"),
+        "",
+        validation_alias=_env("SEGMENTS_URL", "MYSQL_DATABASE_URL"),
         description="sqlite:///path or mysql://user:pass@host/db; empty: SQLite in the cache dir.",
     )
     partials_url: str = Field(
-        "memory://", validation_alias=_env("PARTIALS_URL", "REDIS_URL"),
+        "memory://",
+        validation_alias=_env("PARTIALS_URL", "REDIS_URL"),
         description="memory:// or redis://host:port/db.",
     )
     partial_ttl_seconds: int = Field(300, gt=0, validation_alias=_env("PARTIAL_TTL_SECONDS"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -50,7 +52,7 @@ def test_unsupported_rate_is_a_start_up_error(monkeypatch: pytest.MonkeyPatch) -
         Settings()
 
 
-def test_embedded_default_keeps_segments_in_sqlite_under_the_cache_dir(tmp_path: object) -> None:
+def test_embedded_default_keeps_segments_in_sqlite_under_the_cache_dir(tmp_path: Path) -> None:
     settings = Settings(cache_dir=tmp_path)
     assert settings.resolved_segments_url() == f"sqlite:///{tmp_path}/earshot.sqlite3"
     assert settings.partials_url == "memory://"

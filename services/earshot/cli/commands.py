@@ -1,0 +1,125 @@
+"""Command-line entry points (typer). Each command builds the settings and hands them down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from earshot.audio.codecs import Codec
+from earshot.cli import demoing, streaming
+from earshot.settings import Settings
+
+app = typer.Typer(help="earshot: live speech-to-text for telephony and Nextcloud Talk.")
+models_app = typer.Typer(help="Fetch or build recognition models.")
+app.add_typer(models_app, name="models")
+err = Console(stderr=True, soft_wrap=True)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment plus command-line overrides, or exit with why not."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err.print("[red]invalid configuration:[/red]")
+        for problem in exc.errors():
+            field = ".".join(str(p) for p in problem["loc"])
+            err.print(f"  {field}: {problem['msg']}")
+        raise typer.Exit(2) from None
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the telephony gateway (embedded default: in-process engine, SQLite, memory)."""
+    from earshot.gateways.g711 import serving
+
+    settings = load_settings(host=host, port=port)
+    _configure_logging(settings)
+    asyncio.run(serving.serve(settings))
+
+
+@app.command()
+def stream(
+    source: Annotated[str, typer.Argument(help="WAV file, raw file in --codec, or - for stdin.")],
+    url: Annotated[str, typer.Option(help="Gateway base URL.")] = "ws://127.0.0.1:8000",
+    session: Annotated[str, typer.Option(help="Session id.")] = "cli",
+    codec: Annotated[Codec, typer.Option(help="Encoding to send.")] = Codec.ALAW,
+    rate: Annotated[int, typer.Option(help="Sample rate to send, Hz.")] = 8000,
+    speed: Annotated[
+        float, typer.Option(help="Times real time; 0 sends as fast as possible.")
+    ] = 1.0,
+    frame_ms: Annotated[int, typer.Option(help="Milliseconds of audio per frame.")] = 20,
+    token: Annotated[str | None, typer.Option(help="Access token of the session.")] = None,
+) -> None:
+    """Stream audio to a gateway, showing partials in place and finals as lines."""
+    audio = (
+        sys.stdin.buffer.read()
+        if source == "-"
+        else streaming.read_source(Path(source), codec, rate)
+    )
+    request = streaming.StreamRequest(
+        url=f"{url.rstrip('/')}/ws/transcribe/{session}",
+        audio=audio,
+        codec=codec,
+        rate=rate,
+        speed=speed,
+        frame_ms=frame_ms,
+        token=token,
+    )
+    result = asyncio.run(streaming.run(request, Console(soft_wrap=True)))
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    speed: Annotated[float, typer.Option(help="Times real time for the bundled sample.")] = 2.0,
+) -> None:
+    """Start the gateway on the embedded default, stream the bundled sample, print the transcript."""
+    settings = load_settings(
+        port=0, audio_codec=Codec.ALAW, audio_rate=demoing.SAMPLE_RATE, log_level="warning"
+    )
+    asyncio.run(demoing.run(settings, Console(soft_wrap=True), speed=speed))
+
+
+@models_app.command("fetch")
+def models_fetch(
+    dest: Annotated[Path | None, typer.Option(help="Directory to unpack into.")] = None,
+) -> None:
+    """Download the real bilingual zh-en streaming Paraformer published by sherpa-onnx."""
+    from earshot.cli import fetching
+
+    settings = load_settings()
+    fetching.fetch(dest or settings.cache_dir / "models", Console(soft_wrap=True))
+
+
+@models_app.command("build-tiny")
+def models_build_tiny(
+    dest: Annotated[Path, typer.Argument(help="Directory to write the tiny model into.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a tiny random-weight streaming Paraformer (for tests and offline demos)."""
+    from earshot.engines.tiny_paraformer import build_tiny_paraformer
+
+    files = build_tiny_paraformer(dest, seed=seed)
+    Console(soft_wrap=True).print(f"tiny Paraformer written: {files.encoder.parent}")
+
+
+def main() -> None:
+    """Entry point of the ``earshot`` console script."""
+    app()

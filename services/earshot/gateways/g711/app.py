@@ -1,0 +1,232 @@
+"""The telephony gateway's ASGI app: ``WS /ws/transcribe/{session_id}``, ``/health``, ``/metrics``.
+
+The WebSocket handler only moves frames: decoding, recognition and storage live in
+:mod:`earshot.gateways.g711.transcribing`. Every way a stream can end is a :class:`Refusal` with a
+precise error message and close code, sent after whatever was recognised is stored.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Response, WebSocket
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from earshot import metrics
+from earshot.audio.codecs import InvalidAudio
+from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
+from earshot.events import InvalidSessionId, SessionId, parse_session_id
+from earshot.gateways.g711 import messages
+from earshot.gateways.g711.messages import CloseCode
+from earshot.gateways.g711.transcribing import GATEWAY, Stores, Transcription
+from earshot.settings import Settings
+from earshot.storage.ports import StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the gateway needs at run time, opened by the caller and closed by it."""
+
+    recognizer: Recognizer
+    stores: Stores
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a stream ends early: the error message the client gets and the close code."""
+
+    code: str
+    message: str
+    close_code: CloseCode
+    retryable: bool = False
+    reason: str = ""
+
+    def to_message(self) -> messages.ErrorMessage:
+        return messages.error(self.code, self.message, retryable=self.retryable)
+
+
+OVERLOADED = Refusal(
+    "inference_overloaded",
+    messages.OVERLOAD_MESSAGE,
+    CloseCode.TRY_AGAIN_LATER,
+    retryable=True,
+    reason=messages.OVERLOAD_REASON,
+)
+
+
+def create_app(settings: Settings, services: Services) -> FastAPI:
+    """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`)."""
+    app = FastAPI(title="earshot telephony gateway")
+    engine = services.recognizer.name
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "engine": engine}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/ws/transcribe/{session_id}")
+    async def transcribe(websocket: WebSocket, session_id: str) -> None:
+        await websocket.accept()
+        refusal = _admission(websocket, session_id, settings)
+        if refusal is not None:
+            await _close(websocket, refusal, gateway_metrics=True)
+            return
+        await _stream(websocket, SessionId(session_id), settings, services)
+
+    return app
+
+
+def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) -> Refusal | None:
+    try:
+        parse_session_id(raw_session_id)
+    except InvalidSessionId as exc:
+        return Refusal("invalid_session_id", str(exc), CloseCode.POLICY_VIOLATION)
+    if settings.access_token is not None and not _authorized(
+        websocket, settings.access_token.get_secret_value()
+    ):
+        return Refusal(
+            "unauthorized",
+            "this session needs its access token: send 'Authorization: Bearer <token>' "
+            "or the 'token' query parameter",
+            CloseCode.POLICY_VIOLATION,
+        )
+    return None
+
+
+def _authorized(websocket: WebSocket, token: str) -> bool:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    offered = credentials if scheme.lower() == "bearer" else websocket.query_params.get("token", "")
+    return hmac.compare_digest(offered.encode(), token.encode())
+
+
+async def _stream(
+    websocket: WebSocket, session_id: SessionId, settings: Settings, services: Services
+) -> None:
+    engine = services.recognizer.name
+    try:
+        transcription = await Transcription.open(
+            session_id,
+            services.recognizer,
+            codec=settings.audio_codec,
+            source_rate=settings.audio_rate,
+            stores=services.stores,
+        )
+    except StorageError as exc:
+        await _close(websocket, _storage_refusal(exc))
+        return
+    active = metrics.ACTIVE_STREAMS.labels(GATEWAY, engine)
+    active.inc()
+    try:
+        refusal = await _pump(websocket, transcription, settings)
+        if refusal is not None:
+            # The client hears why at once; finishing may wait behind a full inference queue.
+            _count(refusal, engine)
+            await _close(websocket, refusal)
+    finally:
+        # Client gone or refused: it can no longer receive these finals, but they are stored.
+        try:
+            await transcription.finish()
+        except StorageError as exc:
+            metrics.STORAGE_ERRORS.labels("segments").inc()
+            log.error("session %s: could not store its last segment: %s", session_id, exc)
+        finally:
+            active.dec()
+
+
+async def _pump(
+    websocket: WebSocket, transcription: Transcription, settings: Settings
+) -> Refusal | None:
+    """Move frames into the transcription until the client leaves or a frame is refused."""
+    while True:
+        event = await websocket.receive()
+        if event["type"] == "websocket.disconnect":
+            return None
+        chunk: bytes | None = event.get("bytes")
+        if chunk is None:
+            return Refusal(
+                "text_frame_not_supported",
+                "text frames are not part of the protocol: send audio as binary frames",
+                CloseCode.UNSUPPORTED_DATA,
+            )
+        if len(chunk) > settings.max_frame_bytes:
+            return Refusal(
+                "frame_too_large",
+                f"audio frame of {len(chunk)} bytes exceeds the limit of "
+                f"{settings.max_frame_bytes} bytes",
+                CloseCode.MESSAGE_TOO_BIG,
+            )
+        metrics.FRAMES_RECEIVED.labels(GATEWAY).inc()
+        metrics.AUDIO_BYTES_RECEIVED.labels(GATEWAY).inc(len(chunk))
+        try:
+            out = await transcription.feed(chunk)
+        except InvalidAudio as exc:
+            return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
+        except EngineOverloaded:
+            return OVERLOADED
+        except EngineError as exc:
+            return Refusal(
+                "engine_error",
+                f"recognition failed: {exc}",
+                CloseCode.INTERNAL_ERROR,
+                retryable=True,
+            )
+        except StorageError as exc:
+            return _storage_refusal(exc)
+        if not await _send(websocket, out, settings):
+            return None
+
+
+async def _send(
+    websocket: WebSocket, out: list[messages.ServerMessage], settings: Settings
+) -> bool:
+    """Send results unless the session asked for none; False when the client is gone."""
+    if not settings.return_transcription or not out:
+        return True
+    if websocket.client_state is not WebSocketState.CONNECTED:
+        return False
+    try:
+        for message in out:
+            await websocket.send_json(message)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        return False
+    return True
+
+
+async def _close(websocket: WebSocket, refusal: Refusal, *, gateway_metrics: bool = False) -> None:
+    if gateway_metrics:
+        metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
+    if websocket.client_state is not WebSocketState.CONNECTED:
+        return
+    try:
+        await websocket.send_json(refusal.to_message())
+        await websocket.close(code=refusal.close_code, reason=refusal.reason or refusal.code)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        log.info("client left before the error %s could be sent", refusal.code)
+
+
+def _count(refusal: Refusal, engine: str) -> None:
+    if refusal is OVERLOADED:
+        metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, engine).inc()
+    elif refusal.code == "engine_error":
+        metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+    elif refusal.code != "storage_unavailable":
+        metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
+
+
+def _storage_refusal(exc: StorageError) -> Refusal:
+    metrics.STORAGE_ERRORS.labels("segments").inc()
+    return Refusal(
+        "storage_unavailable",
+        f"results cannot be stored right now: {exc}",
+        CloseCode.INTERNAL_ERROR,
+        retryable=True,
+    )

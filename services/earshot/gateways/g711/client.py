@@ -1,0 +1,157 @@
+"""A telephony client: streams encoded audio to a gateway and collects what it answers.
+
+Used by ``earshot stream`` and ``earshot demo``, by the protocol tests and by the benchmarks. It
+speaks PROTOCOLS.md §1 exactly like the older server's clients do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import wave
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import soxr
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from earshot.audio import codecs
+from earshot.audio.framing import chunked, frame_bytes
+from earshot.gateways.g711 import messages
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """Everything the server said during one stream, and how it ended."""
+
+    partials: list[messages.PartialMessage] = field(default_factory=list)
+    finals: list[messages.FinalMessage] = field(default_factory=list)
+    errors: list[messages.ErrorMessage] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    @property
+    def transcript(self) -> str:
+        """The finals joined with spaces."""
+        return " ".join(f["text"] for f in self.finals)
+
+
+OnMessage = Callable[[messages.ServerMessage], None]
+
+
+def load_audio(path: Path, *, codec: codecs.Codec, rate: int) -> bytes:
+    """Read a WAV file (converted to ``codec`` at ``rate``) or a raw file already in ``codec``."""
+    if path.suffix.lower() != ".wav":
+        return path.read_bytes()
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV files are supported")
+        channels, source_rate = wav.getnchannels(), wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    samples = pcm.reshape(-1, channels).mean(axis=1).astype(np.float32) / np.float32(32768.0)
+    if source_rate != rate:
+        samples = soxr.resample(samples, source_rate, rate).astype(np.float32)
+    return encode(samples, codec)
+
+
+def encode(samples: codecs.Samples, codec: codecs.Codec) -> bytes:
+    """Encode float32 samples for the wire."""
+    if codec is codecs.Codec.ALAW:
+        return codecs.encode_alaw(samples)
+    if codec is codecs.Codec.ULAW:
+        return codecs.encode_ulaw(samples)
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+
+
+def frames_of(audio: bytes, *, codec: codecs.Codec, rate: int, frame_ms: int = 20) -> list[bytes]:
+    """Cut encoded audio into frames of ``frame_ms`` milliseconds."""
+    return list(chunked(audio, frame_bytes(codec, rate, frame_ms)))
+
+
+async def stream(
+    url: str,
+    frames: Iterable[bytes],
+    *,
+    frame_seconds: float,
+    speed: float = 1.0,
+    token: str | None = None,
+    on_message: OnMessage | None = None,
+    on_frame_sent: Callable[[int], None] | None = None,
+    linger: float = 0.0,
+) -> StreamResult:
+    """Send ``frames`` paced at ``speed`` times real time (0: as fast as possible), then close.
+
+    The protocol has no end-of-stream message: the server finalises a pending partial when the
+    client leaves, but can no longer send that final. With ``linger`` the client waits up to that
+    many seconds for a pending partial to become final before it closes.
+
+    Returns:
+        What the server answered before the connection closed.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    result = StreamResult()
+    settled = asyncio.Event()
+    settled.set()
+    async with connect(url, additional_headers=headers, max_size=None) as ws:
+        receiver = asyncio.create_task(_receive(ws, result, settled, on_message))
+        try:
+            await _send_paced(
+                ws, frames, frame_seconds / speed if speed > 0 else 0.0, on_frame_sent
+            )
+            if linger > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), linger)
+            await ws.close()
+        except ConnectionClosed:
+            pass
+        finally:
+            await receiver
+        result.close_code = ws.close_code
+        result.close_reason = ws.close_reason or ""
+    return result
+
+
+async def _send_paced(
+    ws: ClientConnection,
+    frames: Iterable[bytes],
+    interval: float,
+    on_frame_sent: Callable[[int], None] | None,
+) -> None:
+    start = time.monotonic()
+    for index, frame in enumerate(frames):
+        if interval:
+            delay = start + index * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await ws.send(frame)
+        if on_frame_sent is not None:
+            on_frame_sent(index + 1)
+
+
+async def _receive(
+    ws: ClientConnection,
+    result: StreamResult,
+    settled: asyncio.Event,
+    on_message: OnMessage | None,
+) -> None:
+    try:
+        async for raw in ws:
+            message = cast(messages.ServerMessage, json.loads(raw))
+            if message["type"] == "partial":
+                result.partials.append(message)
+                settled.clear()
+            elif message["type"] == "final":
+                result.finals.append(message)
+                settled.set()
+            else:
+                result.errors.append(message)
+            if on_message is not None:
+                on_message(message)
+    except ConnectionClosed:
+        pass

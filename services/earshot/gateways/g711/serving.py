@@ -1,0 +1,72 @@
+"""Run the telephony gateway: open the engine and the stores from settings, serve, close them."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import uvicorn
+
+from earshot.engines import loading
+from earshot.gateways.g711.app import Services, create_app
+from earshot.gateways.g711.transcribing import Stores
+from earshot.settings import Settings
+from earshot.storage import backends
+
+log = logging.getLogger(__name__)
+
+# Frames above our own limit are refused by the handler with a precise message; uvicorn's own cap
+# sits well above it so that it only guards against absurd frames.
+_WS_MAX_SIZE_FACTOR = 4
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open the recogniser and both stores named by ``settings``; close them on exit."""
+    async with AsyncExitStack() as stack:
+        partials = backends.open_partial_store(
+            settings.partials_url, ttl_seconds=settings.partial_ttl_seconds
+        )
+        stack.push_async_callback(partials.aclose)
+        segments = await backends.open_segment_store(settings.resolved_segments_url())
+        stack.push_async_callback(segments.aclose)
+        recognizer = await loading.open_recognizer(settings)
+        stack.push_async_callback(recognizer.aclose)
+        yield Services(recognizer, Stores(partials, segments))
+
+
+def uvicorn_config(settings: Settings, services: Services) -> uvicorn.Config:
+    """The uvicorn configuration of a gateway around opened services."""
+    return uvicorn.Config(
+        create_app(settings, services),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.max_frame_bytes * _WS_MAX_SIZE_FACTOR,
+        lifespan="off",
+    )
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    """Bind and listen before serving, so the port (also a free one, port 0) is known up front and
+    connections made before uvicorn starts wait in the backlog instead of being refused."""
+    sock = socket.create_server((settings.host, settings.port), backlog=2048, reuse_port=False)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM)."""
+    async with open_services(settings) as services:
+        sock = bind_socket(settings)
+        server = uvicorn.Server(uvicorn_config(settings, services))
+        log.info(
+            "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, segments in %s)",
+            settings.host,
+            sock.getsockname()[1],
+            services.recognizer.name,
+            settings.resolved_segments_url(),
+        )
+        await server.serve(sockets=[sock])

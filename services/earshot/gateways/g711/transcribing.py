@@ -1,0 +1,147 @@
+"""One session's stream: encoded audio in, numbered and stored partials and finals out.
+
+A :class:`Transcription` knows nothing of WebSockets: it returns the messages a client should see and
+the gateway decides whether to send them (RETURN_TRANSCRIPTION=false sends nothing).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from earshot import metrics
+from earshot.audio import codecs
+from earshot.audio.framing import duration_seconds
+from earshot.audio.resampling import Samples, StreamResampler
+from earshot.engines.recognizers import Recognizer, RecognizerStream
+from earshot.events import Partial, Recognition, Segment, SessionId
+from earshot.gateways.g711 import messages
+from earshot.storage.ports import PartialStore, SegmentStore
+
+GATEWAY = "g711"
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """Where a transcription keeps its results."""
+
+    partials: PartialStore
+    segments: SegmentStore
+
+
+@dataclass(slots=True)
+class _Timing:
+    """Arrival times that the latency metrics are measured from."""
+
+    segment_started: float | None = None
+    first_partial_sent: bool = False
+
+
+@dataclass(slots=True)
+class Transcription:
+    """Decode, resample, recognise, number and store one session's audio."""
+
+    session_id: SessionId
+    codec: codecs.Codec
+    source_rate: int
+    stream: RecognizerStream
+    resampler: StreamResampler
+    stores: Stores
+    engine: str
+    next_seq: int
+    _timing: _Timing = field(default_factory=_Timing)
+
+    @classmethod
+    async def open(
+        cls,
+        session_id: SessionId,
+        recognizer: Recognizer,
+        *,
+        codec: codecs.Codec,
+        source_rate: int,
+        stores: Stores,
+        user_id: str | None = None,
+    ) -> Transcription:
+        """Start (or resume) a session: numbering continues after its highest stored final."""
+        await stores.segments.ensure_session(session_id, user_id)
+        last = max(
+            await stores.partials.last_seq(session_id), await stores.segments.last_seq(session_id)
+        )
+        return cls(
+            session_id=session_id,
+            codec=codec,
+            source_rate=source_rate,
+            stream=recognizer.open_stream(),
+            resampler=StreamResampler(source_rate, recognizer.sample_rate),
+            stores=stores,
+            engine=recognizer.name,
+            next_seq=last + 1,
+        )
+
+    async def feed(self, chunk: bytes) -> list[messages.ServerMessage]:
+        """Recognise one encoded chunk.
+
+        Raises:
+            codecs.InvalidAudio: the chunk cannot be decoded (nothing is lost so far).
+            EngineOverloaded: the chunk was not taken; the stream can still be finished.
+        """
+        arrived = time.perf_counter()
+        samples = self.resampler.process(codecs.decode(chunk, self.codec))
+        if self._timing.segment_started is None:
+            self._timing.segment_started = arrived
+        recognitions = await self.stream.accept(samples)
+        self._observe_chunk(arrived, duration_seconds(len(chunk), self.codec, self.source_rate))
+        return await self._publish(recognitions, arrived)
+
+    async def finish(self) -> list[messages.ServerMessage]:
+        """End the stream: recognise the audio still held and finalise the pending partial."""
+        arrived = time.perf_counter()
+        recognitions: list[Recognition] = []
+        try:
+            tail: Samples = self.resampler.flush()
+            if tail.size:
+                recognitions += await self.stream.accept(tail)
+        finally:
+            recognitions += await self.stream.finish()
+        return await self._publish(recognitions, arrived)
+
+    async def _publish(
+        self, recognitions: list[Recognition], arrived: float
+    ) -> list[messages.ServerMessage]:
+        out: list[messages.ServerMessage] = []
+        for recognition in recognitions:
+            if not recognition.text:
+                continue
+            if recognition.is_final:
+                out.append(await self._store_final(recognition.text, arrived))
+            else:
+                out.append(await self._store_partial(recognition.text, arrived))
+        return out
+
+    async def _store_partial(self, text: str, arrived: float) -> messages.PartialMessage:
+        partial = Partial(self.session_id, self.next_seq, text, datetime.now(UTC))
+        await self.stores.partials.put_partial(partial)
+        if not self._timing.first_partial_sent and self._timing.segment_started is not None:
+            self._timing.first_partial_sent = True
+            metrics.FIRST_PARTIAL_LATENCY.labels(GATEWAY, self.engine).observe(
+                time.perf_counter() - self._timing.segment_started
+            )
+        return messages.partial(text, self.next_seq)
+
+    async def _store_final(self, text: str, arrived: float) -> messages.FinalMessage:
+        seq = self.next_seq
+        segment = Segment(self.session_id, seq, text, datetime.now(UTC))
+        await self.stores.segments.add_segment(segment)
+        await self.stores.partials.commit_final(self.session_id, seq)
+        self.next_seq = seq + 1
+        self._timing = _Timing()
+        metrics.FINAL_LATENCY.labels(GATEWAY, self.engine).observe(time.perf_counter() - arrived)
+        metrics.SEGMENTS_FINALISED.labels(GATEWAY, self.engine).inc()
+        return messages.final(text, seq)
+
+    def _observe_chunk(self, arrived: float, audio_seconds: float) -> None:
+        elapsed = time.perf_counter() - arrived
+        metrics.CHUNK_LATENCY.labels(GATEWAY, self.engine).observe(elapsed)
+        if audio_seconds > 0:
+            metrics.REAL_TIME_FACTOR.labels(GATEWAY, self.engine).observe(elapsed / audio_seconds)

@@ -1,0 +1,307 @@
+"""The telephony gateway over a real uvicorn server and a real WebSocket client (PROTOCOLS.md §1).
+
+The recogniser is the real in-process engine on the tiny random-weight Paraformer; the stores are the
+embedded defaults (memory partials, SQLite segments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from pydantic import SecretStr
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from earshot.audio.codecs import Codec
+from earshot.cli import demoing, streaming
+from earshot.engines import paraformer
+from earshot.engines.batching import BatchingRecognizer
+from earshot.engines.paraformer import ParaformerDecoder, ParaformerStream
+from earshot.engines.recognizers import Samples
+from earshot.events import Recognition, SessionId
+from earshot.gateways.g711 import client, serving
+from earshot.gateways.g711.app import Services
+from earshot.settings import Settings
+from tests.gateway import running_gateway, session_url
+
+FRAME_SECONDS = 0.02
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_model_cache: Path) -> Settings:
+    return Settings(cache_dir=tiny_model_cache, segments_url=f"sqlite:///{tmp_path / 'seg.db'}")
+
+
+@pytest_asyncio.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    async with serving.open_services(settings) as opened:
+        yield opened
+
+
+def speech_frames(*, trailing_silence: bool = True) -> list[bytes]:
+    audio = demoing.sample_audio()
+    if trailing_silence:
+        audio = streaming.with_trailing_silence(audio, Codec.ALAW, 8000)
+    return client.frames_of(audio, codec=Codec.ALAW, rate=8000, frame_ms=20)
+
+
+async def stream_sample(url: str, **kwargs: object) -> client.StreamResult:
+    return await client.stream(
+        url,
+        speech_frames(),
+        frame_seconds=FRAME_SECONDS,
+        speed=0,
+        linger=5.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_partials_and_finals_have_the_exact_shapes_of_the_protocol(
+    settings: Settings, services: Services
+) -> None:
+    async with running_gateway(settings, services) as base:
+        result = await stream_sample(session_url(base, "shapes"))
+    assert result.partials, "the sample produced no partial"
+    assert result.finals, "the sample produced no final"
+    for message in [*result.partials, *result.finals]:
+        assert set(message) == {"type", "text", "seq"}
+        assert isinstance(message["text"], str)
+        assert message["text"]
+        assert isinstance(message["seq"], int)
+    assert [f["seq"] for f in result.finals] == list(range(1, len(result.finals) + 1))
+    final_seqs = {f["seq"] for f in result.finals}
+    # A partial announces the number its segment's final will get.
+    assert {p["seq"] for p in result.partials} <= final_seqs | {len(result.finals) + 1}
+    assert result.errors == []
+
+
+async def test_finals_are_stored_before_they_are_sent(
+    settings: Settings, services: Services
+) -> None:
+    async with running_gateway(settings, services) as base:
+        result = await stream_sample(session_url(base, "stored"))
+    stored = await services.stores.segments.segments(SessionId("stored"))
+    assert [(s.seq, s.text) for s in stored][: len(result.finals)] == [
+        (f["seq"], f["text"]) for f in result.finals
+    ]
+
+
+async def test_reconnect_continues_segment_numbering(
+    settings: Settings, services: Services
+) -> None:
+    async with running_gateway(settings, services) as base:
+        first = await stream_sample(session_url(base, "again"))
+        stored_after_first = await services.stores.segments.last_seq(SessionId("again"))
+        second = await stream_sample(session_url(base, "again"))
+    assert first.finals
+    assert second.finals
+    assert second.finals[0]["seq"] == stored_after_first + 1
+    assert stored_after_first >= first.finals[-1]["seq"]
+
+
+async def test_pending_partial_is_finalised_on_disconnect(
+    settings: Settings, services: Services
+) -> None:
+    received: list[dict[str, object]] = []
+    async with running_gateway(settings, services) as base, connect(session_url(base, "cut")) as ws:
+        for frame in speech_frames(trailing_silence=False):
+            await ws.send(frame)
+        # Read until the server goes quiet: it has then answered every frame.
+        with contextlib.suppress(TimeoutError):
+            while True:
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), 3.0)))
+        await ws.close()
+    # Leaving the block waited for the server to finish the stream.
+    pending = received[-1]
+    assert pending["type"] == "partial", "no partial was pending: the test would show nothing"
+    stored = await services.stores.segments.segments(SessionId("cut"))
+    assert stored[-1].seq == pending["seq"]
+    # The final also holds what the tail of the audio added after the last partial.
+    assert stored[-1].text.startswith(str(pending["text"]))
+    assert await services.stores.partials.last_seq(SessionId("cut")) == stored[-1].seq
+
+
+async def test_return_transcription_false_stores_but_sends_nothing(
+    settings: Settings, services: Services
+) -> None:
+    quiet = settings.model_copy(update={"return_transcription": False})
+    async with running_gateway(quiet, services) as base:
+        result = await stream_sample(session_url(base, "quiet"))
+    assert (result.partials, result.finals, result.errors) == ([], [], [])
+    assert await services.stores.segments.segments(SessionId("quiet"))
+
+
+async def _refused(
+    url: str, send: list[bytes | str]
+) -> tuple[list[dict[str, object]], int | None, str]:
+    received: list[dict[str, object]] = []
+    async with connect(url) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in send:
+                await ws.send(frame)
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                received.append(json.loads(raw))
+        return received, ws.close_code, ws.close_reason or ""
+
+
+async def test_text_frame_is_refused_with_1003_and_keeps_what_was_recognised(
+    settings: Settings, services: Services
+) -> None:
+    async with running_gateway(settings, services) as base:
+        received, code, _ = await _refused(
+            session_url(base, "texty"), [*speech_frames(), '{"type":"start"}']
+        )
+    assert code == 1003
+    assert received[-1] == {
+        "type": "error",
+        "code": "text_frame_not_supported",
+        "message": "text frames are not part of the protocol: send audio as binary frames",
+        "retryable": False,
+    }
+    assert await services.stores.segments.segments(SessionId("texty"))
+
+
+async def test_empty_frame_is_refused_with_1007(settings: Settings, services: Services) -> None:
+    async with running_gateway(settings, services) as base:
+        received, code, _ = await _refused(session_url(base, "empty"), [b"\xd5" * 160, b""])
+    assert code == 1007
+    assert received[-1]["code"] == "invalid_audio"
+    assert received[-1]["message"] == "empty audio frame"
+
+
+async def test_odd_length_pcm16_frame_is_refused_with_1007(
+    settings: Settings, services: Services
+) -> None:
+    pcm = settings.model_copy(update={"audio_codec": Codec.PCM16LE})
+    async with running_gateway(pcm, services) as base:
+        received, code, _ = await _refused(session_url(base, "odd"), [b"\x00" * 320, b"\x00" * 321])
+    assert code == 1007
+    assert received[-1]["message"] == (
+        "pcm16le frame has 321 bytes; a whole number of 2-byte samples is required"
+    )
+
+
+async def test_oversized_frame_is_refused_with_1009_naming_the_limit(
+    settings: Settings, services: Services
+) -> None:
+    small = settings.model_copy(update={"max_frame_bytes": 1000})
+    async with running_gateway(small, services) as base:
+        received, code, _ = await _refused(session_url(base, "big"), [b"\xd5" * 1001])
+    assert code == 1009
+    assert received[-1]["code"] == "frame_too_large"
+    assert received[-1]["message"] == "audio frame of 1001 bytes exceeds the limit of 1000 bytes"
+
+
+@pytest.mark.parametrize(
+    ("session_id", "why"),
+    [("x" * 65, "65 characters long; at most 64"), ("bad%20id", "may hold only letters")],
+)
+async def test_invalid_session_id_is_refused_with_1008(
+    settings: Settings, services: Services, session_id: str, why: str
+) -> None:
+    async with running_gateway(settings, services) as base:
+        received, code, _ = await _refused(session_url(base, session_id), [])
+    assert code == 1008
+    assert received[-1]["code"] == "invalid_session_id"
+    assert why in str(received[-1]["message"])
+
+
+async def test_token_is_required_when_the_session_has_one(
+    settings: Settings, services: Services
+) -> None:
+    guarded = settings.model_copy(update={"access_token": SecretStr("s3cret")})
+    async with running_gateway(guarded, services) as base:
+        received, code, _ = await _refused(session_url(base, "guarded"), [b"\xd5" * 160])
+        by_header = await stream_sample(session_url(base, "guarded"), token="s3cret")
+        by_query = await stream_sample(session_url(base, "guarded") + "?token=s3cret")
+    assert code == 1008
+    assert received[-1]["code"] == "unauthorized"
+    assert by_header.finals
+    assert by_header.close_code == 1000
+    assert by_query.finals
+    assert by_query.close_code == 1000
+
+
+async def test_health_and_metrics_are_served(settings: Settings, services: Services) -> None:
+    import httpx
+
+    async with running_gateway(settings, services) as base:
+        await stream_sample(session_url(base, "metered"))
+        http = base.replace("ws://", "http://")
+        async with httpx.AsyncClient() as http_client:
+            health = (await http_client.get(f"{http}/health")).json()
+            exposition = (await http_client.get(f"{http}/metrics")).text
+    assert health == {"status": "ok", "engine": "paraformer"}
+    for name in (
+        "earshot_first_partial_latency_seconds_bucket",
+        "earshot_final_latency_seconds_bucket",
+        "earshot_real_time_factor_bucket",
+        "earshot_active_streams",
+        "earshot_overload_rejections_total",
+        "earshot_frames_received_total",
+        "earshot_audio_bytes_received_total",
+    ):
+        assert name in exposition, name
+
+
+class GatedDecoder:
+    """The real Paraformer decoder behind a gate the test opens: inference stalls until then."""
+
+    def __init__(self, inner: ParaformerDecoder) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.name = inner.name
+        self.sample_rate = inner.sample_rate
+
+    def open(self) -> ParaformerStream:
+        return self.inner.open()
+
+    def accept(self, stream: ParaformerStream, samples: Samples) -> None:
+        self.inner.accept(stream, samples)
+
+    def finish(self, stream: ParaformerStream) -> None:
+        self.inner.finish(stream)
+
+    def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
+        self.gate.wait()
+        return self.inner.decode(streams)
+
+
+async def test_overload_sends_the_error_then_closes_with_1013(
+    settings: Settings, services: Services
+) -> None:
+    # One worker stalled on the first stream's chunk and a queue of two: the second stream's chunk
+    # takes the last slot, the third waits 0.2 s for one and is refused.
+    gated = GatedDecoder(paraformer.load_paraformer(settings))
+    stalled = BatchingRecognizer(gated, workers=1, queue_size=2, queue_timeout=0.2)
+    try:
+        async with running_gateway(settings, Services(stalled, services.stores)) as base:
+            try:
+                async with connect(session_url(base, "a")) as a, connect(session_url(base, "b")) as b:
+                    await a.send(b"\xd5" * 160)
+                    await b.send(b"\xd5" * 160)
+                    received, code, reason = await _refused(
+                        session_url(base, "c"), [b"\xd5" * 160]
+                    )
+                    gated.gate.set()
+            finally:
+                gated.gate.set()
+    finally:
+        await stalled.aclose()
+    assert received == [
+        {
+            "type": "error",
+            "code": "inference_overloaded",
+            "message": "ASR inference is overloaded; retry later.",
+            "retryable": True,
+        }
+    ]
+    assert (code, reason) == (1013, "inference overloaded")
