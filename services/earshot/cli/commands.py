@@ -16,6 +16,8 @@ from earshot.audio.codecs import Codec
 from earshot.cli import demoing, streaming
 from earshot.settings import Settings
 
+FETCHED_MODEL = "streaming-paraformer-bilingual-zh-en"
+
 app = typer.Typer(help="earshot: live speech-to-text for telephony and Nextcloud Talk.")
 models_app = typer.Typer(help="Fetch or build recognition models.")
 app.add_typer(models_app, name="models")
@@ -99,13 +101,18 @@ def demo(
 
 @models_app.command("fetch")
 def models_fetch(
-    dest: Annotated[Path | None, typer.Option(help="Directory to unpack into.")] = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model directory to create [default: <cache>/models/" + FETCHED_MODEL + "]."
+        ),
+    ] = None,
 ) -> None:
     """Download the real bilingual zh-en streaming Paraformer published by sherpa-onnx."""
     from earshot.cli import fetching
 
     settings = load_settings()
-    fetching.fetch(dest or settings.cache_dir / "models", Console(soft_wrap=True))
+    fetching.fetch(dest or settings.cache_dir / "models" / FETCHED_MODEL, Console(soft_wrap=True))
 
 
 @models_app.command("build-tiny")
