@@ -103,9 +103,7 @@ def demo(
 def models_fetch(
     dest: Annotated[
         Path | None,
-        typer.Option(
-            help="Model directory to create [default: <cache>/models/" + FETCHED_MODEL + "]."
-        ),
+        typer.Option(help=f"Model directory to create (default: <cache>/models/{FETCHED_MODEL})."),
     ] = None,
 ) -> None:
     """Download the real bilingual zh-en streaming Paraformer published by sherpa-onnx."""
