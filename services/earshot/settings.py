@@ -65,7 +65,11 @@ class Settings(BaseSettings):
         description="False: recognise and store, but send nothing to the client.",
     )
 
-    engine: Literal["paraformer"] = Field("paraformer", validation_alias=_env("ENGINE"))
+    engine: Literal["paraformer", "kyutai"] = Field(
+        "paraformer",
+        validation_alias=_env("ENGINE"),
+        description="paraformer (sherpa-onnx, 16 kHz) or kyutai (moshi, 24 kHz; needs the kyutai extra).",
+    )
     model_dir: Path | None = Field(
         None,
         validation_alias=_env("MODEL_DIR", "MODEL_PATH"),
@@ -99,6 +103,29 @@ class Settings(BaseSettings):
         description="ONNX Runtime threads per recogniser worker.",
     )
 
+    kyutai_device: str = Field(
+        "cpu", validation_alias=_env("KYUTAI_DEVICE"), description="cpu, cuda or cuda:N."
+    )
+    kyutai_max_streams: int = Field(
+        16,
+        ge=1,
+        validation_alias=_env("KYUTAI_MAX_STREAMS"),
+        description="Batch slots of the Kyutai model: streams decoded together in one step.",
+    )
+    kyutai_pause_seconds: float = Field(
+        2.0,
+        gt=0,
+        validation_alias=_env("KYUTAI_PAUSE_SECONDS"),
+        description="Pause, per the model's VAD head, that ends a segment.",
+    )
+    kyutai_pause_threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        validation_alias=_env("KYUTAI_PAUSE_THRESHOLD"),
+        description="VAD pause probability above which a step counts as pause.",
+    )
+
     segments_url: str = Field(
         "",
         validation_alias=_env("SEGMENTS_URL", "MYSQL_DATABASE_URL"),
@@ -110,6 +137,66 @@ class Settings(BaseSettings):
         description="memory:// or redis://host:port/db.",
     )
     partial_ttl_seconds: int = Field(300, gt=0, validation_alias=_env("PARTIAL_TTL_SECONDS"))
+
+    spool_dir: Path | None = Field(
+        None,
+        validation_alias=_env("SPOOL_DIR"),
+        description="Directory of the durable spool (shared with the persister sidecar); "
+        "unset: <cache dir>/spool.",
+    )
+    spool_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        validation_alias=_env("SPOOL_MAX_BYTES"),
+        description="Undrained spool bytes above which new audio is refused (1013 spool_full).",
+    )
+    spool_segment_bytes: int = Field(
+        8 * 1024 * 1024,
+        gt=0,
+        validation_alias=_env("SPOOL_SEGMENT_BYTES"),
+        description="Size at which the spool starts its next segment file.",
+    )
+    persister: Literal["embedded", "sidecar"] = Field(
+        "embedded",
+        validation_alias=_env("PERSISTER"),
+        description="embedded: the gateway drains its spool itself; sidecar: `earshot persister` "
+        "does.",
+    )
+    persister_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        validation_alias=_env("PERSISTER_PORT"),
+        description="Port of the persister's /health and /metrics.",
+    )
+    persister_batch_size: int = Field(
+        100, ge=1, validation_alias=_env("PERSISTER_BATCH_SIZE"), description="Records per batch."
+    )
+    persister_poll_seconds: float = Field(
+        0.05,
+        gt=0,
+        validation_alias=_env("PERSISTER_POLL_SECONDS"),
+        description="How often an idle persister looks for new spool records.",
+    )
+    persister_retry_max_seconds: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=_env("PERSISTER_RETRY_MAX_SECONDS"),
+        description="Cap of the exponential backoff between retries of a failed store write.",
+    )
+    persister_shutdown_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("PERSISTER_SHUTDOWN_SECONDS"),
+        description="On SIGTERM (or gateway stop), how long the persister keeps draining.",
+    )
+    final_store_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        validation_alias=_env("FINAL_STORE_WAIT_SECONDS"),
+        description="Embedded persister: how long a final waits to be stored before it is sent "
+        "anyway (it is durable in the spool).",
+    )
 
     @field_validator("audio_codec", mode="before")
     @classmethod
@@ -125,6 +212,10 @@ class Settings(BaseSettings):
         if value not in SOURCE_RATES:
             raise ValueError(f"unsupported audio rate {value} Hz; use 8000 or 16000")
         return value
+
+    def resolved_spool_dir(self) -> Path:
+        """The spool directory, defaulting to ``spool`` in the cache directory."""
+        return self.spool_dir or self.cache_dir / "spool"
 
     def resolved_segments_url(self) -> str:
         """The segment store URL, defaulting to a SQLite file in the cache directory."""

@@ -16,8 +16,35 @@ async def _in_process_paraformer(settings: Settings) -> Recognizer:
     return batching.BatchingRecognizer.from_settings(decoder, settings)
 
 
+async def _in_process_kyutai(settings: Settings) -> Recognizer:
+    # Imported here: torch and moshi come with the kyutai extra, which a paraformer-only install lacks.
+    from earshot.engines import kyutai
+
+    options = kyutai.KyutaiOptions(
+        max_streams=settings.kyutai_max_streams,
+        pause_seconds=settings.kyutai_pause_seconds,
+        pause_threshold=settings.kyutai_pause_threshold,
+    )
+    decoder = await asyncio.to_thread(
+        kyutai.load_kyutai,
+        model_dir=settings.model_dir,
+        cache_dir=settings.cache_dir,
+        device=settings.kyutai_device,
+        options=options,
+    )
+    # Every step computes all slots, so one worker hands all ready streams to one decode call.
+    return batching.BatchingRecognizer(
+        decoder,
+        workers=1,
+        queue_size=settings.inference_queue_size,
+        queue_timeout=settings.inference_queue_timeout_seconds,
+        max_batch=settings.kyutai_max_streams,
+    )
+
+
 _OPENERS: dict[str, Callable[[Settings], Awaitable[Recognizer]]] = {
     "paraformer": _in_process_paraformer,
+    "kyutai": _in_process_kyutai,
 }
 
 
