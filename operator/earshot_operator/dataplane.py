@@ -1,0 +1,60 @@
+"""The contract between the operator and the data plane's processes: pure data, no I/O.
+
+Every name the gateway and persister containers depend on (commands, environment variables,
+ports, paths, container names) lives here, so the manifest builders and the data plane's
+settings (``earshot.settings``, which the operator must not import) meet in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GATEWAY_CONTAINER: Final = "gateway"
+PERSISTER_CONTAINER: Final = "persister"
+
+#: ``earshot serve`` runs the G.711 WebSocket gateway, ``earshot talk`` the Talk gateway.
+SESSION_COMMAND: Final = ("earshot", "serve")
+ROOM_COMMAND: Final = ("earshot", "talk")
+PERSISTER_COMMAND: Final = ("earshot", "persister")
+
+SPOOL_VOLUME: Final = "spool"
+SPOOL_PATH: Final = "/var/spool/earshot"
+PORT_NAME: Final = "http"
+PERSISTER_PORT_NAME: Final = "persister"
+#: Readiness endpoints: the G.711 gateway and the persister serve /health, the Talk ExApp the
+#: AppAPI /heartbeat.
+SESSION_HEALTH_PATH: Final = "/health"
+ROOM_HEALTH_PATH: Final = "/heartbeat"
+PERSISTER_HEALTH_PATH: Final = "/health"
+SESSION_WS_PATH: Final = "/ws/transcribe/{session_id}"
+
+#: Key of the access token inside the Secret the operator mints per resource.
+TOKEN_KEY: Final = "token"
+
+
+class Env:
+    """Environment variable names read by the data plane's settings (``EARSHOT_*``)."""
+
+    HOST: Final = "EARSHOT_HOST"
+    PORT: Final = "EARSHOT_PORT"
+    PERSISTER_PORT: Final = "EARSHOT_PERSISTER_PORT"
+    ACCESS_TOKEN: Final = "EARSHOT_ACCESS_TOKEN"
+    AUTH: Final = "EARSHOT_AUTH"
+    AUDIO_CODEC: Final = "EARSHOT_AUDIO_CODEC"
+    AUDIO_RATE: Final = "EARSHOT_AUDIO_RATE"
+    RETURN_TRANSCRIPTION: Final = "EARSHOT_RETURN_TRANSCRIPTION"
+    LANGUAGE: Final = "EARSHOT_LANGUAGE"
+    IDLE_TIMEOUT_SECONDS: Final = "EARSHOT_IDLE_TIMEOUT_SECONDS"
+    SESSION_ID: Final = "EARSHOT_SESSION_ID"
+    USER_ID: Final = "EARSHOT_USER_ID"
+    ENGINE: Final = "EARSHOT_ENGINE"
+    TRITON_URL: Final = "EARSHOT_TRITON_URL"
+    SEGMENTS_URL: Final = "EARSHOT_SEGMENTS_URL"
+    PARTIALS_URL: Final = "EARSHOT_PARTIALS_URL"
+    SPOOL_DIR: Final = "EARSHOT_SPOOL_DIR"
+    TALK_APP_PORT: Final = "EARSHOT_TALK_APP_PORT"
+    TALK_ROOM_TOKEN: Final = "EARSHOT_TALK_ROOM_TOKEN"
+    TALK_HPB_URL: Final = "EARSHOT_TALK_HPB_URL"
+    TALK_NEXTCLOUD_URL: Final = "EARSHOT_TALK_NEXTCLOUD_URL"
+    TALK_LANGUAGES: Final = "EARSHOT_TALK_LANGUAGES"
+    TALK_INTERNAL_SECRET: Final = "EARSHOT_TALK_INTERNAL_SECRET"

@@ -1,0 +1,108 @@
+"""Thin kopf handlers: fetch, build, apply, patch status (the work lives in ``reconciling``).
+
+Handlers are registered into an explicit registry by :func:`register`, with the settings,
+client and metrics passed in: nothing here reads the environment or keeps global state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from earshot_operator import reconciling, resources
+from earshot_operator.clients import KubeClient
+from earshot_operator.metrics import OperatorMetrics
+from earshot_operator.settings import OperatorSettings
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    *,
+    settings: OperatorSettings,
+    client: KubeClient,
+    metrics: OperatorMetrics,
+    login: kopf.ConnectionInfo,
+) -> None:
+    """Register every handler of the operator into ``registry``."""
+    kopf.on.startup(registry=registry, id="configure")(configure)
+
+    @kopf.on.login(registry=registry, id="login")
+    def log_in(**_: Any) -> kopf.ConnectionInfo:
+        return login
+
+    for kind in resources.KINDS.values():
+        _register_kind(registry, kind, settings=settings, client=client, metrics=metrics)
+
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={resources.MANAGED_BY_LABEL: resources.MANAGED_BY},
+        registry=registry,
+        id="deployment_event",
+    )
+    async def deployment_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            return  # the owner is gone too, or the drift timer will recreate it
+        outcome = await reconciling.refresh_status(client, body, settings=settings)
+        if outcome is not None:
+            metrics.record_phase(
+                outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase
+            )
+
+
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf's own settings: state in earshot.dev annotations, only warnings posted as Events.
+
+    Scanning (watching CRDs and namespaces for new resources) is off: the CRDs are installed
+    before the operator, and the role then needs no access to CustomResourceDefinitions.
+    """
+    settings.scanning.disabled = True
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="earshot.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="earshot.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+
+
+def _register_kind(
+    registry: kopf.OperatorRegistry,
+    kind: resources.Kind,
+    *,
+    settings: OperatorSettings,
+    client: KubeClient,
+    metrics: OperatorMetrics,
+) -> None:
+    where = (resources.GROUP, resources.VERSION, kind.plural)
+
+    async def reconcile(body: kopf.Body, *, drift: bool = False) -> None:
+        with metrics.timing(kind.kind):
+            outcome = await reconciling.reconcile(client, body, settings=settings, drift=drift)
+        metrics.record_phase(
+            outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase
+        )
+
+    async def on_change(body: kopf.Body, **_: Any) -> None:
+        await reconcile(body)
+
+    async def on_timer(body: kopf.Body, **_: Any) -> None:
+        await reconcile(body, drift=True)
+
+    def on_delete(namespace: str | None, name: str | None, **_: Any) -> None:
+        metrics.record_phase(kind.kind, namespace or "", name=name or "", phase=None)
+
+    kopf.on.create(*where, registry=registry, id=f"{kind.short}_create")(on_change)
+    kopf.on.update(*where, field="spec", registry=registry, id=f"{kind.short}_update")(on_change)
+    kopf.on.resume(*where, registry=registry, id=f"{kind.short}_resume")(on_change)
+    kopf.timer(
+        *where,
+        interval=settings.drift_interval_seconds,
+        initial_delay=settings.drift_interval_seconds,
+        registry=registry,
+        id=f"{kind.short}_drift",
+    )(on_timer)
+    # optional: no finalizer, so a deleted resource goes at once and the GC takes its objects
+    kopf.on.delete(*where, optional=True, registry=registry, id=f"{kind.short}_delete")(on_delete)

@@ -1,0 +1,201 @@
+"""Kubernetes objects for a gateway: pure functions from a Gateway and settings to dicts.
+
+No I/O: the handlers apply what these return. Every object carries an owner reference to the
+custom resource, so deleting the resource lets the garbage collector remove them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from earshot_operator import dataplane, resources
+from earshot_operator.gateways import Gateway
+from earshot_operator.settings import OperatorSettings, Resources
+
+Manifest = dict[str, Any]
+
+
+def build_token_secret(gateway: Gateway, *, token: str) -> Manifest:
+    """The Secret holding the gateway's access token (minted once, never rotated by drift)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(gateway, gateway.token_secret),
+        "type": "Opaque",
+        "data": {dataplane.TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def build_configmap(gateway: Gateway) -> Manifest:
+    """The ConfigMap of the gateway's non-secret settings, read by both containers."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(gateway, gateway.name),
+        "data": dict(sorted(gateway.config.items())),
+    }
+
+
+def build_service(gateway: Gateway, *, settings: OperatorSettings) -> Manifest:
+    """The ClusterIP Service in front of the gateway's port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(gateway, gateway.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector(gateway),
+            "ports": [
+                {
+                    "name": dataplane.PORT_NAME,
+                    "port": settings.gateway_port,
+                    "targetPort": dataplane.PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def build_deployment(gateway: Gateway, *, settings: OperatorSettings) -> Manifest:
+    """The gateway Deployment: gateway container, persister sidecar and their shared spool.
+
+    The pod template carries a hash of the settings, so a spec change (say, the codec) changes
+    the template and rolls the pod even though the values arrive through the ConfigMap.
+    """
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(gateway, gateway.name),
+        "spec": {
+            "replicas": gateway.replicas,
+            # one pod per session: two gateways would race on the same sequence numbers
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": _selector(gateway)},
+            "template": {
+                "metadata": {
+                    "labels": _labels(gateway),
+                    "annotations": {resources.CONFIG_HASH_ANNOTATION: config_hash(gateway)},
+                },
+                "spec": _pod_spec(gateway, settings),
+            },
+        },
+    }
+
+
+def config_hash(gateway: Gateway) -> str:
+    """A digest of everything the containers read, so any change rolls the pod."""
+    payload = {
+        "config": dict(sorted(gateway.config.items())),
+        "secrets": [(env, ref.name, ref.key) for env, ref in gateway.secret_env],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
+    gateway_container = _container(
+        dataplane.GATEWAY_CONTAINER, gateway.command, gateway, settings.gateway_resources, settings
+    )
+    gateway_container["ports"] = [
+        {"name": dataplane.PORT_NAME, "containerPort": settings.gateway_port, "protocol": "TCP"}
+    ]
+    gateway_container["readinessProbe"] = {
+        "httpGet": {"path": gateway.health_path, "port": dataplane.PORT_NAME},
+        "periodSeconds": 5,
+    }
+    persister = _container(
+        dataplane.PERSISTER_CONTAINER,
+        dataplane.PERSISTER_COMMAND,
+        gateway,
+        settings.persister_resources,
+        settings,
+    )
+    persister["ports"] = [
+        {
+            "name": dataplane.PERSISTER_PORT_NAME,
+            "containerPort": settings.persister_port,
+            "protocol": "TCP",
+        }
+    ]
+    persister["readinessProbe"] = {
+        "httpGet": {
+            "path": dataplane.PERSISTER_HEALTH_PATH,
+            "port": dataplane.PERSISTER_PORT_NAME,
+        },
+        "periodSeconds": 5,
+    }
+    return {
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        "containers": [gateway_container, persister],
+        "volumes": [{"name": dataplane.SPOOL_VOLUME, "emptyDir": {}}],
+    }
+
+
+def _container(
+    name: str,
+    command: tuple[str, ...],
+    gateway: Gateway,
+    requests: Resources,
+    settings: OperatorSettings,
+) -> Manifest:
+    return {
+        "name": name,
+        "image": settings.gateway_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(command),
+        "envFrom": [{"configMapRef": {"name": gateway.name}}],
+        "env": [
+            {"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            for env, ref in gateway.secret_env
+        ],
+        "volumeMounts": [{"name": dataplane.SPOOL_VOLUME, "mountPath": dataplane.SPOOL_PATH}],
+        "resources": _resources(requests),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def _resources(values: Resources) -> Manifest:
+    limits = {"cpu": values.cpu_limit, "memory": values.memory_limit}
+    return {
+        "requests": {"cpu": values.cpu_request, "memory": values.memory_request},
+        "limits": {key: value for key, value in limits.items() if value is not None},
+    }
+
+
+def _metadata(gateway: Gateway, name: str) -> Manifest:
+    owner = gateway.owner
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": _labels(gateway),
+        "ownerReferences": [
+            {
+                "apiVersion": resources.API_VERSION,
+                "kind": owner.kind.kind,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+            }
+        ],
+    }
+
+
+def _selector(gateway: Gateway) -> dict[str, str]:
+    return {resources.NAME_LABEL: "earshot-gateway", resources.INSTANCE_LABEL: gateway.name}
+
+
+def _labels(gateway: Gateway) -> dict[str, str]:
+    return {
+        **_selector(gateway),
+        resources.COMPONENT_LABEL: gateway.owner.kind.component,
+        resources.MANAGED_BY_LABEL: resources.MANAGED_BY,
+        resources.KIND_LABEL: gateway.owner.kind.short,
+    }

@@ -1,0 +1,98 @@
+"""The operator's one settings object, built from the environment at start-up and passed down.
+
+Every environment read of the operator happens here (prefix ``EARSHOT_OPERATOR_``); the rest of
+the package receives an :class:`OperatorSettings` explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Engines a session or room may ask for (the CRD enum carries the same values).
+ENGINES = ("paraformer", "kyutai")
+
+
+class SecretKeyRef(BaseModel):
+    """A key in a Secret of the resource's namespace (pods can only read their own namespace)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    key: str
+
+
+class Resources(BaseModel):
+    """CPU and memory requests and limits of one container, in Kubernetes quantity syntax."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cpu_request: str = "100m"
+    memory_request: str = "128Mi"
+    cpu_limit: str | None = None
+    memory_limit: str | None = "512Mi"
+
+
+class OperatorSettings(BaseSettings):
+    """Images, engine endpoints, storage Secrets, resources and timings of the operator.
+
+    Nested values are set with a double underscore, e.g.
+    ``EARSHOT_OPERATOR_GATEWAY_RESOURCES__CPU_REQUEST=250m``, or as JSON for the whole field.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="EARSHOT_OPERATOR_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    gateway_image: str = Field(
+        "ghcr.io/earshot-dev/earshot:0.1.0", description="Image of the gateway and persister."
+    )
+    image_pull_policy: str = Field("IfNotPresent", description="Pull policy of both containers.")
+    triton_paraformer_url: str = Field(
+        "triton-paraformer.earshot.svc:8001", description="gRPC endpoint of the paraformer pool."
+    )
+    triton_kyutai_url: str = Field(
+        "triton-kyutai.earshot.svc:8001", description="gRPC endpoint of the kyutai (GPU) pool."
+    )
+    redis_url_secret: SecretKeyRef = Field(
+        SecretKeyRef(name="earshot-storage", key="redis-url"),
+        description="Secret key holding the Redis URL (partials).",
+    )
+    mysql_url_secret: SecretKeyRef = Field(
+        SecretKeyRef(name="earshot-storage", key="mysql-url"),
+        description="Secret key holding the MySQL URL (segments).",
+    )
+    gateway_resources: Resources = Resources()
+    persister_resources: Resources = Resources(
+        cpu_request="50m", memory_request="64Mi", memory_limit="256Mi"
+    )
+    gateway_port: int = Field(8000, ge=1, le=65535, description="Container and Service port.")
+    persister_port: int = Field(
+        8001, ge=1, le=65535, description="Port of the persister sidecar's /health and /metrics."
+    )
+    drift_interval_seconds: float = Field(
+        60.0, gt=0, description="How often every resource is re-checked for drift."
+    )
+    metrics_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the operator's /metrics (0: off)."
+    )
+    namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Namespaces to watch, comma-separated; empty: the whole cluster."
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def triton_url(self, engine: str) -> str:
+        """The Triton endpoint serving ``engine``.
+
+        Raises:
+            KeyError: ``engine`` is not one of :data:`ENGINES`.
+        """
+        return {"paraformer": self.triton_paraformer_url, "kyutai": self.triton_kyutai_url}[engine]

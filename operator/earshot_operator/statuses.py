@@ -1,0 +1,131 @@
+"""Status of a custom resource from what its Deployment reports: pure, no I/O.
+
+Phases: Pending (accepted, objects not yet in place), Provisioning (objects in place, pod not
+available), Ready (the Deployment is available: the endpoint works), Failed (the Deployment gave
+up, or the spec cannot be built), Completed (the resource was set inactive and scaled to zero).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from earshot_operator.gateways import Gateway
+
+
+class Phase(enum.StrEnum):
+    """The phases a resource's status reports."""
+
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    FAILED = "Failed"
+    COMPLETED = "Completed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What the Deployment says, reduced to a phase and its reason."""
+
+    phase: Phase
+    reason: str
+    message: str
+    available: bool
+
+
+def observe(deployment: Mapping[str, Any] | None, *, active: bool) -> Observation:
+    """Reduce a Deployment (or its absence) to a phase."""
+    if deployment is None:
+        return Observation(Phase.PENDING, "Creating", "the gateway is being created", False)
+    status = deployment.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or ()}
+    progressing = conditions.get("Progressing") or {}
+    if progressing.get("status") == "False" or _true(conditions.get("ReplicaFailure")):
+        failure = conditions.get("ReplicaFailure") or progressing
+        reason = failure.get("reason", "DeploymentFailed")
+        return Observation(Phase.FAILED, reason, failure.get("message", reason), False)
+    if not active:
+        return Observation(Phase.COMPLETED, "Inactive", "the session was ended", False)
+    current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 1)
+    available = _true(conditions.get("Available")) and status.get("availableReplicas", 0) >= 1
+    if current and available and status.get("updatedReplicas", 0) >= 1:
+        return Observation(Phase.READY, "Available", "the gateway accepts connections", True)
+    return Observation(
+        Phase.PROVISIONING, "WaitingForPod", "waiting for the gateway pod to be available", False
+    )
+
+
+def failed(reason: str, message: str) -> Observation:
+    """The observation for a resource whose spec the operator cannot build."""
+    return Observation(Phase.FAILED, reason, message, False)
+
+
+def build_status(
+    gateway: Gateway | None,
+    observation: Observation,
+    *,
+    generation: int,
+    previous: Mapping[str, Any],
+    now: str,
+) -> dict[str, Any]:
+    """The status to write; transition times stay put for conditions that did not change."""
+    exists = gateway is not None and observation.phase is not Phase.PENDING
+    wanted = [
+        ("Provisioned", exists, "ObjectsCreated" if exists else observation.reason),
+        ("Available", observation.available, observation.reason),
+        ("Ready", observation.phase is Phase.READY, observation.reason),
+    ]
+    old = {c.get("type"): c for c in previous.get("conditions") or ()}
+    status: dict[str, Any] = {
+        "phase": str(observation.phase),
+        "observedGeneration": generation,
+        "message": observation.message,
+        "conditions": [
+            _condition(kind, ok, reason, observation.message, generation, old.get(kind), now)
+            for kind, ok, reason in wanted
+        ],
+    }
+    if gateway is not None:
+        status["tokenSecret"] = gateway.token_secret
+    if observation.phase is Phase.READY and gateway is not None:
+        status["endpoint"] = gateway.endpoint
+    return status
+
+
+def status_patch(previous: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch taking ``previous`` to ``wanted`` for the keys the operator owns ({}: none).
+
+    Counters are left alone: they are patched separately when something changes.
+    """
+    patch: dict[str, Any] = {k: v for k, v in wanted.items() if previous.get(k) != v}
+    for key in ("endpoint", "tokenSecret"):
+        if key in previous and key not in wanted:
+            patch[key] = None
+    return patch
+
+
+def _condition(
+    kind: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    old: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    unchanged = old is not None and old.get("status") == status
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": old.get("lastTransitionTime", now) if unchanged and old else now,
+    }
+
+
+def _true(condition: Mapping[str, Any] | None) -> bool:
+    return condition is not None and condition.get("status") == "True"

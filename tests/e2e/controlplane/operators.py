@@ -1,0 +1,158 @@
+"""Run the earshot operator as a process, logged in with a least-privilege service account.
+
+The operator's token belongs to ``earshot-system/earshot-operator``, bound to the ClusterRole
+in ``operator/deploy/rbac.yaml`` and nothing else: every e2e test thereby proves the role is
+enough.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from tests.e2e.controlplane.cluster import REPO, ControlPlane, ControlPlaneError, write_kubeconfig
+
+RBAC = REPO / "operator" / "deploy" / "rbac.yaml"
+NAMESPACE = "earshot-system"
+SERVICE_ACCOUNT = "earshot-operator"
+
+
+def operator_kubeconfig(plane: ControlPlane) -> Path:
+    """Apply the operator's RBAC and write a kubeconfig holding only its service account token."""
+    plane.kubectl("apply", "-f", "-", stdin=json.dumps(_namespace()))
+    plane.kubectl("apply", "-f", str(RBAC))
+    token = _service_account_token(plane)
+    path = plane.folder / "operator.kubeconfig"
+    write_kubeconfig(path, server=plane.server, ca=plane.ca, user={"token": token})
+    return path
+
+
+def _namespace() -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+
+
+def _service_account_token(plane: ControlPlane, timeout_s: float = 60.0) -> str:
+    # Kubernetes 1.20's token controller mints a Secret per service account
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        account = json.loads(
+            plane.kubectl("get", "serviceaccount", SERVICE_ACCOUNT, "-n", NAMESPACE, "-o", "json")
+        )
+        for ref in account.get("secrets") or ():
+            secret = json.loads(
+                plane.kubectl("get", "secret", ref["name"], "-n", NAMESPACE, "-o", "json")
+            )
+            if "token" in (secret.get("data") or {}):
+                return base64.b64decode(secret["data"]["token"]).decode()
+        time.sleep(0.5)
+    raise ControlPlaneError(f"no token for {NAMESPACE}/{SERVICE_ACCOUNT} in {timeout_s} s")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """``python -m earshot_operator`` with a kubeconfig; owns the process and its log."""
+
+    def __init__(self, kubeconfig: Path, *, log: Path, drift_interval_s: float = 2.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.metrics_port = free_port()
+        self._drift_interval_s = drift_interval_s
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The running process' id."""
+        assert self._process is not None, "operator not started"
+        return self._process.pid
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the operator serves Prometheus metrics."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the operator and wait for its metrics endpoint."""
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "EARSHOT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(self._drift_interval_s),
+            "EARSHOT_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "PYTHONPATH": str(REPO / "operator"),
+        }
+        env.pop("EARSHOT_OPERATOR_NAMESPACES", None)
+        with self.log.open("ab") as out:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "earshot_operator"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        self._wait_healthy(timeout_s)
+
+    def stop(self) -> None:
+        """Stop the operator gracefully (SIGTERM), killing it if it lingers."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def restart(self) -> None:
+        """Stop and start again, as a rolled operator pod would."""
+        self.stop()
+        self.start()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the operator process, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise ControlPlaneError("no VmRSS in /proc status")
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.metrics_port}/healthz"
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise ControlPlaneError(f"operator did not come up:\n{tail}")
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
