@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test lint unit engines system-deps clean
+.PHONY: demo test lint unit prerequisites system-deps clean
 
 $(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(DEMO_STAMP)
 	$(BIN)/earshot demo
 
 # Debian packages of the servers and tools the tests run for real (idempotent; needs root).
-SYSTEM_PACKAGES := redis-server mariadb-server espeak-ng sox
+SYSTEM_PACKAGES := redis-server mariadb-server espeak-ng sox etcd-server openssl dpkg-dev make
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -33,11 +33,13 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-# Engines and servers whose installs are more than a pip extra; each script is idempotent.
-engines: $(STAMP)
+# Engines and servers whose installs are more than a pip extra; each script is idempotent and
+# caches under ~/.cache/earshot, so only a machine's first run pays (the control plane: ~5 min).
+prerequisites: $(STAMP) system-deps
 	NO_TORCH_COMPILE=1 bash tests/kyutai_setup.sh $(VENV)
+	bash tests/e2e/controlplane/build.sh
 
-lint: $(STAMP) engines
+lint: $(STAMP) prerequisites
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -46,7 +48,7 @@ lint: $(STAMP) engines
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-test: $(STAMP) system-deps engines lint
+test: $(STAMP) prerequisites lint
 	NO_TORCH_COMPILE=1 $(BIN)/pytest
 
 clean:
