@@ -67,3 +67,77 @@ SEGMENTS_FINALISED = Counter(
 STORAGE_ERRORS = Counter(
     "earshot_storage_errors_total", "Writes to a store that failed.", ["store"]
 )
+
+# The Talk gateway (rooms, speakers, captions, signaling).
+TALK_ROOMS = Gauge("earshot_talk_rooms", "Talk rooms the gateway is joined to now.")
+TALK_SPEAKERS = Gauge("earshot_talk_speakers", "Talk speakers whose audio is being recognised now.")
+TALK_FRAMES_DROPPED = Counter(
+    "earshot_talk_frames_dropped_total",
+    "Talk audio frames dropped because a speaker's queue to the recogniser was full.",
+)
+TALK_CAPTIONS_SENT = Counter(
+    "earshot_talk_captions_sent_total", "Transcript messages sent to Talk sessions.", ["kind"]
+)
+TALK_ADMISSION_REJECTIONS = Counter(
+    "earshot_talk_admission_rejections_total",
+    "Rooms refused with 503 because their estimated memory would pass the limit.",
+)
+TALK_SIGNALING_ERRORS = Counter(
+    "earshot_talk_signaling_errors_total",
+    "Errors from or about the HPB signaling server, by error code (malformed: a bad frame).",
+    ["code"],
+)
+TALK_RECONNECTS = Counter(
+    "earshot_talk_signaling_reconnects_total", "Signaling connections lost and re-established."
+)
+
+# The spool (gateway side) and the persister that drains it (DESIGN.md, Persister sidecar).
+STORE_WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, *LATENCY_BUCKETS)
+
+SPOOL_BYTES = Gauge(
+    "earshot_spool_bytes", "Bytes in the gateway's spool that the persister has not acknowledged."
+)
+SPOOL_RECORDS = Gauge(
+    "earshot_spool_records",
+    "Records this gateway appended to its spool that the persister has not acknowledged.",
+)
+SPOOL_FSYNC_SECONDS = Histogram(
+    "earshot_spool_fsync_seconds",
+    "Duration of one group commit's fsync of the spool (one or more finals).",
+    buckets=STORE_WRITE_BUCKETS,
+)
+SPOOL_FULL_REJECTIONS = Counter(
+    "earshot_spool_full_rejections_total",
+    "Streams closed with 1013 because the spool was full.",
+    ["gateway"],
+)
+SPOOL_CORRUPT_RECORDS = Counter(
+    "earshot_spool_corrupt_records_total",
+    "Damaged spool records (a torn or corrupt tail) skipped while draining.",
+)
+PERSISTER_BACKLOG_BYTES = Gauge(
+    "earshot_persister_backlog_bytes", "Spool bytes the persister has not drained yet."
+)
+PERSISTER_OLDEST_UNACKED_AGE = Gauge(
+    "earshot_persister_oldest_unacked_age_seconds",
+    "Age of the oldest spool record read and not yet acknowledged (0 when caught up).",
+)
+PERSISTER_WRITES = Counter(
+    "earshot_persister_writes_total",
+    "Records written to the stores by kind (partial, final, session).",
+    ["kind"],
+)
+PERSISTER_RETRIES = Counter(
+    "earshot_persister_retries_total", "Store writes retried after a failure.", ["store"]
+)
+PERSISTER_WRITE_LATENCY = Histogram(
+    "earshot_persister_write_seconds",
+    "Duration of one batched store write that succeeded.",
+    ["store"],
+    buckets=STORE_WRITE_BUCKETS,
+)
+PERSISTER_BATCH_RECORDS = Histogram(
+    "earshot_persister_batch_records",
+    "Records per drained batch.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)

@@ -103,6 +103,30 @@ class Settings(BaseSettings):
         description="ONNX Runtime threads per recogniser worker.",
     )
 
+    triton_url: str = Field(
+        "",
+        validation_alias=_env("TRITON_URL"),
+        description="host:port of Triton's gRPC endpoint; empty: run the engine in process.",
+    )
+    triton_keepalive_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("TRITON_KEEPALIVE_SECONDS"),
+        description="Send an empty chunk on a sequence idle this long (below the model's idle timeout).",
+    )
+    triton_request_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("TRITON_REQUEST_TIMEOUT_SECONDS"),
+        description="How long a chunk may wait for Triton's responses.",
+    )
+    triton_reconnect_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("TRITON_RECONNECT_TIMEOUT_SECONDS"),
+        description="How long a chunk waits for a broken Triton connection to come back.",
+    )
+
     kyutai_device: str = Field(
         "cpu", validation_alias=_env("KYUTAI_DEVICE"), description="cpu, cuda or cuda:N."
     )

@@ -36,7 +36,11 @@ FRAME_SECONDS = 0.02
 
 @pytest.fixture
 def settings(tmp_path: Path, tiny_model_cache: Path) -> Settings:
-    return Settings(cache_dir=tiny_model_cache, segments_url=f"sqlite:///{tmp_path / 'seg.db'}")
+    return Settings(
+        cache_dir=tiny_model_cache,
+        segments_url=f"sqlite:///{tmp_path / 'seg.db'}",
+        spool_dir=tmp_path / "spool",
+    )
 
 
 @pytest_asyncio.fixture
@@ -96,9 +100,12 @@ async def test_finals_are_stored_before_they_are_sent(
 async def test_reconnect_continues_segment_numbering(
     settings: Settings, services: Services
 ) -> None:
+    # Leaving the block waits for the server to finish the first stream (its disconnect final too):
+    # only then is its stored maximum final.
     async with running_gateway(settings, services) as base:
         first = await stream_sample(session_url(base, "again"))
-        stored_after_first = await services.stores.segments.last_seq(SessionId("again"))
+    stored_after_first = await services.stores.segments.last_seq(SessionId("again"))
+    async with running_gateway(settings, services) as base:
         second = await stream_sample(session_url(base, "again"))
     assert first.finals
     assert second.finals
@@ -258,6 +265,7 @@ class GatedDecoder:
     def __init__(self, inner: ParaformerDecoder) -> None:
         self.inner = inner
         self.gate = threading.Event()
+        self.entered = threading.Event()
         self.name = inner.name
         self.sample_rate = inner.sample_rate
 
@@ -271,6 +279,7 @@ class GatedDecoder:
         self.inner.finish(stream)
 
     def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
+        self.entered.set()
         self.gate.wait()
         return self.inner.decode(streams)
 
@@ -285,12 +294,17 @@ async def test_overload_sends_the_error_then_closes_with_1013(
     try:
         async with running_gateway(settings, Services(stalled, services.stores)) as base:
             try:
-                async with connect(session_url(base, "a")) as a, connect(session_url(base, "b")) as b:
+                async with (
+                    connect(session_url(base, "a")) as a,
+                    connect(session_url(base, "b")) as b,
+                ):
                     await a.send(b"\xd5" * 160)
+                    # The server handles each connection in its own task: without these waits the
+                    # third chunk could take a slot before the second and the test would hang.
+                    assert await asyncio.to_thread(gated.entered.wait, 10.0)
                     await b.send(b"\xd5" * 160)
-                    received, code, reason = await _refused(
-                        session_url(base, "c"), [b"\xd5" * 160]
-                    )
+                    await asyncio.sleep(0.3)
+                    received, code, reason = await _refused(session_url(base, "c"), [b"\xd5" * 160])
                     gated.gate.set()
             finally:
                 gated.gate.set()

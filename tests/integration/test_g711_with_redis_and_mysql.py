@@ -26,8 +26,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(tiny_model_cache: Path, redis_url: str, mysql_url: str) -> Settings:
-    return Settings(cache_dir=tiny_model_cache, partials_url=redis_url, segments_url=mysql_url)
+def settings(tiny_model_cache: Path, tmp_path: Path, redis_url: str, mysql_url: str) -> Settings:
+    return Settings(
+        cache_dir=tiny_model_cache,
+        partials_url=redis_url,
+        segments_url=mysql_url,
+        spool_dir=tmp_path / "spool",
+    )
 
 
 @pytest_asyncio.fixture
@@ -114,7 +119,7 @@ async def test_reconnect_continues_numbering_from_the_stored_maximum(
 ) -> None:
     async with running_gateway(settings, services) as base:
         first = await _stream(session_url(base, "resume"))
-    (first_max,) = (await _rows(mysql_url, "SELECT MAX(segment_seq) FROM segments"))[0]
+    first_max = int(str((await _rows(mysql_url, "SELECT MAX(segment_seq) FROM segments"))[0][0]))
     # A new gateway process: nothing in memory, only what Redis and MySQL hold. Redis is flushed
     # too, so the numbering can only come from MySQL's maximum.
     r = aioredis.Redis.from_url(redis_url)

@@ -56,6 +56,37 @@ def serve(
 
 
 @app.command()
+def persister(
+    port: Annotated[int | None, typer.Option(help="Port of /health and /metrics.")] = None,
+) -> None:
+    """Run the persister sidecar: drain the spool into Redis and MySQL (or SQLite and memory)."""
+    from earshot.persistence import sidecar
+
+    settings = load_settings(persister_port=port)
+    _configure_logging(settings)
+    asyncio.run(sidecar.run(settings))
+
+
+@app.command()
+def talk(
+    port: Annotated[int | None, typer.Option(help="Port of the ExApp (default: APP_PORT).")] = None,
+) -> None:
+    """Run the Nextcloud Talk live-caption ExApp (app id live_transcription)."""
+    from earshot.gateways.talk import serving as talk_serving
+    from earshot.gateways.talk.configuration import TalkSettings
+
+    settings = load_settings()
+    overrides: dict[str, Any] = {"app_port": port} if port is not None else {}
+    try:
+        talk_settings = TalkSettings(**overrides)
+    except ValidationError as exc:
+        err.print(f"[red]invalid Talk configuration:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _configure_logging(settings)
+    asyncio.run(talk_serving.serve(settings, talk_settings))
+
+
+@app.command()
 def stream(
     source: Annotated[str, typer.Argument(help="WAV file, raw file in --codec, or - for stdin.")],
     url: Annotated[str, typer.Option(help="Gateway base URL.")] = "ws://127.0.0.1:8000",

@@ -7,7 +7,7 @@ when it is read; there is no sweeper task), and the final counter never goes dow
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from earshot.events import Partial, SessionId
@@ -47,6 +47,15 @@ class MemoryPartialStore:
         # A partial of a later segment (replayed commits) is still current: keep it.
         if entry is not None and entry.partial.seq <= seq:
             del self._partials[session_id]
+
+    async def write_batch(
+        self, partials: Sequence[Partial], commits: Mapping[SessionId, int]
+    ) -> None:
+        """Put the partials, then commit the finals, as the Redis store does in one pipeline."""
+        for partial in partials:
+            await self.put_partial(partial)
+        for session_id, seq in commits.items():
+            await self.commit_final(session_id, seq)
 
     async def last_seq(self, session_id: SessionId) -> int:
         """The number of the session's last final, 0 when none."""

@@ -7,6 +7,7 @@ the segments themselves. A reconnecting session continues from the highest of th
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from earshot.events import Partial, Segment, SessionId
@@ -27,6 +28,12 @@ class PartialStore(Protocol):
         """Record that final ``seq`` is stored: raise the counter to it and drop the partial."""
         ...
 
+    async def write_batch(
+        self, partials: Sequence[Partial], commits: Mapping[SessionId, int]
+    ) -> None:
+        """Put several partials, then commit several finals (session -> seq), in one round trip."""
+        ...
+
     async def last_seq(self, session_id: SessionId) -> int:
         """The counter: the number of the session's last final, 0 when none."""
         ...
@@ -45,6 +52,13 @@ class SegmentStore(Protocol):
 
     async def add_segment(self, segment: Segment) -> None:
         """Store a final segment; storing the same (session, seq) again changes nothing."""
+        ...
+
+    async def add_segments(
+        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+    ) -> None:
+        """Store sessions' rows (``users``: session -> user id, and every session of ``batch``) and
+        the segments in one transaction, idempotently."""
         ...
 
     async def last_seq(self, session_id: SessionId) -> int:

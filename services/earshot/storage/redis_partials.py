@@ -11,7 +11,7 @@ The counter is raised by a Lua script so that it never goes down, whatever order
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -117,16 +117,27 @@ class RedisPartialStore:
 
     async def put_partial(self, partial: Partial) -> None:
         """Rewrite the session's current hash and restart its TTL, in one round trip."""
-        key = current_key(partial.session_id)
-        fields: dict[FieldT, EncodableT] = {
-            "content": partial.text,
-            "seq": str(partial.seq),
-            "ts": unix_seconds(partial.at),
-        }
+        await self.write_batch([partial], {})
+
+    async def write_batch(
+        self, partials: Sequence[Partial], commits: Mapping[SessionId, int]
+    ) -> None:
+        """Put the partials, then commit the finals, in one pipelined round trip (no transaction:
+        each command is idempotent, so a batch cut short is simply written again)."""
         with _storage_errors(self._where):
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(key, mapping=fields)
-                pipe.expire(key, self._ttl)
+                for partial in partials:
+                    key = current_key(partial.session_id)
+                    fields: dict[FieldT, EncodableT] = {
+                        "content": partial.text,
+                        "seq": str(partial.seq),
+                        "ts": unix_seconds(partial.at),
+                    }
+                    pipe.hset(key, mapping=fields)
+                    pipe.expire(key, self._ttl)
+                for session_id, seq in commits.items():
+                    keys = [counter_key(session_id), current_key(session_id)]
+                    await self._commit_final(keys=keys, args=[seq], client=pipe)
                 await pipe.execute()
 
     async def commit_final(self, session_id: SessionId, seq: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,16 @@ segments = Table(
 def segment_id(session_id: SessionId, seq: int) -> str:
     """The deterministic id of a session's segment ``seq``: uuid5 of ``"{session_id}:{seq}"``."""
     return str(uuid.uuid5(SEGMENT_ID_NAMESPACE, f"{session_id}:{seq}"))
+
+
+def _segment_row(segment: Segment) -> dict[str, object]:
+    return {
+        "id": segment_id(segment.session_id, segment.seq),
+        "session_id": segment.session_id,
+        "segment_seq": segment.seq,
+        "content": segment.text,
+        "created_at": _naive_utc(segment.created_at),
+    }
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -189,6 +199,33 @@ class SqlSegmentStore:
                     created_at=_naive_utc(segment.created_at),
                 )
             )
+
+    async def add_segments(
+        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+    ) -> None:
+        """Store sessions' rows and segments in one transaction; stored rows are kept.
+
+        Every session of ``batch`` gets its row (in the same transaction, so that MySQL's
+        ``INSERT IGNORE`` cannot swallow a foreign-key failure); ``users`` (session -> user id) adds
+        rows with their user ids and fills in the user of rows stored without one.
+        """
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = {segment.session_id: None for segment in batch} | dict(users)
+        async with self._transaction() as conn:
+            if rows:
+                await conn.execute(
+                    self._insert_session,
+                    [{"id": s, "user_id": u, "created_at": now} for s, u in rows.items()],
+                )
+            for session_id, user_id in users.items():
+                if user_id is not None:
+                    await conn.execute(
+                        update(sessions)
+                        .where(sessions.c.id == session_id, sessions.c.user_id.is_(None))
+                        .values(user_id=user_id)
+                    )
+            if batch:
+                await conn.execute(self._insert_segment, [_segment_row(s) for s in batch])
 
     def _session_row(self, session_id: SessionId, user_id: str | None) -> Insert:
         now = datetime.now(UTC).replace(tzinfo=None)

@@ -21,7 +21,8 @@ from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognize
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
 from earshot.gateways.g711 import messages
 from earshot.gateways.g711.messages import CloseCode
-from earshot.gateways.g711.transcribing import GATEWAY, Stores, Transcription
+from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
+from earshot.persistence.spool import SpoolError
 from earshot.settings import Settings
 from earshot.storage.ports import StorageError
 
@@ -56,6 +57,14 @@ OVERLOADED = Refusal(
     CloseCode.TRY_AGAIN_LATER,
     retryable=True,
     reason=messages.OVERLOAD_REASON,
+)
+
+SPOOL_FULL = Refusal(
+    "spool_full",
+    messages.SPOOL_FULL_MESSAGE,
+    CloseCode.TRY_AGAIN_LATER,
+    retryable=True,
+    reason=messages.SPOOL_FULL_REASON,
 )
 
 
@@ -135,9 +144,9 @@ async def _stream(
         # Client gone or refused: it can no longer receive these finals, but they are stored.
         try:
             await transcription.finish()
-        except StorageError as exc:
-            metrics.STORAGE_ERRORS.labels("segments").inc()
-            log.error("session %s: could not store its last segment: %s", session_id, exc)
+        except (StorageError, SpoolError) as exc:
+            metrics.STORAGE_ERRORS.labels("spool").inc()
+            log.error("session %s: could not spool its last segment: %s", session_id, exc)
         finally:
             active.dec()
 
@@ -172,6 +181,8 @@ async def _pump(
             return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
         except EngineOverloaded:
             return OVERLOADED
+        except SpoolFull:
+            return SPOOL_FULL
         except EngineError as exc:
             return Refusal(
                 "engine_error",
@@ -179,7 +190,7 @@ async def _pump(
                 CloseCode.INTERNAL_ERROR,
                 retryable=True,
             )
-        except StorageError as exc:
+        except (StorageError, SpoolError) as exc:
             return _storage_refusal(exc)
         if not await _send(websocket, out, settings):
             return None
@@ -216,14 +227,16 @@ async def _close(websocket: WebSocket, refusal: Refusal, *, gateway_metrics: boo
 def _count(refusal: Refusal, engine: str) -> None:
     if refusal is OVERLOADED:
         metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, engine).inc()
+    elif refusal is SPOOL_FULL:
+        metrics.SPOOL_FULL_REJECTIONS.labels(GATEWAY).inc()
     elif refusal.code == "engine_error":
         metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
     elif refusal.code != "storage_unavailable":
         metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
 
 
-def _storage_refusal(exc: StorageError) -> Refusal:
-    metrics.STORAGE_ERRORS.labels("segments").inc()
+def _storage_refusal(exc: StorageError | SpoolError) -> Refusal:
+    metrics.STORAGE_ERRORS.labels("spool" if isinstance(exc, SpoolError) else "segments").inc()
     return Refusal(
         "storage_unavailable",
         f"results cannot be stored right now: {exc}",

@@ -89,15 +89,17 @@ async def stream(
 
     The protocol has no end-of-stream message: the server finalises a pending partial when the
     client leaves, but can no longer send that final. With ``linger`` the client waits up to that
-    many seconds for a pending partial to become final before it closes.
+    many seconds, once everything is sent, for the server's last answer to be a final (also when
+    nothing has arrived yet) before it closes.
 
     Returns:
         What the server answered before the connection closed.
     """
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult()
+    # Unsettled until a final arrives with no partial after it: a client that finished sending
+    # before the server's first answer must still wait for it (the server may be behind).
     settled = asyncio.Event()
-    settled.set()
     async with connect(url, additional_headers=headers, max_size=None) as ws:
         receiver = asyncio.create_task(_receive(ws, result, settled, on_message))
         try:

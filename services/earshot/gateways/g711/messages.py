@@ -51,6 +51,8 @@ class CloseCode(enum.IntEnum):
 
 OVERLOAD_MESSAGE = "ASR inference is overloaded; retry later."
 OVERLOAD_REASON = "inference overloaded"
+SPOOL_FULL_MESSAGE = "results cannot be persisted fast enough (spool full); retry later."
+SPOOL_FULL_REASON = "spool full"
 
 
 def partial(text: str, seq: int) -> PartialMessage:

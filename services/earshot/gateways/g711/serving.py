@@ -12,6 +12,7 @@ import uvicorn
 from earshot.engines import loading
 from earshot.gateways.g711.app import Services, create_app
 from earshot.gateways.g711.transcribing import Stores
+from earshot.persistence import journaling
 from earshot.settings import Settings
 from earshot.storage import backends
 
@@ -24,7 +25,11 @@ _WS_MAX_SIZE_FACTOR = 4
 
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open the recogniser and both stores named by ``settings``; close them on exit."""
+    """Open the recogniser, both stores named by ``settings`` and the journal; close them on exit.
+
+    Leaving the block seals the gateway's spool stream; with the embedded persister it first drains
+    what is left (bounded by ``persister_shutdown_seconds``), so the stores then hold every final.
+    """
     async with AsyncExitStack() as stack:
         partials = backends.open_partial_store(
             settings.partials_url, ttl_seconds=settings.partial_ttl_seconds
@@ -32,9 +37,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(partials.aclose)
         segments = await backends.open_segment_store(settings.resolved_segments_url())
         stack.push_async_callback(segments.aclose)
+        journal = await stack.enter_async_context(
+            journaling.open_journal(settings, partials=partials, segments=segments)
+        )
         recognizer = await loading.open_recognizer(settings)
         stack.push_async_callback(recognizer.aclose)
-        yield Services(recognizer, Stores(partials, segments))
+        yield Services(recognizer, Stores(partials, segments, journal))
 
 
 def uvicorn_config(settings: Settings, services: Services) -> uvicorn.Config:
@@ -63,10 +71,13 @@ async def serve(settings: Settings) -> None:
         sock = bind_socket(settings)
         server = uvicorn.Server(uvicorn_config(settings, services))
         log.info(
-            "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, segments in %s)",
+            "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, spool %s, "
+            "%s persister, segments in %s)",
             settings.host,
             sock.getsockname()[1],
             services.recognizer.name,
+            settings.resolved_spool_dir(),
+            settings.persister,
             settings.resolved_segments_url(),
         )
         await server.serve(sockets=[sock])

@@ -1,7 +1,9 @@
 """One session's stream: encoded audio in, numbered and stored partials and finals out.
 
 A :class:`Transcription` knows nothing of WebSockets: it returns the messages a client should see and
-the gateway decides whether to send them (RETURN_TRANSCRIPTION=false sends nothing).
+the gateway decides whether to send them (RETURN_TRANSCRIPTION=false sends nothing). Results go
+through the journal (:mod:`earshot.persistence.journaling`): a final is durable in the spool (and,
+with the embedded persister, stored) before its message is returned.
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ from earshot.audio.resampling import Samples, StreamResampler
 from earshot.engines.recognizers import Recognizer, RecognizerStream
 from earshot.events import Partial, Recognition, Segment, SessionId
 from earshot.gateways.g711 import messages
+from earshot.persistence.journaling import Journal
 from earshot.storage.ports import PartialStore, SegmentStore
 
 GATEWAY = "g711"
 
 
+class SpoolFull(Exception):
+    """The spool is over its bound: the chunk was not taken (finals of earlier audio still are)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stores:
-    """Where a transcription keeps its results."""
+    """Where a transcription keeps its results: the journal writes, the stores are read."""
 
     partials: PartialStore
     segments: SegmentStore
+    journal: Journal
 
 
 @dataclass(slots=True)
@@ -63,11 +71,13 @@ class Transcription:
         stores: Stores,
         user_id: str | None = None,
     ) -> Transcription:
-        """Start (or resume) a session: numbering continues after its highest stored final."""
-        await stores.segments.ensure_session(session_id, user_id)
-        last = max(
-            await stores.partials.last_seq(session_id), await stores.segments.last_seq(session_id)
-        )
+        """Start (or resume) a session: numbering continues after its highest final (spooled or
+        stored).
+
+        Raises:
+            StorageError: a store cannot be read to continue the numbering.
+        """
+        next_seq = await stores.journal.open_session(session_id, user_id)
         return cls(
             session_id=session_id,
             codec=codec,
@@ -76,7 +86,7 @@ class Transcription:
             resampler=StreamResampler(source_rate, recognizer.sample_rate),
             stores=stores,
             engine=recognizer.name,
-            next_seq=last + 1,
+            next_seq=next_seq,
         )
 
     async def feed(self, chunk: bytes) -> list[messages.ServerMessage]:
@@ -85,7 +95,10 @@ class Transcription:
         Raises:
             codecs.InvalidAudio: the chunk cannot be decoded (nothing is lost so far).
             EngineOverloaded: the chunk was not taken; the stream can still be finished.
+            SpoolFull: the chunk was not taken; the stream can still be finished.
         """
+        if self.stores.journal.full:
+            raise SpoolFull
         arrived = time.perf_counter()
         samples = self.resampler.process(codecs.decode(chunk, self.codec))
         if self._timing.segment_started is None:
@@ -121,7 +134,7 @@ class Transcription:
 
     async def _store_partial(self, text: str, arrived: float) -> messages.PartialMessage:
         partial = Partial(self.session_id, self.next_seq, text, datetime.now(UTC))
-        await self.stores.partials.put_partial(partial)
+        self.stores.journal.partial(partial)
         if not self._timing.first_partial_sent and self._timing.segment_started is not None:
             self._timing.first_partial_sent = True
             metrics.FIRST_PARTIAL_LATENCY.labels(GATEWAY, self.engine).observe(
@@ -132,8 +145,7 @@ class Transcription:
     async def _store_final(self, text: str, arrived: float) -> messages.FinalMessage:
         seq = self.next_seq
         segment = Segment(self.session_id, seq, text, datetime.now(UTC))
-        await self.stores.segments.add_segment(segment)
-        await self.stores.partials.commit_final(self.session_id, seq)
+        await self.stores.journal.final(segment)
         self.next_seq = seq + 1
         self._timing = _Timing()
         metrics.FINAL_LATENCY.labels(GATEWAY, self.engine).observe(time.perf_counter() - arrived)

@@ -1,0 +1,155 @@
+"""The gateway's side of persistence: a journal that numbers, spools and (embedded) drains.
+
+A gateway records a session opening, partials and finals in its :class:`Journal`. The journal
+appends them to the spool; a final is fsynced before :meth:`Journal.final` returns, so the gateway
+may send it to the client. With the embedded drainer (``persister=embedded``, the default) the
+journal also waits, up to ``final_store_wait_seconds``, until the final is in the segment store,
+so a client that reads the store after a final finds it there, as with the older server; the
+sidecar (``persister=sidecar``) drains in its own process and the final is sent once spooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+
+from earshot.events import Partial, Segment, SessionId
+from earshot.persistence import resuming
+from earshot.persistence.draining import Drainer, DrainPolicy
+from earshot.persistence.records import SessionOpened
+from earshot.persistence.writing import SpoolWriter
+from earshot.settings import Settings
+from earshot.storage.ports import PartialStore, SegmentStore
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """Numbering, spooling and (embedded) draining of every session of one gateway."""
+
+    def __init__(
+        self,
+        writer: SpoolWriter,
+        index: resuming.SeqIndex,
+        *,
+        partials: PartialStore,
+        segments: SegmentStore,
+        drainer: Drainer | None,
+        store_wait_seconds: float,
+    ) -> None:
+        """Wrap an opened writer; prefer :func:`open_journal`."""
+        self._writer = writer
+        self._index = index
+        self._partials = partials
+        self._segments = segments
+        self._drainer = drainer
+        self._store_wait = store_wait_seconds
+
+    @property
+    def full(self) -> bool:
+        """Whether the spool is over its bound: new audio must be refused (finals still go in)."""
+        return self._writer.full
+
+    async def open_session(self, session_id: SessionId, user_id: str | None = None) -> int:
+        """Record a (re)connection and return the number its next final gets.
+
+        Raises:
+            StorageError: the segment store cannot be read to continue the numbering.
+        """
+        seq = await resuming.next_seq(
+            session_id, self._index, partials=self._partials, segments=self._segments
+        )
+        self._append_nowait(SessionOpened(session_id, user_id, datetime.now(UTC)))
+        return seq
+
+    def partial(self, partial: Partial) -> None:
+        """Spool a partial (no fsync, no waiting)."""
+        self._append_nowait(partial)
+
+    async def final(self, segment: Segment) -> None:
+        """Spool a final durably; embedded, also wait (bounded) for it to be stored.
+
+        Raises:
+            SpoolError: the spool cannot be written.
+        """
+        self._index.note(segment.session_id, segment.seq)
+        position = await self._writer.append(segment)
+        if self._drainer is None:
+            return
+        self._drainer.wake()
+        stream = self._writer.stream
+        if not await self._drainer.wait_drained(stream, position, within=self._store_wait):
+            log.warning(
+                "session %s: final %d is spooled but not yet stored after %.1f s",
+                segment.session_id,
+                segment.seq,
+                self._store_wait,
+            )
+
+    def _append_nowait(self, record: SessionOpened | Partial) -> None:
+        # No wake-up: the drainer's next poll (or the next final's wake-up) takes partials along,
+        # so a burst of partials costs one drain round, not one each.
+        self._writer.append_nowait(record)
+
+
+@asynccontextmanager
+async def open_journal(
+    settings: Settings, *, partials: PartialStore, segments: SegmentStore
+) -> AsyncIterator[Journal]:
+    """Open this gateway's spool stream (and, embedded, its drainer task); close them on exit.
+
+    Leaving the block seals the stream; the embedded drainer then drains what is left within
+    ``persister_shutdown_seconds`` (what it cannot store stays in the spool for the next start).
+
+    Raises:
+        SpoolError: the spool directory cannot be used.
+    """
+    spool_dir = settings.resolved_spool_dir()
+    writer = SpoolWriter(
+        spool_dir, segment_bytes=settings.spool_segment_bytes, max_bytes=settings.spool_max_bytes
+    )
+    async with AsyncExitStack() as stack:
+        writer.start()
+        stack.push_async_callback(writer.close)
+        index = await asyncio.to_thread(resuming.scan, spool_dir, skip=writer.stream)
+        drainer = None
+        if settings.persister == "embedded":
+            drainer = Drainer(
+                spool_dir,
+                partials=partials,
+                segments=segments,
+                policy=drain_policy(settings),
+                own_stream=writer.stream,
+            )
+            task = asyncio.create_task(drainer.run(), name="earshot-embedded-persister")
+            stack.push_async_callback(_finish, drainer, task, settings.persister_shutdown_seconds)
+        # Runs first on exit: sealing the stream lets the drainer finish it and remove it.
+        stack.push_async_callback(writer.close)
+        yield Journal(
+            writer,
+            index,
+            partials=partials,
+            segments=segments,
+            drainer=drainer,
+            store_wait_seconds=settings.final_store_wait_seconds,
+        )
+
+
+async def _finish(drainer: Drainer, task: asyncio.Task[None], deadline: float) -> None:
+    drainer.stop(deadline)
+    try:
+        await asyncio.wait_for(task, deadline + 1.0)
+    except TimeoutError:
+        log.warning("embedded persister did not stop within %.1f s", deadline)
+
+
+def drain_policy(settings: Settings) -> DrainPolicy:
+    """The batching and retry policy the settings ask for."""
+    return DrainPolicy(
+        batch_size=settings.persister_batch_size,
+        poll_seconds=settings.persister_poll_seconds,
+        retry_max_seconds=settings.persister_retry_max_seconds,
+    )

@@ -1,0 +1,242 @@
+"""The spool's writer: a gateway's appends, from one dedicated thread, with group commit.
+
+Fsync policy: a final is fsynced before :meth:`SpoolWriter.append` returns, so a final a client
+has received survives a crash of the gateway, the persister or the machine. Finals of many sessions
+that arrive together share one fsync (group commit). Partials and session openings are written
+without fsync (:meth:`SpoolWriter.append_nowait`): after a crash at most the last moments of
+partials are lost, and the next partial replaces them anyway. All file I/O runs in the writer
+thread, never on the event loop.
+
+Bound: the writer counts the bytes not yet acknowledged (its own stream exactly, older streams by
+their file sizes); :attr:`SpoolWriter.full` says when they exceed ``max_bytes``. The bound is for
+the gateway's admission of new audio: an append is never refused, so a final of audio already
+accepted is always written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from earshot import metrics
+from earshot.persistence import records
+from earshot.persistence.spool import (
+    WRITER_LOCK,
+    Position,
+    SpoolError,
+    fsync_dir,
+    read_ack,
+    segment_name,
+    streams,
+    unacked_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+# How often the writer thread re-reads the acknowledgement to refresh its depth.
+_REFRESH_SECONDS = 0.2
+
+
+@dataclass(slots=True)
+class _Append:
+    data: bytes
+    durable: bool
+    done: asyncio.Future[Position] | None
+
+
+class SpoolWriter:
+    """Appends records to a new stream of a spool from one dedicated thread."""
+
+    def __init__(self, spool_dir: Path, *, segment_bytes: int, max_bytes: int) -> None:
+        """Create this incarnation's stream and take its writer lock; call :meth:`start` next.
+
+        Raises:
+            SpoolError: the directory cannot be created or written.
+        """
+        self.spool_dir = spool_dir
+        self._segment_bytes = segment_bytes
+        self._max_bytes = max_bytes
+        try:
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            self.stream = self._new_stream()
+        except OSError as exc:
+            raise SpoolError(f"spool directory {spool_dir} cannot be used: {exc}") from exc
+        self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._file = 1
+        self._fd = os.open(self.stream / segment_name(1), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._sizes: dict[int, int] = {1: 0}
+        self._written_records = 0
+        self._acked_records = 0
+        self._closed = False
+        self._unacked = 0
+        self._others = 0
+        self._last_refresh = 0.0
+
+    def _new_stream(self) -> Path:
+        # Build it under a hidden name and rename it into place once locked, so that a drainer
+        # never sees a stream whose writer lock is still free.
+        name = f"{time.time_ns():020d}-{os.getpid()}"
+        building = self.spool_dir / f".{name}"
+        building.mkdir()
+        self._lock_fd = os.open(building / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        (building / segment_name(1)).touch()
+        stream = self.spool_dir / name
+        building.rename(stream)
+        fsync_dir(self.spool_dir)
+        return stream
+
+    @property
+    def unacked_bytes(self) -> int:
+        """Bytes appended (by this writer and earlier ones) and not yet acknowledged."""
+        return self._unacked + self._others
+
+    @property
+    def full(self) -> bool:
+        """Whether the spool holds more unacknowledged bytes than its bound."""
+        return self.unacked_bytes >= self._max_bytes
+
+    def start(self) -> None:
+        """Start the writer thread (from the event loop that will await appends)."""
+        self._loop = asyncio.get_running_loop()
+        self._refresh()
+        self._thread.start()
+
+    def append_nowait(self, record: records.Record) -> None:
+        """Queue a record to be written without fsync (partials, session openings)."""
+        self._queue.put(_Append(records.encode(record), False, None))
+
+    async def append(self, record: records.Record) -> Position:
+        """Write a record and fsync it (finals); returns the position just past it."""
+        assert self._loop is not None, "start() the writer first"
+        done: asyncio.Future[Position] = self._loop.create_future()
+        self._queue.put(_Append(records.encode(record), True, done))
+        return await done
+
+    async def close(self) -> None:
+        """Write what is queued, stop the thread and release the writer lock (sealing the stream).
+
+        Closing twice does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+        os.close(self._fd)
+        os.close(self._lock_fd)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=_REFRESH_SECONDS)
+            except queue.Empty:
+                self._refresh()
+                continue
+            batch = [first]
+            with contextlib.suppress(queue.Empty):
+                while batch[-1] is not None:
+                    batch.append(self._queue.get_nowait())
+            appends = [a for a in batch if a is not None]
+            try:
+                self._commit(appends)
+            except OSError as exc:
+                log.error("spool %s: write failed: %s", self.stream, exc)
+                self._fail(appends, exc)
+                # A record may be half written: go on in a new file, so that readers skip the
+                # damage instead of waiting for the rest of it.
+                with contextlib.suppress(OSError):
+                    self._roll()
+            if batch[-1] is None:
+                return
+            if time.monotonic() - self._last_refresh > _REFRESH_SECONDS:
+                self._refresh()
+
+    def _commit(self, appends: list[_Append]) -> None:
+        positions: list[tuple[asyncio.Future[Position], Position]] = []
+        pending = bytearray()
+        for append in appends:
+            if self._sizes[self._file] + len(pending) >= self._segment_bytes:
+                self._write(pending)
+                pending.clear()
+                self._roll()
+            pending += append.data
+            if append.done is not None:
+                end = Position(self._file, self._sizes[self._file] + len(pending))
+                positions.append((append.done, end))
+        self._write(pending)
+        self._written_records += len(appends)
+        if positions:
+            started = time.perf_counter()
+            os.fsync(self._fd)
+            metrics.SPOOL_FSYNC_SECONDS.observe(time.perf_counter() - started)
+        self._unacked += sum(len(a.data) for a in appends)
+        self._publish_depth()
+        for done, position in positions:
+            self._resolve(done, position)
+
+    def _write(self, data: bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            self._sizes[self._file] += written
+            view = view[written:]
+
+    def _roll(self) -> None:
+        # The finished file's finals were fsynced with their batch; its partials need not be.
+        os.close(self._fd)
+        self._file += 1
+        self._fd = os.open(
+            self.stream / segment_name(self._file), os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        )
+        self._sizes[self._file] = 0
+        fsync_dir(self.stream)
+
+    def _resolve(self, done: asyncio.Future[Position], position: Position) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_set_result, done, position)
+
+    def _fail(self, appends: list[_Append], exc: OSError) -> None:
+        assert self._loop is not None
+        error = SpoolError(f"spool {self.stream} cannot be written: {exc}")
+        for append in appends:
+            if append.done is not None:
+                self._loop.call_soon_threadsafe(_set_exception, append.done, error)
+
+    def _refresh(self) -> None:
+        """Re-read how far draining got: our stream exactly, the older streams by file sizes."""
+        self._last_refresh = time.monotonic()
+        ack = read_ack(self.stream)
+        for number in [n for n in self._sizes if n < ack.position.file]:
+            del self._sizes[number]
+        self._unacked = unacked_bytes(self.stream, ack, sizes=self._sizes)
+        self._others = sum(
+            unacked_bytes(s, read_ack(s)) for s in streams(self.spool_dir) if s != self.stream
+        )
+        self._acked_records = ack.records
+        self._publish_depth()
+
+    def _publish_depth(self) -> None:
+        metrics.SPOOL_BYTES.set(self.unacked_bytes)
+        metrics.SPOOL_RECORDS.set(max(self._written_records - self._acked_records, 0))
+
+
+def _set_result(done: asyncio.Future[Position], position: Position) -> None:
+    if not done.done():
+        done.set_result(position)
+
+
+def _set_exception(done: asyncio.Future[Position], error: Exception) -> None:
+    if not done.done():
+        done.set_exception(error)
