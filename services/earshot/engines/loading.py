@@ -48,8 +48,24 @@ _OPENERS: dict[str, Callable[[Settings], Awaitable[Recognizer]]] = {
 }
 
 
+async def _triton(settings: Settings) -> Recognizer:
+    # Imported here: tritonclient and grpc come with the triton extra.
+    from earshot.engines import triton
+
+    return triton.TritonRecognizer(
+        settings.triton_url,
+        engine=settings.engine,
+        keepalive_seconds=settings.triton_keepalive_seconds,
+        request_timeout_seconds=settings.triton_request_timeout_seconds,
+        reconnect_timeout_seconds=settings.triton_reconnect_timeout_seconds,
+    )
+
+
 async def open_recognizer(settings: Settings) -> Recognizer:
-    """Open the recogniser named by ``settings.engine``; the caller must ``aclose()`` it."""
+    """Open the recogniser named by ``settings.engine``: on Triton when ``triton_url`` is set,
+    in process otherwise. The caller must ``aclose()`` it."""
+    if settings.triton_url:
+        return await _triton(settings)
     try:
         opener = _OPENERS[settings.engine]
     except KeyError:

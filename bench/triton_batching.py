@@ -1,0 +1,309 @@
+"""Concurrent real-time streams through Triton vs the in-process engine, in the same run.
+
+Starts a real tritonserver (tests/triton_server.py) serving ``model-repo/paraformer_streaming`` on
+the tiny random-weight Paraformer (one CPU instance, one ONNX thread), then for each N runs N
+streams that each send the bundled speech sample (16 kHz) as 200 ms chunks in real time, first
+through :class:`TritonRecognizer`, then through the in-process :class:`BatchingRecognizer` (one
+worker thread) on the same model. For each engine and N it reports:
+
+* per-chunk latency p50/p99: from ``accept`` called to its recognitions returned;
+* average batch size: Triton's ``nv_inference_count / nv_inference_exec_count`` over the round;
+  in process, the streams per ``decode`` call of the decoder;
+* CPU per stream in % of one core: the serving side (tritonserver and its Python stub, or the
+  benchmark process running the in-process engine) and, for Triton, the client side (this process).
+
+Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--quick]``.
+Writes ``bench/reports/triton_batching.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import functools
+import math
+import os
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench import procstats
+from bench.quantiles import percentiles_ms
+from earshot.audio import codecs
+from earshot.audio.resampling import StreamResampler
+from earshot.cli.demoing import sample_audio
+from earshot.engines import paraformer, tiny_paraformer
+from earshot.engines.batching import BatchingRecognizer
+from earshot.engines.recognizers import Recognizer, Samples
+from earshot.engines.triton import TritonRecognizer
+from earshot.events import Recognition
+from tests import triton_server
+
+REPORT = Path(__file__).parent / "reports" / "triton_batching.md"
+CHUNK_SECONDS = 0.2
+RATE = 16_000
+MODEL = "paraformer_streaming"
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What one engine did with N streams."""
+
+    engine: str
+    streams: int
+    latencies: list[float]
+    late_chunks: int
+    batch: float
+    server_cpu: float
+    client_cpu: float
+
+
+class CountingDecoder(paraformer.ParaformerDecoder):
+    """The in-process decoder, counting streams per decode call (the in-process batch size)."""
+
+    calls = 0
+    streams = 0
+
+    def decode(self, streams: Sequence[paraformer.ParaformerStream]) -> list[list[Recognition]]:
+        """Decode and count."""
+        CountingDecoder.calls += 1
+        CountingDecoder.streams += len(streams)
+        return super().decode(streams)
+
+
+def speech() -> Samples:
+    """The bundled sample (espeak-ng speech, 9.6 s) at 16 kHz."""
+    audio = codecs.decode(sample_audio(), codecs.Codec.ALAW)
+    resampler = StreamResampler(8000, RATE)
+    return np.concatenate([resampler.process(audio), resampler.flush()])
+
+
+async def one_stream(
+    recognizer: Recognizer, audio: Samples, *, seconds: float, offset: float, t0: float
+) -> tuple[list[float], int]:
+    """Send ``seconds`` of audio in real time; return the chunk latencies and the late chunks."""
+    chunk = int(CHUNK_SECONDS * RATE)
+    looped = np.resize(audio, int(seconds * RATE))
+    stream = recognizer.open_stream()
+    latencies: list[float] = []
+    late = 0
+    try:
+        for k, start in enumerate(range(0, len(looped), chunk)):
+            delay = t0 + offset + (k + 1) * CHUNK_SECONDS - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                late += 1
+            sent = time.monotonic()
+            await stream.accept(looped[start : start + chunk])
+            latencies.append(time.monotonic() - sent)
+    finally:
+        await stream.finish()
+    return latencies, late
+
+
+async def load(recognizer: Recognizer, audio: Samples, *, streams: int, seconds: float) -> Round:
+    """Run N real-time streams at once, started at random offsets within one chunk."""
+    t0 = time.monotonic()
+    results = await asyncio.gather(
+        *(
+            one_stream(
+                recognizer, np.roll(audio, i * 7919), seconds=seconds,
+                offset=random.uniform(0, CHUNK_SECONDS), t0=t0,
+            )
+            for i in range(streams)
+        )
+    )  # fmt: skip
+    return Round(
+        engine=recognizer.name,
+        streams=streams,
+        latencies=[lat for lats, _ in results for lat in lats],
+        late_chunks=sum(late for _, late in results),
+        batch=0.0,
+        server_cpu=0.0,
+        client_cpu=0.0,
+    )
+
+
+def cpu_of_group(group: int) -> float:
+    """CPU seconds of every live process in a process group (tritonserver and its stubs)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.getpgid(int(proc.name)) == group:
+                    total += procstats.read(int(proc.name)).cpu_seconds
+            except (OSError, ValueError):
+                continue
+    return total
+
+
+async def measured(
+    run: Callable[[], Awaitable[Round]],
+    *,
+    server_cpu: Callable[[], float],
+    batch: Callable[[], tuple[float, float]],
+    streams: int,
+) -> Round:
+    """Run a round and fill in its CPU shares and batch size."""
+    me = os.getpid()
+    server0, client0, batch0, wall0 = (
+        server_cpu(),
+        procstats.read(me).cpu_seconds,
+        batch(),
+        time.monotonic(),
+    )
+    result = await run()
+    wall = time.monotonic() - wall0
+    server1, client1, batch1 = server_cpu(), procstats.read(me).cpu_seconds, batch()
+    items, calls = batch1[0] - batch0[0], batch1[1] - batch0[1]
+    per_stream = 100.0 / wall / streams
+    return Round(
+        engine=result.engine,
+        streams=streams,
+        latencies=result.latencies,
+        late_chunks=result.late_chunks,
+        batch=items / calls if calls else float("nan"),
+        server_cpu=(server1 - server0) * per_stream,
+        client_cpu=(client1 - client0) * per_stream,
+    )
+
+
+async def run_rounds(counts: list[int], seconds: float) -> list[Round]:
+    """Every round, Triton and in-process, on one tiny model."""
+    audio = speech()
+    with tempfile.TemporaryDirectory(prefix="earshot-bench-") as scratch:
+        workdir = Path(scratch)
+        files = tiny_paraformer.build_tiny_paraformer(workdir / "tiny")
+        install = triton_server.prepare()
+        spec = triton_server.ModelSpec(MODEL, {"model_dir": str(files.encoder.parent)})
+        repository = triton_server.build_model_repository(workdir / "models", install, [spec])
+        rounds: list[Round] = []
+        with triton_server.TritonServer(install, repository, workdir) as server:
+            group = server.pid
+
+            def triton_batch() -> tuple[float, float]:
+                text = server.metrics()
+                return (
+                    triton_server.metric_total(text, "nv_inference_count", model=MODEL),
+                    triton_server.metric_total(text, "nv_inference_exec_count", model=MODEL),
+                )
+
+            for n in counts:
+                triton = TritonRecognizer(server.grpc_url)
+                try:
+                    rounds.append(
+                        await measured(
+                            functools.partial(load, triton, audio, streams=n, seconds=seconds),
+                            server_cpu=lambda: cpu_of_group(group),
+                            batch=triton_batch,
+                            streams=n,
+                        )
+                    )
+                finally:
+                    await triton.aclose()
+                print(row(rounds[-1]), flush=True)
+        for n in counts:
+            local = BatchingRecognizer(CountingDecoder(files), workers=1)
+            try:
+                result = await measured(
+                    functools.partial(load, local, audio, streams=n, seconds=seconds),
+                    server_cpu=lambda: 0.0,
+                    batch=lambda: (float(CountingDecoder.streams), float(CountingDecoder.calls)),
+                    streams=n,
+                )
+            finally:
+                await local.aclose()
+            # In process the engine runs in this process: its CPU is the serving side.
+            rounds.append(
+                Round(
+                    result.engine + " (in process)", n, result.latencies, result.late_chunks,
+                    result.batch, server_cpu=result.client_cpu, client_cpu=float("nan"),
+                )
+            )  # fmt: skip
+            print(row(rounds[-1]), flush=True)
+    return rounds
+
+
+HEADER = (
+    "| engine | streams | chunks | late | latency p50 ms | p99 ms | avg batch "
+    "| serving CPU %/stream | client CPU %/stream |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(r: Round) -> str:
+    """One table row."""
+    p50, p99 = percentiles_ms(r.latencies, (50, 99))
+    engine = r.engine if "in process" in r.engine else f"{r.engine} (Triton)"
+    client = "-" if math.isnan(r.client_cpu) else f"{r.client_cpu:.2f}"
+    return (
+        f"| {engine} | {r.streams} | {len(r.latencies)} | {r.late_chunks} | {p50:.1f} | {p99:.1f} "
+        f"| {r.batch:.2f} | {r.server_cpu:.2f} | {client} |"
+    )
+
+
+def report(rounds: list[Round], seconds: float) -> str:
+    """The Markdown report."""
+    lines = [
+        "# Triton batching: concurrent real-time streams, Triton vs in process",
+        "",
+        f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+        f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
+        f"`python -m bench.triton_batching`, {seconds:g} s of audio per stream, "
+        f"{CHUNK_SECONDS * 1000:.0f} ms chunks sent in real time.",
+        "",
+        "Model: the tiny random-weight streaming Paraformer (sherpa-onnx), one ONNX thread; Triton: "
+        "tritonserver 2.51 (nvidia-pytriton 0.7.0), `paraformer_streaming` with one CPU instance, "
+        "sequence batching `oldest`; in process: `BatchingRecognizer` with one worker thread.",
+        "",
+        HEADER,
+        *(row(r) for r in rounds),
+        "",
+        "* latency: `accept()` called to returned, per 200 ms chunk (client side; for Triton it "
+        "includes gRPC and the sequence batcher's queue delay of up to 5 ms);",
+        "* late: chunks sent after their real-time slot because the previous one was still out;",
+        "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
+        "process, streams per `decode` call;",
+        "* serving CPU: tritonserver plus its Python stub (Triton) or the benchmark process (in "
+        "process); client CPU: the benchmark process driving Triton (the gateway's share).",
+        "",
+        "The tiny model costs far less than the real one, so these numbers show the overhead and "
+        "the batching of the two paths, not the capacity of a real deployment. The machine's two "
+        "cores were shared with other work: treat the numbers as indicative.",
+        "",
+        "How to read it: Triton's per-chunk latency is mostly fixed cost (the batcher's "
+        "`max_queue_delay_microseconds`, gRPC, the Python backend's shared-memory hop), so it "
+        "hardly grows with N while the model is cheap. Batches grow with N because chunks of "
+        "different streams arrive while an execute call runs; with a real model, whose decode takes "
+        "milliseconds instead of microseconds, more chunks queue per call and batches grow larger. "
+        "Per stream, Triton's serving side costs more CPU than the in-process engine here because "
+        "per-request overhead dominates a model this small; that share falls as N grows.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse the arguments, run, print and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="1 and 8 streams, 4 s each")
+    parser.add_argument("--report", type=Path, default=REPORT)
+    args = parser.parse_args()
+    counts, seconds = ([1, 8], 4.0) if args.quick else (args.streams, args.seconds)
+    print(HEADER)
+    rounds = asyncio.run(run_rounds(counts, seconds))
+    args.report.write_text(report(rounds, seconds))
+    print(f"wrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()

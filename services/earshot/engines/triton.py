@@ -1,0 +1,460 @@
+"""Recognition on NVIDIA Triton: every stream of a process multiplexed over one gRPC stream.
+
+May do: gRPC I/O on the event loop; own and stop the tasks that keep the connection and keepalives.
+Must not: run inference, read the environment (the caller passes the URL and options).
+
+Each audio stream is one Triton *sequence* (a random 62-bit base plus a counter, so gateways sharing
+a server do not collide): START rides on its first chunk, END on :meth:`TritonStream.finish`. Every
+request asks for an empty final response, so ``accept`` knows when a chunk's responses are complete
+and returns exactly what that chunk produced. Responses are routed by request id, errors included
+(the raw gRPC stub is used because tritonclient drops the id of an error response).
+
+When the gRPC stream breaks (Triton restarted, a proxy cut it), the recogniser reconnects with
+backoff; a stream whose sequence lived on the broken connection starts a new sequence with its next
+chunk, resending a chunk that got no answer. What the old sequence had heard since its last final
+is lost: its last partial is kept as a final, and ``earshot_triton_audio_lost_seconds_total`` and a
+warning say how much audio it covered. A sequence idle for ``keepalive_seconds`` gets an empty chunk
+so Triton's ``max_sequence_idle_microseconds`` never drops a stream that pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+from prometheus_client import Counter, Histogram
+from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
+
+from earshot.engines.recognizers import EngineError, EngineOverloaded, Samples
+from earshot.engines.sequencing import OVERLOADED_MARK
+from earshot.events import Recognition
+
+_log = logging.getLogger(__name__)
+
+ROUND_TRIP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+ROUND_TRIP = Histogram(
+    "earshot_triton_round_trip_seconds",
+    "From a chunk sent to Triton to its last response (all its recognitions) received.",
+    ["model"],
+    buckets=ROUND_TRIP_BUCKETS,
+)
+AUDIO_LOST = Counter(
+    "earshot_triton_audio_lost_seconds_total",
+    "Audio heard by Triton sequences that died with their connection before it was final.",
+    ["model"],
+)
+RECONNECTS = Counter(
+    "earshot_triton_reconnects_total", "gRPC streams to Triton opened after one broke.", ["model"]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TritonModel:
+    """A Triton model serving an engine, and the audio rate it takes."""
+
+    name: str
+    sample_rate: int
+
+
+MODELS = {
+    "paraformer": TritonModel("paraformer_streaming", 16_000),
+    "kyutai": TritonModel("kyutai_stt", 24_000),
+}
+
+_CHANNEL_OPTIONS = [
+    # gRPC's default reconnect backoff grows to two minutes; a restarted Triton must be found fast.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+_EMPTY = np.zeros(0, dtype=np.float32)
+_CLOSE_TIMEOUT_SECONDS = 5.0
+# What writing to a call that broke or ended raises.
+_CALL_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
+
+
+class _LinkBroken(Exception):
+    """The gRPC stream a request was sent on broke before the request was answered."""
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    future: asyncio.Future[list[Recognition]]
+    said: list[Recognition] = field(default_factory=list)
+
+
+class TritonRecognizer:
+    """A :class:`~earshot.engines.recognizers.Recognizer` whose streams are sequences on Triton.
+
+    Create it inside the running event loop that uses it; call :meth:`aclose` to stop its tasks.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        engine: str = "paraformer",
+        model: str | None = None,
+        keepalive_seconds: float = 10.0,
+        request_timeout_seconds: float = 30.0,
+        reconnect_timeout_seconds: float = 30.0,
+    ) -> None:
+        """Start connecting (in the background: a Triton that is down is waited for).
+
+        Args:
+            url: ``host:port`` of Triton's gRPC endpoint.
+            engine: ``paraformer`` or ``kyutai``; picks the model and the sample rate.
+            model: serve from a model of another name (same contract) than the engine's.
+            keepalive_seconds: send an empty chunk on a sequence idle this long; keep it well
+                below the model's ``max_sequence_idle_microseconds``.
+            request_timeout_seconds: how long a chunk may wait for its responses.
+            reconnect_timeout_seconds: how long a chunk waits for a broken connection to come back
+                before it fails with :class:`EngineError`.
+
+        Raises:
+            ValueError: an unknown engine.
+        """
+        if engine not in MODELS:
+            raise ValueError(f"unknown engine {engine!r}; known: {', '.join(sorted(MODELS))}")
+        self._engine = engine
+        self._model = model or MODELS[engine].name
+        self._url = url
+        self._keepalive_seconds = keepalive_seconds
+        self._request_timeout = request_timeout_seconds
+        self._reconnect_timeout = reconnect_timeout_seconds
+        self._ids = itertools.count(secrets.randbelow(2**62) + 1)
+        self._requests = itertools.count()
+        self._pending: dict[str, _Pending] = {}
+        # Weak: a stream dropped without finish() stops getting keepalives.
+        self._streams: weakref.WeakSet[TritonStream] = weakref.WeakSet()
+        self._call: Any = None
+        self._generation = 0
+        self._connected = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+        loop = asyncio.get_running_loop()
+        self._link_task = loop.create_task(self._keep_connected(), name="triton-link")
+        self._keepalive_task = loop.create_task(self._keep_alive(), name="triton-keepalive")
+
+    @property
+    def name(self) -> str:
+        """The engine name (``paraformer``, ``kyutai``)."""
+        return self._engine
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the engine's model."""
+        return MODELS[self._engine].sample_rate
+
+    @property
+    def model(self) -> str:
+        """The Triton model the streams go to."""
+        return self._model
+
+    def open_stream(self) -> TritonStream:
+        """Start a stream; its sequence starts with its first chunk."""
+        if self._closed:
+            raise EngineError("the Triton recogniser is closed")
+        stream = TritonStream(self)
+        self._streams.add(stream)
+        return stream
+
+    async def aclose(self) -> None:
+        """Stop the connection and keepalive tasks; calls still waiting fail with EngineError.
+
+        The gRPC stream is half-closed and Triton ends it once it has answered what it holds: a
+        cancelled call leaves grpc.aio waiting for its status in a task of its own.
+        """
+        self._closed = True
+        self._keepalive_task.cancel()
+        if self._call is not None:
+            with contextlib.suppress(*_CALL_ERRORS):
+                await self._call.done_writing()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._link_task), _CLOSE_TIMEOUT_SECONDS)
+        self._link_task.cancel()
+        await asyncio.gather(self._link_task, self._keepalive_task, return_exceptions=True)
+        self._fail_pending(EngineError("the Triton recogniser was closed"))
+        self._connected.set()  # wakes chunks waiting for a connection: they see it closed
+
+    def _forget(self, stream: TritonStream) -> None:
+        self._streams.discard(stream)
+
+    def _next_sequence_id(self) -> int:
+        return next(self._ids) % 2**63 or 1
+
+    async def _keep_connected(self) -> None:
+        backoff = 0.1
+        while not self._closed:
+            try:
+                opened = await self._serve_one_link()
+            except Exception:  # a bug must not leave the recogniser without a connection for good
+                _log.exception("the gRPC stream to Triton at %s failed", self._url)
+                opened = False
+            backoff = 0.1 if opened else min(backoff * 2, 1.0)
+            await asyncio.sleep(backoff)
+
+    async def _serve_one_link(self) -> bool:
+        """Connect, open the stream and route its responses until it ends; True if it opened."""
+        channel = grpc.aio.insecure_channel(self._url, options=_CHANNEL_OPTIONS)
+        opened = False
+        call: Any = None
+        try:
+            await channel.channel_ready()
+            call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+            self._call = call
+            self._generation += 1
+            if self._generation > 1:
+                RECONNECTS.labels(self._model).inc()
+                _log.info("reconnected to Triton at %s", self._url)
+            opened = True
+            self._connected.set()
+            while (response := await call.read()) is not grpc.aio.EOF:
+                self._route(response)
+            if not self._closed:
+                _log.warning("Triton at %s ended the gRPC stream", self._url)
+        except grpc.aio.AioRpcError as exc:
+            _log.warning("gRPC stream to Triton at %s broke: %s", self._url, exc.details())
+        finally:
+            self._connected.clear()
+            self._call = None
+            self._fail_pending(_LinkBroken())
+            await channel.close(grace=None)
+        return opened
+
+    def _fail_pending(self, error: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    def _route(self, response: Any) -> None:
+        infer = response.infer_response
+        pending = self._pending.get(infer.id)
+        if pending is None or pending.future.done():
+            return  # the answer to a request that timed out
+        if response.error_message:
+            del self._pending[infer.id]
+            pending.future.set_exception(_error(response.error_message))
+            return
+        if len(infer.outputs):
+            pending.said.append(_recognition(infer))
+        final = infer.parameters.get("triton_final_response")
+        if final is not None and final.bool_param:
+            del self._pending[infer.id]
+            pending.future.set_result(pending.said)
+
+    async def _generation_when_connected(self, deadline: float) -> int:
+        try:
+            await asyncio.wait_for(self._connected.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise EngineError(
+                f"Triton at {self._url} was unreachable for {self._reconnect_timeout:g} s"
+            ) from None
+        if self._closed:
+            raise EngineError("the Triton recogniser is closed")
+        return self._generation
+
+    async def _exchange(
+        self, sequence_id: int, samples: Samples, *, start: bool, end: bool
+    ) -> list[Recognition]:
+        """Send one chunk of a sequence and wait for all its responses."""
+        request_id = f"{sequence_id:x}-{next(self._requests)}"
+        future: asyncio.Future[list[Recognition]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future)
+        request = _request(self._model, request_id, sequence_id, samples, start=start, end=end)
+        sent = time.monotonic()
+        try:
+            await self._write(request)
+            said = await asyncio.wait_for(future, self._request_timeout)
+        except TimeoutError:
+            raise EngineError(
+                f"Triton did not answer a chunk of sequence {sequence_id} of model {self._model} "
+                f"within {self._request_timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+        ROUND_TRIP.labels(self._model).observe(time.monotonic() - sent)
+        return said
+
+    async def _write(self, request: Any) -> None:
+        async with self._write_lock:
+            call = self._call
+            if call is None:
+                raise _LinkBroken()
+            try:
+                await call.write(request)
+            except _CALL_ERRORS as exc:
+                raise _LinkBroken() from exc
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._keepalive_seconds / 4)
+            due = time.monotonic() - self._keepalive_seconds
+            idle = [s for s in self._streams if s._idle_since(due)]
+            await asyncio.gather(*(s._keep_alive() for s in idle))
+
+
+class TritonStream:
+    """One audio stream: a Triton sequence (a new one after a lost connection)."""
+
+    def __init__(self, owner: TritonRecognizer) -> None:
+        """Belong to a recogniser; nothing is sent before the first chunk."""
+        self._owner = owner
+        self._sequence_id: int | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._last_sent = time.monotonic()
+        self._held: list[Recognition] = []
+        self._partial = ""
+        self._unfinal_samples = 0
+        self._error: EngineError | None = None
+        self._finished = False
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        """Send a chunk; return what it made the model say.
+
+        Raises:
+            EngineOverloaded: the model had no room for a new sequence; the next chunk tries again.
+            EngineError: Triton rejected the chunk, did not answer in time, or stayed unreachable.
+        """
+        if self._finished:
+            raise EngineError("audio arrived after the stream was finished")
+        async with self._lock:
+            if self._error is not None:
+                raise self._error
+            said = self._take_held()
+            said.extend(await self._send(np.asarray(samples, dtype=np.float32), end=False))
+            return said
+
+    async def finish(self) -> list[Recognition]:
+        """End the sequence and return its last recognitions (a final when text was pending)."""
+        async with self._lock:
+            self._finished = True
+            try:
+                said = self._take_held()
+                if self._sequence_id is None or self._error is not None:
+                    return said + self._salvage()
+                said.extend(await self._send(_EMPTY, end=True))
+                return said
+            finally:
+                self._owner._forget(self)
+
+    def _take_held(self) -> list[Recognition]:
+        held, self._held = self._held, []
+        return held
+
+    async def _send(self, samples: Samples, *, end: bool) -> list[Recognition]:
+        owner = self._owner
+        deadline = time.monotonic() + owner._reconnect_timeout
+        while True:
+            generation = await owner._generation_when_connected(deadline)
+            start = self._sequence_id is None or self._generation != generation
+            if start and self._sequence_id is not None:
+                self._restart_after_loss()
+                if end:  # the lost sequence was the whole stream: nothing is left to end
+                    return self._take_held()
+            if start:
+                self._sequence_id, self._generation = owner._next_sequence_id(), generation
+            assert self._sequence_id is not None
+            self._last_sent = time.monotonic()
+            try:
+                answer = await owner._exchange(self._sequence_id, samples, start=start, end=end)
+            except _LinkBroken:
+                continue  # resend on a new sequence once reconnected
+            except EngineOverloaded:
+                if start:  # no sequence was made: the next chunk tries to START again
+                    self._sequence_id = None
+                raise
+            except EngineError as exc:
+                self._error = exc
+                raise
+            self._note(samples, answer)
+            return self._take_held() + answer
+
+    def _note(self, samples: Samples, said: list[Recognition]) -> None:
+        self._unfinal_samples += len(samples)
+        for recognition in said:
+            if recognition.is_final:
+                self._partial, self._unfinal_samples = "", 0
+            else:
+                self._partial = recognition.text
+
+    def _restart_after_loss(self) -> None:
+        """Account for a sequence that died with its connection; keep its last partial as a final.
+
+        The final waits in ``_held`` until a call returns it, also when the resend then fails.
+        """
+        lost = self._unfinal_samples / self._owner.sample_rate
+        if lost or self._partial:
+            AUDIO_LOST.labels(self._owner.model).inc(lost)
+            _log.warning(
+                "Triton sequence %d of model %s died with its connection: %.2f s of audio not yet "
+                "final were lost (its last partial is kept as a final); going on with a new one",
+                self._sequence_id, self._owner.model, lost,
+            )  # fmt: skip
+        self._held.extend(self._salvage())
+
+    def _salvage(self) -> list[Recognition]:
+        partial, self._partial, self._unfinal_samples = self._partial, "", 0
+        return [Recognition(text=partial, is_final=True)] if partial else []
+
+    def _idle_since(self, moment: float) -> bool:
+        # A sequence of a broken connection is left to the next chunk, which restarts it.
+        return (
+            self._sequence_id is not None
+            and self._error is None
+            and self._generation == self._owner._generation
+            and self._owner._connected.is_set()
+            and not self._lock.locked()
+            and self._last_sent <= moment
+        )
+
+    async def _keep_alive(self) -> None:
+        if self._lock.locked():
+            return
+        async with self._lock:
+            # An empty chunk resets Triton's idle timer; what it says is returned by the next call.
+            with contextlib.suppress(EngineError):
+                self._held.extend(await self._send(_EMPTY, end=False))
+
+
+def _request(
+    model: str, request_id: str, sequence_id: int, samples: Samples, *, start: bool, end: bool
+) -> Any:
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    audio = request.inputs.add()
+    audio.name, audio.datatype = "AUDIO", "FP32"
+    audio.shape.extend([1, len(samples)])
+    request.raw_input_contents.append(np.ascontiguousarray(samples, dtype="<f4").tobytes())
+    # Triton takes the sequence id as int64 (and hands it to the model as CORRID, UINT64).
+    request.parameters["sequence_id"].int64_param = sequence_id
+    request.parameters["sequence_start"].bool_param = start
+    request.parameters["sequence_end"].bool_param = end
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
+
+
+def _error(message: str) -> EngineError:
+    if OVERLOADED_MARK in message:
+        return EngineOverloaded(f"Triton: {message}")
+    return EngineError(f"Triton: {message}")
+
+
+def _recognition(infer_response: Any) -> Recognition:
+    result = InferResult(infer_response)
+    text = result.as_numpy("TEXT").reshape(-1)[0]
+    is_final = bool(result.as_numpy("IS_FINAL").reshape(-1)[0])
+    return Recognition(
+        text=text.decode() if isinstance(text, bytes) else str(text), is_final=is_final
+    )
