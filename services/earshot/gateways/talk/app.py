@@ -1,0 +1,235 @@
+"""The ExApp's HTTP API (PROTOCOLS.md §2): what AppAPI and Talk call.
+
+Every endpoint but ``/heartbeat`` (and the Prometheus ``/metrics`` scrape) needs AppAPI headers;
+every error answers ``{"error": "..."}`` with a precise status: 400 bad body or language, 401 bad
+headers, 404 unknown room, 503 signaling unreachable, memory limit reached or app disabled.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from earshot.gateways.talk import appapi, languages, talkrooms
+from earshot.gateways.talk.configuration import TalkSettings
+from earshot.gateways.talk.hosting import (
+    AdmissionRefused,
+    Rooms,
+    UnknownRoom,
+    UnsupportedLanguage,
+)
+from earshot.gateways.talk.nextcloud import Nextcloud
+from earshot.gateways.talk.signaling import SignalingRefused, SignalingUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Services:
+    """What the app needs at run time, opened and closed by its owner."""
+
+    rooms: Rooms
+    nextcloud: Nextcloud
+    talkrooms: talkrooms.TalkRoomStore | None = None
+    enabled: bool = True
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class TranscribeRequest(_Body):
+    room_token: str = Field(alias="roomToken", min_length=1)
+    nc_session_id: str = Field(alias="ncSessionId", min_length=1)
+    enable: bool = True
+    lang_id: str | None = Field(None, alias="langId")
+
+
+class SetLanguageRequest(_Body):
+    room_token: str = Field(alias="roomToken", min_length=1)
+    lang_id: str = Field(alias="langId", min_length=1)
+
+
+class LeaveRequest(_Body):
+    room_token: str = Field(alias="roomToken", min_length=1)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(settings: TalkSettings, services: Services) -> FastAPI:
+    """Build the ExApp around opened services."""
+    app = FastAPI(title="earshot live_transcription ExApp")
+    _install_error_handlers(app)
+
+    def authorized(request: Request) -> str:
+        try:
+            return appapi.check(
+                request.headers,
+                app_id=settings.app_id,
+                app_secret=settings.app_secret.get_secret_value(),
+            )
+        except appapi.Unauthorized as exc:
+            raise HTTPException(401, str(exc)) from None
+
+    auth = [Depends(authorized)]
+
+    @app.get("/heartbeat")
+    async def heartbeat() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/init", dependencies=auth)
+    async def init() -> dict[str, str]:
+        services.nextcloud.start_init(_ready)
+        return {}
+
+    async def _ready() -> None:
+        # The engine is opened before the app serves; nothing more to fetch here.
+        return None
+
+    @app.put("/enabled", dependencies=auth)
+    async def set_enabled(enabled: int) -> dict[str, str]:
+        services.enabled = bool(enabled)
+        if not services.enabled:
+            await services.rooms.aclose()
+        return {"error": ""}
+
+    @app.get("/enabled", dependencies=auth)
+    async def get_enabled() -> dict[str, bool]:
+        return {"enabled": services.enabled}
+
+    @app.get("/capabilities", dependencies=auth)
+    async def capabilities() -> dict[str, Any]:
+        return {
+            "features": ["live_transcription"],
+            "live_transcription": {
+                "version": settings.app_version,
+                "languages": list(settings.languages),
+            },
+        }
+
+    @app.get("/api/v1/languages", dependencies=auth)
+    async def get_languages() -> dict[str, Any]:
+        return {"languages": languages.describe(settings.languages)}
+
+    @app.post("/api/v1/call/transcribe", dependencies=auth)
+    async def transcribe(body: TranscribeRequest) -> Response:
+        if not services.enabled:
+            return _error(503, "the app is disabled")
+        if services.talkrooms is not None:
+            return await _transcribe_in_cluster(settings, services.talkrooms, body)
+        try:
+            await services.rooms.transcribe(
+                body.room_token, body.nc_session_id, enable=body.enable, lang=body.lang_id
+            )
+        except UnsupportedLanguage as exc:
+            return _error(400, str(exc))
+        except AdmissionRefused as exc:
+            return _error(503, str(exc))
+        except SignalingRefused as exc:
+            status = 404 if exc.code == "no_such_room" else 503
+            return _error(status, f"the signaling server refused us: {exc}")
+        except SignalingUnavailable as exc:
+            return _error(503, f"the signaling server is unreachable: {exc}")
+        return JSONResponse({})
+
+    @app.post("/api/v1/call/set-language", dependencies=auth)
+    async def set_language(body: SetLanguageRequest) -> Response:
+        if services.talkrooms is not None:
+            if body.lang_id not in settings.languages:
+                return _error(400, f"language {body.lang_id!r} is not offered")
+            return await _change_in_cluster(
+                services.talkrooms, body.room_token, language=body.lang_id, active=None
+            )
+        try:
+            services.rooms.set_language(body.room_token, body.lang_id)
+        except UnknownRoom:
+            return _error(404, f"no live transcription in room {body.room_token!r}")
+        except UnsupportedLanguage as exc:
+            return _error(400, str(exc))
+        return JSONResponse({})
+
+    @app.post("/api/v1/call/leave", dependencies=auth)
+    async def leave(body: LeaveRequest) -> Response:
+        if services.talkrooms is not None:
+            return await _change_in_cluster(
+                services.talkrooms, body.room_token, language=None, active=False
+            )
+        try:
+            await services.rooms.leave(body.room_token)
+        except UnknownRoom:
+            return _error(404, f"no live transcription in room {body.room_token!r}")
+        return JSONResponse({})
+
+    @app.get("/api/v1/status", dependencies=auth)
+    async def status() -> dict[str, Any]:
+        return {"enabled": services.enabled, **services.rooms.status()}
+
+    return app
+
+
+async def _transcribe_in_cluster(
+    settings: TalkSettings, store: talkrooms.TalkRoomStore, body: TranscribeRequest
+) -> Response:
+    if body.lang_id is not None and body.lang_id not in settings.languages:
+        return _error(400, f"language {body.lang_id!r} is not offered")
+    spec = talkrooms.TalkRoomSpec(
+        room_token=body.room_token,
+        hpb_url=settings.hpb_url,
+        nextcloud_url=settings.nextcloud_url,
+        internal_secret_name=settings.internal_secret_ref,
+        languages=_languages_first(settings.languages, body.lang_id),
+        engine=settings.engine,
+    )
+    try:
+        await store.request(spec, session=body.nc_session_id, enable=body.enable)
+    except talkrooms.ClusterError as exc:
+        return _error(503, f"cannot record the room in the cluster: {exc}")
+    return JSONResponse({})
+
+
+async def _change_in_cluster(
+    store: talkrooms.TalkRoomStore, room_token: str, *, language: str | None, active: bool | None
+) -> Response:
+    try:
+        found = await store.change(room_token, language=language, active=active)
+    except talkrooms.ClusterError as exc:
+        return _error(503, f"cannot update the room in the cluster: {exc}")
+    if not found:
+        return _error(404, f"no live transcription in room {room_token!r}")
+    return JSONResponse({})
+
+
+def _languages_first(offered: tuple[str, ...], first: str | None) -> tuple[str, ...]:
+    if first is None:
+        return offered
+    return (first, *(code for code in offered if code != first))
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(400, f"bad request: {problems}")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return _error(exc.status_code, str(exc.detail))
+
+    app.add_exception_handler(RequestValidationError, bad_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -1,0 +1,131 @@
+"""The Talk gateway's settings, built once from the environment at start-up and passed down.
+
+Names of the Nextcloud ExApp world stay as AppAPI and the older live-caption app defined them
+(PROTOCOLS.md §2: LT_HPB_URL, LT_INTERNAL_SECRET, SKIP_CERT_VERIFY, APP_ID, APP_SECRET, APP_PORT,
+NEXTCLOUD_URL); earshot's own knobs are ``EARSHOT_TALK_<FIELD>``. The recogniser itself is configured
+by :class:`earshot.settings.Settings`, as for every gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+APP_ID = "live_transcription"
+BACKEND_PATH = "/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
+
+
+def _env(name: str, *aliases: str) -> AliasChoices:
+    return AliasChoices(f"EARSHOT_TALK_{name}", *aliases)
+
+
+class TalkSettings(BaseSettings):
+    """Configuration of a Talk gateway process."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    hpb_url: str = Field(
+        "",
+        validation_alias=_env("HPB_URL", "LT_HPB_URL"),
+        description="The signaling server, e.g. wss://hpb.example.com/standalone-signaling/.",
+    )
+    internal_secret: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=_env("INTERNAL_SECRET", "LT_INTERNAL_SECRET"),
+        description="The HPB's internal client secret (hello with internal auth).",
+    )
+    skip_cert_verify: bool = Field(
+        False, validation_alias=_env("SKIP_CERT_VERIFY", "SKIP_CERT_VERIFY")
+    )
+    app_id: str = Field(APP_ID, validation_alias=_env("APP_ID", "APP_ID"))
+    app_secret: SecretStr = Field(SecretStr(""), validation_alias=_env("APP_SECRET", "APP_SECRET"))
+    app_version: str = Field("0.1.0", validation_alias=_env("APP_VERSION", "APP_VERSION"))
+    aa_version: str = Field("3.0.0", validation_alias=_env("AA_VERSION", "AA_VERSION"))
+    app_host: str = Field("0.0.0.0", validation_alias=_env("APP_HOST", "APP_HOST"))
+    app_port: int = Field(23000, ge=0, le=65535, validation_alias=_env("APP_PORT", "APP_PORT"))
+    nextcloud_url: str = Field("", validation_alias=_env("NEXTCLOUD_URL", "NEXTCLOUD_URL"))
+
+    languages: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("en",),
+        validation_alias=_env("LANGUAGES"),
+        description="Language codes the engine supports (comma-separated); the first is the default.",
+    )
+    grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        validation_alias=_env("GRACE_SECONDS"),
+        description="How long a room without caption targets stays joined before leaving.",
+    )
+    partial_interval_seconds: float = Field(
+        0.3,
+        ge=0,
+        validation_alias=_env("PARTIAL_INTERVAL_SECONDS"),
+        description="Least time between two partial captions of one speaker.",
+    )
+    speaker_queue_frames: int = Field(
+        100,
+        ge=1,
+        validation_alias=_env("SPEAKER_QUEUE_FRAMES"),
+        description="20 ms frames a speaker may have waiting for the recogniser; more are dropped.",
+    )
+    memory_limit_mb: float = Field(
+        2048.0,
+        gt=0,
+        validation_alias=_env("MEMORY_LIMIT_MB"),
+        description="Estimated memory all rooms may use; a room past it is refused with 503.",
+    )
+    room_memory_mb: float = Field(16.0, ge=0, validation_alias=_env("ROOM_MEMORY_MB"))
+    speaker_memory_mb: float = Field(
+        20.0,
+        ge=0,
+        validation_alias=_env("SPEAKER_MEMORY_MB"),
+        description="Estimate per speaker (bench/reports/talk_speakers.md measures it).",
+    )
+    expected_speakers: int = Field(
+        4,
+        ge=0,
+        validation_alias=_env("EXPECTED_SPEAKERS"),
+        description="Speakers a new room counts.",
+    )
+    reconnect_initial_seconds: float = Field(0.5, gt=0, validation_alias=_env("RECONNECT_INITIAL"))
+    reconnect_max_seconds: float = Field(30.0, gt=0, validation_alias=_env("RECONNECT_MAX"))
+    signaling_timeout_seconds: float = Field(
+        10.0, gt=0, validation_alias=_env("SIGNALING_TIMEOUT_SECONDS")
+    )
+    in_cluster: bool = Field(
+        False,
+        validation_alias=_env("IN_CLUSTER"),
+        description="True: a transcription request creates or updates a TalkRoom resource.",
+    )
+    namespace: str = Field("default", validation_alias=_env("NAMESPACE"))
+    internal_secret_ref: str = Field(
+        "earshot-talk-internal-secret",
+        validation_alias=_env("INTERNAL_SECRET_REF"),
+        description="Name of the Secret holding the internal secret (TalkRoom spec).",
+    )
+    engine: str = Field("paraformer", validation_alias=_env("ENGINE"))
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _split_languages(cls, value: object) -> object:
+        if isinstance(value, str):
+            codes = tuple(code.strip() for code in value.split(",") if code.strip())
+            if not codes:
+                raise ValueError("at least one language code is needed")
+            return codes
+        return value
+
+    @property
+    def signaling_url(self) -> str:
+        """The WebSocket URL of the signaling endpoint (``.../spreed``), ws or wss."""
+        url = self.hpb_url.rstrip("/")
+        if url.startswith("http"):
+            url = "ws" + url[len("http") :]
+        return url if url.endswith("/spreed") else f"{url}/spreed"
+
+    @property
+    def backend_url(self) -> str:
+        """The backend URL the internal hello names (it must match the HPB's configuration)."""
+        return self.nextcloud_url.rstrip("/") + BACKEND_PATH

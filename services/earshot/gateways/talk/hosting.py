@@ -1,0 +1,212 @@
+"""Every room a gateway process captions: start, route requests, admit by memory, close.
+
+:class:`Rooms` owns the rooms and one watcher task per room that closes it when it finishes (grace
+period over, call ended, signaling lost). A new room is admitted only when the estimated memory of
+all rooms plus the new one stays under the limit (:class:`AdmissionRefused`, HTTP 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import RTCIceServer
+
+from earshot import metrics
+from earshot.engines.recognizers import Recognizer
+from earshot.gateways.talk import signaling
+from earshot.gateways.talk.backoff import Backoff
+from earshot.gateways.talk.configuration import TalkSettings
+from earshot.gateways.talk.rooms import Room, RoomOptions
+
+log = logging.getLogger(__name__)
+
+IceServers = Callable[[], Awaitable[list[RTCIceServer]]]
+
+
+class AdmissionRefused(Exception):
+    """A new room would pass the memory limit."""
+
+
+class UnknownRoom(KeyError):
+    """No room with this token is being captioned here."""
+
+
+class UnsupportedLanguage(ValueError):
+    """The engine does not offer this language."""
+
+
+async def _no_ice_servers() -> list[RTCIceServer]:
+    return []
+
+
+class Rooms:
+    """The rooms of one process."""
+
+    def __init__(
+        self,
+        settings: TalkSettings,
+        recognizer: Recognizer,
+        *,
+        ice_servers: IceServers = _no_ice_servers,
+    ) -> None:
+        self._settings = settings
+        self._recognizer = recognizer
+        self._ice_servers = ice_servers
+        self._rooms: dict[str, Room] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._rooms
+
+    def check_language(self, lang: str | None) -> str:
+        """The language to use: ``lang`` when supported, the default when None.
+
+        Raises:
+            UnsupportedLanguage: the engine does not offer it.
+        """
+        if lang is None:
+            return self._settings.languages[0]
+        if lang not in self._settings.languages:
+            offered = ", ".join(self._settings.languages)
+            raise UnsupportedLanguage(f"language {lang!r} is not offered; use one of: {offered}")
+        return lang
+
+    async def transcribe(
+        self, token: str, nextcloud_session_id: str, *, enable: bool, lang: str | None
+    ) -> None:
+        """Turn captions on or off for a participant, joining the room first when needed.
+
+        Raises:
+            UnsupportedLanguage: ``lang`` is not offered.
+            AdmissionRefused: a new room would pass the memory limit.
+            signaling.SignalingUnavailable: the signaling server cannot be reached.
+            signaling.SignalingRefused: it refused our credentials or the room.
+        """
+        chosen = self.check_language(lang)
+        async with self._lock:
+            room = self._rooms.get(token)
+            if room is None:
+                if not enable:
+                    return
+                room = await self._open(token, chosen)
+        if lang is not None:
+            room.lang = chosen
+        room.enable(nextcloud_session_id, on=enable)
+
+    def set_language(self, token: str, lang: str) -> None:
+        """Switch a room's caption language.
+
+        Raises:
+            UnknownRoom: no such room here.
+            UnsupportedLanguage: ``lang`` is not offered.
+        """
+        chosen = self.check_language(lang)
+        self._room(token).lang = chosen
+
+    async def leave(self, token: str) -> None:
+        """Leave a room now.
+
+        Raises:
+            UnknownRoom: no such room here.
+        """
+        room = self._room(token)
+        room.finished.set()
+        watcher = self._watchers.get(token)
+        if watcher is not None:
+            await watcher
+        else:
+            await room.close()
+
+    def status(self) -> dict[str, Any]:
+        """Rooms and the memory estimate."""
+        return {
+            "rooms": [room.status() for room in self._rooms.values()],
+            "memory": {
+                "estimatedMb": self.estimated_mb(),
+                "limitMb": self._settings.memory_limit_mb,
+            },
+        }
+
+    def estimated_mb(self, *, extra_rooms: int = 0) -> float:
+        """Estimated memory of the rooms (plus prospective new ones), in MB.
+
+        Each room counts at least ``expected_speakers``: a room just joined has no speakers yet
+        but soon will, and admitting on its present size alone would overcommit.
+        """
+        s = self._settings
+        per_room = [max(len(room.speakers), s.expected_speakers) for room in self._rooms.values()]
+        per_room += [s.expected_speakers] * extra_rooms
+        return len(per_room) * s.room_memory_mb + sum(per_room) * s.speaker_memory_mb
+
+    async def aclose(self) -> None:
+        """Leave every room."""
+        for token in list(self._rooms):
+            with contextlib.suppress(UnknownRoom):
+                await self.leave(token)
+
+    def _room(self, token: str) -> Room:
+        try:
+            return self._rooms[token]
+        except KeyError:
+            raise UnknownRoom(token) from None
+
+    async def _open(self, token: str, lang: str) -> Room:
+        s = self._settings
+        prospective = self.estimated_mb(extra_rooms=1)
+        if prospective > s.memory_limit_mb:
+            metrics.TALK_ADMISSION_REJECTIONS.inc()
+            raise AdmissionRefused(
+                f"a new room would bring the estimated memory to {prospective:.0f} MB, "
+                f"over the limit of {s.memory_limit_mb:.0f} MB"
+            )
+        options = RoomOptions(
+            grace_seconds=s.grace_seconds,
+            partial_interval_seconds=s.partial_interval_seconds,
+            queue_frames=s.speaker_queue_frames,
+            ice_servers=await self._ice_servers(),
+        )
+        room = Room(token, lang=lang, recognizer=self._recognizer, options=options)
+        client = signaling.SignalingClient(
+            self._endpoint(token),
+            room,
+            backoff=Backoff(s.reconnect_initial_seconds, s.reconnect_max_seconds),
+        )
+        room.attach(client)
+        await client.start()
+        self._rooms[token] = room
+        self._watchers[token] = asyncio.create_task(self._watch(room), name=f"room-{token}")
+        metrics.TALK_ROOMS.inc()
+        return room
+
+    def _endpoint(self, token: str) -> signaling.Endpoint:
+        s = self._settings
+        context = None
+        if s.signaling_url.startswith("wss") and s.skip_cert_verify:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return signaling.Endpoint(
+            url=s.signaling_url,
+            secret=s.internal_secret.get_secret_value(),
+            backend=s.backend_url,
+            room_id=token,
+            timeout=s.signaling_timeout_seconds,
+            ssl_context=context,
+        )
+
+    async def _watch(self, room: Room) -> None:
+        try:
+            await room.finished.wait()
+        finally:
+            # Unlisted first, so a request arriving now opens a fresh room instead of a closing one.
+            self._rooms.pop(room.token, None)
+            self._watchers.pop(room.token, None)
+            metrics.TALK_ROOMS.dec()
+            await room.close()
+            log.info("room %s closed: %s", room.token, room.finish_reason)

@@ -1,0 +1,154 @@
+"""One speaker's audio on its way to the recogniser: decoded frames in, recognitions out.
+
+Frames from aiortc (Opus decoded to s16, 48 kHz, stereo or mono) are queued as they arrive without
+blocking the WebRTC receiver; a full queue drops the frame and counts it. One task takes what is
+queued, downmixes each frame by its own layout, resamples with one stateful resampler and feeds the
+speaker's recogniser stream. Closing finishes the stream, so a pending partial becomes a final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from earshot import metrics
+from earshot.audio.downmixing import InvalidLayout, downmix_s16
+from earshot.audio.resampling import StreamResampler
+from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
+from earshot.events import Recognition
+
+log = logging.getLogger(__name__)
+
+GATEWAY = "talk"
+
+OnRecognition = Callable[[str, Recognition], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PcmFrame:
+    """A decoded frame: interleaved s16 samples, its channel count and sample rate."""
+
+    samples: npt.NDArray[np.int16]
+    channels: int
+    rate: int
+
+
+class SpeakerAudio:
+    """Recognises one speaker; owns its queue, its recogniser stream and its task."""
+
+    def __init__(
+        self,
+        speaker: str,
+        recognizer: Recognizer,
+        *,
+        queue_frames: int,
+        on_recognition: OnRecognition,
+    ) -> None:
+        self.speaker = speaker
+        self._recognizer = recognizer
+        self._queue: asyncio.Queue[PcmFrame | None] = asyncio.Queue(queue_frames)
+        self._on_recognition = on_recognition
+        self._resampler: StreamResampler | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.frames = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        """Start recognising (frames offered before are kept)."""
+        self._task = asyncio.create_task(self._run(), name=f"talk-speaker-{self.speaker}")
+
+    def offer(self, frame: PcmFrame) -> None:
+        """Queue a frame without waiting; a full queue drops it (and counts it)."""
+        self.frames += 1
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            metrics.TALK_FRAMES_DROPPED.inc()
+
+    async def close(self) -> None:
+        """Recognise what is queued, finish the stream (its last final is reported) and stop."""
+        if self._task is None:
+            return
+        # The end marker must get in even when the queue is full: make room by dropping a frame.
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                break
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                    metrics.TALK_FRAMES_DROPPED.inc()
+        try:
+            await self._task
+        finally:
+            self._task = None
+
+    async def _run(self) -> None:
+        engine = self._recognizer.name
+        active = metrics.ACTIVE_STREAMS.labels(GATEWAY, engine)
+        active.inc()
+        stream = self._recognizer.open_stream()
+        try:
+            while (samples := await self._next_audio()) is not None:
+                if samples.size:
+                    await self._accept(stream.accept(samples), samples.size)
+            if self._resampler is not None:
+                tail = self._resampler.flush()
+                if tail.size:
+                    await self._accept(stream.accept(tail), tail.size)
+        except EngineError as exc:
+            metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+            log.error("speaker %s: recognition failed: %s", self.speaker, exc)
+        finally:
+            try:
+                await self._report(await stream.finish())
+            finally:
+                active.dec()
+
+    async def _next_audio(self) -> npt.NDArray[np.float32] | None:
+        """Everything queued now, as one chunk at the engine's rate; None at the end."""
+        frames = [await self._queue.get()]
+        while frames[-1] is not None and not self._queue.empty():
+            frames.append(self._queue.get_nowait())
+        end = frames[-1] is None
+        chunks = [self._convert(f) for f in frames if f is not None]
+        if end and not chunks:
+            return None
+        if end:
+            # Put the marker back: this chunk is recognised first, the next call ends the stream.
+            self._queue.put_nowait(None)
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def _convert(self, frame: PcmFrame) -> npt.NDArray[np.float32]:
+        try:
+            mono = downmix_s16(frame.samples, channels=frame.channels)
+        except InvalidLayout as exc:
+            metrics.PROTOCOL_ERRORS.labels(GATEWAY, "invalid_layout").inc()
+            log.warning("speaker %s: dropped a frame: %s", self.speaker, exc)
+            return np.zeros(0, np.float32)
+        if self._resampler is None:
+            self._resampler = StreamResampler(frame.rate, self._recognizer.sample_rate)
+        metrics.AUDIO_SECONDS_RECEIVED.labels(GATEWAY).inc(mono.size / frame.rate)
+        return self._resampler.process(mono)
+
+    async def _accept(self, pending: Awaitable[list[Recognition]], size: int) -> None:
+        try:
+            recognitions = await pending
+        except EngineOverloaded:
+            metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, self._recognizer.name).inc()
+            log.warning("speaker %s: engine overloaded, %d samples lost", self.speaker, size)
+            return
+        await self._report(recognitions)
+
+    async def _report(self, recognitions: list[Recognition]) -> None:
+        for recognition in recognitions:
+            if recognition.text:
+                await self._on_recognition(self.speaker, recognition)

@@ -1,0 +1,160 @@
+"""TalkRoom resources (group earshot.dev, v1alpha1): the cluster path of a transcription request.
+
+In a cluster the ExApp does not join calls itself: a request creates or updates the room's TalkRoom
+and the operator runs the room's gateway. :class:`TalkRoomStore` is the port; :class:`KubernetesTalkRooms`
+implements it with plain HTTP against the API server (service-account token, merge patches).
+The caption targets travel in an annotation: the CRD's spec describes the room, not who watches it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+GROUP = "earshot.dev"
+VERSION = "v1alpha1"
+KIND = "TalkRoom"
+PLURAL = "talkrooms"
+TARGETS_ANNOTATION = "earshot.dev/caption-targets"
+_SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class ClusterError(Exception):
+    """The API server refused or failed a request."""
+
+
+@dataclass(frozen=True, slots=True)
+class TalkRoomSpec:
+    """What a transcription request asks of the cluster."""
+
+    room_token: str
+    hpb_url: str
+    nextcloud_url: str
+    internal_secret_name: str
+    languages: tuple[str, ...]
+    engine: str
+    active: bool = True
+
+
+def resource_name(room_token: str) -> str:
+    """A DNS-1123 name for a room token (tokens are short alphanumeric strings)."""
+    cleaned = re.sub(r"[^a-z0-9-]", "-", room_token.lower()).strip("-")
+    return f"talk-{cleaned}"[:63].rstrip("-")
+
+
+def build_talkroom(spec: TalkRoomSpec, *, namespace: str, targets: list[str]) -> dict[str, Any]:
+    """The TalkRoom manifest of a request."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {
+            "name": resource_name(spec.room_token),
+            "namespace": namespace,
+            "annotations": {TARGETS_ANNOTATION: ",".join(sorted(targets))},
+        },
+        "spec": {
+            "roomToken": spec.room_token,
+            "hpbUrl": spec.hpb_url,
+            "nextcloudUrl": spec.nextcloud_url,
+            "internalSecretRef": {"name": spec.internal_secret_name},
+            "languages": list(spec.languages),
+            "engine": spec.engine,
+            "active": spec.active,
+        },
+    }
+
+
+class TalkRoomStore(Protocol):
+    """Where transcription requests become TalkRooms."""
+
+    async def request(self, spec: TalkRoomSpec, *, session: str, enable: bool) -> None:
+        """Create or update the room's TalkRoom, adding or removing one caption target."""
+        ...
+
+    async def change(self, room_token: str, *, language: str | None, active: bool | None) -> bool:
+        """Put ``language`` first and/or set ``active``; False when the room has no TalkRoom."""
+        ...
+
+
+class KubernetesTalkRooms:
+    """TalkRooms through the Kubernetes API (in-cluster credentials by default)."""
+
+    def __init__(self, http: httpx.AsyncClient, *, namespace: str) -> None:
+        self._http = http
+        self._namespace = namespace
+
+    @classmethod
+    def in_cluster(cls, namespace: str) -> KubernetesTalkRooms:
+        """A client with the pod's service account (token and CA mounted by Kubernetes)."""
+        token = (_SERVICE_ACCOUNT / "token").read_text().strip()
+        http = httpx.AsyncClient(
+            base_url="https://kubernetes.default.svc",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=str(_SERVICE_ACCOUNT / "ca.crt"),
+            timeout=10.0,
+        )
+        return cls(http, namespace=namespace)
+
+    async def request(self, spec: TalkRoomSpec, *, session: str, enable: bool) -> None:
+        """Create the TalkRoom or merge-patch it; the last target off makes it inactive."""
+        name = resource_name(spec.room_token)
+        url = self._url()
+        current = await self._http.get(f"{url}/{name}")
+        if current.status_code == httpx.codes.NOT_FOUND:
+            if not enable:
+                return
+            body = build_talkroom(spec, namespace=self._namespace, targets=[session])
+            _raise_for(await self._http.post(url, json=body))
+            return
+        _raise_for(current)
+        annotations = current.json().get("metadata", {}).get("annotations") or {}
+        targets = {t for t in annotations.get(TARGETS_ANNOTATION, "").split(",") if t}
+        targets = targets | {session} if enable else targets - {session}
+        body = build_talkroom(
+            TalkRoomSpec(**{**_fields(spec), "active": bool(targets)}),
+            namespace=self._namespace,
+            targets=sorted(targets),
+        )
+        patch = {"metadata": {"annotations": body["metadata"]["annotations"]}, "spec": body["spec"]}
+        response = await self._http.patch(
+            f"{url}/{name}", json=patch, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        _raise_for(response)
+
+    async def change(self, room_token: str, *, language: str | None, active: bool | None) -> bool:
+        """Merge-patch the TalkRoom's languages (``language`` first) and ``active``."""
+        url = self._url(resource_name(room_token))
+        current = await self._http.get(url)
+        if current.status_code == httpx.codes.NOT_FOUND:
+            return False
+        _raise_for(current)
+        spec: dict[str, Any] = {}
+        if language is not None:
+            offered = current.json().get("spec", {}).get("languages", [])
+            spec["languages"] = [language, *(code for code in offered if code != language)]
+        if active is not None:
+            spec["active"] = active
+        headers = {"Content-Type": "application/merge-patch+json"}
+        _raise_for(await self._http.patch(url, json={"spec": spec}, headers=headers))
+        return True
+
+    def _url(self, name: str = "") -> str:
+        collection = f"/apis/{GROUP}/{VERSION}/namespaces/{self._namespace}/{PLURAL}"
+        return f"{collection}/{name}" if name else collection
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self._http.aclose()
+
+
+def _fields(spec: TalkRoomSpec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in TalkRoomSpec.__slots__}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_error:
+        raise ClusterError(f"the API server answered {response.status_code}: {response.text[:300]}")

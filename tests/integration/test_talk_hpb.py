@@ -1,0 +1,176 @@
+"""Live captions through Talk's REAL HPB stack: signaling server 1.2.4, Janus, NATS.
+
+Two participants join a room and publish espeak-ng speech through Janus; Talk's request turns
+captions on for one of them; the ExApp joins the call as an internal client, subscribes to both
+speakers, recognises them with the tiny engine and sends ``transcript`` messages to that participant
+only. Turning captions off for the last target makes the gateway leave the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import wave
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+import pytest_asyncio
+import soxr
+
+from earshot.engines import loading
+from earshot.engines.recognizers import Recognizer
+from earshot.gateways.talk.app import Services
+from earshot.gateways.talk.configuration import TalkSettings
+from earshot.gateways.talk.hosting import Rooms
+from earshot.gateways.talk.nextcloud import Nextcloud
+from earshot.settings import Settings
+from tests.hpb_double import eventually
+from tests.hpb_stack import HpbStack, StackUnavailable
+from tests.talk_exapp import APP_SECRET, appapi_headers, running_exapp
+from tests.talk_participants import Participant
+
+pytestmark = pytest.mark.integration
+
+ROOM = "talkroom1"
+RATE = 48_000
+IN_CALL_WITH_AUDIO = 1 | 2
+
+
+@pytest.fixture(scope="module")
+def hpb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HpbStack]:
+    """A fresh stack for this module (the signaling server keeps room state between runs)."""
+    stack = HpbStack(tmp_path_factory.mktemp("hpb"))
+    try:
+        stack.start()
+    except StackUnavailable as exc:
+        # Never skip: a machine without the stack must not pass the integration suite silently.
+        pytest.fail(str(exc), pytrace=False)
+    yield stack
+    stack.close()
+
+
+def speech(text: str, workdir: Path, *, voice: str) -> npt.NDArray[np.float32]:
+    """espeak-ng speech at 48 kHz, followed by 3 s of silence (so a segment ends)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: apt-get install espeak-ng", pytrace=False)
+    path = workdir / f"{voice}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True)
+    with wave.open(str(path)) as wav:
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    samples = soxr.resample(pcm.astype(np.float32) / 32768, rate, RATE).astype(np.float32)
+    return np.concatenate([samples, np.zeros(3 * RATE, np.float32)])
+
+
+@pytest_asyncio.fixture
+async def recognizer(tiny_model_cache: Path) -> AsyncIterator[Recognizer]:
+    engine = await loading.open_recognizer(Settings(cache_dir=tiny_model_cache))
+    yield engine
+    await engine.aclose()
+
+
+def user_entry(participant: Participant, in_call: int) -> dict[str, Any]:
+    return {
+        "sessionId": participant.nextcloud_session_id,
+        "inCall": in_call,
+        "participantType": 3,
+        "lastPing": 0,
+        "userId": participant.user,
+    }
+
+
+async def until(predicate: Any, within: float, what: str) -> None:
+    try:
+        await eventually(predicate, within, what=what)
+    except AssertionError as exc:
+        pytest.fail(str(exc))
+
+
+async def test_captions_reach_only_the_participant_who_asked_and_the_gateway_leaves_after(
+    hpb: HpbStack, recognizer: Recognizer, tmp_path: Path
+) -> None:
+    settings = TalkSettings(
+        hpb_url=hpb.signaling_url,
+        internal_secret=hpb.internal_secret,
+        nextcloud_url=hpb.nextcloud_url,
+        app_secret=APP_SECRET,
+        grace_seconds=0.5,
+        partial_interval_seconds=0.0,
+    )
+    nextcloud = Nextcloud(settings)
+    rooms = Rooms(settings, recognizer, ice_servers=nextcloud.ice_servers)
+    alice = Participant(
+        hpb.signaling_url, hpb.backend_url, user="alice", nextcloud_session_id="nc-alice"
+    )
+    bob = Participant(hpb.signaling_url, hpb.backend_url, user="bob", nextcloud_session_id="nc-bob")
+    try:
+        for participant in (alice, bob):
+            await participant.connect(ROOM)
+        everyone = [user_entry(alice, IN_CALL_WITH_AUDIO), user_entry(bob, IN_CALL_WITH_AUDIO)]
+        await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
+        await alice.publish(speech("hello there, this is alice speaking", tmp_path, voice="en-us"))
+        await bob.publish(
+            speech("good morning, bob here with the weather", tmp_path, voice="en-gb")
+        )
+
+        services = Services(rooms=rooms, nextcloud=nextcloud)
+        async with (
+            running_exapp(settings, services) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": True, "langId": "en"}
+            response = await http.post(
+                "/api/v1/call/transcribe", json=body, headers=appapi_headers()
+            )
+            assert (response.status_code, response.json()) == (200, {}), hpb.log_tail()
+            # Nextcloud repeats the call's participants whenever the call changes.
+            await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
+
+            def finals_from_both() -> bool:
+                finals = {t["speakerSessionId"] for t in alice.transcripts() if t["final"]}
+                return finals == {alice.session_id, bob.session_id}
+
+            await until(
+                finals_from_both,
+                60,
+                f"finals for both speakers; alice got {alice.transcripts()}, status "
+                f"{rooms.status()}",
+            )
+            received = alice.transcripts()
+            assert {t["speakerSessionId"] for t in received if not t["final"]} == {
+                alice.session_id,
+                bob.session_id,
+            }
+            assert all(t["langId"] == "en" and t["message"] for t in received)
+            [bot] = alice.transcript_senders()
+            assert bob.transcripts() == []
+
+            body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": False}
+            response = await http.post(
+                "/api/v1/call/transcribe", json=body, headers=appapi_headers()
+            )
+            assert response.status_code == 200
+            await until(lambda: ROOM not in rooms, 10, "the gateway to leave")
+            status = await http.get("/api/v1/status", headers=appapi_headers())
+            assert status.json()["rooms"] == []
+
+            def bot_left() -> bool:
+                return any(
+                    m.get("type") == "event"
+                    and m["event"].get("type") == "leave"
+                    and bot in m["event"].get("leave", [])
+                    for m in bob.messages
+                )
+
+            await until(bot_left, 10, "the room to see the gateway leave")
+    finally:
+        await rooms.aclose()
+        await nextcloud.aclose()
+        await alice.close()
+        await bob.close()

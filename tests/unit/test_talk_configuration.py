@@ -1,0 +1,90 @@
+"""The Talk gateway's settings and AppAPI header checks."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from earshot.gateways.talk import appapi
+from earshot.gateways.talk.configuration import TalkSettings
+
+
+def test_the_exapp_environment_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "LT_HPB_URL": "https://hpb.example.com/standalone-signaling/",
+        "LT_INTERNAL_SECRET": "internal",
+        "SKIP_CERT_VERIFY": "true",
+        "APP_ID": "live_transcription",
+        "APP_SECRET": "app",
+        "APP_PORT": "23001",
+        "NEXTCLOUD_URL": "https://cloud.example.com/",
+        "EARSHOT_TALK_LANGUAGES": "en, fr",
+        "EARSHOT_TALK_GRACE_SECONDS": "3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = TalkSettings()
+    assert settings.signaling_url == "wss://hpb.example.com/standalone-signaling/spreed"
+    assert (
+        settings.backend_url
+        == "https://cloud.example.com/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
+    )
+    assert settings.internal_secret.get_secret_value() == "internal"
+    assert (settings.skip_cert_verify, settings.app_port, settings.grace_seconds) == (
+        True,
+        23001,
+        3.0,
+    )
+    assert settings.languages == ("en", "fr")
+
+
+def test_an_empty_language_list_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one language"):
+        TalkSettings(languages=" , ")
+
+
+def _headers(user: str, secret: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    return {
+        "AA-VERSION": "3",
+        "EX-APP-ID": "live_transcription",
+        "EX-APP-VERSION": "1",
+        "AUTHORIZATION-APP-API": token,
+    }
+
+
+def test_appapi_headers_with_the_secret_name_the_user() -> None:
+    assert (
+        appapi.check(_headers("alice", "s"), app_id="live_transcription", app_secret="s") == "alice"
+    )
+    assert (
+        appapi.check(
+            _headers("", "s:with:colons"), app_id="live_transcription", app_secret="s:with:colons"
+        )
+        == ""
+    )
+
+
+def test_appapi_refuses_a_wrong_secret_and_an_unset_one() -> None:
+    with pytest.raises(appapi.Unauthorized, match="secret"):
+        appapi.check(_headers("alice", "x"), app_id="live_transcription", app_secret="s")
+    with pytest.raises(appapi.Unauthorized):
+        appapi.check(_headers("alice", ""), app_id="live_transcription", app_secret="")
+
+
+def test_signed_requests_carry_what_check_accepts() -> None:
+    headers = appapi.sign(
+        app_id="live_transcription", app_version="1", aa_version="3", app_secret="s"
+    )
+    assert appapi.check(headers, app_id="live_transcription", app_secret="s") == ""
+    assert headers["OCS-APIRequest"] == "true"
+
+
+def test_the_talk_command_is_offered_by_the_cli() -> None:
+    from typer.testing import CliRunner
+
+    from earshot.cli.commands import app
+
+    result = CliRunner().invoke(app, ["talk", "--help"])
+    assert result.exit_code == 0
+    assert "live_transcription" in result.output
