@@ -17,6 +17,8 @@ SESSION_COMMAND: Final = ("earshot", "serve")
 ROOM_COMMAND: Final = ("earshot", "talk")
 PERSISTER_COMMAND: Final = ("earshot", "persister")
 
+#: In a pod the persister sidecar drains the spool; the gateway only writes it.
+PERSISTER_MODE: Final = "sidecar"
 SPOOL_VOLUME: Final = "spool"
 SPOOL_PATH: Final = "/var/spool/earshot"
 PORT_NAME: Final = "http"
@@ -52,6 +54,7 @@ class Env:
     SEGMENTS_URL: Final = "EARSHOT_SEGMENTS_URL"
     PARTIALS_URL: Final = "EARSHOT_PARTIALS_URL"
     SPOOL_DIR: Final = "EARSHOT_SPOOL_DIR"
+    PERSISTER: Final = "EARSHOT_PERSISTER"
     TALK_APP_PORT: Final = "EARSHOT_TALK_APP_PORT"
     TALK_ROOM_TOKEN: Final = "EARSHOT_TALK_ROOM_TOKEN"
     TALK_HPB_URL: Final = "EARSHOT_TALK_HPB_URL"

@@ -145,6 +145,7 @@ def _gateway(
         Env.ENGINE: engine,
         Env.TRITON_URL: settings.triton_url(engine),
         Env.SPOOL_DIR: dataplane.SPOOL_PATH,
+        Env.PERSISTER: dataplane.PERSISTER_MODE,
     }
     secret_env = (
         (Env.PARTIALS_URL, storage.redis_url_secret or settings.redis_url_secret),
