@@ -1,0 +1,435 @@
+"""Generate the chart's Grafana dashboards (dashboards/*.json) with grafana-foundation-sdk.
+
+The JSON files are build output: edit this module, then run
+``python charts/earshot/dashboards/generate.py`` (``--check`` fails when a file is stale; the chart
+tests run it). Needs the ``ship`` extra. Every query names metrics that earshot or Triton export
+(tests/chart/test_metric_names.py checks them against the running services).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+HERE = Path(__file__).resolve().parent
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL expression and its legend."""
+
+    expr: str
+    legend: str
+
+
+def _target(query: Query, index: int = 0) -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .ref_id(chr(ord("A") + index))
+        .expr(query.expr)
+        .legend_format(query.legend)
+        .range()
+        .datasource(DATASOURCE)
+    )
+
+
+def graph(title: str, unit: str, *queries: Query, description: str = "") -> timeseries.Panel:
+    """A time series panel of ``queries``."""
+    panel = timeseries.Panel().title(title).unit(unit).datasource(DATASOURCE).height(8).span(12)
+    if description:
+        panel = panel.description(description)
+    for index, query in enumerate(queries):
+        panel = panel.with_target(_target(query, index))
+    return panel
+
+
+def single(title: str, unit: str, query: Query) -> stat.Panel:
+    """A stat panel showing the latest value of ``query``."""
+    return (
+        stat.Panel()
+        .title(title)
+        .unit(unit)
+        .datasource(DATASOURCE)
+        .height(4)
+        .span(6)
+        .with_target(_target(query))
+    )
+
+
+def quantiles(metric: str, by: str, *, window: str = "5m") -> list[Query]:
+    """p50, p95 and p99 of a histogram, per value of the ``by`` label."""
+    return [
+        Query(
+            f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[{window}])))",
+            f"{{{{{by}}}}} {name}",
+        )
+        for name, q in QUANTILES
+    ]
+
+
+def rate(metric: str, by: str, legend: str = "", *, window: str = "5m") -> Query:
+    """Per-second rate of a counter, summed by ``by`` (empty: one series)."""
+    grouping = f" by ({by})" if by else ""
+    return Query(f"sum{grouping} (rate({metric}[{window}]))", legend or f"{{{{{by}}}}}")
+
+
+def _base(uid: str, title: str, description: str) -> dashboard.Dashboard:
+    return (
+        dashboard.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["earshot"])
+        .refresh("30s")
+        .time("now-3h", "now")
+        .timezone("browser")
+        .with_variable(
+            dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        )
+    )
+
+
+def overview() -> dashboard.Dashboard:
+    """Streams, latency, real-time factor, overloads and dropped audio across all gateways."""
+    return (
+        _base("earshot-overview", "earshot / Overview", "Live speech-to-text: the whole system.")
+        .with_row(dashboard.Row("Now"))
+        .with_panel(single("Active streams", "short", Query("sum(earshot_active_streams)", "")))
+        .with_panel(
+            single("Talk speakers", "short", Query("sum(earshot_talk_speakers)", "speakers"))
+        )
+        .with_panel(single("Talk rooms", "short", Query("sum(earshot_talk_rooms)", "rooms")))
+        .with_panel(
+            single(
+                "Finals per second",
+                "ops",
+                rate("earshot_segments_finalised_total", "", "finals"),
+            )
+        )
+        .with_row(dashboard.Row("Streams and latency"))
+        .with_panel(
+            graph(
+                "Active streams per pool",
+                "short",
+                Query("sum by (engine) (earshot_active_streams)", "{{engine}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Real-time factor",
+                "short",
+                *quantiles("earshot_real_time_factor", "engine")[:2],
+                description="Processing time over audio duration per chunk; above 1 falls behind.",
+            )
+        )
+        .with_panel(
+            graph(
+                "First-partial latency",
+                "s",
+                *quantiles("earshot_first_partial_latency_seconds", "engine"),
+                description="From a segment's first audio to its first partial (SLO: 99% < 1 s).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Final latency",
+                "s",
+                *quantiles("earshot_final_latency_seconds", "engine"),
+                description="From the end of a segment's audio to its final (SLO: 99% < 3 s).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Audio-to-text lag (chunk processing)",
+                "s",
+                *quantiles("earshot_chunk_processing_seconds", "engine"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Audio received",
+                "s",
+                rate("earshot_audio_seconds_received_total", "gateway"),
+                description="Seconds of audio per second: the number of real-time streams.",
+            )
+        )
+        .with_row(dashboard.Row("Trouble"))
+        .with_panel(
+            graph(
+                "Overload and spool-full rejections",
+                "ops",
+                rate("earshot_overload_rejections_total", "engine", "overload {{engine}}"),
+                rate("earshot_spool_full_rejections_total", "gateway", "spool full {{gateway}}"),
+                rate("earshot_talk_admission_rejections_total", "", "talk admission"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Dropped audio",
+                "ops",
+                rate("earshot_talk_frames_dropped_total", "", "talk frames dropped"),
+                rate("earshot_triton_audio_lost_seconds_total", "model", "lost s {{model}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Errors",
+                "ops",
+                rate("earshot_engine_errors_total", "engine", "engine {{engine}}"),
+                rate("earshot_protocol_errors_total", "reason", "protocol {{reason}}"),
+                rate("earshot_talk_signaling_errors_total", "code", "signaling {{code}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Talk captions sent",
+                "ops",
+                rate("earshot_talk_captions_sent_total", "kind"),
+                rate("earshot_talk_signaling_reconnects_total", "", "signaling reconnects"),
+            )
+        )
+    )
+
+
+def triton() -> dashboard.Dashboard:
+    """Triton pools: queue versus compute time, batch size, utilisation, failures."""
+    per_request = "sum by (model) (rate(nv_inference_request_success[5m]))"
+    return (
+        _base("earshot-triton", "earshot / Triton pools", "Triton Inference Server pools.")
+        .with_row(dashboard.Row("Time per request"))
+        .with_panel(
+            graph(
+                "Queue vs compute time per request",
+                "µs",
+                Query(
+                    f"sum by (model) (rate(nv_inference_queue_duration_us[5m])) / {per_request}",
+                    "queue {{model}}",
+                ),
+                Query(
+                    "sum by (model) (rate(nv_inference_compute_infer_duration_us[5m]))"
+                    f" / {per_request}",
+                    "compute {{model}}",
+                ),
+                description="Queue above compute means the pool is saturated: scale it out.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Queue / compute ratio",
+                "short",
+                Query(
+                    "sum by (model) (rate(nv_inference_queue_duration_us[5m]))"
+                    " / sum by (model) (rate(nv_inference_compute_infer_duration_us[5m]))",
+                    "{{model}}",
+                ),
+            )
+        )
+        .with_row(dashboard.Row("Throughput"))
+        .with_panel(
+            graph(
+                "Batch size (inferences per execution)",
+                "short",
+                Query(
+                    "sum by (model) (rate(nv_inference_count[5m]))"
+                    " / sum by (model) (rate(nv_inference_exec_count[5m]))",
+                    "{{model}}",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "Instance utilisation (busy instances)",
+                "short",
+                Query(
+                    "sum by (model, pod) (rate(nv_inference_compute_infer_duration_us[5m])) / 1e6",
+                    "{{model}} {{pod}}",
+                ),
+                description="Compute seconds per second: 1 is one model instance busy all the time.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Requests",
+                "reqps",
+                rate("nv_inference_request_success", "model", "ok {{model}}"),
+                Query(
+                    "sum by (model, reason) (rate(nv_inference_request_failure[5m]))",
+                    "failed {{model}} {{reason}}",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "Pending requests",
+                "short",
+                Query("sum by (model) (nv_inference_pending_request_count)", "{{model}}"),
+            )
+        )
+        .with_row(dashboard.Row("Gateway side"))
+        .with_panel(
+            graph(
+                "Round trip (gateway to Triton)",
+                "s",
+                *quantiles("earshot_triton_round_trip_seconds", "model"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Reconnects",
+                "ops",
+                rate("earshot_triton_reconnects_total", "model"),
+            )
+        )
+    )
+
+
+def persistence() -> dashboard.Dashboard:
+    """The spool and the persister: depth, age, write latency, retries."""
+    return (
+        _base(
+            "earshot-persistence",
+            "earshot / Persistence",
+            "Spools and persister sidecars draining them to Redis and MySQL.",
+        )
+        .with_row(dashboard.Row("Spool"))
+        .with_panel(
+            graph(
+                "Spool depth",
+                "bytes",
+                Query("sum by (pod) (earshot_persister_backlog_bytes)", "backlog {{pod}}"),
+                Query("sum by (pod) (earshot_spool_bytes)", "unacknowledged {{pod}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Oldest unacknowledged event",
+                "s",
+                Query("max by (pod) (earshot_persister_oldest_unacked_age_seconds)", "{{pod}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Unacknowledged records",
+                "short",
+                Query("sum by (pod) (earshot_spool_records)", "{{pod}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Spool fsync",
+                "s",
+                *quantiles("earshot_spool_fsync_seconds", "pod")[1:2],
+            )
+        )
+        .with_row(dashboard.Row("Writes"))
+        .with_panel(
+            graph(
+                "Write latency",
+                "s",
+                *quantiles("earshot_persister_write_seconds", "store"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Writes by kind",
+                "ops",
+                rate("earshot_persister_writes_total", "kind"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Retries and failures",
+                "ops",
+                rate("earshot_persister_retries_total", "store", "retries {{store}}"),
+                rate("earshot_storage_errors_total", "store", "errors {{store}}"),
+                rate("earshot_spool_corrupt_records_total", "", "corrupt records skipped"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Records per batch",
+                "short",
+                *quantiles("earshot_persister_batch_records", "pod")[:2],
+            )
+        )
+    )
+
+
+def operator() -> dashboard.Dashboard:
+    """The operator: resources by phase, failures, reconcile time."""
+    return (
+        _base("earshot-operator", "earshot / Operator", "TranscriptionSessions and TalkRooms.")
+        .with_panel(
+            graph(
+                "Resources by phase",
+                "short",
+                Query("sum by (kind, phase) (earshot_operator_resources)", "{{kind}} {{phase}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Failed resources (reconcile errors)",
+                "short",
+                Query('sum by (kind) (earshot_operator_resources{phase="Failed"})', "{{kind}}"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Reconcile duration",
+                "s",
+                *quantiles("earshot_operator_reconcile_duration_seconds", "kind"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Reconciles per second",
+                "ops",
+                rate("earshot_operator_reconcile_duration_seconds_count", "kind"),
+            )
+        )
+    )
+
+
+DASHBOARDS = {
+    "overview": overview,
+    "triton": triton,
+    "persistence": persistence,
+    "operator": operator,
+}
+
+
+def render(name: str) -> str:
+    """The JSON of one dashboard, stable across runs."""
+    built = DASHBOARDS[name]().build()
+    return json.dumps(json.loads(JSONEncoder().encode(built)), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write (or with --check, compare) every dashboard; 1 when a file is stale."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a file is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for name in DASHBOARDS:
+        path, text = HERE / f"{name}.json", render(name)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"stale dashboards (run {Path(__file__).name}): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""``helm install`` of charts/earshot into a real kube-apiserver 1.20, then a sample session.
+
+This module runs its own control plane: it deletes the CRDs the shared fixture applies, so the
+chart's copies are what get installed (helm skips CRDs that already exist). No kubelet runs, so the
+operator runs as a local process with the installed Deployment's settings and the token of the
+chart's own ServiceAccount and ClusterRole: a missing permission in the chart fails the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from earshot_operator.clients import KubeClient
+from tests.chart.charts import CHART, helm
+from tests.e2e import helpers
+from tests.e2e.controlplane.cluster import (
+    REPO,
+    ControlPlane,
+    ControlPlaneError,
+    running_control_plane,
+    write_kubeconfig,
+)
+from tests.e2e.controlplane.operators import OperatorProcess
+
+RELEASE = "earshot"
+NAMESPACE = "earshot"
+SAMPLE = REPO / "docs" / "samples" / "transcriptionsession.yaml"
+#: Every optional part on, so capability-picked API versions (PDB, HPA) are exercised on 1.20.
+VALUES = {
+    "triton.gpu.enabled": "true",
+    "talk.enabled": "true",
+    "talk.nextcloudUrl": "https://cloud.example.com",
+    "talk.hpbUrl": "wss://hpb.example.com/standalone-signaling/",
+    "networkPolicy.enabled": "true",
+    "triton.cpu.autoscaling.enabled": "true",
+    "triton.cpu.podDisruptionBudget.enabled": "true",
+    "triton.gpu.podDisruptionBudget.enabled": "true",
+}
+
+
+@dataclass(frozen=True)
+class Installation:
+    """The control plane, the release and what ``helm install`` printed."""
+
+    plane: ControlPlane
+    output: str
+
+    def helm(self, *args: str) -> str:
+        """helm against this control plane, in the release's namespace."""
+        return helm(*args, "--kubeconfig", str(self.plane.kubeconfig), "--namespace", NAMESPACE)
+
+    def get(self, *args: str) -> Any:
+        """``kubectl get ... -o json`` in the release's namespace."""
+        return json.loads(self.plane.kubectl("get", "-n", NAMESPACE, *args, "-o", "json"))
+
+
+def _sets() -> list[str]:
+    return [arg for key, value in VALUES.items() for arg in ("--set", f"{key}={value}")]
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[Installation]:
+    """A fresh control plane without CRDs, and the chart installed into it."""
+    with running_control_plane() as plane:
+        plane.kubectl("delete", "crd", "--all", "--wait=true")
+        output = helm(
+            "install",
+            RELEASE,
+            str(CHART),
+            "--kubeconfig",
+            str(plane.kubeconfig),
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            *_sets(),
+            timeout=300,
+        )
+        yield Installation(plane, output)
+
+
+def test_helm_install_succeeds_and_tells_what_to_apply_next(installed: Installation) -> None:
+    status = json.loads(installed.helm("status", RELEASE, "--output", "json"))
+    assert status["info"]["status"] == "deployed"
+    assert "kind: TranscriptionSession" in installed.output
+    assert "kind: TalkRoom" in installed.output
+
+
+def test_chart_installs_the_crds(installed: Installation) -> None:
+    crds = json.loads(installed.plane.kubectl("get", "crd", "-o", "json"))["items"]
+    names = {crd["metadata"]["name"] for crd in crds}
+    assert names >= {"transcriptionsessions.earshot.dev", "talkrooms.earshot.dev"}
+    for crd in crds:
+        conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+        assert conditions.get("Established") == "True", crd["metadata"]["name"]
+
+
+def test_operator_and_triton_deployments_exist(installed: Installation) -> None:
+    deployments = {d["metadata"]["name"]: d for d in installed.get("deployments")["items"]}
+    assert {"earshot-operator", "earshot-triton-cpu", "earshot-triton-gpu", "earshot-talk"} <= set(
+        deployments
+    )
+    operator = deployments["earshot-operator"]
+    assert operator["spec"]["replicas"] == 1
+    assert operator["spec"]["strategy"]["type"] == "Recreate"
+    statefulsets = {s["metadata"]["name"] for s in installed.get("statefulsets")["items"]}
+    assert statefulsets == {"earshot-redis", "earshot-mysql"}
+
+
+def test_capabilities_pick_the_api_versions_kubernetes_1_20_serves(installed: Installation) -> None:
+    manifest = installed.helm("get", "manifest", RELEASE)
+    kinds = {(d["kind"], d["apiVersion"]) for d in yaml.safe_load_all(manifest) if d}
+    assert ("PodDisruptionBudget", "policy/v1beta1") in kinds
+    assert ("HorizontalPodAutoscaler", "autoscaling/v2beta2") in kinds
+    assert installed.get("pdb", "earshot-triton-cpu")["spec"]["maxUnavailable"] == 1
+    assert installed.get("hpa", "earshot-triton-cpu")["spec"]["maxReplicas"] == 4
+
+
+def test_upgrade_keeps_the_generated_database_password(installed: Installation) -> None:
+    before = installed.get("secret", "earshot-storage")["data"]["mysql-password"]
+    installed.helm("upgrade", RELEASE, str(CHART), *_sets())
+    after = installed.get("secret", "earshot-storage")["data"]["mysql-password"]
+    assert base64.b64decode(after) == base64.b64decode(before)
+
+
+def _service_account_token(installed: Installation, name: str, timeout_s: float = 60.0) -> str:
+    # Kubernetes 1.20's token controller mints a Secret per service account
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        account = installed.get("serviceaccount", name)
+        for ref in account.get("secrets") or ():
+            data = installed.get("secret", ref["name"]).get("data") or {}
+            if "token" in data:
+                return base64.b64decode(data["token"]).decode()
+        time.sleep(0.5)
+    raise ControlPlaneError(f"no token for {NAMESPACE}/{name} in {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def chart_operator(installed: Installation) -> Iterator[OperatorProcess]:
+    """The operator as the chart's pod would run it: its env and its service account's token."""
+    deployment = installed.get("deployment", "earshot-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    token = _service_account_token(installed, pod["serviceAccountName"])
+    kubeconfig = installed.plane.folder / "chart-operator.kubeconfig"
+    write_kubeconfig(
+        kubeconfig, server=installed.plane.server, ca=installed.plane.ca, user={"token": token}
+    )
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
+    log = installed.plane.folder / "chart-operator.log"
+    process = OperatorProcess(kubeconfig, log=log)
+    # OperatorProcess passes its own environment on at start: set the chart's only for that
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+    forbidden = [line for line in log.read_text().splitlines() if "Forbidden" in line]
+    assert not forbidden, f"the chart's RBAC refused the operator:\n{forbidden[0]}"
+
+
+async def test_sample_session_gets_its_gateway_from_the_operator(
+    installed: Installation, chart_operator: OperatorProcess
+) -> None:
+    installed.plane.kubectl("apply", "-n", NAMESPACE, "-f", str(SAMPLE))
+    sample = yaml.safe_load(SAMPLE.read_text())
+    body = {**sample, "metadata": {**sample["metadata"], "namespace": NAMESPACE}}
+    name = f"tsess-{sample['metadata']['name']}"
+    async with KubeClient.connect(installed.plane.connection_info()) as api:
+        deployment = await helpers.eventually(
+            lambda: api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}"),
+            timeout_s=60,
+            what=f"the gateway Deployment {name}",
+        )
+        pod = deployment["spec"]["template"]["spec"]
+        assert {c["image"] for c in pod["containers"]} == {"ghcr.io/earshot-dev/earshot:0.1.0"}
+        secret_refs = {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for c in pod["containers"]
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert "earshot-storage" in secret_refs
+        config = await api.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{name}")
+        assert config is not None
+        assert config["data"]["EARSHOT_TRITON_URL"] == "earshot-triton-cpu.earshot.svc:8001"
+
+        async def ready() -> dict[str, Any] | None:
+            await helpers.make_pods_ready(api, NAMESPACE, name)
+            return await helpers.phase_is(api, body, "Ready")
+
+        session = await helpers.eventually(ready, timeout_s=90, what="the session to be Ready")
+    assert session["status"]["endpoint"].startswith(f"ws://{name}.{NAMESPACE}.svc:")
+
+
+def test_chart_operator_ran_with_the_charts_settings(chart_operator: OperatorProcess) -> None:
+    environment = Path(f"/proc/{chart_operator.pid}/environ").read_bytes().split(b"\0")
+    names = {item.split(b"=", 1)[0].decode() for item in environment if b"=" in item}
+    assert "EARSHOT_OPERATOR_REDIS_URL_SECRET" in names
+    assert os.environ.get("EARSHOT_OPERATOR_REDIS_URL_SECRET") is None  # not left to other tests
