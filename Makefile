@@ -25,7 +25,8 @@ demo: $(DEMO_STAMP)
 	$(BIN)/earshot demo
 
 # Debian packages of the servers and tools the tests run for real (idempotent; needs root).
-SYSTEM_PACKAGES := redis-server mariadb-server espeak-ng sox etcd-server openssl dpkg-dev make
+SYSTEM_PACKAGES := redis-server mariadb-server espeak-ng sox etcd-server openssl dpkg-dev make \
+	janus nats-server iproute2 python3.11 python3.11-venv libpython3.11 prometheus npm
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -38,12 +39,19 @@ system-deps:
 prerequisites: $(STAMP) system-deps
 	NO_TORCH_COMPILE=1 bash tests/kyutai_setup.sh $(VENV)
 	bash tests/e2e/controlplane/build.sh
+	bash tests/hpb_setup.sh
+	$(BIN)/python -m tests.triton_server prepare paraformer kyutai
+	bash tests/helm_setup.sh $(VENV)
 
 lint: $(STAMP) prerequisites
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python charts/earshot/dashboards/generate.py --check
+	$(BIN)/hadolint services/Dockerfile operator/Dockerfile model-repo/Dockerfile
+	promtool check rules charts/earshot/rules/earshot.rules.yaml
+	$$(bash tests/helm_setup.sh $(VENV) | tail -1) lint --strict charts/earshot
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
