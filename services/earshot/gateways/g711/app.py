@@ -2,7 +2,8 @@
 
 The WebSocket handler only moves frames: decoding, recognition and storage live in
 :mod:`earshot.gateways.g711.transcribing`. Every way a stream can end is a :class:`Refusal` with a
-precise error message and close code, sent after whatever was recognised is stored.
+precise error message and close code; the client hears it at once, and whatever was recognised
+before it is then stored.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from earshot import metrics
 from earshot.audio.codecs import InvalidAudio
+from earshot.audio.framing import duration_seconds
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
 from earshot.gateways.g711 import messages
@@ -154,7 +156,12 @@ async def _stream(
 async def _pump(
     websocket: WebSocket, transcription: Transcription, settings: Settings
 ) -> Refusal | None:
-    """Move frames into the transcription until the client leaves or a frame is refused."""
+    """Move frames into the transcription until the client leaves or a frame is refused.
+
+    A client that has started closing can no longer be sent to, but the frames it sent before its
+    close are still read and recognised: its audio is stored all the same.
+    """
+    listening = True
     while True:
         event = await websocket.receive()
         if event["type"] == "websocket.disconnect":
@@ -175,6 +182,9 @@ async def _pump(
             )
         metrics.FRAMES_RECEIVED.labels(GATEWAY).inc()
         metrics.AUDIO_BYTES_RECEIVED.labels(GATEWAY).inc(len(chunk))
+        metrics.AUDIO_SECONDS_RECEIVED.labels(GATEWAY).inc(
+            duration_seconds(len(chunk), settings.audio_codec, settings.audio_rate)
+        )
         try:
             out = await transcription.feed(chunk)
         except InvalidAudio as exc:
@@ -192,8 +202,8 @@ async def _pump(
             )
         except (StorageError, SpoolError) as exc:
             return _storage_refusal(exc)
-        if not await _send(websocket, out, settings):
-            return None
+        if listening:
+            listening = await _send(websocket, out, settings)
 
 
 async def _send(
