@@ -124,8 +124,9 @@ async def test_redis_stopped_and_restarted_resumes_partials_and_keeps_finals(
         await wait_until(partial_in_redis, 10.0, what="a partial in Redis")
         await asyncio.to_thread(redis_server.stop)
         await asyncio.sleep(4.0)
+        # Redis runs without persistence: it restarts empty, so a partial found from now on was
+        # written after the restart (checking for emptiness first would race the persister).
         await asyncio.to_thread(redis_server.start)
-        assert not await partial_in_redis(), "a restarted Redis starts empty"
         await wait_until(partial_in_redis, 10.0, what="partials to resume after the restart")
         assert not streaming.done(), "the stream ended before the partials resumed"
         result = await streaming
