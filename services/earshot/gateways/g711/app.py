@@ -88,7 +88,8 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
         await websocket.accept()
         refusal = _admission(websocket, session_id, settings)
         if refusal is not None:
-            await _close(websocket, refusal, gateway_metrics=True)
+            _count(refusal, engine)
+            await _close(websocket, refusal)
             return
         await _stream(websocket, SessionId(session_id), settings, services)
 
@@ -222,9 +223,7 @@ async def _send(
     return True
 
 
-async def _close(websocket: WebSocket, refusal: Refusal, *, gateway_metrics: bool = False) -> None:
-    if gateway_metrics:
-        metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
+async def _close(websocket: WebSocket, refusal: Refusal) -> None:
     if websocket.client_state is not WebSocketState.CONNECTED:
         return
     try:
