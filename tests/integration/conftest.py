@@ -2,17 +2,24 @@
 
 Tests are kept apart per test: Redis is flushed before each test, and each test gets a database of
 its own. A test may stop a server; the next test's fixture starts it again.
+
+``settings`` is the gateway's embedded default (SQLite and memory, a spool of the test's own);
+a module that needs other stores overrides it, and ``services`` opens whatever it names.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import pytest_asyncio
 
+from earshot.gateways.g711 import serving
+from earshot.gateways.g711.app import Services
+from earshot.settings import Settings
 from tests.servers import MariaDbServer, RedisServer, ServerUnavailableError
 
 S = TypeVar("S", RedisServer, MariaDbServer)
@@ -59,3 +66,20 @@ def mysql_url(mariadb_server: MariaDbServer) -> Iterator[str]:
     yield url
     mariadb_server.start()
     mariadb_server.drop_database(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_model_cache: Path) -> Settings:
+    """The embedded default: the tiny in-process engine, memory partials, a SQLite file."""
+    return Settings(
+        cache_dir=tiny_model_cache,
+        segments_url=f"sqlite:///{tmp_path / 'seg.db'}",
+        spool_dir=tmp_path / "spool",
+    )
+
+
+@pytest_asyncio.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    """The engine, the stores and the journal the settings name, opened for one test."""
+    async with serving.open_services(settings) as opened:
+        yield opened

@@ -10,12 +10,10 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import prometheus_client
 import pytest
-import pytest_asyncio
 from pydantic import SecretStr
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -27,27 +25,12 @@ from earshot.engines.batching import BatchingRecognizer
 from earshot.engines.paraformer import ParaformerDecoder, ParaformerStream
 from earshot.engines.recognizers import Samples
 from earshot.events import Recognition, SessionId
-from earshot.gateways.g711 import client, serving
+from earshot.gateways.g711 import client
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
 from tests.gateway import running_gateway, session_url
 
 FRAME_SECONDS = 0.02
-
-
-@pytest.fixture
-def settings(tmp_path: Path, tiny_model_cache: Path) -> Settings:
-    return Settings(
-        cache_dir=tiny_model_cache,
-        segments_url=f"sqlite:///{tmp_path / 'seg.db'}",
-        spool_dir=tmp_path / "spool",
-    )
-
-
-@pytest_asyncio.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with serving.open_services(settings) as opened:
-        yield opened
 
 
 def speech_frames(*, trailing_silence: bool = True) -> list[bytes]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -33,12 +31,6 @@ def settings(tiny_model_cache: Path, tmp_path: Path, redis_url: str, mysql_url: 
         segments_url=mysql_url,
         spool_dir=tmp_path / "spool",
     )
-
-
-@pytest_asyncio.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with serving.open_services(settings) as opened:
-        yield opened
 
 
 async def _rows(mysql_url: str, sql: str, **params: object) -> list[tuple[object, ...]]:

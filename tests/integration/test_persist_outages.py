@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from earshot.gateways.g711 import client, serving
+from earshot.gateways.g711 import client
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
 from tests.gateway import running_gateway, session_url
@@ -34,12 +34,6 @@ def settings(tiny_model_cache: Path, tmp_path: Path, redis_url: str, mysql_url: 
         persister="sidecar",
         inference_queue_timeout_seconds=10.0,
     )
-
-
-@pytest_asyncio.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with serving.open_services(settings) as opened:
-        yield opened
 
 
 @pytest_asyncio.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -19,7 +18,7 @@ from earshot.cli import demoing, streaming
 from earshot.engines import loading, paraformer
 from earshot.engines.triton import TritonRecognizer
 from earshot.events import SessionId
-from earshot.gateways.g711 import client, messages, serving
+from earshot.gateways.g711 import client, messages
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
 from tests import triton_server
@@ -47,22 +46,6 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[triton_server.T
         pytest.fail(str(exc), pytrace=False)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def settings(tmp_path: Path, tiny_model_cache: Path) -> Settings:
-    return Settings(
-        cache_dir=tiny_model_cache,
-        segments_url=f"sqlite:///{tmp_path / 'seg.db'}",
-        spool_dir=tmp_path / "spool",
-    )
-
-
-@pytest_asyncio.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    """The in-process engine and the embedded stores."""
-    async with serving.open_services(settings) as opened:
-        yield opened
 
 
 @pytest_asyncio.fixture
