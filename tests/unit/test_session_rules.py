@@ -111,13 +111,15 @@ def test_the_crd_admits_exactly_the_languages_each_engine_recognises(path: Path)
     spec = _spec(path)
     every = {dataplane.AUTO_LANGUAGE}.union(*dataplane.ENGINE_LANGUAGES.values())
     assert set(spec["properties"]["language"]["enum"]) == every
-    pairs = {
-        tuple(branch["properties"]["engine"]["enum"]): set(branch["properties"]["language"]["enum"])
-        for branch in spec["anyOf"]
-    }
-    assert pairs == {
-        (engine,): {dataplane.AUTO_LANGUAGE, *languages}
+    admitted = set()
+    for branch in spec["anyOf"]:
+        rules = branch["properties"]
+        engines = rules.get("engine", spec["properties"]["engine"])["enum"]
+        admitted |= {(e, lang) for e in engines for lang in rules["language"]["enum"]}
+    assert admitted == {
+        (engine, language)
         for engine, languages in dataplane.ENGINE_LANGUAGES.items()
+        for language in (dataplane.AUTO_LANGUAGE, *languages)
     }
 
 
