@@ -12,6 +12,7 @@ from earshot_operator.clients import KubeClient, path_of
 from tests.e2e import helpers
 from tests.e2e.controlplane.cluster import ControlPlane, ControlPlaneError
 
+
 def _dry_run(control_plane: ControlPlane, body: dict[str, Any]) -> dict[str, Any]:
     out = control_plane.kubectl(
         "create", "--dry-run=server", "--validate=false", "-o", "json", "-f", "-",
