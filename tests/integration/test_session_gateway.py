@@ -18,11 +18,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from earshot.events import SessionId
-from earshot.gateways.g711 import client
+from earshot.gateways.g711 import client, serving
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
 from tests.gateway import running_gateway, session_url
 from tests.integration.test_g711_gateway import speech_frames, stream_sample
+from tests.persister import rows
 
 
 async def _until_closed(
@@ -170,3 +171,20 @@ async def test_an_idle_close_is_counted(settings: Settings, services: Services) 
         _, code, _ = await _until_closed(session_url(base, "counted"), [])
     assert code == 1000
     assert closes() == before + 1
+
+
+async def test_the_user_id_reaches_mysql_through_the_embedded_persister(
+    tiny_model_cache: Path, tmp_path: Path, mysql_url: str
+) -> None:
+    owned = Settings(
+        cache_dir=tiny_model_cache,
+        segments_url=mysql_url,
+        spool_dir=tmp_path / "mysql-spool",
+        user_id="carol",
+    )
+    async with serving.open_services(owned) as services:
+        async with running_gateway(owned, services) as base:
+            result = await stream_sample(session_url(base, "owned"))
+        assert result.finals
+    # leaving open_services drained the spool into MySQL
+    assert await rows(mysql_url, "SELECT id, user_id FROM sessions") == [("owned", "carol")]
