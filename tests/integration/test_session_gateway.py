@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import prometheus_client
+import pytest
 from pydantic import SecretStr
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -24,6 +25,8 @@ from earshot.settings import Settings
 from tests.gateway import running_gateway, session_url
 from tests.integration.test_g711_gateway import speech_frames, stream_sample
 from tests.persister import rows
+
+pytestmark = pytest.mark.integration
 
 
 async def _until_closed(

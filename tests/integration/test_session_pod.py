@@ -26,10 +26,13 @@ import pytest_asyncio
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from earshot.audio.codecs import Codec
+from earshot.cli import demoing
+from earshot.gateways.g711 import client
 from earshot_operator import dataplane, gateways, manifests, resources
 from earshot_operator.dataplane import Env
 from earshot_operator.settings import OperatorSettings
-from tests.persister import rows, speech_frames, stored_finals, wait_until
+from tests.persister import rows, stored_finals, wait_until
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -172,20 +175,29 @@ async def test_the_sessions_pod_serves_its_session_for_its_user_and_refuses_the_
 ) -> None:
     other, other_code, _ = await _until_closed(pod.url("pbx:call-43"), [b"\xd5" * 160])
     tokenless, tokenless_code, _ = await _until_closed(pod.url("pbx:call-42"), [], token=None)
-    received, code, reason = await _until_closed(pod.url("pbx:call-42"), speech_frames())
+    # speech without trailing silence: the last segment is still pending when the client stops
+    received, code, reason = await _until_closed(pod.url("pbx:call-42"), _speech_to_the_end())
 
     assert (other_code, [m["code"] for m in other]) == (1008, ["session_not_served"])
     assert "serves only session 'pbx:call-42'" in str(other[0]["message"])
     assert (tokenless_code, [m["code"] for m in tokenless]) == (1008, ["unauthorized"])
-    # the session's own stream runs until a second of silence ends it (idleTimeoutSeconds: 1)
-    finals = [(m["seq"], m["text"]) for m in received if m["type"] == "final"]
-    assert finals, (received, pod.log("gateway"))
+    # the session's own stream runs until a second without frames ends it (idleTimeoutSeconds: 1)
     assert (code, reason, received[-1]["code"]) == (1000, "idle timeout", "idle_timeout")
+    pending = received[-2]
+    assert pending["type"] == "partial", (received, pod.log("gateway"))
+    finals = [(m["seq"], m["text"]) for m in received if m["type"] == "final"]
 
-    async def all_stored() -> bool:
-        return len(await stored_finals(mysql_url, "pbx:call-42")) >= len(finals)
+    async def pending_stored() -> bool:
+        return len(await stored_finals(mysql_url, "pbx:call-42")) > len(finals)
 
-    await wait_until(all_stored, 30.0, what=f"finals in MySQL\n{pod.log('persister')}")
-    assert (await stored_finals(mysql_url, "pbx:call-42"))[: len(finals)] == finals
+    await wait_until(pending_stored, 30.0, what=f"the pending final\n{pod.log('persister')}")
+    stored = await stored_finals(mysql_url, "pbx:call-42")
+    assert stored[: len(finals)] == finals
+    assert stored[-1][0] == pending["seq"]
+    assert stored[-1][1].startswith(str(pending["text"]))
     users = await rows(mysql_url, "SELECT id, user_id FROM sessions ORDER BY id")
     assert users == [("pbx:call-42", "alice")]
+
+
+def _speech_to_the_end() -> list[bytes]:
+    return client.frames_of(demoing.sample_audio(), codec=Codec.ALAW, rate=8000, frame_ms=20)
