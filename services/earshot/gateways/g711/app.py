@@ -24,6 +24,7 @@ from earshot.events import InvalidSessionId, SessionId, parse_session_id
 from earshot.gateways.g711 import messages
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
+from earshot.persistence.records import OutOfRange
 from earshot.persistence.spool import SpoolError
 from earshot.settings import Settings
 from earshot.storage.ports import StorageError
@@ -71,12 +72,21 @@ SPOOL_FULL = Refusal(
 
 
 def create_app(settings: Settings, services: Services) -> FastAPI:
-    """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`)."""
+    """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
+
+    ``/health`` answers 503 once the spool writer or the embedded drainer stopped working, so a
+    liveness probe restarts the process.
+    """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
+    # Sessions streaming in this process, each until its last segment is stored.
+    live: set[SessionId] = set()
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
+    async def health(response: Response) -> dict[str, str]:
+        if not services.stores.journal.healthy:
+            response.status_code = 503
+            return {"status": "failing", "engine": engine, "reason": "persistence stopped working"}
         return {"status": "ok", "engine": engine}
 
     @app.get("/metrics")
@@ -86,12 +96,18 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     @app.websocket("/ws/transcribe/{session_id}")
     async def transcribe(websocket: WebSocket, session_id: str) -> None:
         await websocket.accept()
-        refusal = _admission(websocket, session_id, settings)
+        refusal = _admission(websocket, session_id, settings) or _capacity(
+            live, SessionId(session_id), settings
+        )
         if refusal is not None:
             _count(refusal, engine)
             await _close(websocket, refusal)
             return
-        await _stream(websocket, SessionId(session_id), settings, services)
+        live.add(SessionId(session_id))
+        try:
+            await _stream(websocket, SessionId(session_id), settings, services)
+        finally:
+            live.discard(SessionId(session_id))
 
     return app
 
@@ -109,6 +125,33 @@ def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) ->
             "this session needs its access token: send 'Authorization: Bearer <token>' "
             "or the 'token' query parameter",
             CloseCode.POLICY_VIOLATION,
+        )
+    return None
+
+
+def _capacity(live: set[SessionId], session_id: SessionId, settings: Settings) -> Refusal | None:
+    """Refuse a stream over the connection cap, or a second live stream of one session.
+
+    A session streams on one connection at a time: two would both be told the same numbers for
+    different texts. The newer one is refused (retryable: once the older has stored its last
+    segment, a retry continues the numbering after it).
+    """
+    if session_id in live:
+        return Refusal(
+            "session_in_use",
+            f"session {session_id} is already streaming on another connection; retry once that "
+            "connection has ended",
+            CloseCode.TRY_AGAIN_LATER,
+            retryable=True,
+            reason="session in use",
+        )
+    if len(live) >= settings.max_connections:
+        return Refusal(
+            "too_many_connections",
+            f"this gateway is serving its limit of {settings.max_connections} streams; retry later",
+            CloseCode.TRY_AGAIN_LATER,
+            retryable=True,
+            reason="too many connections",
         )
     return None
 
@@ -147,9 +190,12 @@ async def _stream(
         # Client gone or refused: it can no longer receive these finals, but they are stored.
         try:
             await transcription.finish()
-        except (StorageError, SpoolError) as exc:
+        except (StorageError, SpoolError, OutOfRange) as exc:
             metrics.STORAGE_ERRORS.labels("spool").inc()
             log.error("session %s: could not spool its last segment: %s", session_id, exc)
+        except EngineError as exc:
+            metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+            log.error("session %s: recognition failed while finishing: %s", session_id, exc)
         finally:
             active.dec()
 
@@ -203,6 +249,12 @@ async def _pump(
             )
         except (StorageError, SpoolError) as exc:
             return _storage_refusal(exc)
+        except OutOfRange as exc:
+            return Refusal(
+                "result_out_of_range",
+                f"a result cannot be stored: {exc}",
+                CloseCode.INTERNAL_ERROR,
+            )
         if listening:
             listening = await _send(websocket, out, settings)
 
@@ -240,6 +292,8 @@ def _count(refusal: Refusal, engine: str) -> None:
         metrics.SPOOL_FULL_REJECTIONS.labels(GATEWAY).inc()
     elif refusal.code == "engine_error":
         metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+    elif refusal.code in ("session_in_use", "too_many_connections"):
+        metrics.CONNECTION_REJECTIONS.labels(GATEWAY, refusal.code).inc()
     elif refusal.code != "storage_unavailable":
         metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
 
