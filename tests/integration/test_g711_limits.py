@@ -191,8 +191,8 @@ async def test_a_second_connection_of_a_live_session_is_refused_and_no_number_is
             }
         ]
         assert (second.close_code, second.close_reason) == (1013, "session in use")
-        # Once the first connection's last segment is stored, a retry continues after it.
-        await stored(services, "same", 1)
+        # A connection right after the first one closed takes over once the first's last segment
+        # is stored, and continues the numbering after it.
         async with connect(session_url(base, "same")) as retry:
             await retry.send(CHUNK)
             assert await heard(retry) == {"type": "partial", "text": "hearing", "seq": 2}

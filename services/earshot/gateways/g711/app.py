@@ -8,9 +8,11 @@ before it is then stored.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -71,6 +73,19 @@ SPOOL_FULL = Refusal(
 )
 
 
+# A new connection of a session whose previous connection is finishing (its client has left, its
+# last segment is being recognised and stored) waits this long for it, then is refused.
+HANDOVER_WAIT_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class _Occupant:
+    """A session's connection in this process: streaming, then finishing until ``ended``."""
+
+    streaming: bool = True
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def create_app(settings: Settings, services: Services) -> FastAPI:
     """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
 
@@ -80,7 +95,7 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
     # Sessions streaming in this process, each until its last segment is stored.
-    live: set[SessionId] = set()
+    live: dict[SessionId, _Occupant] = {}
 
     @app.get("/health")
     async def health(response: Response) -> dict[str, str]:
@@ -96,18 +111,21 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     @app.websocket("/ws/transcribe/{session_id}")
     async def transcribe(websocket: WebSocket, session_id: str) -> None:
         await websocket.accept()
-        refusal = _admission(websocket, session_id, settings) or _capacity(
-            live, SessionId(session_id), settings
-        )
+        sid = SessionId(session_id)
+        refusal = _admission(websocket, session_id, settings)
+        if refusal is None:
+            refusal = await _capacity(live, sid, settings)
         if refusal is not None:
             _count(refusal, engine)
             await _close(websocket, refusal)
             return
-        live.add(SessionId(session_id))
+        # No await since _capacity's last check: two connections cannot both pass it.
+        occupant = live[sid] = _Occupant()
         try:
-            await _stream(websocket, SessionId(session_id), settings, services)
+            await _stream(websocket, sid, settings, services, occupant)
         finally:
-            live.discard(SessionId(session_id))
+            occupant.ended.set()
+            del live[sid]
 
     return app
 
@@ -129,13 +147,20 @@ def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) ->
     return None
 
 
-def _capacity(live: set[SessionId], session_id: SessionId, settings: Settings) -> Refusal | None:
+async def _capacity(
+    live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings
+) -> Refusal | None:
     """Refuse a stream over the connection cap, or a second live stream of one session.
 
     A session streams on one connection at a time: two would both be told the same numbers for
-    different texts. The newer one is refused (retryable: once the older has stored its last
-    segment, a retry continues the numbering after it).
+    different texts. A newer connection takes over once the older one's client has left and its
+    last segment is stored (waiting up to ``HANDOVER_WAIT_SECONDS``), so numbering continues after
+    it; while the older one still streams, the newer one is refused (retryable).
     """
+    older = live.get(session_id)
+    if older is not None and not older.streaming:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(older.ended.wait(), HANDOVER_WAIT_SECONDS)
     if session_id in live:
         return Refusal(
             "session_in_use",
@@ -164,7 +189,11 @@ def _authorized(websocket: WebSocket, token: str) -> bool:
 
 
 async def _stream(
-    websocket: WebSocket, session_id: SessionId, settings: Settings, services: Services
+    websocket: WebSocket,
+    session_id: SessionId,
+    settings: Settings,
+    services: Services,
+    occupant: _Occupant,
 ) -> None:
     engine = services.recognizer.name
     try:
@@ -182,8 +211,10 @@ async def _stream(
     active.inc()
     try:
         refusal = await _pump(websocket, transcription, settings)
+        occupant.streaming = False
         if refusal is not None:
-            # The client hears why at once; finishing may wait behind a full inference queue.
+            # The client hears why at once; finishing then takes no queue slot, but may wait for
+            # a worker.
             _count(refusal, engine)
             await _close(websocket, refusal)
     finally:
