@@ -62,7 +62,7 @@ class DrainPolicy:
     batch_size: int = 100
     poll_seconds: float = 0.05
     retry_max_seconds: float = 5.0
-    stall_seconds: float = 60.0
+    stall_seconds: float = 120.0
 
 
 def backoff(attempt: int, cap: float) -> float:
