@@ -129,7 +129,9 @@ async def caller(
     url = f"ws://127.0.0.1:{port}/ws/transcribe/{session}"
     while not stopping.is_set():
         try:
-            async with connect(url, open_timeout=10, close_timeout=10) as ws:
+            # No keepalive pings from the callers: a busy load generator must not end streams
+            # itself (the gateway's own pings still do when it cannot answer in time).
+            async with connect(url, open_timeout=10, close_timeout=10, ping_interval=None) as ws:
                 told.connections += 1
                 listening = asyncio.create_task(listen(ws, session, told))
                 try:
@@ -137,10 +139,21 @@ async def caller(
                 finally:
                     await ws.close()
                     await listening
-        except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError):
-            told.errors["connection lost or refused"] += 1
+        except ConnectionClosed as exc:
+            told.errors[_closed(exc)] += 1
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            told.errors[f"not connected ({type(exc).__name__})"] += 1
         if not stopping.is_set():
             await asyncio.sleep(1.0 + (index % 10) / 10)
+
+
+def _closed(exc: ConnectionClosed) -> str:
+    """How a connection ended, as the close frames say (sent by the server or by this caller)."""
+    if exc.rcvd is not None:
+        return f"closed by the gateway ({exc.rcvd.code} {exc.rcvd.reason})".replace(" )", ")")
+    if exc.sent is not None:
+        return f"closed by the caller ({exc.sent.code} {exc.sent.reason})".replace(" )", ")")
+    return "connection dropped without a close frame"
 
 
 async def send_real_time(
@@ -277,7 +290,7 @@ async def soak(minutes: float, streams: int, workdir: Path) -> tuple[str, bool]:
         "EARSHOT_SEGMENTS_URL": mysql_url,
         "EARSHOT_PARTIALS_URL": redis.url,
         "EARSHOT_PERSISTER": "sidecar",
-        "EARSHOT_LOG_LEVEL": "warning",
+        "EARSHOT_LOG_LEVEL": "info",
     }
     gateway = Gateway(workdir, env, free_port())
     told, samples, log = Told(), list[Sample](), list[str]()
@@ -365,7 +378,7 @@ def report(
         f"| {untold} |",
         "",
         f"Verdict: {'every final told is stored exactly as told' if ok else 'FINALS LOST'}. "
-        f"Connections made: {told.connections}; ends seen by callers: "
+        f"Connections opened (served or refused): {told.connections}; ends seen by callers: "
         + (", ".join(f"{k} {v}" for k, v in sorted(told.errors.items())) or "none")
         + ".",
         "",
@@ -406,9 +419,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="a directory to keep the servers' logs and data in"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="earshot-soak-") as workdir:
-        text, ok = asyncio.run(soak(args.minutes, args.streams, Path(workdir)))
+    with tempfile.TemporaryDirectory(prefix="earshot-soak-") as temporary:
+        workdir = args.keep or Path(temporary)
+        text, ok = asyncio.run(soak(args.minutes, args.streams, workdir))
     print(text)
     args.report.write_text(text)
     sys.exit(0 if ok else 1)

@@ -131,7 +131,8 @@ PERSISTENCE_UP = Gauge(
 )
 CONNECTION_REJECTIONS = Counter(
     "earshot_connection_rejections_total",
-    "WebSocket connections refused before streaming (too_many_connections, session_in_use).",
+    "WebSocket connections refused or ended by the per-process limits (too_many_connections, "
+    "session_in_use, session_taken_over).",
     ["gateway", "code"],
 )
 HANDSHAKE_TIMEOUTS = Counter(

@@ -170,34 +170,34 @@ async def test_a_stream_closed_while_the_queue_is_full_stores_its_pending_text(
     assert [seq for seq, _ in texts] == [1]
 
 
-async def test_a_second_connection_of_a_live_session_is_refused_and_no_number_is_told_twice(
+async def test_a_newer_connection_takes_a_session_over_and_no_number_is_told_twice(
     settings: Settings, services: Services
 ) -> None:
     async with scripted_gateway(settings, services) as (base, _):
-        async with connect(session_url(base, "same")) as first:
-            await first.send(CHUNK)
-            assert await heard(first) == {"type": "partial", "text": "hearing", "seq": 1}
-            async with connect(session_url(base, "same")) as second:
-                refused = await until_closed(second)
-            await first.send(CHUNK)
-            assert await heard(first) == {"type": "partial", "text": "hearing", "seq": 1}
-        assert refused == [
-            {
-                "type": "error",
-                "code": "session_in_use",
-                "message": "session same is already streaming on another connection; retry "
-                "once that connection has ended",
-                "retryable": True,
-            }
-        ]
-        assert (second.close_code, second.close_reason) == (1013, "session in use")
-        # A connection right after the first one closed takes over once the first's last segment
-        # is stored, and continues the numbering after it.
-        async with connect(session_url(base, "same")) as retry:
-            await retry.send(CHUNK)
-            assert await heard(retry) == {"type": "partial", "text": "hearing", "seq": 2}
-        texts = await stored(services, "same", 2)
-    assert [seq for seq, _ in texts] == [1, 2]
+        async with connect(session_url(base, "same")) as older:
+            await older.send(CHUNK)
+            assert await heard(older) == {"type": "partial", "text": "hearing", "seq": 1}
+            async with connect(session_url(base, "same")) as newer:
+                ended = await until_closed(older)
+                # The older connection's pending text became final 1 (stored, not told).
+                await newer.send(CHUNK)
+                assert await heard(newer) == {"type": "partial", "text": "hearing", "seq": 2}
+            # Once that one has ended too, a reconnect continues after it.
+            async with connect(session_url(base, "same")) as again:
+                await again.send(CHUNK)
+                assert await heard(again) == {"type": "partial", "text": "hearing", "seq": 3}
+        texts = await stored(services, "same", 3)
+    assert ended == [
+        {
+            "type": "error",
+            "code": "session_taken_over",
+            "message": "a newer connection of this session took over; this one ends and its last "
+            "segment is stored",
+            "retryable": False,
+        }
+    ]
+    assert (older.close_code, older.close_reason) == (1000, "session taken over")
+    assert [seq for seq, _ in texts] == [1, 2, 3]
 
 
 async def test_streams_past_the_connection_cap_are_refused_with_1013(

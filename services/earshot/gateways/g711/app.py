@@ -73,16 +73,23 @@ SPOOL_FULL = Refusal(
 )
 
 
-# A new connection of a session whose previous connection is finishing (its client has left, its
-# last segment is being recognised and stored) waits this long for it, then is refused.
+TAKEN_OVER = Refusal(
+    "session_taken_over",
+    "a newer connection of this session took over; this one ends and its last segment is stored",
+    CloseCode.NORMAL,
+    reason="session taken over",
+)
+
+# A new connection of a session waits this long for the session's previous connection to end
+# (its last segment recognised and stored), then is refused.
 HANDOVER_WAIT_SECONDS = 30.0
 
 
 @dataclass(slots=True)
 class _Occupant:
-    """A session's connection in this process: streaming, then finishing until ``ended``."""
+    """A session's connection in this process, until its last segment is stored (``ended``)."""
 
-    streaming: bool = True
+    websocket: WebSocket
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -114,15 +121,15 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
         sid = SessionId(session_id)
         refusal = _admission(websocket, session_id, settings)
         if refusal is None:
-            refusal = await _capacity(live, sid, settings)
+            refusal = await _capacity(live, sid, settings, engine)
         if refusal is not None:
             _count(refusal, engine)
             await _close(websocket, refusal)
             return
         # No await since _capacity's last check: two connections cannot both pass it.
-        occupant = live[sid] = _Occupant()
+        occupant = live[sid] = _Occupant(websocket)
         try:
-            await _stream(websocket, sid, settings, services, occupant)
+            await _stream(websocket, sid, settings, services)
         finally:
             occupant.ended.set()
             del live[sid]
@@ -148,24 +155,28 @@ def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) ->
 
 
 async def _capacity(
-    live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings
+    live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings, engine: str
 ) -> Refusal | None:
-    """Refuse a stream over the connection cap, or a second live stream of one session.
+    """Take a session over from its older connection, or refuse a stream over the connection cap.
 
     A session streams on one connection at a time: two would both be told the same numbers for
-    different texts. A newer connection takes over once the older one's client has left and its
-    last segment is stored (waiting up to ``HANDOVER_WAIT_SECONDS``), so numbering continues after
-    it; while the older one still streams, the newer one is refused (retryable).
+    different texts. A client that reconnects has given its older connection up (often one whose
+    network died unnoticed), so the newer connection takes over: the older one is closed with
+    ``session_taken_over``, its last segment is recognised and stored, and then the newer one
+    continues the numbering after it. Should that take over ``HANDOVER_WAIT_SECONDS``, the newer
+    one is refused (retryable).
     """
     older = live.get(session_id)
-    if older is not None and not older.streaming:
+    if older is not None:
+        if older.websocket.application_state is WebSocketState.CONNECTED:
+            _count(TAKEN_OVER, engine)
+            await _close(older.websocket, TAKEN_OVER)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(older.ended.wait(), HANDOVER_WAIT_SECONDS)
     if session_id in live:
         return Refusal(
             "session_in_use",
-            f"session {session_id} is already streaming on another connection; retry once that "
-            "connection has ended",
+            f"session {session_id} is still finishing on another connection; retry later",
             CloseCode.TRY_AGAIN_LATER,
             retryable=True,
             reason="session in use",
@@ -189,11 +200,7 @@ def _authorized(websocket: WebSocket, token: str) -> bool:
 
 
 async def _stream(
-    websocket: WebSocket,
-    session_id: SessionId,
-    settings: Settings,
-    services: Services,
-    occupant: _Occupant,
+    websocket: WebSocket, session_id: SessionId, settings: Settings, services: Services
 ) -> None:
     engine = services.recognizer.name
     try:
@@ -211,7 +218,6 @@ async def _stream(
     active.inc()
     try:
         refusal = await _pump(websocket, transcription, settings)
-        occupant.streaming = False
         if refusal is not None:
             # The client hears why at once; finishing then takes no queue slot, but may wait for
             # a worker.
@@ -323,7 +329,7 @@ def _count(refusal: Refusal, engine: str) -> None:
         metrics.SPOOL_FULL_REJECTIONS.labels(GATEWAY).inc()
     elif refusal.code == "engine_error":
         metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
-    elif refusal.code in ("session_in_use", "too_many_connections"):
+    elif refusal.code in ("session_in_use", "session_taken_over", "too_many_connections"):
         metrics.CONNECTION_REJECTIONS.labels(GATEWAY, refusal.code).inc()
     elif refusal.code != "storage_unavailable":
         metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
