@@ -60,6 +60,7 @@ class Told:
     finals: dict[tuple[str, int], str] = field(default_factory=dict)
     told_twice: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    ends: Counter[str] = field(default_factory=Counter)
     connections: int = 0
 
     def final(self, session: str, seq: int, text: str) -> None:
@@ -140,9 +141,9 @@ async def caller(
                     await ws.close()
                     await listening
         except ConnectionClosed as exc:
-            told.errors[_closed(exc)] += 1
+            told.ends[_closed(exc)] += 1
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            told.errors[f"not connected ({type(exc).__name__})"] += 1
+            told.ends[f"not connected ({type(exc).__name__})"] += 1
         if not stopping.is_set():
             await asyncio.sleep(1.0 + (index % 10) / 10)
 
@@ -378,7 +379,9 @@ def report(
         f"| {untold} |",
         "",
         f"Verdict: {'every final told is stored exactly as told' if ok else 'FINALS LOST'}. "
-        f"Connections opened (served or refused): {told.connections}; ends seen by callers: "
+        f"Connections opened (served or refused): {told.connections}; how they ended: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(told.ends.items())) or "none")
+        + "; error messages received: "
         + (", ".join(f"{k} {v}" for k, v in sorted(told.errors.items())) or "none")
         + ".",
         "",
