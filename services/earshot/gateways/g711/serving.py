@@ -54,6 +54,9 @@ def uvicorn_config(settings: Settings, services: Services) -> uvicorn.Config:
         port=settings.port,
         log_level=settings.log_level,
         ws_max_size=settings.max_frame_bytes * _WS_MAX_SIZE_FACTOR,
+        # Audio does not compress, and each deflate context holds hundreds of KiB per connection
+        # (bench/reports/idle_connections.md): clients that offer it fall back to plain frames.
+        ws_per_message_deflate=False,
         http=handshaking.protocol_class(settings.handshake_timeout_seconds),
         lifespan="off",
     )
