@@ -23,7 +23,7 @@ from earshot.audio.codecs import InvalidAudio
 from earshot.audio.framing import duration_seconds
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
-from earshot.gateways.g711 import messages
+from earshot.gateways.g711 import messages, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
 from earshot.persistence.records import OutOfRange
@@ -133,6 +133,8 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
         finally:
             occupant.ended.set()
             del live[sid]
+            if not live:
+                releasing.release_freed_memory()
 
     return app
 
