@@ -120,6 +120,30 @@ SPOOL_CORRUPT_RECORDS = Counter(
     "earshot_spool_corrupt_records_total",
     "Damaged spool records (a torn or corrupt tail) skipped while draining.",
 )
+SPOOL_UNREADABLE_RECORDS = Counter(
+    "earshot_spool_unreadable_records_total",
+    "Intact spool records this version cannot store (unknown kind, value out of range), skipped.",
+)
+SPOOL_QUARANTINED = Counter(
+    "earshot_spool_quarantined_total",
+    "Unexpected files moved out of the spool into its .quarantine directory.",
+)
+PERSISTENCE_UP = Gauge(
+    "earshot_persistence_up",
+    "1 while a persistence component works (spool_writer: its thread runs; drainer: it runs and "
+    "is not stuck), 0 once it stopped; /health fails with it.",
+    ["component"],
+)
+CONNECTION_REJECTIONS = Counter(
+    "earshot_connection_rejections_total",
+    "WebSocket connections refused or ended by the per-process limits (too_many_connections, "
+    "session_in_use, session_taken_over).",
+    ["gateway", "code"],
+)
+HANDSHAKE_TIMEOUTS = Counter(
+    "earshot_handshake_timeouts_total",
+    "Connections closed because their HTTP request did not arrive within the handshake timeout.",
+)
 PERSISTER_BACKLOG_BYTES = Gauge(
     "earshot_persister_backlog_bytes", "Spool bytes the persister has not drained yet."
 )

@@ -66,6 +66,20 @@ class Settings(BaseSettings):
         validation_alias=_env("MAX_FRAME_BYTES"),
         description="Largest binary frame accepted; larger frames end the stream with 1009.",
     )
+    max_connections: int = Field(
+        500,
+        ge=1,
+        validation_alias=_env("MAX_CONNECTIONS"),
+        description="WebSocket streams one gateway process serves at once; more are refused "
+        "(1013 too_many_connections).",
+    )
+    handshake_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("HANDSHAKE_TIMEOUT_SECONDS"),
+        description="A connection that has not sent its whole HTTP request (the WebSocket "
+        "upgrade) within this is closed.",
+    )
     return_transcription: bool = Field(
         True,
         validation_alias=_env("RETURN_TRANSCRIPTION", "RETURN_TRANSCRIPTION"),

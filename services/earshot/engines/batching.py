@@ -35,9 +35,10 @@ DEFAULT_MAX_BATCH = 16
 
 @dataclass(eq=False, slots=True)
 class _Job:
-    """One call waiting for a worker: audio to accept, or the end of the stream (``None``)."""
+    """One call waiting for a worker: audio to accept, the end of the stream, or both."""
 
     samples: Samples | None
+    ends: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Recognition]]
     holds_slot: bool
@@ -140,13 +141,16 @@ class BatchingRecognizer(Generic[StreamT]):
             work = self._runnable.popleft()
             self._post(work.jobs, None, EngineError("the recogniser was closed"))
 
-    async def _submit(self, work: _Work[StreamT], samples: Samples | None) -> list[Recognition]:
-        # The end of a stream takes no slot: it must always get through, also when overloaded.
-        holds_slot = samples is not None
+    async def _submit(
+        self, work: _Work[StreamT], samples: Samples | None, *, ends: bool = False
+    ) -> list[Recognition]:
+        # The end of a stream (with its last audio) takes no slot: it must always get through, also
+        # when overloaded, or the stream's pending text would be lost.
+        holds_slot = not ends
         if holds_slot:
             await self._take_slot()
         loop = asyncio.get_running_loop()
-        job = _Job(samples, loop, loop.create_future(), holds_slot)
+        job = _Job(samples, ends, loop, loop.create_future(), holds_slot)
         with self._lock:
             closing = self._closing
             if not closing:
@@ -219,10 +223,10 @@ class BatchingRecognizer(Generic[StreamT]):
 
     def _feed(self, state: StreamT, jobs: list[_Job]) -> None:
         for job in jobs:
-            if job.samples is None:
-                self._decoder.finish(state)
-            else:
+            if job.samples is not None:
                 self._decoder.accept(state, job.samples)
+            if job.ends:
+                self._decoder.finish(state)
 
     def _post(
         self, jobs: list[_Job], recognitions: list[Recognition] | None, error: EngineError | None
@@ -261,12 +265,13 @@ class BatchedStream(Generic[StreamT]):
             raise EngineError("audio arrived after the stream was finished")
         return await self._recognizer._submit(self._work, samples)
 
-    async def finish(self) -> list[Recognition]:
+    async def finish(self, tail: Samples | None = None) -> list[Recognition]:
         """End the stream; see :meth:`RecognizerStream.finish`. A second call returns nothing."""
         if self._finished:
             return []
         self._finished = True
-        return await self._recognizer._submit(self._work, None)
+        last = tail if tail is not None and tail.size else None
+        return await self._recognizer._submit(self._work, last, ends=True)
 
 
 def _as_engine_error(error: Exception) -> EngineError:

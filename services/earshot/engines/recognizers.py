@@ -41,11 +41,13 @@ class RecognizerStream(Protocol):
         """
         ...
 
-    async def finish(self) -> list[Recognition]:
-        """End the stream: flush the audio still held and finalise a pending partial.
+    async def finish(self, tail: Samples | None = None) -> list[Recognition]:
+        """End the stream: accept ``tail``, flush the audio still held, finalise a pending partial.
 
-        Always call it, also after an error: it frees the stream's resources. The returned list ends
-        with a final when the stream had unfinalised text.
+        Ending never waits for room in an inference queue, also when it carries ``tail`` (the last
+        audio, e.g. what a resampler held back): a stream refused for overload still gets its
+        pending text finalised. Always call it, also after an error: it frees the stream's
+        resources. The returned list ends with a final when the stream had unfinalised text.
         """
         ...
 

@@ -337,8 +337,23 @@ class TritonStream:
             said.extend(await self._send(np.asarray(samples, dtype=np.float32), end=False))
             return said
 
-    async def finish(self) -> list[Recognition]:
-        """End the sequence and return its last recognitions (a final when text was pending)."""
+    async def finish(self, tail: Samples | None = None) -> list[Recognition]:
+        """End the sequence and return its last recognitions (a final when text was pending).
+
+        ``tail`` is sent first; when it cannot be (Triton overloaded or failing) it is dropped with
+        a log line and the sequence still ends, so the text recognised so far is finalised.
+        """
+        said_tail: list[Recognition] = []
+        if tail is not None and tail.size and not self._finished:
+            try:
+                said_tail = await self.accept(tail)
+            except EngineError as exc:
+                _log.warning(
+                    "the last %d samples of a stream were not recognised: %s", tail.size, exc
+                )
+        return said_tail + await self._end()
+
+    async def _end(self) -> list[Recognition]:
         async with self._lock:
             self._finished = True
             try:

@@ -17,6 +17,14 @@ across them, writes the batch and only then acknowledges it:
 
 Acknowledged segment files are deleted; a sealed stream drained to its end is removed. A crash
 between a store write and its acknowledgement replays the batch, which the idempotent writes absorb.
+Unexpected files in the spool are quarantined (:mod:`earshot.persistence.quarantining`) instead of
+stopping the drainer.
+
+Health: the drainer beats each round and each retry of a store write. :attr:`Drainer.healthy` (and
+``earshot_persistence_up{component="drainer"}``) turns False when :meth:`Drainer.run` ended on an
+error, or when no beat came for ``stall_seconds``: a store write or a spool read that hangs. A
+store that is down is not a stall (the retries beat): it shows in
+``earshot_persister_oldest_unacked_age_seconds`` instead.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from pathlib import Path
 
 from earshot import metrics
 from earshot.events import Partial, Segment, SessionId
-from earshot.persistence import records, spool
+from earshot.persistence import quarantining, records, spool
 from earshot.persistence.reading import Entry, StreamReader
 from earshot.persistence.spool import Ack, Position
 from earshot.storage.ports import PartialStore, SegmentStore, StorageError
@@ -43,6 +51,8 @@ from earshot.storage.ports import PartialStore, SegmentStore, StorageError
 log = logging.getLogger(__name__)
 
 _RETRY_BASE_SECONDS = 0.05
+# How often a drainer looks for unexpected files to quarantine.
+_TIDY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,7 @@ class DrainPolicy:
     batch_size: int = 100
     poll_seconds: float = 0.05
     retry_max_seconds: float = 5.0
+    stall_seconds: float = 120.0
 
 
 def backoff(attempt: int, cap: float) -> float:
@@ -140,6 +151,9 @@ class Drainer:
         self._acked: dict[Path, Position] = {}
         self._stop_at: float | None = None
         self._idle = False
+        self._beat = time.monotonic()
+        self._failed = False
+        self._tidied = 0.0
 
     def wake(self) -> None:
         """Say that records were appended (the embedded writer's hint; the sidecar polls)."""
@@ -151,14 +165,26 @@ class Drainer:
         self._wake.set()
 
     @property
+    def healthy(self) -> bool:
+        """Whether the drainer has not failed and is not stuck (see the module docstring)."""
+        stalled = time.monotonic() - self._beat > self._policy.stall_seconds
+        return not self._failed and not stalled
+
+    @property
     def caught_up(self) -> bool:
         """Whether the last round found nothing to drain and no partial-store write is pending."""
         return self._idle and not self._hot.pending
 
     async def run(self) -> None:
-        """Drain until stopped (see :meth:`stop`); releases the claimed streams when it returns."""
+        """Drain until stopped (see :meth:`stop`); releases the claimed streams when it returns.
+
+        Raises:
+            Exception: whatever unexpected error stopped it; :attr:`healthy` is then False.
+        """
+        metrics.PERSISTENCE_UP.labels("drainer").set_function(lambda: float(self.healthy))
         try:
             while True:
+                self._beat = time.monotonic()
                 drained = await self._round()
                 self._idle = drained == 0
                 if self._stop_at is not None and (
@@ -169,6 +195,10 @@ class Drainer:
                     await self._sleep(self._policy.poll_seconds)
         except DrainInterrupted:
             log.warning("persister stopped at its deadline with records left in the spool")
+        except Exception:
+            self._failed = True
+            log.exception("the drainer of %s stopped", self._spool_dir)
+            raise
         finally:
             for claim in self._claims.values():
                 os.close(claim.lock_fd)
@@ -210,13 +240,22 @@ class Drainer:
         return len(found)
 
     def _read_batch(self) -> _Batch:
+        if time.monotonic() - self._tidied > _TIDY_SECONDS:
+            self._tidied = time.monotonic()
+            quarantining.tidy(self._spool_dir)
         self._claim_streams()
         left = self._policy.batch_size
         batch = _Batch([])
         for claim in self._claims.values():
             if left <= 0:
                 break
-            entries = claim.reader.read(left)
+            try:
+                entries = claim.reader.read(left)
+            except OSError as exc:
+                # One stream that cannot be read must not hold back the others.
+                log.error("spool %s cannot be read: %s", claim.reader.stream, exc)
+                claim.reader.rewind()
+                continue
             left -= len(entries)
             batch.entries.append((claim, entries))
         metrics.PERSISTER_BACKLOG_BYTES.set(
@@ -267,6 +306,7 @@ class Drainer:
             return
 
     async def _retry(self, store: str, attempt: int, exc: StorageError) -> None:
+        self._beat = time.monotonic()
         metrics.PERSISTER_RETRIES.labels(store).inc()
         if attempt == 1 or attempt % 20 == 0:
             log.warning("%s store write failed (attempt %d), retrying: %s", store, attempt, exc)

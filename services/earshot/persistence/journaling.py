@@ -6,6 +6,9 @@ may send it to the client. With the embedded drainer (``persister=embedded``, th
 journal also waits, up to ``final_store_wait_seconds``, until the final is in the segment store,
 so a client that reads the store after a final finds it there, as with the older server; the
 sidecar (``persister=sidecar``) drains in its own process and the final is sent once spooled.
+
+:attr:`Journal.healthy` says whether the spool writer and (embedded) the drainer still work; the
+gateway's ``/health`` fails with it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 
 from earshot.events import Partial, Segment, SessionId
-from earshot.persistence import resuming
+from earshot.persistence import quarantining, resuming
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.persistence.records import SessionOpened
 from earshot.persistence.writing import SpoolWriter
@@ -39,14 +42,25 @@ class Journal:
         segments: SegmentStore,
         drainer: Drainer | None,
         store_wait_seconds: float,
+        draining: asyncio.Task[None] | None = None,
     ) -> None:
         """Wrap an opened writer; prefer :func:`open_journal`."""
+        self._draining = draining
         self._writer = writer
         self._index = index
         self._partials = partials
         self._segments = segments
         self._drainer = drainer
         self._store_wait = store_wait_seconds
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the spool writer runs and the embedded drainer (if any) runs and is not stuck."""
+        if not self._writer.alive:
+            return False
+        if self._drainer is None:
+            return True
+        return self._drainer.healthy and self._draining is not None and not self._draining.done()
 
     @property
     def full(self) -> bool:
@@ -114,8 +128,9 @@ async def open_journal(
     async with AsyncExitStack() as stack:
         writer.start()
         stack.push_async_callback(writer.close)
+        await asyncio.to_thread(quarantining.tidy, spool_dir)
         index = await asyncio.to_thread(resuming.scan, spool_dir, skip=writer.stream)
-        drainer = None
+        drainer, task = None, None
         if settings.persister == "embedded":
             drainer = Drainer(
                 spool_dir,
@@ -135,6 +150,7 @@ async def open_journal(
             segments=segments,
             drainer=drainer,
             store_wait_seconds=settings.final_store_wait_seconds,
+            draining=task,
         )
 
 
@@ -144,6 +160,9 @@ async def _finish(drainer: Drainer, task: asyncio.Task[None], deadline: float) -
         await asyncio.wait_for(task, deadline + 1.0)
     except TimeoutError:
         log.warning("embedded persister did not stop within %.1f s", deadline)
+    except Exception:
+        # The drainer logged what stopped it, and /health has failed since.
+        log.debug("the embedded persister had stopped on an error")
 
 
 def drain_policy(settings: Settings) -> DrainPolicy:

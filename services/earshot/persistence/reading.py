@@ -1,10 +1,17 @@
 """Reading a spool stream from its acknowledgement onwards, past damage.
 
-A stream's last file may end inside a record: while its writer lives that is a record being
-written, so the reader waits for it. Once the stream is sealed (its writer is gone) or a newer file
-exists, an incomplete or corrupt record can only be damage, typically the torn tail of a crash: the
-reader logs it, counts it in ``earshot_spool_corrupt_records_total``, skips the rest of that file
-(framing cannot be trusted past a bad length) and goes on with the next file.
+A segment file is *sealed* once a newer file of its stream exists or the stream's writer is gone:
+the writer finishes writing a file before it creates the next one, and writes nothing after it
+released its lock. Before its seal, a file that ends inside a record (or shows a record whose
+checksum does not match: a write seen half done) is being written, so the reader waits and reads it
+again from disk. Once the reader has seen the seal it reads the file again, and only what is still
+incomplete or corrupt then is damage, typically the torn tail of a crash: the reader logs it,
+counts it in ``earshot_spool_corrupt_records_total``, skips the rest of that file (framing cannot be
+trusted past a bad length) and goes on with the next file. Seal first, then re-read: a reader that
+decided from a read made before the seal could skip records a live writer completed meanwhile.
+
+An intact frame this version cannot store (an unknown kind from a newer writer, a value out of
+range) is skipped alone, with a log line and ``earshot_spool_unreadable_records_total``.
 """
 
 from __future__ import annotations
@@ -59,22 +66,55 @@ class StreamReader:
         self._buffer_start = self.position.offset
 
     def _next(self) -> Entry | None:
+        reread = False
         while True:
             offset = self.position.offset - self._buffer_start
             try:
                 decoded = records.decode(self._buffer, offset)
+            except records.UnreadableRecord as exc:
+                self._skip_unreadable(exc)
+                continue
             except records.CorruptRecord as exc:
-                if not self._skip_damage(str(exc)):
-                    return None
-                continue
-            if decoded is not None:
-                record, end = decoded
-                self.position = Position(self.position.file, self._buffer_start + end)
-                return Entry(record, self.position)
-            if self._fill():
-                continue
-            if not self._skip_damage("truncated record at the end of the file"):
+                why: str | None = str(exc)
+            else:
+                if decoded is not None:
+                    record, end = decoded
+                    self.position = Position(self.position.file, self._buffer_start + end)
+                    return Entry(record, self.position)
+                if self._fill():
+                    continue
+                why = None
+            # Nothing complete at the cursor: wait while the file may still grow, else read it
+            # again once (now that it is sealed) before calling what is left damage.
+            if not self._sealed():
+                self._forget_unread()
                 return None
+            if not reread:
+                reread = True
+                self._forget_unread()
+                self._fill()
+                continue
+            if not self._skip_damage(why or "truncated record at the end of the file"):
+                return None
+            reread = False
+
+    def _sealed(self) -> bool:
+        newer = any(n > self.position.file for n in spool.segment_numbers(self.stream))
+        return newer or not spool.writer_alive(self.stream)
+
+    def _forget_unread(self) -> None:
+        # Bytes past the cursor may be a write seen half done: read them from disk next time.
+        self._buffer, self._buffer_start = b"", self.position.offset
+
+    def _skip_unreadable(self, exc: records.UnreadableRecord) -> None:
+        metrics.SPOOL_UNREADABLE_RECORDS.inc()
+        log.warning(
+            "spool %s: record at offset %d skipped: %s",
+            self.stream / spool.segment_name(self.position.file),
+            self.position.offset,
+            exc,
+        )
+        self.position = Position(self.position.file, self._buffer_start + exc.end)
 
     def _fill(self) -> bool:
         """Read more of the current file into the buffer; False when nothing more is there."""
@@ -91,10 +131,8 @@ class StreamReader:
         return bool(more)
 
     def _skip_damage(self, why: str) -> bool:
-        """Leave the current file for the next one when it can hold nothing more; else wait."""
+        """Leave the sealed current file for the next one; False at the end of a sealed stream."""
         newer = [n for n in spool.segment_numbers(self.stream) if n > self.position.file]
-        if not newer and spool.writer_alive(self.stream):
-            return False
         path = self.stream / spool.segment_name(self.position.file)
         size = _size(path)
         if self.position.offset < size:

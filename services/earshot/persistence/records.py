@@ -3,7 +3,14 @@
 A record is framed as ``<length: u32 LE><crc32 of the payload: u32 LE><payload>``; the payload is
 compact JSON with a one-letter kind: ``o`` a session opened, ``p`` a partial, ``f`` a final. A
 frame whose length runs past the end of the data is *incomplete*; one whose CRC does not match is
-*corrupt*. Times are Unix seconds (floats) in UTC.
+*corrupt*: framing cannot be trusted past either. A frame that is intact but whose payload this
+version cannot store (an unknown kind, as a newer writer may write, or a value out of range) is
+*unreadable*: it is one record, and what follows it is read as usual. Times are Unix seconds
+(floats) in UTC.
+
+Every value a record carries fits the stores' columns (:func:`check`): :func:`encode` refuses one
+that does not, so nothing out of range enters the spool, and :func:`decode` refuses one that got in
+anyway, so it cannot wedge draining.
 """
 
 from __future__ import annotations
@@ -15,11 +22,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from earshot.events import Partial, Segment, SessionId
+from earshot.events import InvalidSessionId, Partial, Segment, SessionId, parse_session_id
 
 HEADER = struct.Struct("<II")
 # A bound that no real record comes near: a longer length field is damage, not a record.
 MAX_PAYLOAD_BYTES = 1 << 20
+# The stores' columns: segment_seq INT, content TEXT (bytes), user_id VARCHAR(64), created_at
+# DATETIME (years 1000 to 9999 in MariaDB).
+MAX_SEQ = 2**31 - 1
+MAX_TEXT_BYTES = 65_535
+MAX_USER_ID_LENGTH = 64
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +50,47 @@ Record = SessionOpened | Partial | Segment
 
 class CorruptRecord(ValueError):
     """A frame whose length or checksum is wrong."""
+
+
+class UnreadableRecord(ValueError):
+    """An intact frame whose payload cannot be stored; ``end`` is the offset just past it."""
+
+    def __init__(self, why: str, end: int) -> None:
+        """Say why the record is refused and where the next one starts."""
+        super().__init__(why)
+        self.end = end
+
+
+class OutOfRange(ValueError):
+    """A record holds a value that does not fit the stores' columns."""
+
+
+def check(record: Record) -> None:
+    """Refuse a record whose values do not fit the stores' columns.
+
+    Raises:
+        OutOfRange: which value, and its bound.
+    """
+    try:
+        parse_session_id(record.session_id)
+    except InvalidSessionId as exc:
+        raise OutOfRange(str(exc)) from None
+    moment = moment_of(record)
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if not EARLIEST <= aware <= LATEST:
+        raise OutOfRange(f"time {moment.isoformat()} is outside {EARLIEST.year}..{LATEST.year}")
+    if isinstance(record, SessionOpened):
+        if record.user_id is not None and len(record.user_id) > MAX_USER_ID_LENGTH:
+            raise OutOfRange(
+                f"user id is {len(record.user_id)} characters long; "
+                f"at most {MAX_USER_ID_LENGTH} are allowed"
+            )
+        return
+    if not 1 <= record.seq <= MAX_SEQ:
+        raise OutOfRange(f"segment number {record.seq} is outside 1..{MAX_SEQ}")
+    size = len(record.text.encode())
+    if size > MAX_TEXT_BYTES:
+        raise OutOfRange(f"text is {size} bytes long; at most {MAX_TEXT_BYTES} are allowed")
 
 
 def _seconds(moment: datetime) -> float:
@@ -68,22 +123,44 @@ def _fields(record: Record) -> dict[str, Any]:
 
 
 def encode(record: Record) -> bytes:
-    """The framed bytes of one record."""
+    """The framed bytes of one record.
+
+    Raises:
+        OutOfRange: a value does not fit the stores (see :func:`check`).
+    """
+    check(record)
     payload = json.dumps(_fields(record), ensure_ascii=False, separators=(",", ":")).encode()
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def _record(fields: dict[str, Any]) -> Record:
-    session = SessionId(fields["s"])
-    at = _moment(fields["t"])
     kind = fields["k"]
-    if kind == "f":
-        return Segment(session, int(fields["q"]), fields["x"], at)
-    if kind == "p":
-        return Partial(session, int(fields["q"]), fields["x"], at)
+    if kind not in ("f", "p", "o"):
+        raise ValueError(f"unknown record kind {kind!r}")
+    session = SessionId(_typed(fields, "s", str))
+    seconds = _typed(fields, "t", float)
+    try:
+        at = _moment(seconds)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"time {seconds!r} is out of range") from None
+    record: Record
     if kind == "o":
-        return SessionOpened(session, fields["u"], at)
-    raise CorruptRecord(f"unknown record kind {kind!r}")
+        user = fields["u"]
+        record = SessionOpened(session, None if user is None else _typed(fields, "u", str), at)
+    else:
+        seq, text = _typed(fields, "q", int), _typed(fields, "x", str)
+        record = (Segment if kind == "f" else Partial)(session, seq, text, at)
+    check(record)
+    return record
+
+
+def _typed(fields: dict[str, Any], key: str, kind: type[Any]) -> Any:
+    value = fields[key]
+    # bool is an int to Python, but never a valid field; an int is a valid float (JSON).
+    valid = (int, float) if kind is float else kind
+    if isinstance(value, bool) or not isinstance(value, valid):
+        raise ValueError(f"field {key!r} is {type(value).__name__}, not {kind.__name__}")
+    return value
 
 
 def decode(data: bytes | memoryview, offset: int) -> tuple[Record, int] | None:
@@ -94,8 +171,9 @@ def decode(data: bytes | memoryview, offset: int) -> tuple[Record, int] | None:
         inside it).
 
     Raises:
-        CorruptRecord: the length is absurd, the checksum does not match, or the payload is not a
-            record.
+        CorruptRecord: the length is absurd or the checksum does not match.
+        UnreadableRecord: the frame is intact but its payload is not a record this version can
+            store (an unknown kind, a missing field, a value out of range).
     """
     end_of_header = offset + HEADER.size
     if end_of_header > len(data):
@@ -110,9 +188,12 @@ def decode(data: bytes | memoryview, offset: int) -> tuple[Record, int] | None:
     if zlib.crc32(payload) != crc:
         raise CorruptRecord("record checksum mismatch")
     try:
-        return _record(json.loads(payload)), end
+        fields = json.loads(payload)
+        if not isinstance(fields, dict):
+            raise ValueError("not a JSON object")
+        return _record(fields), end
     except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptRecord(f"record payload is not a record: {exc}") from exc
+        raise UnreadableRecord(f"record payload is not a storable record: {exc}", end) from None
 
 
 def moment_of(record: Record) -> datetime:

@@ -2,8 +2,10 @@
 
 It opens the stores (waiting, with backoff, while they are unreachable: the spool keeps
 everything meanwhile), drains every stream of the spool directory, and answers ``GET /health`` and
-``GET /metrics`` (Prometheus) on ``persister_port``. SIGTERM or SIGINT: drain what is there within
-``persister_shutdown_seconds``, then exit; what could not be stored stays in the spool.
+``GET /metrics`` (Prometheus) on ``persister_port``; ``/health`` answers 503 once the drainer
+stopped on an error or is stuck (:attr:`Drainer.healthy`), so a liveness probe restarts it.
+SIGTERM or SIGINT: drain what is there within ``persister_shutdown_seconds``, then exit; what could
+not be stored stays in the spool.
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ def _route(method: str, path: str, drainer: Drainer) -> tuple[str, str, bytes]:
     if method != "GET":
         return "405 Method Not Allowed", "text/plain", b"GET only\n"
     if path == "/health":
+        if not drainer.healthy:
+            failing = {"status": "failing", "reason": "the drainer stopped or is stuck"}
+            return "503 Service Unavailable", "application/json", json.dumps(failing).encode()
         body = {"status": "ok", "caught_up": drainer.caught_up}
         return "200 OK", "application/json", json.dumps(body).encode()
     if path == "/metrics":

@@ -26,6 +26,9 @@ SEGMENT_SUFFIX = ".seg"
 ACK_FILE = "acked"
 WRITER_LOCK = "writer.lock"
 DRAIN_LOCK = "drain.lock"
+# Bounds no real spool comes near: larger numbers in an acknowledgement are damage.
+MAX_FILE = 10**8 - 1
+MAX_OFFSET = 1 << 40
 
 
 class SpoolError(Exception):
@@ -53,33 +56,59 @@ def segment_name(number: int) -> str:
     return f"{number:08d}{SEGMENT_SUFFIX}"
 
 
+def segment_number(name: str) -> int | None:
+    """The number of a segment file's name; None for any other name (a stray file)."""
+    stem = name[: -len(SEGMENT_SUFFIX)]
+    if not name.endswith(SEGMENT_SUFFIX) or not stem.isascii() or not stem.isdigit():
+        return None
+    return int(stem)
+
+
 def segment_numbers(stream: Path) -> list[int]:
-    """The numbers of a stream's segment files, ascending."""
+    """The numbers of a stream's segment files, ascending (other names are not segments)."""
     try:
         names = os.listdir(stream)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(int(n[: -len(SEGMENT_SUFFIX)]) for n in names if n.endswith(SEGMENT_SUFFIX))
+    return sorted(n for n in map(segment_number, names) if n is not None)
 
 
 def streams(spool_dir: Path) -> list[Path]:
-    """Every stream directory of a spool, oldest first."""
+    """Every stream directory of a spool, oldest first (hidden names and files are not streams)."""
     try:
         return sorted(p for p in spool_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
 def read_ack(stream: Path) -> Ack:
-    """The stream's acknowledgement; the start of its first file when none was written yet."""
+    """The stream's acknowledgement; the start of its first file when none was written yet.
+
+    A missing, torn or nonsensical file (a crash before the rename, or damage) replays from the
+    oldest file: replays are harmless because every store write is idempotent.
+    """
     try:
-        file, offset, count = (stream / ACK_FILE).read_text().split()
-        return Ack(Position(int(file), int(offset)), int(count))
-    except (FileNotFoundError, ValueError):
-        # A missing or torn file (a crash before the rename) replays from the oldest file:
-        # replays are harmless because every store write is idempotent.
-        numbers = segment_numbers(stream)
-        return Ack(Position(numbers[0] if numbers else 1, 0), 0)
+        text = (stream / ACK_FILE).read_text(encoding="ascii")
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return _start(stream)
+    ack = parse_ack(text)
+    return ack if ack is not None else _start(stream)
+
+
+def parse_ack(text: str) -> Ack | None:
+    """An acknowledgement file's content, or None when it is not one (torn or damaged)."""
+    fields = text.split()
+    if len(fields) != 3 or not all(f.isascii() and f.isdigit() for f in fields):
+        return None
+    file, offset, count = map(int, fields)
+    if file < 1 or offset > MAX_OFFSET or file > MAX_FILE:
+        return None
+    return Ack(Position(file, offset), count)
+
+
+def _start(stream: Path) -> Ack:
+    numbers = segment_numbers(stream)
+    return Ack(Position(numbers[0] if numbers else 1, 0), 0)
 
 
 def write_ack(stream: Path, ack: Ack) -> None:

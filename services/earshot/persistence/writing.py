@@ -2,15 +2,22 @@
 
 Fsync policy: a final is fsynced before :meth:`SpoolWriter.append` returns, so a final a client
 has received survives a crash of the gateway, the persister or the machine. Finals of many sessions
-that arrive together share one fsync (group commit). Partials and session openings are written
-without fsync (:meth:`SpoolWriter.append_nowait`): after a crash at most the last moments of
-partials are lost, and the next partial replaces them anyway. All file I/O runs in the writer
-thread, never on the event loop.
+that arrive together share one fsync (group commit). A batch that rolls to a new segment file
+fsyncs the file it leaves before closing it, and the directory once the new file exists, so every
+file that holds an acknowledged final is durable before the acknowledgement. Partials and session
+openings are written without fsync (:meth:`SpoolWriter.append_nowait`): after a crash at most the
+last moments of partials are lost, and the next partial replaces them anyway. All file I/O runs in
+the writer thread, never on the event loop.
 
 Bound: the writer counts the bytes not yet acknowledged (its own stream exactly, older streams by
 their file sizes); :attr:`SpoolWriter.full` says when they exceed ``max_bytes``. The bound is for
 the gateway's admission of new audio: an append is never refused, so a final of audio already
 accepted is always written.
+
+Failure: should the writer thread ever stop on an unexpected error, it fails every waiting and
+later append with :class:`SpoolError` (no final waits forever), says so in the log and in
+``earshot_persistence_up{component="spool_writer"}``, and :attr:`SpoolWriter.alive` turns False,
+which fails the gateway's ``/health``.
 """
 
 from __future__ import annotations
@@ -81,6 +88,10 @@ class SpoolWriter:
         self._unacked = 0
         self._others = 0
         self._last_refresh = 0.0
+        # Guards _failure against appends queued while the thread is dying.
+        self._state = threading.Lock()
+        self._failure: SpoolError | None = None
+        self._in_flight: list[_Append] = []
 
     def _new_stream(self) -> Path:
         # Build it under a hidden name and rename it into place once locked, so that a drainer
@@ -106,22 +117,44 @@ class SpoolWriter:
         """Whether the spool holds more unacknowledged bytes than its bound."""
         return self.unacked_bytes >= self._max_bytes
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs and can take appends."""
+        return self._failure is None and self._thread.is_alive()
+
     def start(self) -> None:
         """Start the writer thread (from the event loop that will await appends)."""
         self._loop = asyncio.get_running_loop()
         self._refresh()
         self._thread.start()
+        metrics.PERSISTENCE_UP.labels("spool_writer").set_function(lambda: float(self.alive))
 
     def append_nowait(self, record: records.Record) -> None:
-        """Queue a record to be written without fsync (partials, session openings)."""
-        self._queue.put(_Append(records.encode(record), False, None))
+        """Queue a record to be written without fsync (partials, session openings).
+
+        Raises:
+            OutOfRange: a value of the record does not fit the stores.
+            SpoolError: the writer thread has stopped.
+        """
+        self._put(_Append(records.encode(record), False, None))
 
     async def append(self, record: records.Record) -> Position:
-        """Write a record and fsync it (finals); returns the position just past it."""
+        """Write a record and fsync it (finals); returns the position just past it.
+
+        Raises:
+            OutOfRange: a value of the record does not fit the stores.
+            SpoolError: the spool cannot be written, or the writer thread has stopped.
+        """
         assert self._loop is not None, "start() the writer first"
         done: asyncio.Future[Position] = self._loop.create_future()
-        self._queue.put(_Append(records.encode(record), True, done))
+        self._put(_Append(records.encode(record), True, done))
         return await done
+
+    def _put(self, append: _Append) -> None:
+        with self._state:
+            if self._failure is not None:
+                raise self._failure
+            self._queue.put(append)
 
     async def close(self) -> None:
         """Write what is queued, stop the thread and release the writer lock (sealing the stream).
@@ -138,6 +171,23 @@ class SpoolWriter:
         os.close(self._lock_fd)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            log.exception("spool %s: the writer thread stopped", self.stream)
+            self._die(SpoolError(f"spool {self.stream}: the writer thread stopped: {exc!r}"))
+
+    def _die(self, failure: SpoolError) -> None:
+        with self._state:
+            self._failure = failure
+        self._fail(self._in_flight, failure)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                append = self._queue.get_nowait()
+                if append is not None and append.done is not None:
+                    self._fail([append], failure)
+
+    def _serve(self) -> None:
         while True:
             try:
                 first = self._queue.get(timeout=_REFRESH_SECONDS)
@@ -148,16 +198,17 @@ class SpoolWriter:
             with contextlib.suppress(queue.Empty):
                 while batch[-1] is not None:
                     batch.append(self._queue.get_nowait())
-            appends = [a for a in batch if a is not None]
+            appends = self._in_flight = [a for a in batch if a is not None]
             try:
                 self._commit(appends)
             except OSError as exc:
                 log.error("spool %s: write failed: %s", self.stream, exc)
-                self._fail(appends, exc)
+                self._fail(appends, SpoolError(f"spool {self.stream} cannot be written: {exc}"))
                 # A record may be half written: go on in a new file, so that readers skip the
                 # damage instead of waiting for the rest of it.
                 with contextlib.suppress(OSError):
                     self._roll()
+            self._in_flight = []
             if batch[-1] is None:
                 return
             if time.monotonic() - self._last_refresh > _REFRESH_SECONDS:
@@ -194,7 +245,9 @@ class SpoolWriter:
             view = view[written:]
 
     def _roll(self) -> None:
-        # The finished file's finals were fsynced with their batch; its partials need not be.
+        # The file left may hold finals of the batch being committed: they are acknowledged after
+        # the batch's one fsync of the new file, so this file must be durable first.
+        os.fsync(self._fd)
         os.close(self._fd)
         self._file += 1
         self._fd = os.open(
@@ -207,9 +260,8 @@ class SpoolWriter:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_set_result, done, position)
 
-    def _fail(self, appends: list[_Append], exc: OSError) -> None:
+    def _fail(self, appends: list[_Append], error: SpoolError) -> None:
         assert self._loop is not None
-        error = SpoolError(f"spool {self.stream} cannot be written: {exc}")
         for append in appends:
             if append.done is not None:
                 self._loop.call_soon_threadsafe(_set_exception, append.done, error)

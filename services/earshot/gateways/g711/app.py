@@ -9,9 +9,10 @@ before it is then stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,9 +23,10 @@ from earshot.audio.codecs import InvalidAudio
 from earshot.audio.framing import duration_seconds
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
-from earshot.gateways.g711 import messages
+from earshot.gateways.g711 import messages, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
+from earshot.persistence.records import OutOfRange
 from earshot.persistence.spool import SpoolError
 from earshot.settings import Settings
 from earshot.storage.ports import StorageError
@@ -71,13 +73,42 @@ SPOOL_FULL = Refusal(
 )
 
 
+TAKEN_OVER = Refusal(
+    "session_taken_over",
+    "a newer connection of this session took over; this one ends and its last segment is stored",
+    CloseCode.NORMAL,
+    reason="session taken over",
+)
+
+# A new connection of a session waits this long for the session's previous connection to end
+# (its last segment recognised and stored), then is refused.
+HANDOVER_WAIT_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class _Occupant:
+    """A session's connection in this process, until its last segment is stored (``ended``)."""
+
+    websocket: WebSocket
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def create_app(settings: Settings, services: Services) -> FastAPI:
-    """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`)."""
+    """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
+
+    ``/health`` answers 503 once the spool writer or the embedded drainer stopped working, so a
+    liveness probe restarts the process.
+    """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
+    # Sessions streaming in this process, each until its last segment is stored.
+    live: dict[SessionId, _Occupant] = {}
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
+    async def health(response: Response) -> dict[str, str]:
+        if not services.stores.journal.healthy:
+            response.status_code = 503
+            return {"status": "failing", "engine": engine, "reason": "persistence stopped working"}
         return {"status": "ok", "engine": engine}
 
     @app.get("/metrics")
@@ -87,12 +118,23 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     @app.websocket("/ws/transcribe/{session_id}")
     async def transcribe(websocket: WebSocket, session_id: str) -> None:
         await websocket.accept()
+        sid = SessionId(session_id)
         refusal = _admission(websocket, session_id, settings)
+        if refusal is None:
+            refusal = await _capacity(live, sid, settings, engine)
         if refusal is not None:
             _count(refusal, engine)
             await _close(websocket, refusal)
             return
-        await _stream(websocket, SessionId(session_id), settings, services)
+        # No await since _capacity's last check: two connections cannot both pass it.
+        occupant = live[sid] = _Occupant(websocket)
+        try:
+            await _stream(websocket, sid, settings, services)
+        finally:
+            occupant.ended.set()
+            del live[sid]
+            if not live:
+                releasing.release_freed_memory()
 
     return app
 
@@ -117,6 +159,44 @@ def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) ->
             f"this gateway serves only session {settings.session_id!r}, not "
             f"{raw_session_id!r}: connect to /ws/transcribe/{settings.session_id}",
             CloseCode.POLICY_VIOLATION,
+        )
+    return None
+
+
+async def _capacity(
+    live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings, engine: str
+) -> Refusal | None:
+    """Take a session over from its older connection, or refuse a stream over the connection cap.
+
+    A session streams on one connection at a time: two would both be told the same numbers for
+    different texts. A client that reconnects has given its older connection up (often one whose
+    network died unnoticed), so the newer connection takes over: the older one is closed with
+    ``session_taken_over``, its last segment is recognised and stored, and then the newer one
+    continues the numbering after it. Should that take over ``HANDOVER_WAIT_SECONDS``, the newer
+    one is refused (retryable).
+    """
+    older = live.get(session_id)
+    if older is not None:
+        if older.websocket.application_state is WebSocketState.CONNECTED:
+            _count(TAKEN_OVER, engine)
+            await _close(older.websocket, TAKEN_OVER)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(older.ended.wait(), HANDOVER_WAIT_SECONDS)
+    if session_id in live:
+        return Refusal(
+            "session_in_use",
+            f"session {session_id} is still finishing on another connection; retry later",
+            CloseCode.TRY_AGAIN_LATER,
+            retryable=True,
+            reason="session in use",
+        )
+    if len(live) >= settings.max_connections:
+        return Refusal(
+            "too_many_connections",
+            f"this gateway is serving its limit of {settings.max_connections} streams; retry later",
+            CloseCode.TRY_AGAIN_LATER,
+            retryable=True,
+            reason="too many connections",
         )
     return None
 
@@ -149,16 +229,20 @@ async def _stream(
     try:
         refusal = await _pump(websocket, transcription, settings)
         if refusal is not None:
-            # The client hears why at once; finishing may wait behind a full inference queue.
+            # The client hears why at once; finishing then takes no queue slot, but may wait for
+            # a worker.
             _count(refusal, engine)
             await _close(websocket, refusal)
     finally:
         # Client gone or refused: it can no longer receive these finals, but they are stored.
         try:
             await transcription.finish()
-        except (StorageError, SpoolError) as exc:
+        except (StorageError, SpoolError, OutOfRange) as exc:
             metrics.STORAGE_ERRORS.labels("spool").inc()
             log.error("session %s: could not spool its last segment: %s", session_id, exc)
+        except EngineError as exc:
+            metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+            log.error("session %s: recognition failed while finishing: %s", session_id, exc)
         finally:
             active.dec()
 
@@ -215,6 +299,12 @@ async def _pump(
             )
         except (StorageError, SpoolError) as exc:
             return _storage_refusal(exc)
+        except OutOfRange as exc:
+            return Refusal(
+                "result_out_of_range",
+                f"a result cannot be stored: {exc}",
+                CloseCode.INTERNAL_ERROR,
+            )
         if listening:
             listening = await _send(websocket, out, settings)
 
@@ -254,6 +344,8 @@ def _count(refusal: Refusal, engine: str) -> None:
         metrics.IDLE_CLOSES.labels(GATEWAY).inc()
     elif refusal.code == "engine_error":
         metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+    elif refusal.code in ("session_in_use", "session_taken_over", "too_many_connections"):
+        metrics.CONNECTION_REJECTIONS.labels(GATEWAY, refusal.code).inc()
     elif refusal.code != "storage_unavailable":
         metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
 

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import uvicorn
 
 from earshot.engines import loading
+from earshot.gateways.g711 import handshaking
 from earshot.gateways.g711.app import Services, create_app
 from earshot.gateways.g711.transcribing import Stores
 from earshot.persistence import journaling
@@ -53,6 +54,10 @@ def uvicorn_config(settings: Settings, services: Services) -> uvicorn.Config:
         port=settings.port,
         log_level=settings.log_level,
         ws_max_size=settings.max_frame_bytes * _WS_MAX_SIZE_FACTOR,
+        # Audio does not compress, and each deflate context holds hundreds of KiB per connection
+        # (bench/reports/idle_connections.md): clients that offer it fall back to plain frames.
+        ws_per_message_deflate=False,
+        http=handshaking.protocol_class(settings.handshake_timeout_seconds),
         lifespan="off",
     )
 

@@ -108,15 +108,19 @@ class Transcription:
         return await self._publish(recognitions, arrived)
 
     async def finish(self) -> list[messages.ServerMessage]:
-        """End the stream: recognise the audio still held and finalise the pending partial."""
+        """End the stream: recognise the audio still held and finalise the pending partial.
+
+        It never waits for room in the inference queue (the resampler's tail goes with the end of
+        the stream), so a stream refused for overload or closed while the queue is full still
+        stores its pending text.
+
+        Raises:
+            EngineError: the recogniser failed (what it said before is stored).
+            SpoolError: the spool cannot be written.
+        """
         arrived = time.perf_counter()
-        recognitions: list[Recognition] = []
-        try:
-            tail: Samples = self.resampler.flush()
-            if tail.size:
-                recognitions += await self.stream.accept(tail)
-        finally:
-            recognitions += await self.stream.finish()
+        tail: Samples = self.resampler.flush()
+        recognitions: list[Recognition] = await self.stream.finish(tail)
         return await self._publish(recognitions, arrived)
 
     async def _publish(

@@ -1,0 +1,134 @@
+"""A drainer that stops or hangs makes its process unhealthy (earshot.persistence.draining)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from earshot.events import Partial, Segment, SessionId
+from earshot.persistence import sidecar
+from earshot.persistence.draining import Drainer, DrainPolicy
+from earshot.persistence.writing import SpoolWriter
+from earshot.storage import backends
+from earshot.storage.memory import MemoryPartialStore
+from earshot.storage.ports import SegmentStore, StorageError
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+POLICY = DrainPolicy(batch_size=10, poll_seconds=0.01, retry_max_seconds=0.05, stall_seconds=0.5)
+
+
+@pytest_asyncio.fixture
+async def segments(tmp_path: Path) -> AsyncIterator[SegmentStore]:
+    store = await backends.open_segment_store(f"sqlite:///{tmp_path / 'seg.db'}")
+    yield store
+    await store.aclose()
+
+
+class HangingSegments:
+    """A segment store whose writes never return (a connection that hangs half open)."""
+
+    def __init__(self, inner: SegmentStore) -> None:
+        self.inner = inner
+        self.entered = asyncio.Event()
+
+    async def add_segments(
+        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+    ) -> None:
+        self.entered.set()
+        await asyncio.Event().wait()
+
+
+class DownSegments:
+    """A segment store that is down: every write fails (a retried outage, not a stall)."""
+
+    async def add_segments(
+        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+    ) -> None:
+        raise StorageError("mariadb is down")
+
+
+class BrokenPartials(MemoryPartialStore):
+    """A partial store with a bug: it raises what no store may raise."""
+
+    async def write_batch(
+        self, partials: Sequence[Partial], commits: Mapping[SessionId, int]
+    ) -> None:
+        raise RuntimeError("a bug")
+
+
+async def spooled(spool_dir: Path) -> None:
+    writer = SpoolWriter(spool_dir, segment_bytes=1 << 20, max_bytes=1 << 30)
+    writer.start()
+    await writer.append(Segment(SessionId("call-1"), 1, "hello", T0))
+    await writer.close()
+
+
+def health(drainer: Drainer) -> tuple[str, dict[str, object]]:
+    status, _, body = sidecar._route("GET", "/health", drainer)
+    return status, json.loads(body)
+
+
+async def test_a_drainer_stuck_in_a_hanging_store_write_fails_health(
+    tmp_path: Path, segments: SegmentStore
+) -> None:
+    await spooled(tmp_path)
+    hanging = HangingSegments(segments)
+    drainer = Drainer(
+        tmp_path,
+        partials=MemoryPartialStore(ttl_seconds=60),
+        segments=hanging,  # type: ignore[arg-type]
+        policy=POLICY,
+    )
+    task = asyncio.create_task(drainer.run())
+    try:
+        await asyncio.wait_for(hanging.entered.wait(), 5.0)
+        assert drainer.healthy
+        assert health(drainer)[0] == "200 OK"
+        for _ in range(100):  # the stall time is 0.5 s
+            if not drainer.healthy:
+                break
+            await asyncio.sleep(0.1)
+        status, body = health(drainer)
+        assert status == "503 Service Unavailable"
+        assert body["status"] == "failing"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_store_that_is_down_is_retried_without_failing_health(tmp_path: Path) -> None:
+    await spooled(tmp_path)
+    drainer = Drainer(
+        tmp_path,
+        partials=MemoryPartialStore(ttl_seconds=60),
+        segments=DownSegments(),  # type: ignore[arg-type]
+        policy=POLICY,
+    )
+    task = asyncio.create_task(drainer.run())
+    try:
+        for _ in range(15):  # three times the stall time, every retry beating
+            await asyncio.sleep(0.1)
+            assert drainer.healthy
+    finally:
+        drainer.stop(0.0)
+        await task
+
+
+async def test_a_drainer_that_stops_on_an_error_fails_health(
+    tmp_path: Path, segments: SegmentStore
+) -> None:
+    await spooled(tmp_path)
+    drainer = Drainer(
+        tmp_path, partials=BrokenPartials(ttl_seconds=60), segments=segments, policy=POLICY
+    )
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(drainer.run(), 10.0)
+    assert not drainer.healthy
+    assert health(drainer)[0] == "503 Service Unavailable"

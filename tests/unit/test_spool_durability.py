@@ -1,0 +1,104 @@
+"""The spool writer's promises under strain: fsync before acknowledgement, and a loud death.
+
+The fsync order is checked by watching the real system calls: every write and fsync of the writer
+thread is recorded with the size each file had when it was fsynced, and every acknowledged final
+must lie inside the durable part of its file when its acknowledgement arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from earshot import metrics
+from earshot.events import Segment, SessionId
+from earshot.persistence import spool
+from earshot.persistence.spool import Position, SpoolError
+from earshot.persistence.writing import SpoolWriter
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def final(seq: int, session: str = "call-1") -> Segment:
+    return Segment(SessionId(session), seq, f"final number {seq} of {session}", T0)
+
+
+class FsyncLog:
+    """The size of each file at its latest fsync, keyed by path."""
+
+    def __init__(self, real_fsync: Callable[[int], None]) -> None:
+        self.durable: dict[str, int] = {}
+        self._real = real_fsync
+
+    def fsync(self, fd: int) -> None:
+        self._real(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isfile(path):
+            self.durable[path] = os.fstat(fd).st_size
+
+
+def up(component: str) -> float:
+    """The gauge as a scrape sees it (its value is computed at collection)."""
+    for family in metrics.PERSISTENCE_UP.collect():
+        for sample in family.samples:
+            if sample.labels == {"component": component}:
+                return sample.value
+    raise AssertionError(f"no earshot_persistence_up sample for {component}")
+
+
+async def test_every_file_holding_an_acknowledged_final_is_fsynced_before_the_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = FsyncLog(os.fsync)
+    monkeypatch.setattr(os, "fsync", log.fsync)
+    # Files of ~4 records: most group commits of the burst below roll in their middle.
+    writer = SpoolWriter(tmp_path, segment_bytes=300, max_bytes=1 << 30)
+    writer.start()
+    not_durable: list[tuple[int, Position]] = []
+
+    async def acknowledged(segment: Segment) -> None:
+        position = await writer.append(segment)
+        path = str(writer.stream / spool.segment_name(position.file))
+        if log.durable.get(path, 0) < position.offset:
+            not_durable.append((segment.seq, position))
+
+    try:
+        for burst in range(5):
+            await asyncio.gather(
+                *(acknowledged(final(burst * 100 + n, f"s{n % 7}")) for n in range(1, 60))
+            )
+    finally:
+        await writer.close()
+    assert len(spool.segment_numbers(writer.stream)) > 20, "the test meant to roll many files"
+    assert not_durable == []
+
+
+async def test_a_writer_whose_thread_dies_fails_its_appends_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = SpoolWriter(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 30)
+    writer.start()
+    try:
+        await writer.append(final(1))
+        assert writer.alive
+        assert up("spool_writer") == 1
+
+        def broken(appends: object) -> None:
+            raise RuntimeError("a bug in the writer thread")
+
+        monkeypatch.setattr(writer, "_commit", broken)
+        with pytest.raises(SpoolError, match="writer thread stopped"):
+            await asyncio.wait_for(writer.append(final(2)), 5.0)
+        with pytest.raises(SpoolError, match="writer thread stopped"):
+            await asyncio.wait_for(writer.append(final(3)), 5.0)
+        with pytest.raises(SpoolError, match="writer thread stopped"):
+            writer.append_nowait(final(4))
+        assert not writer.alive
+        assert up("spool_writer") == 0
+    finally:
+        await writer.close()
