@@ -2,7 +2,8 @@
 # Build the base images earshot's Dockerfiles are built on here, where no registry can be reached
 # (../shared/CLUSTER.md, "base image"), and put them into buildah's storage:
 #
-#   localhost/earshot-base/debian:bookworm       Debian bookworm minbase with Python 3.11, pip and
+#   localhost/earshot-base/debian:bookworm       Debian bookworm minbase with Python 3.11, pip,
+#                                                its headers (as python:*-slim has them) and
 #                                                libpython3.11 (the Triton stand-in builds on it:
 #                                                the Python backend stub embeds libpython3.11)
 #   localhost/earshot-base/python:3.11-bookworm  the same with a virtual environment at /usr/local,
@@ -21,7 +22,7 @@ CACHE=${EARSHOT_IMAGES_CACHE:-${HOME}/.cache/earshot/images}
 KEY=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
 DEBIAN_IMAGE=localhost/earshot-base/debian:bookworm
 PYTHON_IMAGE=localhost/earshot-base/python:3.11-bookworm
-PACKAGES=python3,python3-venv,python3-pip,python-is-python3,passwd,ca-certificates,libpython3.11
+PACKAGES=python3,python3-venv,python3-pip,python-is-python3,passwd,ca-certificates,libpython3.11,python3-dev
 DIR="${CACHE}/base-${KEY}"
 log() { echo "[base_image.sh] $*" >&2; }
 

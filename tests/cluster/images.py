@@ -43,12 +43,17 @@ HERE: Final = Path(__file__).resolve().parent
 BASE_SCRIPT: Final = HERE / "base_image.sh"
 PAUSE_SOURCE_SCRIPT: Final = HERE / "pause_source.sh"
 TRITON_BASE_FILE: Final = HERE / "triton-base.Containerfile"
+STANDINS: Final = HERE / "standins"
 DEBIAN_BASE: Final = "localhost/earshot-base/debian:bookworm"
 PYTHON_BASE: Final = "localhost/earshot-base/python:3.11-bookworm"
 TRITON_BASE: Final = "localhost/earshot-base/tritonserver:pytriton-0.7.0"
 PAUSE_VERSION: Final = "3.4"  # build/pause/Makefile's TAG in Kubernetes 1.20.2
 PAUSE_IMAGE: Final[str] = f"localhost/earshot/pause:{PAUSE_VERSION}"
 """The pod sandbox image: containerd's ``sandbox_image`` must name it."""
+REDIS_IMAGE: Final = "localhost/earshot-test/redis:bookworm"
+"""Stand-in for the chart's evaluation Redis image (Debian's redis-server)."""
+MARIADB_IMAGE: Final = "localhost/earshot-test/mariadb:bookworm"
+"""Stand-in for the chart's evaluation MariaDB image (Debian's mariadb-server)."""
 _BASE_KEY_ANNOTATION = "earshot.base-key"
 _PAUSE_CONTAINERFILE = 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n'
 # Never part of an image (also in .dockerignore, which buildah honours): byte code of test runs.
@@ -88,11 +93,13 @@ class ImageSpec:
     dockerfile: Path
     target: str | None
     base_arg: str
-    triton: bool = False
+    base: str = "python"  # python, triton or debian: which base the base_arg names
+    context: Path = REPO
+    tag: str = ""  # default: the chart's appVersion
 
     def reference(self, tag: str) -> str:
-        """``repository:tag``."""
-        return f"{self.repository}:{tag}"
+        """``repository:tag`` (the spec's own tag, if it has one)."""
+        return f"{self.repository}:{self.tag or tag}"
 
 
 def chart_images() -> list[ImageSpec]:
@@ -104,8 +111,35 @@ def chart_images() -> list[ImageSpec]:
         ImageSpec("earshot-operator", values["operator"]["image"]["repository"],
                   REPO / "operator" / "Dockerfile", None, "PYTHON_IMAGE"),
         ImageSpec("earshot-triton-cpu", values["triton"]["cpu"]["image"]["repository"],
-                  REPO / "model-repo" / "Dockerfile", "cpu", "TRITON_IMAGE", triton=True),
+                  REPO / "model-repo" / "Dockerfile", "cpu", "TRITON_IMAGE", "triton"),
     ]  # fmt: skip
+
+
+def standin_images() -> list[ImageSpec]:
+    """Stand-ins for the third-party images of the chart's evaluation storage (Redis, MariaDB)."""
+    return [
+        ImageSpec(f"standin-{name}", reference.rsplit(":", 1)[0], STANDINS / f"{name}.Containerfile",
+                  None, "BASE_IMAGE", "debian", STANDINS, reference.rsplit(":", 1)[1])
+        for name, reference in (("redis", REDIS_IMAGE), ("mariadb", MARIADB_IMAGE))
+    ]  # fmt: skip
+
+
+def local_values() -> dict[str, Any]:
+    """Helm values that run the chart's default install on the images built here (never pulled)."""
+    tag = app_version()
+
+    def image(reference: str) -> dict[str, str]:
+        repository, image_tag = reference.rsplit(":", 1)
+        return {"repository": repository, "tag": image_tag, "pullPolicy": "Never"}
+
+    services, operator, triton_cpu = (spec.reference(tag) for spec in chart_images())
+    return {
+        "image": image(services),
+        "operator": {"image": image(operator)},
+        "triton": {"cpu": {"image": image(triton_cpu)}},
+        "redis": {"image": image(REDIS_IMAGE)},
+        "mysql": {"image": image(MARIADB_IMAGE)},
+    }
 
 
 def release_images(*, gpu: bool) -> list[ImageSpec]:
@@ -119,7 +153,7 @@ def release_images(*, gpu: bool) -> list[ImageSpec]:
     if gpu:
         extra.append(
             ImageSpec("earshot-triton-gpu", values["triton"]["gpu"]["image"]["repository"],
-                      REPO / "model-repo" / "Dockerfile", "gpu", "TRITON_IMAGE", triton=True)
+                      REPO / "model-repo" / "Dockerfile", "gpu", "TRITON_IMAGE", "triton")
         )  # fmt: skip
     return chart_images() + extra
 
@@ -143,6 +177,14 @@ class Bases:
     triton: str = ""
     triton_key: str = ""
     external: bool = False
+
+    def for_spec(self, spec: ImageSpec) -> tuple[str, str]:
+        """The base image ``spec`` is built on and the key of its content."""
+        if spec.base == "triton":
+            return self.triton, self.triton_key
+        if spec.base == "debian":
+            return DEBIAN_BASE, self.python_key  # made by the same run of base_image.sh
+        return self.python, self.python_key
 
 
 def _sha256(*parts: bytes) -> str:
@@ -202,21 +244,21 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _run(command: list[str], log: Path) -> str:
-    """Run a build step, appending its output to ``log``; return its stdout."""
+def _run(command: list[str], log: Path, *, capture: bool = False) -> str:
+    """Run a build step, appending its output to ``log`` (stdout returned instead if ``capture``)."""
     with log.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
         done = subprocess.run(
-            command, stdout=subprocess.PIPE, stderr=out, text=True, timeout=_BUILD_TIMEOUT_S
-        )
-        out.write(done.stdout)
+            command, stdout=subprocess.PIPE if capture else out, stderr=out, text=True,
+            timeout=_BUILD_TIMEOUT_S,
+        )  # fmt: skip
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise ImageBuildError(
             f"{' '.join(command[:3])} failed ({done.returncode}), see {log}:\n{tail}"
         )
-    return done.stdout
+    return done.stdout or ""
 
 
 def _require_tools() -> None:
@@ -240,7 +282,7 @@ def local_bases(progress: Progress, *, triton: bool) -> Bases:
     """Make (or find) the debootstrap bases and, if asked, the Triton stand-in in buildah's storage."""
     log = cache_dir() / "base.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    base_key = _run(["bash", str(BASE_SCRIPT)], log).split()[-1]
+    base_key = _run(["bash", str(BASE_SCRIPT)], log, capture=True).split()[-1]
     if not triton:
         return Bases(python=PYTHON_BASE, python_key=base_key)
     triton_key = _sha256(base_key.encode(), TRITON_BASE_FILE.read_bytes())
@@ -269,10 +311,8 @@ def _export(reference: str, archive: Path, log: Path) -> None:
 def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> Built:
     """Build one image unless its archive is cached; the image is in buildah's storage either way
     only when it was built now (``buildah pull docker-archive:...`` restores it)."""
-    base, base_key = (
-        (bases.triton, bases.triton_key) if spec.triton else (bases.python, bases.python_key)
-    )
-    key = context_key(spec.dockerfile, REPO, spec.target or "", base, base_key, tag)
+    base, base_key = bases.for_spec(spec)
+    key = context_key(spec.dockerfile, spec.context, spec.target or "", base, base_key, tag)
     archive = cache_dir() / f"{spec.name}-{key}.tar"
     reference = spec.reference(tag)
     started = time.monotonic()
@@ -284,9 +324,9 @@ def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> 
         progress(f"building {reference} ({spec.dockerfile.relative_to(REPO)}, log {log})")
         # An external base (--python-image) may be pulled; the local ones never can be.
         _run(["buildah", "bud", *([] if bases.external else ["--pull-never"]),
-              "--network", "host", "--layers=false", "-f", str(spec.dockerfile),
+              "--network", "host", "--layers", "-f", str(spec.dockerfile),
               *(["--target", spec.target] if spec.target else []),
-              "--build-arg", f"{spec.base_arg}={base}", "-t", reference, str(REPO)], log)  # fmt: skip
+              "--build-arg", f"{spec.base_arg}={base}", "-t", reference, str(spec.context)], log)  # fmt: skip
         _export(reference, archive, log)
     return Built(reference, archive, time.monotonic() - started, cached=False)
 
@@ -296,7 +336,7 @@ def build_pause(progress: Progress) -> Built:
     started = time.monotonic()
     log = cache_dir() / "pause.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    source = Path(_run(["bash", str(PAUSE_SOURCE_SCRIPT)], log).split()[-1])
+    source = Path(_run(["bash", str(PAUSE_SOURCE_SCRIPT)], log, capture=True).split()[-1])
     tag = (source / "TAG").read_text().strip()
     if tag != PAUSE_VERSION:
         raise ImageBuildError(f"pause.c is version {tag}, PAUSE_IMAGE says {PAUSE_VERSION}")
@@ -323,7 +363,7 @@ def build_all(
     """Build ``specs`` (tagged with the chart's appVersion) and the pause image, each unless cached."""
     _require_tools()
     started = time.monotonic()
-    bases = bases or local_bases(progress, triton=any(spec.triton for spec in specs))
+    bases = bases or local_bases(progress, triton=any(spec.base == "triton" for spec in specs))
     base_seconds = time.monotonic() - started
     tag = app_version()
     built = [build_image(spec, bases, tag, progress) for spec in specs]
@@ -337,13 +377,15 @@ def build_images(*, progress: Callable[[str], None] = print) -> dict[str, Path]:
 
     Returns:
         ``{image reference: docker-archive path}`` for the services, operator and Triton CPU pool
-        images (tagged with the chart's appVersion) and :data:`PAUSE_IMAGE`; load each with
-        ``ctr -n k8s.io images import PATH``.
+        images (tagged with the chart's appVersion), :data:`PAUSE_IMAGE`, and the stand-ins
+        :data:`REDIS_IMAGE` and :data:`MARIADB_IMAGE` (:func:`local_values` points the chart at all
+        of them); load each with ``ctr -n k8s.io images import PATH``.
 
     Raises:
         ImageBuildError: a tool is missing or a build step failed (the message names its log).
     """
-    return {b.reference: b.archive for b in build_all(chart_images(), progress=progress)}
+    specs = chart_images() + standin_images()
+    return {b.reference: b.archive for b in build_all(specs, progress=progress)}
 
 
 def main(argv: list[str]) -> int:
