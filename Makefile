@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test lint unit prerequisites system-deps clean
+.PHONY: demo test lint unit prerequisites system-deps clean images
 
 $(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,3 +66,12 @@ test: $(STAMP) prerequisites lint
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Every image of docs/operations.md's table, tagged with the chart's appVersion, with buildah (root).
+# Bases: debootstrap and a Triton stand-in here; PYTHON_IMAGE=... TRITON_IMAGE=... (both) build on
+# real ones instead, and the GPU pool too. Push: docs/operations.md, "Images".
+SYSTEM_PACKAGES += buildah debootstrap runc gcc libc6-dev
+images: $(STAMP) system-deps
+	$(BIN)/python -m tests.cluster.images --release \
+		$(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE)) \
+		$(if $(TRITON_IMAGE),--triton-image $(TRITON_IMAGE))
