@@ -25,6 +25,9 @@ if [ ! -d "${DATADIR}/mysql" ]; then
   root=$(sql_string "${MARIADB_ROOT_PASSWORD}")
   {
     echo "ALTER USER 'root'@'localhost' IDENTIFIED BY ${root};"
+    # install-db's password-less root@127.0.0.1 and root@::1 would win over root@'%' for TCP
+    # logins from inside the pod (the readiness probe's): the official image drops them too
+    echo "DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1';"
     echo "CREATE USER 'root'@'%' IDENTIFIED BY ${root};"
     echo "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;"
     if [ -n "${MARIADB_DATABASE:-}" ]; then
