@@ -64,6 +64,7 @@ READY_TIMEOUT_S: Final = 120.0
 _CGROUP_V1: Final = Path("/sys/fs/cgroup")
 _POD_LOGS: Final = Path("/var/log/pods")
 _SEQUENCE: Final = itertools.count()
+_SHM_NEEDED_BYTES: Final = 10 * 2**30
 
 
 class ClusterError(ControlPlaneError):
@@ -281,11 +282,13 @@ def _start_node(
     netns.ip("-n", cluster.netns, "addr", "add", "10.244.0.1/24", "dev", BRIDGE)
     netns.ip("-n", cluster.netns, "link", "set", BRIDGE, "up")
     netns.ip("-n", cluster.netns, "route", "add", SERVICE_CIDR, "dev", BRIDGE)
-    config = _write_containerd_config(folder, cluster.containerd_socket)
+    images_root = _containerd_root()
+    stack.callback(shutil.rmtree, images_root, ignore_errors=True)
+    config = _write_containerd_config(folder, cluster.containerd_socket, images_root)
     cgroup_root = f"/{cluster.netns}"
     stack.callback(_remove_cgroups, cgroup_root)
     _make_cgroups(cgroup_root)
-    stack.callback(_kill_shims_and_unmount, folder)
+    stack.callback(_kill_shims_and_unmount, folder, images_root)
     servers.start("containerd", ["containerd", f"--config={config}"])
     stack.callback(_clean_containers, cluster)
     _wait(lambda: cluster.ctr("version"), "containerd", folder)
@@ -379,13 +382,25 @@ def _write_cni_config(folder: Path) -> None:
     (net_d / "10-earshot.conflist").write_text(json.dumps(config, indent=2))
 
 
-def _write_containerd_config(folder: Path, socket_path: Path) -> Path:
+def _containerd_root() -> Path:
+    """Where containerd keeps image content and snapshots: in RAM when there is room.
+
+    A session imports and unpacks a few GB of images; deleting them from this machine's disk
+    (ext4 with online discard) takes minutes, from /dev/shm no time.
+    """
+    shm = Path("/dev/shm")
+    if os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > _SHM_NEEDED_BYTES:
+        return Path(tempfile.mkdtemp(prefix="earshot-containerd-", dir=shm))
+    return Path(tempfile.mkdtemp(prefix="earshot-containerd-", dir="/var/tmp"))
+
+
+def _write_containerd_config(folder: Path, socket_path: Path, root: Path) -> Path:
     base = folder / "containerd"
     base.mkdir()
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     config = f"""
 version = 2
-root = "{base / "root"}"
+root = "{root}"
 state = "{base / "state"}"
 disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
@@ -548,7 +563,7 @@ def _clean_containers(cluster: Cluster) -> None:
             time.sleep(0.2)
 
 
-def _kill_shims_and_unmount(folder: Path) -> None:
+def _kill_shims_and_unmount(folder: Path, *others: Path) -> None:
     tasks = folder / "containerd" / "state" / "io.containerd.runtime.v2.task"
     for pid_file in tasks.glob("*/*/shim.pid") if tasks.exists() else ():
         with contextlib.suppress(ValueError, OSError):
@@ -556,7 +571,7 @@ def _kill_shims_and_unmount(folder: Path) -> None:
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4].encode().decode("unicode_escape")
-        if Path(point).is_relative_to(folder):
+        if any(Path(point).is_relative_to(base) for base in (folder, *others)):
             mounts.append(point)
     for point in sorted(set(mounts), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)

@@ -143,7 +143,7 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
 ) -> None:
     endpoint, token = _apply_ready(release, "demo")
     assert endpoint.startswith(f"ws://tsess-demo.{release.namespace}.svc:")
-    messages = run_client(release.cluster, endpoint, "--token", token, "--speed", "2")
+    messages = run_client(release.cluster, endpoint, f"--token={token}", "--speed", "2")
     partials = [m for m in messages if m["type"] == "partial"]
     finals = [m for m in messages if m["type"] == "final"]
     assert partials, messages
@@ -151,10 +151,9 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
     assert [f["seq"] for f in finals] == list(range(1, len(finals) + 1))
     rows = _mysql(
         release,
-        "SELECT s.user_id, g.segment_seq, g.content FROM segments g"
-        " JOIN sessions s ON s.id = g.session_id WHERE s.id = 'demo' ORDER BY g.segment_seq",
+        "SELECT segment_seq, content FROM segments WHERE session_id = 'demo' ORDER BY segment_seq",
     )
-    assert rows == [["alice", str(f["seq"]), f["text"]] for f in finals]
+    assert rows == [[str(f["seq"]), f["text"]] for f in finals]
     partial_hash = release.exec(
         release.pod_of("redis"), "redis", "redis-cli", "HGETALL", "asr:sess:demo:current"
     ).split()
@@ -162,34 +161,48 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
     assert "seq" in partial_hash
 
 
+@pytest.mark.xfail(
+    raises=AssertionError,
+    strict=True,
+    reason="issue 11 (the 'sessions' work): the gateway does not read EARSHOT_USER_ID yet",
+)
+def test_the_stored_session_carries_the_user_id_of_its_resource(release: Release) -> None:
+    endpoint, token = _apply_ready(release, "demo")
+    run_client(release.cluster, endpoint, f"--token={token}", "--speed", "0")
+    assert _mysql(release, "SELECT user_id FROM sessions WHERE id = 'demo'") == [["alice"]]
+
+
 def test_a_client_without_the_token_or_with_another_sessions_token_is_refused(
     release: Release,
 ) -> None:
     endpoint, _ = _apply_ready(release, "demo")
     _, other_token = _apply_ready(release, "other")
-    for args in ((), ("--token", other_token)):
+    for args in ((), (f"--token={other_token}",)):
         messages = run_client(release.cluster, endpoint, *args, "--speed", "0")
         (closed,) = _closes(messages)
         assert closed["code"] == 1008, messages
-        assert "access token" in closed["reason"]
+        assert closed["reason"] == "unauthorized"
+        (error,) = [m for m in messages if m["type"] == "error"]
+        assert "needs its access token" in error["message"], error
         assert not [m for m in messages if m["type"] in ("partial", "final")]
 
 
 @pytest.mark.xfail(
+    raises=AssertionError,
     strict=True,
     reason="issue 11 (the 'sessions' work): a gateway made for a session serves only that id",
 )
 def test_a_gateway_refuses_a_session_id_other_than_its_own(release: Release) -> None:
     endpoint, token = _apply_ready(release, "demo")
     foreign = endpoint.rsplit("/", 1)[0] + "/someone-else"
-    messages = run_client(release.cluster, foreign, "--token", token, "--speed", "0")
+    messages = run_client(release.cluster, foreign, f"--token={token}", "--speed", "0")
     (closed,) = _closes(messages)
     assert closed["code"] == 1008, messages
 
 
 def test_deleting_the_gateway_pod_mid_stream_loses_and_repeats_no_final(release: Release) -> None:
     endpoint, token = _apply_ready(release, "moving")
-    argv = client_argv(endpoint, "--token", token, "--repeat", "6", "--reconnect")
+    argv = client_argv(endpoint, f"--token={token}", "--repeat", "6", "--reconnect")
     client = subprocess.Popen(release.cluster.exec_inside(argv), stdout=subprocess.PIPE, text=True)
     assert client.stdout is not None
     messages: list[dict[str, Any]] = []
