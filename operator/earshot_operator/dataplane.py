@@ -61,3 +61,20 @@ class Env:
     TALK_NEXTCLOUD_URL: Final = "EARSHOT_TALK_NEXTCLOUD_URL"
     TALK_LANGUAGES: Final = "EARSHOT_TALK_LANGUAGES"
     TALK_INTERNAL_SECRET: Final = "EARSHOT_TALK_INTERNAL_SECRET"
+
+
+#: The session-id rule both sides apply: the gateway to the WebSocket path and its
+#: ``EARSHOT_SESSION_ID``, the operator to ``spec.sessionId`` (or the resource name). The
+#: ``sessions.id`` column is VARCHAR(64). The CRD's ``sessionId`` pattern is this string and its
+#: ``maxLength`` this length; ``earshot.events`` holds a copy; tests check all of them against it.
+SESSION_ID_MAX_LENGTH: Final = 64
+SESSION_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+#: ``sessions.user_id`` is VARCHAR(64) as well.
+USER_ID_MAX_LENGTH: Final = 64
+
+#: What ``EARSHOT_LANGUAGE`` may say per engine. Neither engine can be steered to a language:
+#: the bilingual Paraformer and Kyutai's stt-1b-en_fr recognise both of theirs as they come
+#: (moshi builds STT models without a language condition), so a value only declares what the
+#: session's speech is, and one the engine cannot recognise is refused.
+AUTO_LANGUAGE: Final = "auto"
+ENGINE_LANGUAGES: Final = {"paraformer": ("zh", "en"), "kyutai": ("en", "fr")}

@@ -93,7 +93,10 @@ async def refresh_status(
     body = await client.get(path)
     if body is None or body["metadata"]["uid"] != owner_ref["uid"]:
         return None
-    gateway = gateways.build(body, settings)
+    try:
+        gateway = gateways.build(body, settings)
+    except specs.SpecError:
+        return None  # the reconcile of that spec already reported it Failed
     observation = statuses.observe(deployment, active=gateway.replicas > 0)
     return await write_status(client, body, gateway=gateway, observation=observation, changes=0)
 

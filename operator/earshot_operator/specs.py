@@ -7,10 +7,11 @@ still apply the same defaults so that builders work on objects written before a 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from earshot_operator import resources
+from earshot_operator import dataplane, resources
 from earshot_operator.settings import SecretKeyRef
 
 
@@ -88,10 +89,15 @@ def parse_owner(body: Mapping[str, Any]) -> Owner:
 
 
 def parse_session(body: Mapping[str, Any]) -> SessionSpec:
-    """The spec of a TranscriptionSession; the session id defaults to the resource's name."""
+    """The spec of a TranscriptionSession; the session id defaults to the resource's name.
+
+    Raises:
+        SpecError: what the gateway would refuse at start-up (the schema cannot check a session
+            id taken from the resource's name, nor objects written under an older schema).
+    """
     spec = body.get("spec") or {}
     audio = spec.get("audio") or {}
-    return SessionSpec(
+    parsed = SessionSpec(
         session_id=spec.get("sessionId") or body["metadata"]["name"],
         user_id=spec.get("userId", ""),
         engine=spec.get("engine", "paraformer"),
@@ -104,6 +110,31 @@ def parse_session(body: Mapping[str, Any]) -> SessionSpec:
         active=bool(spec.get("active", True)),
         storage=_parse_storage(spec.get("storage") or {}),
     )
+    _check_session(parsed, named=not spec.get("sessionId"))
+    return parsed
+
+
+def _check_session(spec: SessionSpec, *, named: bool) -> None:
+    """Refuse what the gateway's settings would refuse, so the status says it before a pod fails."""
+    if not re.fullmatch(dataplane.SESSION_ID_PATTERN, spec.session_id):
+        source = "the resource name (spec.sessionId is unset)" if named else "spec.sessionId"
+        raise SpecError(
+            f"session id {spec.session_id!r} from {source} is not a valid session id: at most "
+            f"{dataplane.SESSION_ID_MAX_LENGTH} characters of letters, digits, '.', '_', ':' and "
+            "'-', starting with a letter or digit; set spec.sessionId"
+        )
+    if len(spec.user_id) > dataplane.USER_ID_MAX_LENGTH:
+        raise SpecError(
+            f"spec.userId is {len(spec.user_id)} characters long; sessions.user_id holds at most "
+            f"{dataplane.USER_ID_MAX_LENGTH}"
+        )
+    languages = dataplane.ENGINE_LANGUAGES.get(spec.engine, ())
+    if spec.language not in (dataplane.AUTO_LANGUAGE, *languages):
+        raise SpecError(
+            f"engine {spec.engine} cannot recognise language {spec.language!r}: it recognises "
+            f"{' and '.join(languages)} by itself; use "
+            f"{', '.join((dataplane.AUTO_LANGUAGE, *languages))}"
+        )
 
 
 def parse_room(body: Mapping[str, Any]) -> RoomSpec:

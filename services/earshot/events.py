@@ -14,7 +14,10 @@ from typing import NewType
 SessionId = NewType("SessionId", str)
 
 MAX_SESSION_ID_LENGTH = 64
-_SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+#: A copy of ``earshot_operator.dataplane.SESSION_ID_PATTERN`` (the data plane cannot import the
+#: operator); tests/unit/test_session_id_rule.py checks that both, and the CRDs, say the same.
+SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
 
 
 class InvalidSessionId(ValueError):
@@ -40,7 +43,7 @@ def parse_session_id(raw: str) -> SessionId:
         raise InvalidSessionId(
             f"session id is {len(raw)} characters long; at most {MAX_SESSION_ID_LENGTH} are allowed"
         )
-    if not _SESSION_ID_PATTERN.fullmatch(raw):
+    if not _SESSION_ID.fullmatch(raw):
         raise InvalidSessionId(
             "session id may hold only letters, digits, '.', '_', ':' and '-', "
             "and must start with a letter or digit"

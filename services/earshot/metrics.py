@@ -52,6 +52,11 @@ PROTOCOL_ERRORS = Counter(
     "Streams ended because the client broke the wire protocol.",
     ["gateway", "reason"],
 )
+IDLE_CLOSES = Counter(
+    "earshot_idle_closes_total",
+    "Streams closed because no frame came for the idle timeout (EARSHOT_IDLE_TIMEOUT_SECONDS).",
+    ["gateway"],
+)
 FRAMES_RECEIVED = Counter(
     "earshot_frames_received_total", "Binary audio frames received.", ["gateway"]
 )

@@ -9,12 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from earshot.audio.codecs import Codec
+from earshot.events import InvalidSessionId, parse_session_id
 
 SOURCE_RATES = (8000, 16000)
+#: A copy of ``earshot_operator.dataplane.ENGINE_LANGUAGES`` (checked equal by a test): what
+#: ``EARSHOT_LANGUAGE`` may say per engine besides ``auto``. Neither engine can be steered to one
+#: language; both recognise theirs as they come, so the value declares, and others are refused.
+ENGINE_LANGUAGES = {"paraformer": ("zh", "en"), "kyutai": ("en", "fr")}
+AUTO_LANGUAGE = "auto"
+DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0
 
 
 def _env(name: str, *aliases: str) -> AliasChoices:
@@ -222,6 +229,77 @@ class Settings(BaseSettings):
         "anyway (it is durable in the spool).",
     )
 
+    # What a TranscriptionSession sets (the operator's EARSHOT_* of one session). Declared after
+    # engine and access_token: the validators below read those.
+    session_id: str | None = Field(
+        None,
+        validation_alias=_env("SESSION_ID"),
+        description="When set, the gateway serves only this session id; others are refused (1008).",
+    )
+    user_id: str | None = Field(
+        None,
+        max_length=64,
+        validation_alias=_env("USER_ID"),
+        description="Stored as sessions.user_id of the sessions this gateway opens.",
+    )
+    language: str = Field(
+        AUTO_LANGUAGE,
+        validation_alias=_env("LANGUAGE"),
+        description="auto, or a language the engine recognises (paraformer: zh, en; kyutai: en, fr).",
+    )
+    idle_timeout_seconds: float = Field(
+        DEFAULT_IDLE_TIMEOUT_SECONDS,
+        gt=0,
+        validation_alias=_env("IDLE_TIMEOUT_SECONDS"),
+        description="A stream without a frame for this long is closed (1000) and its text stored.",
+    )
+    auth: Literal["token", "none"] | None = Field(
+        None,
+        validation_alias=_env("AUTH"),
+        description="token: clients must send EARSHOT_ACCESS_TOKEN; none: no token; "
+        "unset: a token is needed when one is set.",
+    )
+
+    @field_validator("session_id")
+    @classmethod
+    def _valid_session_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return parse_session_id(value)
+        except InvalidSessionId as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("user_id")
+    @classmethod
+    def _empty_user_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("language")
+    @classmethod
+    def _language_of_the_engine(cls, value: str, info: ValidationInfo) -> str:
+        engine = info.data.get("engine")
+        if not isinstance(engine, str):
+            return value  # the engine itself is refused; its error says enough
+        known = ENGINE_LANGUAGES[engine]
+        if value != AUTO_LANGUAGE and value not in known:
+            raise ValueError(
+                f"engine {engine} cannot recognise language {value!r}: it recognises "
+                f"{' and '.join(known)} by itself and cannot be steered; use "
+                f"{', '.join((AUTO_LANGUAGE, *known))}"
+            )
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_agrees_with_the_token(cls, value: str | None, info: ValidationInfo) -> str | None:
+        has_token = info.data.get("access_token") is not None
+        if value == "token" and not has_token:
+            raise ValueError("auth 'token' needs EARSHOT_ACCESS_TOKEN, which is not set")
+        if value == "none" and has_token:
+            raise ValueError("auth 'none' but EARSHOT_ACCESS_TOKEN is set: unset one of them")
+        return value
+
     @field_validator("audio_codec", mode="before")
     @classmethod
     def _known_codec(cls, value: object) -> object:
@@ -236,6 +314,12 @@ class Settings(BaseSettings):
         if value not in SOURCE_RATES:
             raise ValueError(f"unsupported audio rate {value} Hz; use 8000 or 16000")
         return value
+
+    def required_token(self) -> str | None:
+        """The token clients must send, or None when this gateway admits clients without one."""
+        if self.auth == "none" or self.access_token is None:
+            return None
+        return self.access_token.get_secret_value()
 
     def resolved_spool_dir(self) -> Path:
         """The spool directory, defaulting to ``spool`` in the cache directory."""

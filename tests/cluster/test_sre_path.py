@@ -174,11 +174,6 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
     assert counter == str(finals[-1]["seq"])
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="issue 11 (the 'sessions' work): the gateway does not read EARSHOT_USER_ID yet",
-)
 def test_the_stored_session_carries_the_user_id_of_its_resource(release: Release) -> None:
     endpoint, token = _apply_ready(release, "demo")
     run_client(release.cluster, endpoint, f"--token={token}", "--speed", "0")
@@ -200,17 +195,25 @@ def test_a_client_without_the_token_or_with_another_sessions_token_is_refused(
         assert not [m for m in messages if m["type"] in ("partial", "final")]
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="issue 11 (the 'sessions' work): a gateway made for a session serves only that id",
-)
 def test_a_gateway_refuses_a_session_id_other_than_its_own(release: Release) -> None:
     endpoint, token = _apply_ready(release, "demo")
     foreign = endpoint.rsplit("/", 1)[0] + "/someone-else"
     messages = run_client(release.cluster, foreign, f"--token={token}", "--speed", "0")
     (closed,) = _closes(messages)
     assert closed["code"] == 1008, messages
+    (error,) = [m for m in messages if m["type"] == "error"]
+    assert "serves only session 'demo'" in error["message"], error
+    assert not [m for m in messages if m["type"] in ("partial", "final")]
+
+
+def test_a_session_with_auth_none_lets_a_legacy_client_in_without_a_token(
+    release: Release,
+) -> None:
+    release.kubectl("apply", "-f", "-", stdin=_session("legacy", auth="none"))
+    endpoint = _wait_phase(release, "legacy", "Ready")["endpoint"]
+    messages = run_client(release.cluster, endpoint, "--speed", "0")
+    assert [m for m in messages if m["type"] == "final"], messages
+    assert [c["code"] for c in _closes(messages)] == [1000]
 
 
 def test_deleting_the_gateway_pod_mid_stream_loses_and_repeats_no_final(release: Release) -> None:
@@ -290,7 +293,7 @@ def test_helm_upgrade_with_a_changed_value_rolls_the_operator_pod(release: Relea
 
 
 def test_helm_uninstall_leaves_no_earshot_object_but_the_crds(release: Release) -> None:
-    for name in ("demo", "other", "moving"):
+    for name in ("demo", "other", "moving", "legacy"):
         release.kubectl("delete", "transcriptionsession", name, "--ignore-not-found")
     release.helm("uninstall", RELEASE, "--wait")
     deadline = time.monotonic() + PHASE_TIMEOUT_S

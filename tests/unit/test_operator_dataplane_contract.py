@@ -1,55 +1,82 @@
-"""The environment the operator gives a gateway is what the data plane's settings read.
+"""The operator and the data plane meet in the environment of the pods: checked from both sides.
 
-The operator must not import ``earshot``; this test may, and pins the contract between them.
+From the operator's side: every variable the operator puts into any container is read by a setting
+of the data-plane commands of that pod. From the CRD's side: every spec field reaches the gateway
+(a setting it reads, or a field of the manifest); each field has its own test below, and a field
+the table does not know fails. The operator must not import ``earshot``; this test may.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
 
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.settings import Settings
-from earshot_operator import gateways, manifests
+from earshot_operator import dataplane, gateways, manifests, resources
+from earshot_operator.dataplane import Env
 from earshot_operator.settings import OperatorSettings
 
+CRDS = Path(__file__).resolve().parents[2] / "crds"
 
-def test_gateway_environment_configures_the_data_plane_settings(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    body = {
-        "apiVersion": "earshot.dev/v1alpha1",
+#: The settings each data-plane command builds at start-up.
+COMMAND_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
+    dataplane.SESSION_COMMAND: (Settings,),
+    dataplane.ROOM_COMMAND: (Settings, TalkSettings),
+    dataplane.PERSISTER_COMMAND: (Settings,),
+}
+
+#: THE allow-list: variables the operator sets that no data-plane setting reads yet. Only TalkRoom
+#: variables may stand here, each until the Talk gateway reads it (issue 11 item 3, the
+#: "talkroom" branch); the merge of that branch empties it. A name that becomes read fails
+#: ``test_the_allow_list_holds_only_variables_still_unread`` until it is removed from here.
+UNREAD_BY_THE_DATA_PLANE: frozenset[str] = frozenset(
+    {
+        Env.TALK_ROOM_TOKEN,  # the room gateway does not join its room by itself yet
+    }
+)
+
+SECRET_VALUES = {
+    Env.ACCESS_TOKEN: "t0ken",
+    Env.PARTIALS_URL: "redis://redis:6379/0",
+    Env.SEGMENTS_URL: "mysql+aiomysql://u:p@mysql/earshot",
+    Env.TALK_INTERNAL_SECRET: "hpb-secret",
+}
+
+
+def _aliases(model: type[BaseSettings]) -> set[str]:
+    names: set[str] = set()
+    for field in model.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {choice for choice in alias.choices if isinstance(choice, str)}
+    return names
+
+
+READ_BY_THE_DATA_PLANE = {
+    command: set().union(*map(_aliases, models)) for command, models in COMMAND_SETTINGS.items()
+}
+
+
+def _session(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": resources.API_VERSION,
         "kind": "TranscriptionSession",
         "metadata": {"name": "call-9", "namespace": "tel", "uid": "u", "generation": 1},
-        "spec": {"audio": {"codec": "ulaw", "rate": 16000}, "returnTranscription": False},
+        "spec": spec,
     }
-    gateway = gateways.build(body, OperatorSettings())
-    for name, value in manifests.build_configmap(gateway)["data"].items():
-        monkeypatch.setenv(name, value)
-    secret_values = {
-        "EARSHOT_ACCESS_TOKEN": "t0ken",
-        "EARSHOT_PARTIALS_URL": "redis://redis:6379/0",
-        "EARSHOT_SEGMENTS_URL": "mysql+aiomysql://u:p@mysql/earshot",
-    }
-    assert {name for name, _ in gateway.secret_env} == set(secret_values)
-    for name, value in secret_values.items():
-        monkeypatch.setenv(name, value)
-
-    settings = Settings()
-
-    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
-    assert (str(settings.audio_codec), settings.audio_rate) == ("ulaw", 16000)
-    assert settings.return_transcription is False
-    assert settings.access_token is not None
-    assert settings.access_token.get_secret_value() == "t0ken"
-    assert settings.partials_url == "redis://redis:6379/0"
-    assert settings.segments_url == "mysql+aiomysql://u:p@mysql/earshot"
-    assert settings.persister == "sidecar"
-    assert str(settings.resolved_spool_dir()) == "/var/spool/earshot"
 
 
-def test_room_environment_configures_the_talk_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    body = {
-        "apiVersion": "earshot.dev/v1alpha1",
+def _room(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": resources.API_VERSION,
         "kind": "TalkRoom",
         "metadata": {"name": "standup", "namespace": "talk", "uid": "u", "generation": 1},
         "spec": {
@@ -57,18 +84,159 @@ def test_room_environment_configures_the_talk_settings(monkeypatch: pytest.Monke
             "hpbUrl": "wss://hpb.example/spreed",
             "nextcloudUrl": "https://cloud.example",
             "internalSecretRef": {"name": "hpb"},
-            "languages": ["fr", "en"],
+            **spec,
         },
     }
-    gateway = gateways.build(body, OperatorSettings())
-    for name, value in manifests.build_configmap(gateway)["data"].items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("EARSHOT_TALK_INTERNAL_SECRET", "hpb-secret")
-    assert "EARSHOT_TALK_INTERNAL_SECRET" in dict(gateway.secret_env)
 
-    talk = TalkSettings()
-    settings = Settings()
 
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What the operator builds for one resource, and what the gateway container makes of it."""
+
+    deployment: dict[str, Any]
+    configmap: dict[str, str]
+    settings: Settings
+    talk: TalkSettings | None
+
+    def container(self, name: str) -> dict[str, Any]:
+        """One container of the pod template."""
+        containers = self.deployment["spec"]["template"]["spec"]["containers"]
+        found: dict[str, Any] = next(c for c in containers if c["name"] == name)
+        return found
+
+    def secret_ref(self, env: str, container: str = dataplane.GATEWAY_CONTAINER) -> tuple[str, str]:
+        """(Secret name, key) a container's variable comes from."""
+        entry = next(e for e in self.container(container)["env"] if e["name"] == env)
+        ref = entry["valueFrom"]["secretKeyRef"]
+        return ref["name"], ref["key"]
+
+
+def _environment(container: Mapping[str, Any], configmap: Mapping[str, str]) -> dict[str, str]:
+    """The environment a container starts with (secrets get stand-in values)."""
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        assert set(source) == {"configMapRef"}  # the gateway's own ConfigMap, the only source
+        env.update(configmap)
+    for entry in container["env"]:
+        env[entry["name"]] = SECRET_VALUES[entry["name"]]
+    return env
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No variable of the test runner's own environment leaks into the settings built here."""
+    for name in _aliases(Settings) | _aliases(TalkSettings):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _settings_of(env: Mapping[str, str], models: tuple[type[BaseSettings], ...]) -> list[Any]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _aliases(Settings) | _aliases(TalkSettings):
+            patch.delenv(name, raising=False)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return [model() for model in models]
+
+
+def build(body: dict[str, Any]) -> Built:
+    """Build the resource's gateway and the gateway container's settings from its environment."""
+    settings = OperatorSettings()
+    gateway = gateways.build(body, settings)
+    deployment = manifests.build_deployment(gateway, settings=settings)
+    configmap = manifests.build_configmap(gateway)["data"]
+    (container,) = (
+        c
+        for c in deployment["spec"]["template"]["spec"]["containers"]
+        if c["name"] == dataplane.GATEWAY_CONTAINER
+    )
+    models = COMMAND_SETTINGS[tuple(container["command"])]
+    made = _settings_of(_environment(container, configmap), models)
+    data_plane = next(m for m in made if isinstance(m, Settings))
+    talk = next((m for m in made if isinstance(m, TalkSettings)), None)
+    return Built(deployment, configmap, data_plane, talk)
+
+
+# --- from the operator's side: every variable it sets is read ---------------------------------
+
+FULL_SESSION = _session(
+    sessionId="call:9",
+    userId="alice",
+    engine="kyutai",
+    audio={"codec": "ulaw", "rate": 16000},
+    language="fr",
+    returnTranscription=False,
+    idleTimeoutSeconds=42,
+    auth="token",
+    storage={
+        "redisUrlSecretRef": {"name": "r", "key": "url"},
+        "mysqlUrlSecretRef": {"name": "m", "key": "url"},
+    },
+)
+FULL_ROOM = _room(languages=["fr", "en"], engine="paraformer")
+
+
+def _containers(body: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    settings = OperatorSettings()
+    gateway = gateways.build(body, settings)
+    deployment = manifests.build_deployment(gateway, settings=settings)
+    configmap = manifests.build_configmap(gateway)["data"]
+    return [(c["name"], c, configmap) for c in deployment["spec"]["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("body", [FULL_SESSION, FULL_ROOM], ids=["session", "room"])
+def test_every_variable_the_operator_sets_is_read_by_the_pods_data_plane(
+    body: dict[str, Any], clean_env: None
+) -> None:
+    containers = _containers(body)
+    commands = [tuple(container["command"]) for _, container, _ in containers]
+    assert set(commands) <= set(COMMAND_SETTINGS), commands
+    read = set().union(*(READ_BY_THE_DATA_PLANE[command] for command in commands))
+    for name, container, configmap in containers:
+        unread = set(_environment(container, configmap)) - read - UNREAD_BY_THE_DATA_PLANE
+        assert unread == set(), f"{name}: the operator sets {sorted(unread)}, nothing reads them"
+
+
+@pytest.mark.parametrize("body", [FULL_SESSION, FULL_ROOM], ids=["session", "room"])
+def test_every_container_starts_with_settings_its_command_accepts(
+    body: dict[str, Any], clean_env: None
+) -> None:
+    for _, container, configmap in _containers(body):
+        models = COMMAND_SETTINGS[tuple(container["command"])]
+        assert _settings_of(_environment(container, configmap), models)  # raises if refused
+
+
+def test_the_allow_list_holds_only_variables_still_unread() -> None:
+    everything_read = set().union(*READ_BY_THE_DATA_PLANE.values())
+    assert UNREAD_BY_THE_DATA_PLANE & everything_read == set()
+    room_variables = {v for _, c, cm in _containers(FULL_ROOM) for v in _environment(c, cm)}
+    session_variables = {v for _, c, cm in _containers(FULL_SESSION) for v in _environment(c, cm)}
+    # only room variables may be exempt, and each one is still set by the operator
+    assert room_variables - session_variables >= UNREAD_BY_THE_DATA_PLANE
+
+
+def test_gateway_environment_configures_the_data_plane_settings(clean_env: None) -> None:
+    body = _session(audio={"codec": "ulaw", "rate": 16000}, returnTranscription=False)
+    built = build(body)
+    settings = built.settings
+
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert (str(settings.audio_codec), settings.audio_rate) == ("ulaw", 16000)
+    assert settings.return_transcription is False
+    assert settings.required_token() == "t0ken"
+    assert settings.partials_url == "redis://redis:6379/0"
+    assert settings.segments_url == "mysql+aiomysql://u:p@mysql/earshot"
+    assert settings.persister == "sidecar"
+    assert str(settings.resolved_spool_dir()) == "/var/spool/earshot"
+    # the session id defaults to the resource's name; the idle timeout to the CRD's 300 s
+    assert (settings.session_id, settings.idle_timeout_seconds) == ("call-9", 300)
+    assert (settings.language, settings.auth, settings.user_id) == ("auto", "token", None)
+
+
+def test_room_environment_configures_the_talk_settings(clean_env: None) -> None:
+    built = build(_room(languages=["fr", "en"]))
+    talk = built.talk
+
+    assert talk is not None
     assert (talk.hpb_url, talk.nextcloud_url) == (
         "wss://hpb.example/spreed",
         "https://cloud.example",
@@ -76,4 +244,129 @@ def test_room_environment_configures_the_talk_settings(monkeypatch: pytest.Monke
     assert talk.languages == ("fr", "en")
     assert talk.app_port == 8000
     assert talk.internal_secret.get_secret_value() == "hpb-secret"
-    assert settings.persister_port == 8001
+    assert built.settings.persister_port == 8001
+
+
+# --- from the CRD's side: every spec field has an effect on the gateway it reaches ------------
+
+Probe = Callable[[Built], object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Effect:
+    """A non-default value for a spec field and what it must change in what the operator built."""
+
+    value: object
+    probe: Probe
+    expected: object
+
+
+def _secret_ref_field(env: str, part: int) -> Callable[[str], Effect]:
+    def effect(value: str) -> Effect:
+        return Effect(value, lambda b: b.secret_ref(env)[part], value)
+
+    return effect
+
+
+def _storage(field: str, env: str) -> dict[str, Effect]:
+    name, key = _secret_ref_field(env, 0), _secret_ref_field(env, 1)
+    return {f"storage.{field}.name": name("other"), f"storage.{field}.key": key("other-key")}
+
+
+SESSION_FIELDS: dict[str, Effect] = {
+    "sessionId": Effect("call:9.a", lambda b: b.settings.session_id, "call:9.a"),
+    "userId": Effect("alice", lambda b: b.settings.user_id, "alice"),
+    "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
+    "audio.codec": Effect("pcm16le", lambda b: str(b.settings.audio_codec), "pcm16le"),
+    "audio.rate": Effect(16000, lambda b: b.settings.audio_rate, 16000),
+    "language": Effect("zh", lambda b: b.settings.language, "zh"),
+    "returnTranscription": Effect(False, lambda b: b.settings.return_transcription, False),
+    "idleTimeoutSeconds": Effect(42, lambda b: b.settings.idle_timeout_seconds, 42),
+    "auth": Effect("none", lambda b: b.settings.required_token(), None),
+    "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
+    **_storage("redisUrlSecretRef", Env.PARTIALS_URL),
+    **_storage("mysqlUrlSecretRef", Env.SEGMENTS_URL),
+}
+
+ROOM_FIELDS: dict[str, Effect] = {
+    # reaches the pod, read by nothing yet: see UNREAD_BY_THE_DATA_PLANE
+    "roomToken": Effect("other", lambda b: b.configmap[Env.TALK_ROOM_TOKEN], "other"),
+    "hpbUrl": Effect("wss://other/spreed", lambda b: _talk(b).hpb_url, "wss://other/spreed"),
+    "nextcloudUrl": Effect("https://other", lambda b: _talk(b).nextcloud_url, "https://other"),
+    "internalSecretRef.name": Effect(
+        "other", lambda b: b.secret_ref(Env.TALK_INTERNAL_SECRET)[0], "other"
+    ),
+    "internalSecretRef.key": Effect(
+        "other-key", lambda b: b.secret_ref(Env.TALK_INTERNAL_SECRET)[1], "other-key"
+    ),
+    "languages": Effect(["de"], lambda b: _talk(b).languages, ("de",)),
+    "engine": Effect("paraformer", lambda b: b.settings.engine, "paraformer"),
+    "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
+    **_storage("redisUrlSecretRef", Env.PARTIALS_URL),
+    **_storage("mysqlUrlSecretRef", Env.SEGMENTS_URL),
+}
+
+
+def _talk(built: Built) -> TalkSettings:
+    assert built.talk is not None
+    return built.talk
+
+
+def _spec_fields(kind: resources.Kind) -> list[str]:
+    crd = yaml.safe_load((CRDS / f"{kind.plural}.earshot.dev.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+    def leaves(node: dict[str, Any], path: str) -> list[str]:
+        children = node.get("properties")
+        if not children:
+            return [path]
+        return [
+            leaf for name, child in children.items() for leaf in leaves(child, f"{path}.{name}")
+        ]
+
+    return [leaf.removeprefix(".") for leaf in leaves(spec, "")]
+
+
+def _with(body: dict[str, Any], path: str, value: object) -> dict[str, Any]:
+    """The body with one spec field set; a secret ref's sibling gets a value as both are needed."""
+    spec = body["spec"]
+    *parents, leaf = path.split(".")
+    node = spec
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[leaf] = value
+    if parents and parents[-1].endswith("SecretRef"):
+        node.setdefault("name" if leaf == "key" else "key", "x")
+    return body
+
+
+CASES = [
+    pytest.param(_session, SESSION_FIELDS, field, id=f"TranscriptionSession.spec.{field}")
+    for field in _spec_fields(resources.SESSION)
+] + [
+    pytest.param(_room, ROOM_FIELDS, field, id=f"TalkRoom.spec.{field}")
+    for field in _spec_fields(resources.ROOM)
+]
+
+
+@pytest.mark.parametrize(("make", "fields", "field"), CASES)
+def test_spec_field_changes_what_the_gateway_reads(
+    make: Callable[..., dict[str, Any]], fields: dict[str, Effect], field: str, clean_env: None
+) -> None:
+    assert field in fields, f"spec.{field} has no declared effect on the gateway"
+    effect = fields[field]
+    default = effect.probe(build(make()))
+    changed = effect.probe(build(_with(make(), field, effect.value)))
+    assert changed == effect.expected
+    assert default != changed, f"spec.{field}={effect.value!r} changes nothing"
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [(resources.SESSION, SESSION_FIELDS), (resources.ROOM, ROOM_FIELDS)],
+    ids=["TranscriptionSession", "TalkRoom"],
+)
+def test_every_declared_effect_is_of_a_field_the_crd_has(
+    kind: resources.Kind, fields: dict[str, Effect]
+) -> None:
+    assert set(fields) == set(_spec_fields(kind))

@@ -8,6 +8,7 @@ before it is then stored.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from dataclasses import dataclass
@@ -101,13 +102,20 @@ def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) ->
         parse_session_id(raw_session_id)
     except InvalidSessionId as exc:
         return Refusal("invalid_session_id", str(exc), CloseCode.POLICY_VIOLATION)
-    if settings.access_token is not None and not _authorized(
-        websocket, settings.access_token.get_secret_value()
-    ):
+    token = settings.required_token()
+    if token is not None and not _authorized(websocket, token):
         return Refusal(
             "unauthorized",
             "this session needs its access token: send 'Authorization: Bearer <token>' "
             "or the 'token' query parameter",
+            CloseCode.POLICY_VIOLATION,
+        )
+    # After the token check: only a client the session admits learns which id it serves.
+    if settings.session_id is not None and raw_session_id != settings.session_id:
+        return Refusal(
+            "session_not_served",
+            f"this gateway serves only session {settings.session_id!r}, not "
+            f"{raw_session_id!r}: connect to /ws/transcribe/{settings.session_id}",
             CloseCode.POLICY_VIOLATION,
         )
     return None
@@ -131,6 +139,7 @@ async def _stream(
             codec=settings.audio_codec,
             source_rate=settings.audio_rate,
             stores=services.stores,
+            user_id=settings.user_id,
         )
     except StorageError as exc:
         await _close(websocket, _storage_refusal(exc))
@@ -164,7 +173,10 @@ async def _pump(
     """
     listening = True
     while True:
-        event = await websocket.receive()
+        try:
+            event = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_seconds)
+        except TimeoutError:
+            return _idle(settings)
         if event["type"] == "websocket.disconnect":
             return None
         chunk: bytes | None = event.get("bytes")
@@ -238,10 +250,25 @@ def _count(refusal: Refusal, engine: str) -> None:
         metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, engine).inc()
     elif refusal is SPOOL_FULL:
         metrics.SPOOL_FULL_REJECTIONS.labels(GATEWAY).inc()
+    elif refusal.code == "idle_timeout":
+        metrics.IDLE_CLOSES.labels(GATEWAY).inc()
     elif refusal.code == "engine_error":
         metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
     elif refusal.code != "storage_unavailable":
         metrics.PROTOCOL_ERRORS.labels(GATEWAY, refusal.code).inc()
+
+
+def _idle(settings: Settings) -> Refusal:
+    # 1000: ending a silent stream is the gateway doing its job, not a failure; the client may
+    # reconnect with the same id and the numbering goes on.
+    return Refusal(
+        "idle_timeout",
+        f"no audio for {settings.idle_timeout_seconds:g} s (EARSHOT_IDLE_TIMEOUT_SECONDS): the "
+        "stream is closed and what was recognised is stored",
+        CloseCode.NORMAL,
+        retryable=True,
+        reason="idle timeout",
+    )
 
 
 def _storage_refusal(exc: StorageError | SpoolError) -> Refusal:
