@@ -139,9 +139,9 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
         )
     lines += [
         "",
-        "The node has 2 CPUs shared by the control plane, the operator, Triton, Redis, MariaDB "
-        "and every gateway pod (and by other jobs on the machine): apply -> Ready at N = 30 is "
-        "mostly N Python interpreters starting at once on 2 cores.",
+        "The node's 2 CPUs are shared by the control plane, the operator, Triton, Redis, "
+        "MariaDB and every gateway pod, and by whatever else runs on the machine: these are "
+        "figures for one busy shared 2-core machine, not for a dedicated node.",
         "",
     ]
     return "\n".join(lines)
