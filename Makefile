@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test lint unit prerequisites system-deps clean
+.PHONY: demo test lint unit prerequisites system-deps clean images
 
 $(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,8 @@ demo: $(DEMO_STAMP)
 
 # Debian packages of the servers and tools the tests run for real (idempotent; needs root).
 SYSTEM_PACKAGES := redis-server mariadb-server espeak-ng sox etcd-server openssl dpkg-dev make \
-	janus nats-server iproute2 python3.11 python3.11-venv libpython3.11 prometheus
+	janus nats-server iproute2 python3.11 python3.11-venv libpython3.11 prometheus \
+	containerd runc containernetworking-plugins dnsmasq-base iptables gcc libc6-dev
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -37,13 +38,15 @@ system-deps:
 	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
 
 # Engines and servers whose installs are more than a pip extra; each script is idempotent and
-# caches under ~/.cache/earshot, so only a machine's first run pays (the control plane: ~5 min).
+# caches under ~/.cache/earshot, so only a machine's first run pays (the Kubernetes binaries of the
+# control plane and the cluster's node: ~10 min). Each step prints how long it took (CI budget).
+TIMED := bash -c 'start=$$SECONDS; "$$@"; rc=$$?; echo "[prerequisites] $$*: $$((SECONDS - start)) s" >&2; exit $$rc' timed
 prerequisites: $(STAMP) system-deps
-	NO_TORCH_COMPILE=1 bash tests/kyutai_setup.sh $(VENV)
-	bash tests/e2e/controlplane/build.sh
-	bash tests/hpb_setup.sh
-	$(BIN)/python -m tests.triton_server prepare paraformer kyutai
-	bash tests/helm_setup.sh $(VENV)
+	NO_TORCH_COMPILE=1 $(TIMED) bash tests/kyutai_setup.sh $(VENV)
+	$(TIMED) bash tests/e2e/controlplane/build.sh
+	$(TIMED) bash tests/hpb_setup.sh
+	$(TIMED) $(BIN)/python -m tests.triton_server prepare paraformer kyutai
+	$(TIMED) bash tests/helm_setup.sh $(VENV)
 
 lint: $(STAMP) prerequisites
 	$(BIN)/ruff check .
@@ -63,3 +66,12 @@ test: $(STAMP) prerequisites lint
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Every image of docs/operations.md's table, tagged with the chart's appVersion, with buildah (root).
+# Bases: debootstrap and a Triton stand-in here; PYTHON_IMAGE=... TRITON_IMAGE=... (both) build on
+# real ones instead, and the GPU pool too. Push: docs/operations.md, "Images".
+SYSTEM_PACKAGES += buildah debootstrap runc gcc libc6-dev
+images: $(STAMP) system-deps
+	$(BIN)/python -m tests.cluster.images --release \
+		$(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE)) \
+		$(if $(TRITON_IMAGE),--triton-image $(TRITON_IMAGE))

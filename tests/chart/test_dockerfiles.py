@@ -1,8 +1,9 @@
 """The Dockerfiles lint clean (hadolint) and follow the rules that matter here.
 
-No image can be built on these machines: besides hadolint, the tests check multi-stage builds,
-pinned base images, a non-root USER, a HEALTHCHECK, and that the entrypoints the images run are
-the commands the chart and the operator use (tests/chart/test_metric_names.py runs them).
+Besides hadolint, the tests check multi-stage builds, pinned base images, a non-root USER, a
+HEALTHCHECK, and that the entrypoints the images run are the commands the chart and the operator use
+(tests/chart/test_metric_names.py runs them). tests/cluster/test_images.py builds the images and
+starts them.
 """
 
 from __future__ import annotations

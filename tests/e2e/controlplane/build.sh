@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's source package with
-# Go 1.15 from bullseye, and cache the binaries (DESIGN.md, "Kubernetes API").
+# Build kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy v1.20.2 from
+# Debian bookworm's source package with Go 1.15 from bullseye, plus the pause binary of the pod
+# sandbox image (gcc -static), and cache them (DESIGN.md, "Kubernetes API"; tests/cluster).
 #
 # No prebuilt apiserver is reachable from these machines; Debian's source package vendors every Go
 # dependency, so the build runs offline (GOPROXY=off). Go 1.19 builds it too, but that server crashes
 # under load, hence Go 1.15. A private apt state keeps the system's sources untouched.
 #
-# Usage: build.sh            prints the cache directory holding the binaries (builds once, ~5 min)
+# Usage: build.sh            prints the cache directory holding the binaries (builds what is missing
+#                            once: ~5 min for the control plane, ~5 min more for the node binaries)
 #                            and installs Debian's etcd-server if etcd is missing
 # Env:   EARSHOT_KUBE_CACHE  cache directory (default ~/.cache/earshot/kube-1.20.2)
 set -euo pipefail
@@ -14,10 +16,11 @@ set -euo pipefail
 KUBE_VERSION=v1.20.2
 SRC_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE=${EARSHOT_KUBE_CACHE:-${HOME}/.cache/earshot/kube-1.20.2}
-BINARIES=(kube-apiserver kube-controller-manager)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+GO_TARGETS=(cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubelet cmd/kube-proxy)
 
 have_binaries() {
-  for b in "${BINARIES[@]}"; do [[ -x "${CACHE}/bin/${b}" ]] || return 1; done
+  for b in "${BINARIES[@]}" pause; do [[ -x "${CACHE}/bin/${b}" ]] || return 1; done
 }
 
 # etcd comes from Debian's etcd-server package (the harness starts its own on a free port)
@@ -32,9 +35,9 @@ if have_binaries; then
   exit 0
 fi
 
-for tool in apt-get dpkg-source dpkg-deb make flock; do
+for tool in apt-get dpkg-source dpkg-deb make flock gcc; do
   command -v "${tool}" >/dev/null || {
-    echo "build.sh: ${tool} is missing (apt-get install dpkg-dev make util-linux)" >&2; exit 2; }
+    echo "build.sh: ${tool} is missing (apt-get install dpkg-dev make util-linux gcc)" >&2; exit 2; }
 done
 
 mkdir -p "${CACHE}"
@@ -89,15 +92,26 @@ apt_private source --download-only "kubernetes=${SRC_VERSION}" >&2
 dpkg-source --no-check -x kubernetes_*.dsc src >&2
 
 # --- build ---------------------------------------------------------------------------------------
-log "building ${BINARIES[*]} (several minutes)"
+# only what an older cache lacks (caches made before the node binaries hold the first two)
+missing=()
+for i in "${!BINARIES[@]}"; do
+  [[ -x "${CACHE}/bin/${BINARIES[$i]}" ]] || missing+=("${GO_TARGETS[$i]}")
+done
 cd src
+log "building pause (gcc -static)"
+mkdir -p "${CACHE}/bin"
+gcc -Os -static -DVERSION=debian-1.20.2 -o "${CACHE}/bin/pause.tmp" build/pause/linux/pause.c >&2
+mv "${CACHE}/bin/pause.tmp" "${CACHE}/bin/pause"
+if ((${#missing[@]} == 0)); then echo "${CACHE}"; exit 0; fi
+log "building ${missing[*]} (several minutes)"
+
 export GOROOT PATH="${GOROOT}/bin:${PATH}" GOPATH="${WORK}/gopath" GOCACHE="${WORK}/gocache"
 export GOPROXY=off GOFLAGS=-mod=vendor GO111MODULE=on CGO_ENABLED=0 KUBE_GIT_VERSION="${KUBE_VERSION}"
 export KUBE_GIT_TREE_STATE=clean KUBE_BUILD_PLATFORMS=linux/amd64
-make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2
+make WHAT="${missing[*]}" >&2
 
-mkdir -p "${CACHE}/bin"
 for b in "${BINARIES[@]}"; do
+  [[ -x "${CACHE}/bin/${b}" ]] && continue
   install -m 0755 "_output/local/bin/linux/amd64/${b}" "${CACHE}/bin/${b}.tmp"
   mv "${CACHE}/bin/${b}.tmp" "${CACHE}/bin/${b}"
 done
