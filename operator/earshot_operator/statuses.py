@@ -78,6 +78,8 @@ def build_status(
         ("Ready", observation.phase is Phase.READY, observation.reason),
     ]
     old = {c.get("type"): c for c in previous.get("conditions") or ()}
+    # Conditions of other writers (a room's gateway reports InCall) are kept as they are.
+    theirs = [c for kind, c in old.items() if kind not in {kind for kind, _, _ in wanted}]
     status: dict[str, Any] = {
         "phase": str(observation.phase),
         "observedGeneration": generation,
@@ -85,7 +87,8 @@ def build_status(
         "conditions": [
             _condition(kind, ok, reason, observation.message, generation, old.get(kind), now)
             for kind, ok, reason in wanted
-        ],
+        ]
+        + theirs,
     }
     if gateway is not None:
         status["tokenSecret"] = gateway.token_secret

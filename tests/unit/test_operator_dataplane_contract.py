@@ -73,7 +73,7 @@ def test_room_environment_configures_the_talk_settings(monkeypatch: pytest.Monke
         "wss://hpb.example/spreed",
         "https://cloud.example",
     )
-    assert talk.languages == ("fr", "en")
+    assert talk.languages == ("en", "fr")  # the offered set; the TalkRoom says which is in use
     assert talk.app_port == 8000
     assert talk.internal_secret.get_secret_value() == "hpb-secret"
     assert settings.persister_port == 8001

@@ -110,3 +110,20 @@ def test_leaving_ready_removes_the_endpoint() -> None:
     assert patch["phase"] == "Provisioning"
     ready_condition = next(c for c in patch["conditions"] if c["type"] == "Ready")
     assert ready_condition["lastTransitionTime"] == "T2"
+
+
+def test_conditions_written_by_a_room_gateway_are_kept() -> None:
+    gateway = gateways.build(BODY, SETTINGS)
+    observation = statuses.observe(_available(), active=True)
+    theirs = {"type": "InCall", "status": "True", "reason": "InCall", "message": "2 speakers"}
+    first = statuses.build_status(gateway, observation, generation=2, previous={}, now="T1")
+    previous = {**first, "conditions": [*first["conditions"], theirs]}
+    second = statuses.build_status(gateway, observation, generation=2, previous=previous, now="T2")
+    assert [c["type"] for c in second["conditions"]] == [
+        "Provisioned",
+        "Available",
+        "Ready",
+        "InCall",
+    ]
+    assert second["conditions"][-1] == theirs
+    assert statuses.status_patch(previous, second) == {}
