@@ -155,7 +155,7 @@ async def test_a_talkroom_is_accepted_once_its_status_describes_its_generation()
         "message": "TalkRoom spec lacks hpbUrl",
     }
     with pytest.raises(
-        talkrooms.NotAccepted, match="refused TalkRoom .*: TalkRoom spec lacks hpbUrl"
+        talkrooms.NotAccepted, match=r"refused TalkRoom .*: TalkRoom spec lacks hpbUrl"
     ):
         await client.wait_accepted(SPEC.room_token, within=0.3)
     await client.wait_accepted("missing", within=0.3)  # no TalkRoom: nothing to wait for

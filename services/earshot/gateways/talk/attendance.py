@@ -189,11 +189,12 @@ class Attendance:
             self._room_left(self._closed_reason, wish)
         room = self._rooms.room(self._token)
         if not wish.active:
+            self._applied = frozenset()
             if room is not None:
                 await self._rooms.leave(self._token)
-            self._applied = frozenset()
-            why = "left the call" if room is not None or self._report.joined else "not in the call"
-            self._set(Report(State.LEFT, f"{why}: the TalkRoom is inactive"))
+                self._set(Report(State.LEFT, "left the call: the TalkRoom is inactive"))
+            elif self._report.state is not State.LEFT:
+                self._set(Report(State.LEFT, "not in the call: the TalkRoom is inactive"))
             return
         if room is None:
             await self._join(wish)
@@ -204,9 +205,12 @@ class Attendance:
             speakers = len(room.speakers)
             targets = len(room.targets.wanted)
             state = State.IN_CALL if speakers else State.IDLE
+            who = (
+                f"{speakers} speaker{'s' * (speakers != 1)}" if speakers else "nobody speaking yet"
+            )
             message = (
-                f"in the call with {speakers} speaker{'s' * (speakers != 1)}, captions in "
-                f"{room.lang} for {targets} participant{'s' * (targets != 1)}"
+                f"in the call with {who}, captions in {room.lang} "
+                f"for {targets} participant{'s' * (targets != 1)}"
             )
             self._set(Report(state, message, speakers=speakers, targets=targets))
 

@@ -1,0 +1,359 @@
+"""Acceptance: a Talk request in a cluster makes the room's gateway join its call by itself.
+
+Everything is real except Nextcloud (the HPB stack's backend double) and the kubelet: the API
+server and the operator (with its least-privilege role), the ExApp in cluster mode as a process
+with the chart's ExApp role, the signaling server with Janus and NATS, and the room's gateway
+started with exactly the environment of the Deployment the operator made (ConfigMap, Secrets, its
+own service account's token). Two participants speak; one asks for captions. Only that one gets
+captions, from both speakers; a language change changes the captions' langId; opting out makes the
+gateway leave the call, and the TalkRoom says so.
+
+Where the kubelet's world differs it is replaced and said so: the API server's address (a pod
+reaches it as kubernetes.default.svc), the gateway's port (a pod has its own network namespace: a
+free port here) and the Triton URL (no Triton pool here: the in-process engine recognises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import subprocess
+import wave
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+import pytest_asyncio
+import soxr
+
+from earshot.engines import loading
+from earshot.settings import Settings
+from earshot_operator.clients import KubeClient, path_of
+from tests.e2e.controlplane.cluster import REPO, ControlPlane
+from tests.e2e.helpers import eventually, make_pods_ready
+from tests.e2e.kubelets import ContainerProcess, container_of, mount_token, role_rules
+from tests.hpb_stack import HpbStack, StackUnavailable
+from tests.servers import free_port
+from tests.talk_exapp import APP_SECRET, appapi_headers
+from tests.talk_participants import Participant
+
+ROOM = "e2eroom7"
+TALKROOM = "talk-e2eroom7"
+RATE = 48_000
+IN_CALL_WITH_AUDIO = 1 | 2
+EXAPP_ROLE = REPO / "charts/earshot/templates/talk/exapp.yaml"
+SENTENCES = {
+    "en-us": "hello there, this is alice speaking about the quarterly numbers",
+    "en-gb": "good morning, bob here with the weather for the week ahead",
+}
+
+
+@pytest.fixture(scope="module")
+def hpb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HpbStack]:
+    """A fresh HPB stack (signaling server 1.2.4, Janus, NATS) for this module."""
+    stack = HpbStack(tmp_path_factory.mktemp("hpb"))
+    try:
+        stack.start()
+    except StackUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)  # never skipped
+    yield stack
+    stack.close()
+
+
+@pytest_asyncio.fixture
+async def model_cache(tiny_model_cache: Path) -> Path:
+    """The tiny model built once here, so the two processes find it ready."""
+    engine = await loading.open_recognizer(Settings(cache_dir=tiny_model_cache))
+    await engine.aclose()
+    return tiny_model_cache
+
+
+def speech(voice: str, workdir: Path, *, repeats: int) -> npt.NDArray[np.float32]:
+    """espeak-ng speech at 48 kHz: the sentence ``repeats`` times, each followed by 2 s of silence."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: apt-get install espeak-ng", pytrace=False)
+    path = workdir / f"{voice}.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), SENTENCES[voice]], check=True
+    )
+    with wave.open(str(path)) as wav:
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    sentence = soxr.resample(pcm.astype(np.float32) / 32768, rate, RATE).astype(np.float32)
+    pause = np.zeros(2 * RATE, np.float32)
+    return np.concatenate([part for _ in range(repeats) for part in (sentence, pause)])
+
+
+def user_entry(participant: Participant) -> dict[str, Any]:
+    return {
+        "sessionId": participant.nextcloud_session_id,
+        "inCall": IN_CALL_WITH_AUDIO,
+        "participantType": 3,
+        "lastPing": 0,
+        "userId": participant.user,
+    }
+
+
+async def create(api: KubeClient, body: dict[str, Any]) -> None:
+    await api.create(body)
+
+
+async def arrange_exapp_account(api: KubeClient, namespace: str) -> None:
+    """The ExApp's ServiceAccount bound to the chart's ExApp Role rules."""
+    meta = {"name": "earshot-talk", "namespace": namespace}
+    rbac = "rbac.authorization.k8s.io"
+    await create(api, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta})
+    await api.request(
+        "POST",
+        f"/apis/{rbac}/v1/namespaces/{namespace}/roles",
+        body={"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": meta,
+              "rules": role_rules(EXAPP_ROLE)},
+    )  # fmt: skip
+    await api.request(
+        "POST",
+        f"/apis/{rbac}/v1/namespaces/{namespace}/rolebindings",
+        body={
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "earshot-talk"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "earshot-talk", "namespace": namespace}
+            ],
+        },
+    )
+
+
+def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": encoded,
+    }
+
+
+async def talkroom(api: KubeClient, namespace: str) -> dict[str, Any]:
+    found = await api.get(
+        path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=TALKROOM)
+    )
+    assert found is not None
+    return found
+
+
+async def room_is(api: KubeClient, namespace: str, state: str) -> dict[str, Any] | None:
+    body = await talkroom(api, namespace)
+    status = body.get("status") or {}
+    return status if (status.get("room") or {}).get("state") == state else None
+
+
+async def events_of(api: KubeClient, namespace: str) -> list[tuple[str, str]]:
+    answer = await api.request(
+        "GET",
+        f"/api/v1/namespaces/{namespace}/events",
+        params={"fieldSelector": f"involvedObject.name={TALKROOM}"},
+    )
+    return [(e["type"], e["reason"]) for e in answer["items"]]
+
+
+@pytest_asyncio.fixture
+async def participants(hpb: HpbStack) -> AsyncIterator[tuple[Participant, Participant]]:
+    alice = Participant(
+        hpb.signaling_url, hpb.backend_url, user="alice", nextcloud_session_id="nc-alice"
+    )
+    bob = Participant(hpb.signaling_url, hpb.backend_url, user="bob", nextcloud_session_id="nc-bob")
+    try:
+        yield alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_its_talkroom(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    participants: tuple[Participant, Participant],
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    alice, bob = participants
+    await create(api, secret(namespace, "hpb", {"internal-secret": hpb.internal_secret}))
+    # The operator's default storage Secret; the Talk gateway reads but does not use it yet.
+    await create(
+        api,
+        secret(
+            namespace,
+            "earshot-storage",
+            {"redis-url": "redis://127.0.0.1:1/0", "mysql-url": "sqlite+aiosqlite:///:memory:"},
+        ),
+    )
+    await arrange_exapp_account(api, namespace)
+    exapp_port = free_port()
+    exapp_env = {
+        "APP_SECRET": APP_SECRET,
+        "APP_PORT": str(exapp_port),
+        "APP_HOST": "127.0.0.1",
+        "NEXTCLOUD_URL": hpb.nextcloud_url,
+        "LT_HPB_URL": hpb.signaling_url,
+        "EARSHOT_TALK_LANGUAGES": "en,fr",
+        "EARSHOT_TALK_ENGINE": "paraformer",
+        "EARSHOT_TALK_IN_CLUSTER": "true",
+        "EARSHOT_TALK_NAMESPACE": namespace,
+        "EARSHOT_TALK_INTERNAL_SECRET_REF": "hpb",
+        "EARSHOT_CACHE_DIR": str(model_cache),
+        # what the kubelet and the cluster give a pod
+        "EARSHOT_TALK_KUBE_API_URL": control_plane.server,
+        "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(
+            await mount_token(
+                api, namespace, "earshot-talk", ca=control_plane.ca, folder=tmp_path / "exapp-sa"
+            )
+        ),
+    }
+
+    for participant in (alice, bob):
+        await participant.connect(ROOM)
+    everyone = [user_entry(alice), user_entry(bob)]
+    await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
+    await alice.publish(speech("en-us", tmp_path, repeats=12))
+    await bob.publish(speech("en-gb", tmp_path, repeats=12))
+
+    exapp = ContainerProcess(["earshot", "talk"], exapp_env, log=tmp_path / "exapp.log")
+    gateway: ContainerProcess | None = None
+    with exapp:
+        url = f"http://127.0.0.1:{exapp_port}"
+        await eventually(
+            lambda: _answers(exapp, f"{url}/heartbeat"), timeout_s=120, what="the ExApp"
+        )
+        async with httpx.AsyncClient(base_url=url, headers=appapi_headers(), timeout=30) as http:
+            body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": True, "langId": "en"}
+            response = await http.post("/api/v1/call/transcribe", json=body)
+            assert (response.status_code, response.json()) == (200, {}), exapp.tail()
+            # Talk heard 200 only once the operator had taken the TalkRoom.
+            accepted = await talkroom(api, namespace)
+            assert accepted["status"]["observedGeneration"] >= accepted["metadata"]["generation"]
+
+            # Play the kubelet: start the gateway container of the Deployment the operator made.
+            deployment = accepted["status"]["tokenSecret"].removesuffix("-token")
+            pod = await container_of(api, namespace, deployment, name="gateway")
+            assert pod.command == ["earshot", "talk"]
+            assert pod.env["EARSHOT_TALK_ROOM_TOKEN"] == ROOM
+            assert pod.env["EARSHOT_TALK_TALKROOM_NAME"] == TALKROOM
+            assert pod.service_account is not None
+            assert pod.service_account == deployment
+            account = await mount_token(
+                api, namespace, pod.service_account, ca=control_plane.ca, folder=tmp_path / "sa"
+            )
+            gateway_port = free_port()
+            env = {
+                **pod.env,
+                "EARSHOT_TALK_KUBE_API_URL": control_plane.server,
+                "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(account),
+                "EARSHOT_TALK_APP_PORT": str(gateway_port),
+                "EARSHOT_TRITON_URL": "",
+                "EARSHOT_CACHE_DIR": str(model_cache),
+            }
+            gateway = ContainerProcess(pod.command, env, log=tmp_path / "gateway.log").start()
+            ready_url = f"http://127.0.0.1:{gateway_port}{pod.readiness_path}"
+            await eventually(
+                lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
+            )
+            # the probe succeeded: the kubelet marks the pod Ready
+            await eventually(
+                lambda: make_pods_ready(api, namespace, deployment), what="the gateway's pod"
+            )
+            # Nextcloud repeats the call's participants whenever the call changes.
+            await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
+
+            def finals_from_both(lang: str) -> bool:
+                finals = {
+                    t["speakerSessionId"]
+                    for t in alice.transcripts()
+                    if t["final"] and t["langId"] == lang
+                }
+                return finals == {alice.session_id, bob.session_id}
+
+            await _until(lambda: finals_from_both("en"), 90, "English finals of both", gateway)
+            assert bob.transcripts() == []
+            in_call = await eventually(
+                lambda: room_is(api, namespace, "InCall"), what="the TalkRoom to say InCall"
+            )
+            assert in_call["room"]["speakers"] == 2
+            assert in_call["room"]["targets"] == 1
+            assert in_call["phase"] == "Ready"
+            condition = next(c for c in in_call["conditions"] if c["type"] == "InCall")
+            assert condition["status"] == "True"
+            assert ("Normal", "InCall") in await events_of(api, namespace)
+            shown = (await http.get("/api/v1/status")).json()
+            [room] = shown["rooms"]
+            assert (room["roomToken"], room["state"], room["speakers"]) == (ROOM, "InCall", 2)
+
+            switched = await http.post(
+                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "fr"}
+            )
+            assert switched.status_code == 200
+            await _until(lambda: finals_from_both("fr"), 90, "French finals of both", gateway)
+            assert bob.transcripts() == []
+
+            body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": False}
+            assert (await http.post("/api/v1/call/transcribe", json=body)).status_code == 200
+            [bot] = alice.transcript_senders()
+
+            def bot_left() -> bool:
+                return any(
+                    m.get("type") == "event"
+                    and m["event"].get("type") == "leave"
+                    and bot in m["event"].get("leave", [])
+                    for m in bob.messages
+                )
+
+            await _until(bot_left, 30, "the room to see the gateway leave", gateway)
+            left = await eventually(
+                lambda: room_is(api, namespace, "Left"), what="the TalkRoom to say Left"
+            )
+            assert "inactive" in left["room"]["message"]
+            condition = next(c for c in left["conditions"] if c["type"] == "InCall")
+            assert (condition["status"], condition["reason"]) == ("False", "Left")
+            await eventually(
+                lambda: _phase(api, namespace, "Completed"), what="the TalkRoom to complete"
+            )
+            assert ("Normal", "Left") in await events_of(api, namespace)
+            status, _ = gateway.probe(ready_url)
+            assert status == 503
+    if gateway is not None:
+        gateway.stop()
+
+
+async def _answers(process: ContainerProcess, url: str) -> bool:
+    assert process.running, process.tail()
+    status, _ = await asyncio.to_thread(process.probe, url)
+    return status == 200
+
+
+async def _ready(process: ContainerProcess, url: str) -> bool:
+    assert process.running, process.tail()
+    status, body = await asyncio.to_thread(process.probe, url)
+    if status == 503:
+        assert json.loads(body)["state"] in ("Joining", "Left"), body
+    return status == 200
+
+
+async def _phase(api: KubeClient, namespace: str, phase: str) -> bool:
+    body = await talkroom(api, namespace)
+    return bool((body.get("status") or {}).get("phase") == phase)
+
+
+async def _until(predicate: Any, within: float, what: str, gateway: ContainerProcess) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {what}; gateway log:\n{gateway.tail()}")
+        await asyncio.sleep(0.1)
