@@ -152,7 +152,7 @@ class ContainerProcess:
         self._process = None
 
     def __enter__(self) -> Self:
-        return self.start()
+        return self if self.running else self.start()
 
     def __exit__(
         self,

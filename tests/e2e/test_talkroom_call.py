@@ -47,6 +47,7 @@ ROOM = "e2eroom7"
 TALKROOM = "talk-e2eroom7"
 RATE = 48_000
 IN_CALL_WITH_AUDIO = 1 | 2
+TARGETS = "earshot.dev/caption-targets"
 EXAPP_ROLE = REPO / "charts/earshot/templates/talk/exapp.yaml"
 SENTENCES = {
     "en-us": "hello there, this is alice speaking about the quarterly numbers",
@@ -140,18 +141,114 @@ def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def talkroom(api: KubeClient, namespace: str) -> dict[str, Any]:
+async def talkroom(api: KubeClient, namespace: str, name: str = TALKROOM) -> dict[str, Any]:
     found = await api.get(
-        path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=TALKROOM)
+        path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=name)
     )
     assert found is not None
     return found
 
 
-async def room_is(api: KubeClient, namespace: str, state: str) -> dict[str, Any] | None:
-    body = await talkroom(api, namespace)
+async def room_is(
+    api: KubeClient, namespace: str, state: str, *, name: str = TALKROOM
+) -> dict[str, Any] | None:
+    """The status once both ``status.room`` and the InCall condition show ``state``.
+
+    The operator rewrites the conditions from what it read; a condition it wrote back stale is
+    restored by the gateway within its status interval, so both are awaited together.
+    """
+    body = await talkroom(api, namespace, name)
     status = body.get("status") or {}
-    return status if (status.get("room") or {}).get("state") == state else None
+    reasons = {c["type"]: c.get("reason") for c in status.get("conditions") or ()}
+    same = (status.get("room") or {}).get("state") == state and reasons.get("InCall") == state
+    return status if same else None
+
+
+async def arrange_room_secrets(api: KubeClient, namespace: str, *, internal_secret: str) -> None:
+    """The HPB's internal secret, and the operator's default storage Secret (read, not used)."""
+    await create(api, secret(namespace, "hpb", {"internal-secret": internal_secret}))
+    await create(
+        api,
+        secret(
+            namespace,
+            "earshot-storage",
+            {"redis-url": "redis://127.0.0.1:1/0", "mysql-url": "sqlite+aiosqlite:///:memory:"},
+        ),
+    )
+
+
+def room_body(namespace: str, hpb: HpbStack, *, targets: str, token: str = ROOM) -> dict[str, Any]:
+    """A TalkRoom as the ExApp writes it (docs/samples/talkroom.yaml)."""
+    return {
+        "apiVersion": "earshot.dev/v1alpha1",
+        "kind": "TalkRoom",
+        "metadata": {
+            "name": f"talk-{token}",
+            "namespace": namespace,
+            "annotations": {TARGETS: targets},
+        },
+        "spec": {
+            "roomToken": token,
+            "hpbUrl": hpb.signaling_url,
+            "nextcloudUrl": hpb.nextcloud_url,
+            "internalSecretRef": {"name": "hpb"},
+            "languages": ["en"],
+            "engine": "paraformer",
+        },
+    }
+
+
+class RoomGateway(ContainerProcess):
+    """The gateway container of a room's Deployment, run here."""
+
+    deployment = ""
+
+
+async def start_room_gateway(
+    api: KubeClient,
+    namespace: str,
+    control_plane: ControlPlane,
+    *,
+    model_cache: Path,
+    folder: Path,
+    name: str = TALKROOM,
+) -> tuple[RoomGateway, str]:
+    """Start the gateway container of the TalkRoom's Deployment; returns it and its probe URL."""
+    body = await eventually(
+        lambda: _with_token_secret(api, namespace, name), what="the operator to take the TalkRoom"
+    )
+    deployment = body["status"]["tokenSecret"].removesuffix("-token")
+    await eventually(
+        lambda: api.get(path_of("apps/v1", "Deployment", namespace=namespace, name=deployment)),
+        what="the room's Deployment",
+    )
+    pod = await container_of(api, namespace, deployment, name="gateway")
+    assert pod.command == ["earshot", "talk"]
+    assert pod.env["EARSHOT_TALK_ROOM_TOKEN"] == body["spec"]["roomToken"]
+    assert pod.env["EARSHOT_TALK_TALKROOM_NAME"] == name
+    assert pod.service_account is not None
+    assert pod.service_account == deployment
+    account = await mount_token(
+        api, namespace, pod.service_account, ca=control_plane.ca, folder=folder / "sa"
+    )
+    port = free_port()
+    env = {
+        **pod.env,
+        "EARSHOT_TALK_KUBE_API_URL": control_plane.server,
+        "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(account),
+        "EARSHOT_TALK_APP_PORT": str(port),
+        "EARSHOT_TRITON_URL": "",
+        "EARSHOT_CACHE_DIR": str(model_cache),
+    }
+    gateway = RoomGateway(pod.command, env, log=folder / "gateway.log")
+    gateway.deployment = deployment
+    gateway.start()
+    return gateway, f"http://127.0.0.1:{port}{pod.readiness_path}"
+
+
+async def _with_token_secret(api: KubeClient, namespace: str, name: str) -> dict[str, Any] | None:
+    body = await talkroom(api, namespace, name)
+    return body if (body.get("status") or {}).get("tokenSecret") else None
 
 
 async def events_of(api: KubeClient, namespace: str) -> list[tuple[str, str]]:
@@ -161,6 +258,21 @@ async def events_of(api: KubeClient, namespace: str) -> list[tuple[str, str]]:
         params={"fieldSelector": f"involvedObject.name={TALKROOM}"},
     )
     return [(e["type"], e["reason"]) for e in answer["items"]]
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def talkrooms_deleted_first(api: KubeClient, namespace: str) -> AsyncIterator[None]:
+    """Delete the TalkRooms before their namespace, so the operator's drift timer does not try to
+    recreate their objects in a namespace being terminated (the API server forbids that)."""
+    yield
+    collection = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+    for item in (await api.request("GET", collection))["items"]:
+        await api.delete(f"{collection}/{item['metadata']['name']}")
+
+    async def none_left() -> bool:
+        return not (await api.request("GET", collection))["items"]
+
+    await eventually(none_left, what="the TalkRooms to be deleted")
 
 
 @pytest_asyncio.fixture
@@ -186,16 +298,7 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
     tmp_path: Path,
 ) -> None:
     alice, bob = participants
-    await create(api, secret(namespace, "hpb", {"internal-secret": hpb.internal_secret}))
-    # The operator's default storage Secret; the Talk gateway reads but does not use it yet.
-    await create(
-        api,
-        secret(
-            namespace,
-            "earshot-storage",
-            {"redis-url": "redis://127.0.0.1:1/0", "mysql-url": "sqlite+aiosqlite:///:memory:"},
-        ),
-    )
+    await arrange_room_secrets(api, namespace, internal_secret=hpb.internal_secret)
     await arrange_exapp_account(api, namespace)
     exapp_port = free_port()
     exapp_env = {
@@ -227,7 +330,7 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
     await bob.publish(speech("en-gb", tmp_path, repeats=12))
 
     exapp = ContainerProcess(["earshot", "talk"], exapp_env, log=tmp_path / "exapp.log")
-    gateway: ContainerProcess | None = None
+    gateway: RoomGateway | None = None
     with exapp:
         url = f"http://127.0.0.1:{exapp_port}"
         await eventually(
@@ -242,27 +345,10 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             assert accepted["status"]["observedGeneration"] >= accepted["metadata"]["generation"]
 
             # Play the kubelet: start the gateway container of the Deployment the operator made.
-            deployment = accepted["status"]["tokenSecret"].removesuffix("-token")
-            pod = await container_of(api, namespace, deployment, name="gateway")
-            assert pod.command == ["earshot", "talk"]
-            assert pod.env["EARSHOT_TALK_ROOM_TOKEN"] == ROOM
-            assert pod.env["EARSHOT_TALK_TALKROOM_NAME"] == TALKROOM
-            assert pod.service_account is not None
-            assert pod.service_account == deployment
-            account = await mount_token(
-                api, namespace, pod.service_account, ca=control_plane.ca, folder=tmp_path / "sa"
+            gateway, ready_url = await start_room_gateway(
+                api, namespace, control_plane, model_cache=model_cache, folder=tmp_path
             )
-            gateway_port = free_port()
-            env = {
-                **pod.env,
-                "EARSHOT_TALK_KUBE_API_URL": control_plane.server,
-                "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(account),
-                "EARSHOT_TALK_APP_PORT": str(gateway_port),
-                "EARSHOT_TRITON_URL": "",
-                "EARSHOT_CACHE_DIR": str(model_cache),
-            }
-            gateway = ContainerProcess(pod.command, env, log=tmp_path / "gateway.log").start()
-            ready_url = f"http://127.0.0.1:{gateway_port}{pod.readiness_path}"
+            deployment = gateway.deployment
             await eventually(
                 lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
             )
@@ -332,6 +418,78 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         gateway.stop()
 
 
+async def test_a_room_gateway_the_hpb_refuses_reports_the_signaling_error(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    await arrange_room_secrets(api, namespace, internal_secret="not-the-hpb-secret")
+    await create(api, room_body(namespace, hpb, targets="nc-alice"))
+    gateway, ready_url = await start_room_gateway(
+        api, namespace, control_plane, model_cache=model_cache, folder=tmp_path
+    )
+    with gateway:
+        failed = await eventually(
+            lambda: room_is(api, namespace, "Failed"), what="the TalkRoom to say Failed"
+        )
+        assert failed["room"]["message"].startswith(f"cannot join room {ROOM}: ")
+        assert "retrying in" in failed["room"]["message"]
+        condition = next(c for c in failed["conditions"] if c["type"] == "InCall")
+        assert (condition["status"], condition["reason"]) == ("False", "Failed")
+        assert ("Warning", "Failed") in await events_of(api, namespace)
+        status, body = gateway.probe(ready_url)
+        assert (status, json.loads(body)["state"]) == (503, "Failed")
+        assert gateway.running, gateway.tail()
+
+
+async def test_a_room_gateway_leaves_an_ended_call_and_joins_again_only_for_a_new_request(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    participants: tuple[Participant, Participant],
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    alice, bob = participants
+    room = f"{ROOM}b"
+    for participant in (alice, bob):
+        await participant.connect(room)
+    everyone = [user_entry(alice), user_entry(bob)]
+    await asyncio.to_thread(hpb.post_in_call, room, everyone, everyone)
+    await arrange_room_secrets(api, namespace, internal_secret=hpb.internal_secret)
+    await create(api, room_body(namespace, hpb, targets="nc-alice", token=room))
+    gateway, ready_url = await start_room_gateway(
+        api, namespace, control_plane, model_cache=model_cache, folder=tmp_path, name=f"talk-{room}"
+    )
+    with gateway:
+        await eventually(
+            lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
+        )
+        await asyncio.to_thread(hpb.post_call_ended, room)
+        left = await eventually(
+            lambda: room_is(api, namespace, "Left", name=f"talk-{room}"),
+            what="the TalkRoom to say Left",
+        )
+        assert left["room"]["message"] == "left the call: the call ended"
+        # Still listed, alice does not make it join the ended call again.
+        await asyncio.sleep(3)
+        assert await room_is(api, namespace, "Left", name=f"talk-{room}") is not None
+        status, _ = gateway.probe(ready_url)
+        assert status == 503
+
+        # A new call: bob asks for captions, and the gateway joins again.
+        await asyncio.to_thread(hpb.post_in_call, room, everyone, everyone)
+        path = path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=f"talk-{room}")
+        await api.patch(path, {"metadata": {"annotations": {TARGETS: "nc-alice,nc-bob"}}})
+        await eventually(
+            lambda: _ready(gateway, ready_url), timeout_s=60, what="the gateway to join again"
+        )
+
+
 async def _answers(process: ContainerProcess, url: str) -> bool:
     assert process.running, process.tail()
     status, _ = await asyncio.to_thread(process.probe, url)
@@ -342,7 +500,7 @@ async def _ready(process: ContainerProcess, url: str) -> bool:
     assert process.running, process.tail()
     status, body = await asyncio.to_thread(process.probe, url)
     if status == 503:
-        assert json.loads(body)["state"] in ("Joining", "Left"), body
+        assert json.loads(body)["state"] in ("Joining", "Left"), (body, process.tail())
     return status == 200
 
 
