@@ -114,6 +114,7 @@ class Attendance:
         self._observed: dict[str, Any] | None = None
         self._applied: frozenset[str] = frozenset()
         self._closed_reason: str | None = None
+        self._inactive = "the TalkRoom is inactive"
         self._report = Report(State.JOINING, f"reading TalkRoom {talkroom.name}")
         self._announced: State | None = None
         self._changed = asyncio.Event()
@@ -154,6 +155,7 @@ class Attendance:
             except TalkRoomGone as exc:
                 # The garbage collector removes this pod next; until then, leave and say nothing.
                 self._wish = Wish(frozenset(), "", active=False)
+                self._inactive = "the TalkRoom was deleted"
                 self._observed = None
                 self._changed.set()
                 log.info("%s", exc)
@@ -165,6 +167,7 @@ class Attendance:
 
     def _observe(self, body: dict[str, Any]) -> None:
         self._observed = body
+        self._inactive = "the TalkRoom is inactive"
         wish = Wish.of(body)
         if wish != self._wish:
             self._wish = wish
@@ -192,9 +195,9 @@ class Attendance:
             self._applied = frozenset()
             if room is not None:
                 await self._rooms.leave(self._token)
-                self._set(Report(State.LEFT, "left the call: the TalkRoom is inactive"))
+                self._set(Report(State.LEFT, f"left the call: {self._inactive}"))
             elif self._report.state is not State.LEFT:
-                self._set(Report(State.LEFT, "not in the call: the TalkRoom is inactive"))
+                self._set(Report(State.LEFT, f"not in the call: {self._inactive}"))
             return
         if room is None:
             await self._join(wish)
@@ -226,7 +229,7 @@ class Attendance:
 
     async def _join(self, wish: Wish) -> None:
         if not wish.targets - self._applied:
-            if self._report.state in (State.JOINING, State.IN_CALL, State.IDLE):
+            if self._report.state is not State.LEFT:  # a failed join nobody waits for any more
                 self._set(Report(State.LEFT, "not in the call: nobody wants captions"))
             return
         if time.monotonic() < self._retry_at:
