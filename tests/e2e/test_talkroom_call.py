@@ -19,6 +19,7 @@ import asyncio
 import base64
 import json
 import shutil
+import ssl
 import subprocess
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +49,7 @@ TALKROOM = "talk-e2eroom7"
 RATE = 48_000
 IN_CALL_WITH_AUDIO = 1 | 2
 TARGETS = "earshot.dev/caption-targets"
+MERGE = {"Content-Type": "application/merge-patch+json"}
 EXAPP_ROLE = REPO / "charts/earshot/templates/talk/exapp.yaml"
 SENTENCES = {
     "en-us": "hello there, this is alice speaking about the quarterly numbers",
@@ -443,6 +445,23 @@ async def test_a_room_gateway_the_hpb_refuses_reports_the_signaling_error(
         status, body = gateway.probe(ready_url)
         assert (status, json.loads(body)["state"]) == (503, "Failed")
         assert gateway.running, gateway.tail()
+
+    # The gateway's own account reads its TalkRoom and nothing else.
+    token = (tmp_path / "sa" / "token").read_text()
+    async with httpx.AsyncClient(
+        base_url=control_plane.server,
+        verify=ssl.create_default_context(cafile=str(control_plane.ca)),
+        headers={"Authorization": f"Bearer {token}"},
+    ) as own:
+        talkrooms = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+        answers = [
+            (await own.get(f"{talkrooms}/{TALKROOM}")).status_code,
+            (await own.get(talkrooms)).status_code,
+            (await own.get(f"{talkrooms}/another-room")).status_code,
+            (await own.get(f"/api/v1/namespaces/{namespace}/secrets")).status_code,
+            (await own.patch(f"{talkrooms}/{TALKROOM}", json={}, headers=MERGE)).status_code,
+        ]
+    assert answers == [200, 403, 403, 403, 403]
 
 
 async def test_a_room_gateway_leaves_an_ended_call_and_joins_again_only_for_a_new_request(

@@ -6,6 +6,7 @@ TalkRoom) talk to the API server with plain HTTP; this is the one place their cl
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import httpx
@@ -37,7 +38,7 @@ def in_cluster_http(settings: TalkSettings) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=settings.kube_api_url,
         headers={"Authorization": f"Bearer {token}"},
-        verify=str(ca),
+        verify=ssl.create_default_context(cafile=str(ca)),
         timeout=httpx.Timeout(10.0, read=WATCH_SECONDS + 30.0),
     )
 
