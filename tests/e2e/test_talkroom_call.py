@@ -420,6 +420,12 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         gateway.stop()
 
 
+def test_the_sample_talkroom_is_valid(control_plane: ControlPlane, namespace: str) -> None:
+    sample = REPO / "docs/samples/talkroom.yaml"
+    applied = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(sample))
+    assert "talkroom.earshot.dev/standup created (server dry run)" in applied
+
+
 async def test_a_room_gateway_the_hpb_refuses_reports_the_signaling_error(
     control_plane: ControlPlane,
     api: KubeClient,
