@@ -67,7 +67,9 @@ async def reconcile(
     for manifest in wanted:
         change, deployment = await ensure(client, manifest)
         changes.append(change)
-    observation = statuses.observe(deployment, active=gateway.replicas > 0)
+    observation = statuses.with_call(
+        statuses.observe(deployment, active=gateway.replicas > 0), body
+    )
     changed = sum(change is not Change.UNCHANGED for change in changes)
     return await write_status(
         client, body, gateway=gateway, observation=observation, changes=changed, drift=drift
@@ -96,7 +98,9 @@ async def refresh_status(
     if body is None or body["metadata"]["uid"] != owner_ref["uid"]:
         return None
     gateway = gateways.build(body, settings)
-    observation = statuses.observe(deployment, active=gateway.replicas > 0)
+    observation = statuses.with_call(
+        statuses.observe(deployment, active=gateway.replicas > 0), body
+    )
     return await write_status(client, body, gateway=gateway, observation=observation, changes=0)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import os
 import signal
 import subprocess
@@ -170,3 +171,32 @@ def role_rules(template: Path) -> list[dict[str, Any]]:
     rules = text[text.index("rules:\n", start) : text.index("---", start)]
     parsed: list[dict[str, Any]] = yaml.safe_load(rules)["rules"]
     return parsed
+
+
+async def mark_pods_unready(api: KubeClient, namespace: str, instance: str) -> int:
+    """What the kubelet does when a readiness probe fails: the pods' Ready conditions go False.
+
+    Returns:
+        How many pods were marked.
+    """
+    answer = await api.request(
+        "GET",
+        f"/api/v1/namespaces/{namespace}/pods",
+        params={"labelSelector": f"app.kubernetes.io/instance={instance}"},
+    )
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for pod in answer["items"]:
+        status = pod.get("status") or {}
+        conditions = [
+            {**c, "status": "False", "lastTransitionTime": now}
+            if c["type"] in ("Ready", "ContainersReady")
+            else c
+            for c in status.get("conditions") or ()
+        ]
+        statuses = [
+            {**c, "ready": c["name"] != "gateway" and c.get("ready", False)}
+            for c in status.get("containerStatuses") or ()
+        ]
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/status"
+        await api.patch(path, {"status": {"conditions": conditions, "containerStatuses": statuses}})
+    return len(answer["items"])

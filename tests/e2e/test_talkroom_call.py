@@ -38,7 +38,13 @@ from earshot.settings import Settings
 from earshot_operator.clients import KubeClient, path_of
 from tests.e2e.controlplane.cluster import REPO, ControlPlane
 from tests.e2e.helpers import eventually, make_pods_ready
-from tests.e2e.kubelets import ContainerProcess, container_of, mount_token, role_rules
+from tests.e2e.kubelets import (
+    ContainerProcess,
+    container_of,
+    mark_pods_unready,
+    mount_token,
+    role_rules,
+)
 from tests.hpb_stack import HpbStack, StackUnavailable
 from tests.servers import free_port
 from tests.talk_exapp import APP_SECRET, appapi_headers
@@ -494,6 +500,12 @@ async def test_a_room_gateway_leaves_an_ended_call_and_joins_again_only_for_a_ne
         await eventually(
             lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
         )
+        await eventually(
+            lambda: make_pods_ready(api, namespace, gateway.deployment), what="the gateway's pod"
+        )
+        await eventually(
+            lambda: _phase(api, namespace, "Ready", name=f"talk-{room}"), what="the room Ready"
+        )
         await asyncio.to_thread(hpb.post_call_ended, room)
         left = await eventually(
             lambda: room_is(api, namespace, "Left", name=f"talk-{room}"),
@@ -505,6 +517,17 @@ async def test_a_room_gateway_leaves_an_ended_call_and_joins_again_only_for_a_ne
         assert await room_is(api, namespace, "Left", name=f"talk-{room}") is not None
         status, _ = gateway.probe(ready_url)
         assert status == 503
+        # the probe failed: the kubelet marks the pod unready, and the operator says why
+        assert await mark_pods_unready(api, namespace, gateway.deployment) == 1
+        provisioning = await eventually(
+            lambda: _phase(api, namespace, "Provisioning", name=f"talk-{room}"),
+            what="the room's phase to leave Ready",
+        )
+        assert provisioning["message"] == (
+            "the gateway is not in its call: left the call: the call ended"
+        )
+        ready = next(c for c in provisioning["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "NotInCall")
 
         # A new call: bob asks for captions, and the gateway joins again.
         await asyncio.to_thread(hpb.post_in_call, room, everyone, everyone)
@@ -529,9 +552,11 @@ async def _ready(process: ContainerProcess, url: str) -> bool:
     return status == 200
 
 
-async def _phase(api: KubeClient, namespace: str, phase: str) -> bool:
-    body = await talkroom(api, namespace)
-    return bool((body.get("status") or {}).get("phase") == phase)
+async def _phase(
+    api: KubeClient, namespace: str, phase: str, *, name: str = TALKROOM
+) -> dict[str, Any] | None:
+    status = (await talkroom(api, namespace, name)).get("status") or {}
+    return status if status.get("phase") == phase else None
 
 
 async def _until(predicate: Any, within: float, what: str, gateway: ContainerProcess) -> None:

@@ -127,3 +127,20 @@ def test_conditions_written_by_a_room_gateway_are_kept() -> None:
     ]
     assert second["conditions"][-1] == theirs
     assert statuses.status_patch(previous, second) == {}
+
+
+def test_a_room_pod_out_of_its_call_says_why_instead_of_waiting_for_the_pod() -> None:
+    waiting = statuses.observe(_deployment(), active=True)
+    left = {"status": {"room": {"state": "Left", "message": "left the call: the call ended"}}}
+    failed = {"status": {"room": {"state": "Failed", "message": "cannot join: invalid_token"}}}
+    in_call = {"status": {"room": {"state": "InCall", "message": "in the call"}}}
+    assert statuses.with_call(waiting, left) == statuses.Observation(
+        statuses.Phase.PROVISIONING,
+        "NotInCall",
+        "the gateway is not in its call: left the call: the call ended",
+        False,
+    )
+    assert statuses.with_call(waiting, failed).reason == "CallFailed"
+    assert statuses.with_call(waiting, in_call) == waiting
+    ready = statuses.observe(_available(), active=True)
+    assert statuses.with_call(ready, left) == ready
