@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import shutil
 import ssl
@@ -338,8 +339,8 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
     await bob.publish(speech("en-gb", tmp_path, repeats=12))
 
     exapp = ContainerProcess(["earshot", "talk"], exapp_env, log=tmp_path / "exapp.log")
-    gateway: RoomGateway | None = None
-    with exapp:
+    with contextlib.ExitStack() as processes:
+        processes.enter_context(exapp)
         url = f"http://127.0.0.1:{exapp_port}"
         await eventually(
             lambda: _answers(exapp, f"{url}/heartbeat"), timeout_s=120, what="the ExApp"
@@ -356,6 +357,7 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             gateway, ready_url = await start_room_gateway(
                 api, namespace, control_plane, model_cache=model_cache, folder=tmp_path
             )
+            processes.callback(gateway.stop)
             deployment = gateway.deployment
             await eventually(
                 lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
@@ -422,8 +424,6 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             assert ("Normal", "Left") in await events_of(api, namespace)
             status, _ = gateway.probe(ready_url)
             assert status == 503
-    if gateway is not None:
-        gateway.stop()
 
 
 def test_the_sample_talkroom_is_valid(control_plane: ControlPlane, namespace: str) -> None:
