@@ -326,6 +326,11 @@ class HpbStack:
         )
         self._post_room(room, body.encode())
 
+    def post_call_ended(self, room: str) -> None:
+        """Send the signed update Nextcloud sends when the call ends for everyone."""
+        body = json.dumps({"type": "incall", "incall": {"incall": 0, "all": True}})
+        self._post_room(room, body.encode())
+
     def _post_room(self, room: str, body: bytes) -> None:
         headers = {
             **sign(self.backend_secret, body),

@@ -27,6 +27,9 @@ _PLURALS = {
     "v1/Service": "services",
     "v1/Event": "events",
     "apps/v1/Deployment": "deployments",
+    "v1/ServiceAccount": "serviceaccounts",
+    "rbac.authorization.k8s.io/v1/Role": "roles",
+    "rbac.authorization.k8s.io/v1/RoleBinding": "rolebindings",
     "earshot.dev/v1alpha1/TranscriptionSession": "transcriptionsessions",
     "earshot.dev/v1alpha1/TalkRoom": "talkrooms",
 }

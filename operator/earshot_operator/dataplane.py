@@ -23,10 +23,10 @@ SPOOL_VOLUME: Final = "spool"
 SPOOL_PATH: Final = "/var/spool/earshot"
 PORT_NAME: Final = "http"
 PERSISTER_PORT_NAME: Final = "persister"
-#: Readiness endpoints: the G.711 gateway and the persister serve /health, the Talk ExApp the
-#: AppAPI /heartbeat.
+#: Readiness endpoints: the G.711 gateway and the persister serve /health; a room's gateway serves
+#: /ready, which answers 200 only while it is in its call (/heartbeat only says the process works).
 SESSION_HEALTH_PATH: Final = "/health"
-ROOM_HEALTH_PATH: Final = "/heartbeat"
+ROOM_HEALTH_PATH: Final = "/ready"
 PERSISTER_HEALTH_PATH: Final = "/health"
 SESSION_WS_PATH: Final = "/ws/transcribe/{session_id}"
 
@@ -61,6 +61,8 @@ class Env:
     TALK_NEXTCLOUD_URL: Final = "EARSHOT_TALK_NEXTCLOUD_URL"
     TALK_LANGUAGES: Final = "EARSHOT_TALK_LANGUAGES"
     TALK_INTERNAL_SECRET: Final = "EARSHOT_TALK_INTERNAL_SECRET"
+    TALK_NAMESPACE: Final = "EARSHOT_TALK_NAMESPACE"
+    TALK_TALKROOM_NAME: Final = "EARSHOT_TALK_TALKROOM_NAME"
 
 
 #: The session-id rule both sides apply: the gateway to the WebSocket path and its

@@ -34,6 +34,8 @@ class Gateway:
     secret_env: tuple[tuple[str, SecretKeyRef], ...]
     replicas: int
     endpoint: str
+    #: The pod's own service account (a room's gateway reads its TalkRoom); None: no API access.
+    service_account: str | None = None
 
     @property
     def token_secret(self) -> str:
@@ -104,10 +106,15 @@ def for_room(owner: specs.Owner, spec: specs.RoomSpec, *, settings: OperatorSett
         Env.TALK_ROOM_TOKEN: spec.room_token,
         Env.TALK_HPB_URL: spec.hpb_url,
         Env.TALK_NEXTCLOUD_URL: spec.nextcloud_url,
-        Env.TALK_LANGUAGES: ",".join(spec.languages),
+        # The offered set, sorted: the language in use is spec.languages[0], which the gateway
+        # follows from its TalkRoom, so putting another language first does not roll the pod.
+        Env.TALK_LANGUAGES: ",".join(sorted(set(spec.languages))),
         Env.TALK_APP_PORT: str(settings.gateway_port),  # the ExApp's own port setting
+        # The gateway follows this TalkRoom (targets, language, active) and reports to it.
+        Env.TALK_NAMESPACE: owner.namespace,
+        Env.TALK_TALKROOM_NAME: owner.name,
     }
-    return _gateway(
+    gateway = _gateway(
         owner,
         name=name,
         command=dataplane.ROOM_COMMAND,
@@ -121,6 +128,7 @@ def for_room(owner: specs.Owner, spec: specs.RoomSpec, *, settings: OperatorSett
         endpoint=f"http://{name}.{owner.namespace}.svc:{settings.gateway_port}",
         settings=settings,
     )
+    return dataclasses.replace(gateway, service_account=name)
 
 
 def _gateway(

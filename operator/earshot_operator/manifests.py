@@ -29,6 +29,51 @@ def build_token_secret(gateway: Gateway, *, token: str) -> Manifest:
     }
 
 
+def build_access(gateway: Gateway) -> list[Manifest]:
+    """The ServiceAccount of a gateway that reads its own resource, its Role and RoleBinding.
+
+    Least privilege: the Role names the one TalkRoom (get/list/watch it, patch its status) and
+    allows creating Events; nothing else. Empty for gateways without API access.
+    """
+    account = gateway.service_account
+    if account is None:
+        return []
+    owner = gateway.owner
+    group = resources.API_VERSION.split("/")[0]
+    rules = [
+        {
+            "apiGroups": [group],
+            "resources": [owner.kind.plural],
+            "resourceNames": [owner.name],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": [group],
+            "resources": [f"{owner.kind.plural}/status"],
+            "resourceNames": [owner.name],
+            "verbs": ["patch"],
+        },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    ]
+    rbac = "rbac.authorization.k8s.io"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(gateway, account)},
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "Role",
+            "metadata": _metadata(gateway, account),
+            "rules": rules,
+        },
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(gateway, account),
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": owner.namespace}],
+        },
+    ]
+
+
 def build_configmap(gateway: Gateway) -> Manifest:
     """The ConfigMap of the gateway's non-secret settings, read by both containers."""
     return {
@@ -127,12 +172,16 @@ def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
         },
         "periodSeconds": 5,
     }
-    return {
+    spec: Manifest = {
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
         "containers": [gateway_container, persister],
         "volumes": [{"name": dataplane.SPOOL_VOLUME, "emptyDir": {}}],
     }
+    if gateway.service_account is not None:
+        spec["serviceAccountName"] = gateway.service_account
+        spec["automountServiceAccountToken"] = True
+    return spec
 
 
 def _container(

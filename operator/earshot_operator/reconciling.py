@@ -45,7 +45,8 @@ async def reconcile(
     settings: OperatorSettings,
     drift: bool = False,
 ) -> Outcome:
-    """Create or correct the Secret, ConfigMap, Service and Deployment, then write the status.
+    """Create or correct the Secret, access objects (rooms), ConfigMap, Service and Deployment,
+    then write the status.
 
     ``drift`` marks a periodic re-check: whatever it has to change counts as a drift repair.
     """
@@ -56,6 +57,7 @@ async def reconcile(
         return await write_status(client, body, gateway=None, observation=observation, changes=0)
     token = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
     wanted = [
+        *manifests.build_access(gateway),
         manifests.build_configmap(gateway),
         manifests.build_service(gateway, settings=settings),
         manifests.build_deployment(gateway, settings=settings),
@@ -65,7 +67,9 @@ async def reconcile(
     for manifest in wanted:
         change, deployment = await ensure(client, manifest)
         changes.append(change)
-    observation = statuses.observe(deployment, active=gateway.replicas > 0)
+    observation = statuses.with_call(
+        statuses.observe(deployment, active=gateway.replicas > 0), body
+    )
     changed = sum(change is not Change.UNCHANGED for change in changes)
     return await write_status(
         client, body, gateway=gateway, observation=observation, changes=changed, drift=drift
@@ -97,7 +101,9 @@ async def refresh_status(
         gateway = gateways.build(body, settings)
     except specs.SpecError:
         return None  # the reconcile of that spec already reported it Failed
-    observation = statuses.observe(deployment, active=gateway.replicas > 0)
+    observation = statuses.with_call(
+        statuses.observe(deployment, active=gateway.replicas > 0), body
+    )
     return await write_status(client, body, gateway=gateway, observation=observation, changes=0)
 
 

@@ -57,6 +57,22 @@ def observe(deployment: Mapping[str, Any] | None, *, active: bool) -> Observatio
     )
 
 
+def with_call(observation: Observation, body: Mapping[str, Any]) -> Observation:
+    """A room whose pod is up but not Ready because its gateway is out of the call says so.
+
+    A room's gateway is Ready only while in its call and writes why it is not into
+    ``status.room`` (Left: the call ended, nobody wants captions; Failed: the signaling error):
+    "waiting for the gateway pod" would hide that.
+    """
+    room = (body.get("status") or {}).get("room") or {}
+    state = room.get("state")
+    if observation.phase is not Phase.PROVISIONING or state not in ("Left", "Failed"):
+        return observation
+    reason = "NotInCall" if state == "Left" else "CallFailed"
+    message = f"the gateway is not in its call: {room.get('message', state)}"
+    return dataclasses.replace(observation, reason=reason, message=message)
+
+
 def failed(reason: str, message: str) -> Observation:
     """The observation for a resource whose spec the operator cannot build."""
     return Observation(Phase.FAILED, reason, message, False)
@@ -78,6 +94,8 @@ def build_status(
         ("Ready", observation.phase is Phase.READY, observation.reason),
     ]
     old = {c.get("type"): c for c in previous.get("conditions") or ()}
+    # Conditions of other writers (a room's gateway reports InCall) are kept as they are.
+    theirs = [c for kind, c in old.items() if kind not in {kind for kind, _, _ in wanted}]
     status: dict[str, Any] = {
         "phase": str(observation.phase),
         "observedGeneration": generation,
@@ -85,7 +103,8 @@ def build_status(
         "conditions": [
             _condition(kind, ok, reason, observation.message, generation, old.get(kind), now)
             for kind, ok, reason in wanted
-        ],
+        ]
+        + theirs,
     }
     if gateway is not None:
         status["tokenSecret"] = gateway.token_secret

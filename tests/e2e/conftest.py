@@ -50,7 +50,13 @@ def operator_process(control_plane: ControlPlane) -> Iterator[OperatorProcess]:
     with OperatorProcess(kubeconfig, log=log) as process:
         yield process
     # a refused request that kopf retried may still let tests pass: the role must not miss one
-    forbidden = [line for line in log.read_text().splitlines() if "Forbidden" in line]
+    # (a drift repair racing a test's namespace deletion is refused by namespace lifecycle
+    # admission, "because it is being terminated": that is not a missing permission)
+    forbidden = [
+        line
+        for line in log.read_text().splitlines()
+        if "Forbidden" in line and "because it is being terminated" not in line
+    ]
     assert not forbidden, f"the operator was refused requests:\n{forbidden[0]}"
 
 

@@ -32,6 +32,10 @@ def _can_i(operator_process: OperatorProcess, *args: str) -> bool:
         ("create", "secrets"),
         ("patch", "transcriptionsessions.earshot.dev"),
         ("patch", "talkrooms.earshot.dev/status"),
+        # a room gateway's own ServiceAccount, Role (naming its TalkRoom) and RoleBinding
+        ("create", "serviceaccounts"),
+        ("create", "roles.rbac.authorization.k8s.io"),
+        ("create", "rolebindings.rbac.authorization.k8s.io"),
     ],
 )
 def test_operator_token_may_do_what_the_operator_does(
@@ -50,6 +54,8 @@ def test_operator_token_may_do_what_the_operator_does(
         ("create", "transcriptionsessions.earshot.dev"),
         ("delete", "transcriptionsessions.earshot.dev"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("delete", "roles.rbac.authorization.k8s.io"),
+        ("escalate", "roles.rbac.authorization.k8s.io"),
         ("*", "*"),
     ],
 )

@@ -33,15 +33,6 @@ COMMAND_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
     dataplane.PERSISTER_COMMAND: (Settings,),
 }
 
-#: THE allow-list: variables the operator sets that no data-plane setting reads yet. Only TalkRoom
-#: variables may stand here, each until the Talk gateway reads it (issue 11 item 3, the
-#: "talkroom" branch); the merge of that branch empties it. A name that becomes read fails
-#: ``test_the_allow_list_holds_only_variables_still_unread`` until it is removed from here.
-UNREAD_BY_THE_DATA_PLANE: frozenset[str] = frozenset(
-    {
-        Env.TALK_ROOM_TOKEN,  # the room gateway does not join its room by itself yet
-    }
-)
 
 SECRET_VALUES = {
     Env.ACCESS_TOKEN: "t0ken",
@@ -192,7 +183,7 @@ def test_every_variable_the_operator_sets_is_read_by_the_pods_data_plane(
     assert set(commands) <= set(COMMAND_SETTINGS), commands
     read = set().union(*(READ_BY_THE_DATA_PLANE[command] for command in commands))
     for name, container, configmap in containers:
-        unread = set(_environment(container, configmap)) - read - UNREAD_BY_THE_DATA_PLANE
+        unread = set(_environment(container, configmap)) - read
         assert unread == set(), f"{name}: the operator sets {sorted(unread)}, nothing reads them"
 
 
@@ -203,15 +194,6 @@ def test_every_container_starts_with_settings_its_command_accepts(
     for _, container, configmap in _containers(body):
         models = COMMAND_SETTINGS[tuple(container["command"])]
         assert _settings_of(_environment(container, configmap), models)  # raises if refused
-
-
-def test_the_allow_list_holds_only_variables_still_unread() -> None:
-    everything_read = set().union(*READ_BY_THE_DATA_PLANE.values())
-    assert UNREAD_BY_THE_DATA_PLANE & everything_read == set()
-    room_variables = {v for _, c, cm in _containers(FULL_ROOM) for v in _environment(c, cm)}
-    session_variables = {v for _, c, cm in _containers(FULL_SESSION) for v in _environment(c, cm)}
-    # only room variables may be exempt, and each one is still set by the operator
-    assert room_variables - session_variables >= UNREAD_BY_THE_DATA_PLANE
 
 
 def test_gateway_environment_configures_the_data_plane_settings(clean_env: None) -> None:
@@ -241,7 +223,7 @@ def test_room_environment_configures_the_talk_settings(clean_env: None) -> None:
         "wss://hpb.example/spreed",
         "https://cloud.example",
     )
-    assert talk.languages == ("fr", "en")
+    assert talk.languages == ("en", "fr")  # the offered set; the TalkRoom says which is in use
     assert talk.app_port == 8000
     assert talk.internal_secret.get_secret_value() == "hpb-secret"
     assert built.settings.persister_port == 8001
@@ -289,8 +271,7 @@ SESSION_FIELDS: dict[str, Effect] = {
 }
 
 ROOM_FIELDS: dict[str, Effect] = {
-    # reaches the pod, read by nothing yet: see UNREAD_BY_THE_DATA_PLANE
-    "roomToken": Effect("other", lambda b: b.configmap[Env.TALK_ROOM_TOKEN], "other"),
+    "roomToken": Effect("other", lambda b: _talk(b).room_token, "other"),
     "hpbUrl": Effect("wss://other/spreed", lambda b: _talk(b).hpb_url, "wss://other/spreed"),
     "nextcloudUrl": Effect("https://other", lambda b: _talk(b).nextcloud_url, "https://other"),
     "internalSecretRef.name": Effect(

@@ -216,7 +216,7 @@ def test_probes_use_each_process_health_endpoint() -> None:
     session_gateway, session_persister = session["spec"]["template"]["spec"]["containers"]
     room_gateway, _ = room["spec"]["template"]["spec"]["containers"]
     assert session_gateway["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert room_gateway["readinessProbe"]["httpGet"]["path"] == "/heartbeat"
+    assert room_gateway["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert session_persister["readinessProbe"]["httpGet"] == {
         "path": "/health",
         "port": "persister",

@@ -110,3 +110,37 @@ def test_leaving_ready_removes_the_endpoint() -> None:
     assert patch["phase"] == "Provisioning"
     ready_condition = next(c for c in patch["conditions"] if c["type"] == "Ready")
     assert ready_condition["lastTransitionTime"] == "T2"
+
+
+def test_conditions_written_by_a_room_gateway_are_kept() -> None:
+    gateway = gateways.build(BODY, SETTINGS)
+    observation = statuses.observe(_available(), active=True)
+    theirs = {"type": "InCall", "status": "True", "reason": "InCall", "message": "2 speakers"}
+    first = statuses.build_status(gateway, observation, generation=2, previous={}, now="T1")
+    previous = {**first, "conditions": [*first["conditions"], theirs]}
+    second = statuses.build_status(gateway, observation, generation=2, previous=previous, now="T2")
+    assert [c["type"] for c in second["conditions"]] == [
+        "Provisioned",
+        "Available",
+        "Ready",
+        "InCall",
+    ]
+    assert second["conditions"][-1] == theirs
+    assert statuses.status_patch(previous, second) == {}
+
+
+def test_a_room_pod_out_of_its_call_says_why_instead_of_waiting_for_the_pod() -> None:
+    waiting = statuses.observe(_deployment(), active=True)
+    left = {"status": {"room": {"state": "Left", "message": "left the call: the call ended"}}}
+    failed = {"status": {"room": {"state": "Failed", "message": "cannot join: invalid_token"}}}
+    in_call = {"status": {"room": {"state": "InCall", "message": "in the call"}}}
+    assert statuses.with_call(waiting, left) == statuses.Observation(
+        statuses.Phase.PROVISIONING,
+        "NotInCall",
+        "the gateway is not in its call: left the call: the call ended",
+        False,
+    )
+    assert statuses.with_call(waiting, failed).reason == "CallFailed"
+    assert statuses.with_call(waiting, in_call) == waiting
+    ready = statuses.observe(_available(), active=True)
+    assert statuses.with_call(ready, left) == ready

@@ -88,3 +88,15 @@ def test_the_talk_command_is_offered_by_the_cli() -> None:
     result = CliRunner().invoke(app, ["talk", "--help"])
     assert result.exit_code == 0
     assert "live_transcription" in result.output
+
+
+def test_a_room_token_without_its_talkroom_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match="EARSHOT_TALK_ROOM_TOKEN needs EARSHOT_TALK_TALKROOM_NAME"
+    ):
+        TalkSettings(room_token="r00m")
+
+
+def test_a_room_gateway_is_not_also_the_cluster_exapp() -> None:
+    with pytest.raises(ValueError, match="exclude each other"):
+        TalkSettings(room_token="r00m", talkroom_name="talk-r00m", in_cluster=True)

@@ -46,6 +46,8 @@ class FakeTalkRooms:
     requests: list[tuple[talkrooms.TalkRoomSpec, str, bool]] = field(default_factory=list)
     changes: list[tuple[str, str | None, bool | None]] = field(default_factory=list)
     fail: bool = False
+    refusal: str = ""
+    awaited: list[str] = field(default_factory=list)
 
     async def request(self, spec: talkrooms.TalkRoomSpec, *, session: str, enable: bool) -> None:
         if self.fail:
@@ -57,6 +59,16 @@ class FakeTalkRooms:
             raise talkrooms.ClusterError("the API server answered 403: forbidden")
         self.changes.append((room_token, language, active))
         return room_token == ROOM
+
+    async def wait_accepted(self, room_token: str, *, within: float) -> None:
+        self.awaited.append(room_token)
+        if self.refusal:
+            raise talkrooms.NotAccepted(self.refusal)
+
+    async def states(self) -> list[dict[str, Any]]:
+        if self.fail:
+            raise talkrooms.ClusterError("the API server answered 403: forbidden")
+        return [{"roomToken": ROOM, "phase": "Ready", "state": "InCall", "speakers": 2}]
 
 
 @pytest_asyncio.fixture
@@ -303,3 +315,39 @@ async def test_in_a_cluster_set_language_and_leave_change_the_talkroom(
         left = await app.call("POST", "/api/v1/call/leave", {"roomToken": ROOM})
     assert [r.status_code for r in (ok, unknown, bad, left)] == [200, 404, 400, 200]
     assert store.changes == [(ROOM, "fr", None), ("other", None, False), (ROOM, None, False)]
+
+
+async def test_in_a_cluster_talk_hears_200_only_once_the_operator_accepted_the_talkroom(
+    double: SignalingDouble, recognizer: Recognizer
+) -> None:
+    store = FakeTalkRooms(refusal="the operator refused TalkRoom talk-room1: bad hpbUrl")
+    settings = settings_for(double.url, in_cluster=True)
+    body = {"roomToken": ROOM, "ncSessionId": "nc-a", "enable": True}
+    async with exapp_for(settings, recognizer, store=store) as app:
+        refused = await app.call("POST", "/api/v1/call/transcribe", body)
+        store.refusal = ""
+        accepted = await app.call("POST", "/api/v1/call/transcribe", body)
+    assert (refused.status_code, refused.json()) == (
+        503,
+        {"error": "the operator refused TalkRoom talk-room1: bad hpbUrl"},
+    )
+    assert accepted.status_code == 200
+    assert store.awaited == [ROOM, ROOM]
+
+
+async def test_in_a_cluster_the_status_shows_each_talkrooms_call(
+    double: SignalingDouble, recognizer: Recognizer
+) -> None:
+    store = FakeTalkRooms()
+    settings = settings_for(double.url, in_cluster=True)
+    async with exapp_for(settings, recognizer, store=store) as app:
+        shown = await app.call("GET", "/api/v1/status")
+        store.fail = True
+        failed = await app.call("GET", "/api/v1/status")
+    assert shown.json() == {
+        "enabled": True,
+        "cluster": True,
+        "rooms": [{"roomToken": ROOM, "phase": "Ready", "state": "InCall", "speakers": 2}],
+    }
+    assert failed.status_code == 503
+    assert "403" in failed.json()["error"]

@@ -138,3 +138,24 @@ async def test_changing_a_room_reorders_its_languages_and_sets_active() -> None:
     await client.aclose()
     spec = api.objects["talk-abc123"]["spec"]
     assert (spec["languages"], spec["active"]) == (["fr", "en"], False)
+
+
+async def test_a_talkroom_is_accepted_once_its_status_describes_its_generation() -> None:
+    api = FakeApiServer()
+    client = client_for(api)
+    await client.request(SPEC, session="nc-a", enable=True)
+    name = talkrooms.resource_name(SPEC.room_token)
+    with pytest.raises(talkrooms.NotAccepted, match=f"did not accept TalkRoom {name} within 0.3 s"):
+        await client.wait_accepted(SPEC.room_token, within=0.3)
+    api.objects[name]["status"] = {"observedGeneration": 1, "phase": "Provisioning"}
+    await client.wait_accepted(SPEC.room_token, within=0.3)
+    api.objects[name]["status"] = {
+        "observedGeneration": 1,
+        "phase": "Failed",
+        "message": "TalkRoom spec lacks hpbUrl",
+    }
+    with pytest.raises(
+        talkrooms.NotAccepted, match=r"refused TalkRoom .*: TalkRoom spec lacks hpbUrl"
+    ):
+        await client.wait_accepted(SPEC.room_token, within=0.3)
+    await client.wait_accepted("missing", within=0.3)  # no TalkRoom: nothing to wait for

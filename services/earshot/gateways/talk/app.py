@@ -175,8 +175,14 @@ def create_app(settings: TalkSettings, services: Services) -> FastAPI:
         return JSONResponse({})
 
     @app.get("/api/v1/status", dependencies=auth)
-    async def status() -> dict[str, Any]:
-        return {"enabled": services.enabled, **services.rooms.status()}
+    async def status() -> Response:
+        if services.talkrooms is not None:
+            try:
+                rooms = await services.talkrooms.states()
+            except talkrooms.ClusterError as exc:
+                return _error(503, f"cannot read the rooms from the cluster: {exc}")
+            return JSONResponse({"enabled": services.enabled, "cluster": True, "rooms": rooms})
+        return JSONResponse({"enabled": services.enabled, **services.rooms.status()})
 
     return app
 
@@ -196,8 +202,12 @@ async def _transcribe_in_cluster(
     )
     try:
         await store.request(spec, session=body.nc_session_id, enable=body.enable)
+        # Talk hears 200 only once the operator runs the room: a refused spec is reported now.
+        await store.wait_accepted(body.room_token, within=settings.accept_timeout_seconds)
     except talkrooms.ClusterError as exc:
         return _error(503, f"cannot record the room in the cluster: {exc}")
+    except talkrooms.NotAccepted as exc:
+        return _error(503, str(exc))
     return JSONResponse({})
 
 

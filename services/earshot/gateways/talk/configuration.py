@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 APP_ID = "live_transcription"
@@ -106,6 +106,38 @@ class TalkSettings(BaseSettings):
         description="Name of the Secret holding the internal secret (TalkRoom spec).",
     )
     engine: str = Field("paraformer", validation_alias=_env("ENGINE"))
+    accept_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("ACCEPT_TIMEOUT_SECONDS"),
+        description="In a cluster: how long a request waits for the operator to accept the TalkRoom.",
+    )
+    room_token: str = Field(
+        "",
+        validation_alias=_env("ROOM_TOKEN"),
+        description="Room mode: the one room this process joins by itself (set by the operator).",
+    )
+    talkroom_name: str = Field(
+        "",
+        validation_alias=_env("TALKROOM_NAME"),
+        description="Room mode: the TalkRoom this process follows and reports to.",
+    )
+    kube_api_url: str = Field(
+        "https://kubernetes.default.svc",
+        validation_alias=_env("KUBE_API_URL"),
+        description="The Kubernetes API server (in a pod: the default Service).",
+    )
+    service_account_dir: str = Field(
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        validation_alias=_env("SERVICE_ACCOUNT_DIR"),
+        description="Folder holding the service account's token and ca.crt.",
+    )
+    status_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        validation_alias=_env("STATUS_INTERVAL_SECONDS"),
+        description="Room mode: how often the room's state is compared with its TalkRoom status.",
+    )
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -116,6 +148,25 @@ class TalkSettings(BaseSettings):
                 raise ValueError("at least one language code is needed")
             return codes
         return value
+
+    @model_validator(mode="after")
+    def _room_mode_needs_its_talkroom(self) -> TalkSettings:
+        if self.room_token and not self.talkroom_name:
+            raise ValueError(
+                "EARSHOT_TALK_ROOM_TOKEN needs EARSHOT_TALK_TALKROOM_NAME: a room gateway follows"
+                " its TalkRoom"
+            )
+        if self.room_token and self.in_cluster:
+            raise ValueError(
+                "EARSHOT_TALK_ROOM_TOKEN (a room's gateway) and EARSHOT_TALK_IN_CLUSTER (the ExApp"
+                " that creates TalkRooms) exclude each other"
+            )
+        return self
+
+    @property
+    def room_mode(self) -> bool:
+        """True in the gateway the operator runs for one TalkRoom."""
+        return bool(self.room_token)
 
     @property
     def signaling_url(self) -> str:

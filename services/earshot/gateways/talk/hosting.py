@@ -26,6 +26,8 @@ from earshot.gateways.talk.rooms import Room, RoomOptions
 log = logging.getLogger(__name__)
 
 IceServers = Callable[[], Awaitable[list[RTCIceServer]]]
+#: Told a room's token and why it finished, once it is closed.
+OnClosed = Callable[[str, str], None]
 
 
 class AdmissionRefused(Exception):
@@ -53,8 +55,10 @@ class Rooms:
         recognizer: Recognizer,
         *,
         ice_servers: IceServers = _no_ice_servers,
+        on_closed: OnClosed | None = None,
     ) -> None:
         self._settings = settings
+        self._on_closed = on_closed
         self._recognizer = recognizer
         self._ice_servers = ice_servers
         self._rooms: dict[str, Room] = {}
@@ -150,6 +154,10 @@ class Rooms:
             with contextlib.suppress(UnknownRoom):
                 await self.leave(token)
 
+    def room(self, token: str) -> Room | None:
+        """The room being captioned with this token, if any."""
+        return self._rooms.get(token)
+
     def _room(self, token: str) -> Room:
         try:
             return self._rooms[token]
@@ -210,3 +218,5 @@ class Rooms:
             metrics.TALK_ROOMS.dec()
             await room.close()
             log.info("room %s closed: %s", room.token, room.finish_reason)
+            if self._on_closed is not None:
+                self._on_closed(room.token, room.finish_reason)

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import uvicorn
 
 from earshot.engines import loading
+from earshot.gateways.talk import roomserving
 from earshot.gateways.talk.app import Services, create_app
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.gateways.talk.hosting import Rooms
@@ -29,7 +30,7 @@ async def open_services(settings: Settings, talk: TalkSettings) -> AsyncIterator
         stack.push_async_callback(nextcloud.aclose)
         talkrooms = None
         if talk.in_cluster:
-            talkrooms = KubernetesTalkRooms.in_cluster(talk.namespace)
+            talkrooms = KubernetesTalkRooms.in_cluster(talk)
             stack.push_async_callback(talkrooms.aclose)
         rooms = Rooms(talk, recognizer, ice_servers=nextcloud.ice_servers)
         stack.push_async_callback(rooms.aclose)
@@ -48,7 +49,13 @@ def uvicorn_config(talk: TalkSettings, services: Services, *, log_level: str) ->
 
 
 async def serve(settings: Settings, talk: TalkSettings) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM); leaving every room on the way out."""
+    """Serve until interrupted (SIGINT/SIGTERM); leaving every room on the way out.
+
+    With ``EARSHOT_TALK_ROOM_TOKEN`` set this is a room's gateway instead (``roomserving``).
+    """
+    if talk.room_mode:
+        await roomserving.serve(settings, talk)
+        return
     async with open_services(settings, talk) as services:
         server = uvicorn.Server(uvicorn_config(talk, services, log_level=settings.log_level))
         log.info(

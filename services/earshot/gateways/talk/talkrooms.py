@@ -8,23 +8,30 @@ The caption targets travel in an annotation: the CRD's spec describes the room, 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+
+from earshot.gateways.talk import kubeapi
+from earshot.gateways.talk.configuration import TalkSettings
+from earshot.gateways.talk.kubeapi import ClusterError
 
 GROUP = "earshot.dev"
 VERSION = "v1alpha1"
 KIND = "TalkRoom"
 PLURAL = "talkrooms"
 TARGETS_ANNOTATION = "earshot.dev/caption-targets"
-_SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+__all__ = ["ClusterError", "KubernetesTalkRooms", "NotAccepted", "TalkRoomSpec", "TalkRoomStore"]
+_ACCEPT_POLL_SECONDS = 0.2
 
 
-class ClusterError(Exception):
-    """The API server refused or failed a request."""
+class NotAccepted(Exception):
+    """The operator refused the TalkRoom, or did not take it in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,19 @@ class TalkRoomStore(Protocol):
         """Put ``language`` first and/or set ``active``; False when the room has no TalkRoom."""
         ...
 
+    async def wait_accepted(self, room_token: str, *, within: float) -> None:
+        """Return once the operator has seen the room's current spec (or the room has none).
+
+        Raises:
+            NotAccepted: the operator refused the spec, or did not take it ``within`` seconds.
+            ClusterError: the API server failed a request.
+        """
+        ...
+
+    async def states(self) -> list[dict[str, Any]]:
+        """What every TalkRoom of the namespace reports: phase and the call's state."""
+        ...
+
 
 class KubernetesTalkRooms:
     """TalkRooms through the Kubernetes API (in-cluster credentials by default)."""
@@ -88,16 +108,13 @@ class KubernetesTalkRooms:
         self._namespace = namespace
 
     @classmethod
-    def in_cluster(cls, namespace: str) -> KubernetesTalkRooms:
-        """A client with the pod's service account (token and CA mounted by Kubernetes)."""
-        token = (_SERVICE_ACCOUNT / "token").read_text().strip()
-        http = httpx.AsyncClient(
-            base_url="https://kubernetes.default.svc",
-            headers={"Authorization": f"Bearer {token}"},
-            verify=str(_SERVICE_ACCOUNT / "ca.crt"),
-            timeout=10.0,
-        )
-        return cls(http, namespace=namespace)
+    def in_cluster(cls, settings: TalkSettings) -> KubernetesTalkRooms:
+        """A client with the pod's service account (token and CA mounted by Kubernetes).
+
+        Raises:
+            ClusterError: the service account's files cannot be read.
+        """
+        return cls(kubeapi.in_cluster_http(settings), namespace=settings.namespace)
 
     async def request(self, spec: TalkRoomSpec, *, session: str, enable: bool) -> None:
         """Create the TalkRoom or merge-patch it; the last target off makes it inactive."""
@@ -142,6 +159,42 @@ class KubernetesTalkRooms:
         _raise_for(await self._http.patch(url, json={"spec": spec}, headers=headers))
         return True
 
+    async def wait_accepted(self, room_token: str, *, within: float) -> None:
+        """Poll the TalkRoom until its status describes its current generation.
+
+        Only a spec change makes a new generation: a request that only adds a caption target
+        (an annotation) to a room the operator already runs is accepted at once.
+        """
+        url = self._url(resource_name(room_token))
+        deadline = time.monotonic() + within
+        while True:
+            current = await self._http.get(url)
+            if current.status_code == httpx.codes.NOT_FOUND:
+                return
+            _raise_for(current)
+            body = current.json()
+            status = body.get("status") or {}
+            generation = int(body.get("metadata", {}).get("generation", 1))
+            if int(status.get("observedGeneration", 0)) >= generation:
+                if status.get("phase") == "Failed":
+                    raise NotAccepted(
+                        f"the operator refused TalkRoom {body['metadata']['name']}: "
+                        f"{status.get('message', '')}"
+                    )
+                return
+            if time.monotonic() >= deadline:
+                raise NotAccepted(
+                    f"the operator did not accept TalkRoom {body['metadata']['name']} "
+                    f"within {within:g} s"
+                )
+            await asyncio.sleep(_ACCEPT_POLL_SECONDS)
+
+    async def states(self) -> list[dict[str, Any]]:
+        """Each TalkRoom's token, phase and call state (``status.room``, written by its gateway)."""
+        response = await self._http.get(self._url())
+        _raise_for(response)
+        return [describe(item) for item in response.json().get("items", [])]
+
     def _url(self, name: str = "") -> str:
         collection = f"/apis/{GROUP}/{VERSION}/namespaces/{self._namespace}/{PLURAL}"
         return f"{collection}/{name}" if name else collection
@@ -151,10 +204,25 @@ class KubernetesTalkRooms:
         await self._http.aclose()
 
 
+def describe(body: dict[str, Any]) -> dict[str, Any]:
+    """The status endpoint's view of one TalkRoom."""
+    status = body.get("status") or {}
+    room = status.get("room") or {}
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    return {
+        "roomToken": body.get("spec", {}).get("roomToken", ""),
+        "talkRoom": body.get("metadata", {}).get("name", ""),
+        "active": bool(body.get("spec", {}).get("active", True)),
+        "phase": status.get("phase", ""),
+        "state": room.get("state", ""),
+        "speakers": int(room.get("speakers", 0)),
+        "targets": len([t for t in annotations.get(TARGETS_ANNOTATION, "").split(",") if t]),
+        "message": room.get("message") or status.get("message", ""),
+    }
+
+
 def _fields(spec: TalkRoomSpec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in TalkRoomSpec.__slots__}
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.is_error:
-        raise ClusterError(f"the API server answered {response.status_code}: {response.text[:300]}")
+_raise_for = kubeapi.raise_for

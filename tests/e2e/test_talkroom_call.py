@@ -1,0 +1,567 @@
+"""Acceptance: a Talk request in a cluster makes the room's gateway join its call by itself.
+
+Everything is real except Nextcloud (the HPB stack's backend double) and the kubelet: the API
+server and the operator (with its least-privilege role), the ExApp in cluster mode as a process
+with the chart's ExApp role, the signaling server with Janus and NATS, and the room's gateway
+started with exactly the environment of the Deployment the operator made (ConfigMap, Secrets, its
+own service account's token). Two participants speak; one asks for captions. Only that one gets
+captions, from both speakers; a language change changes the captions' langId; opting out makes the
+gateway leave the call, and the TalkRoom says so.
+
+Where the kubelet's world differs it is replaced and said so: the API server's address (a pod
+reaches it as kubernetes.default.svc), the gateway's port (a pod has its own network namespace: a
+free port here) and the Triton URL (no Triton pool here: the in-process engine recognises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import shutil
+import ssl
+import subprocess
+import wave
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+import pytest_asyncio
+import soxr
+
+from earshot.engines import loading
+from earshot.settings import Settings
+from earshot_operator.clients import KubeClient, path_of
+from tests.e2e.controlplane.cluster import REPO, ControlPlane
+from tests.e2e.helpers import eventually, make_pods_ready
+from tests.e2e.kubelets import (
+    ContainerProcess,
+    container_of,
+    mark_pods_unready,
+    mount_token,
+    role_rules,
+)
+from tests.hpb_stack import HpbStack, StackUnavailable
+from tests.servers import free_port
+from tests.talk_exapp import APP_SECRET, appapi_headers
+from tests.talk_participants import Participant
+
+ROOM = "e2eroom7"
+TALKROOM = "talk-e2eroom7"
+RATE = 48_000
+IN_CALL_WITH_AUDIO = 1 | 2
+TARGETS = "earshot.dev/caption-targets"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+EXAPP_ROLE = REPO / "charts/earshot/templates/talk/exapp.yaml"
+SENTENCES = {
+    "en-us": "hello there, this is alice speaking about the quarterly numbers",
+    "en-gb": "good morning, bob here with the weather for the week ahead",
+}
+
+
+@pytest.fixture(scope="module")
+def hpb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HpbStack]:
+    """A fresh HPB stack (signaling server 1.2.4, Janus, NATS) for this module."""
+    stack = HpbStack(tmp_path_factory.mktemp("hpb"))
+    try:
+        stack.start()
+    except StackUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)  # never skipped
+    yield stack
+    stack.close()
+
+
+@pytest_asyncio.fixture
+async def model_cache(tiny_model_cache: Path) -> Path:
+    """The tiny model built once here, so the two processes find it ready."""
+    engine = await loading.open_recognizer(Settings(cache_dir=tiny_model_cache))
+    await engine.aclose()
+    return tiny_model_cache
+
+
+def speech(voice: str, workdir: Path, *, repeats: int) -> npt.NDArray[np.float32]:
+    """espeak-ng speech at 48 kHz: the sentence ``repeats`` times, each followed by 2 s of silence."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: apt-get install espeak-ng", pytrace=False)
+    path = workdir / f"{voice}.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), SENTENCES[voice]], check=True
+    )
+    with wave.open(str(path)) as wav:
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    sentence = soxr.resample(pcm.astype(np.float32) / 32768, rate, RATE).astype(np.float32)
+    pause = np.zeros(2 * RATE, np.float32)
+    return np.concatenate([part for _ in range(repeats) for part in (sentence, pause)])
+
+
+def user_entry(participant: Participant) -> dict[str, Any]:
+    return {
+        "sessionId": participant.nextcloud_session_id,
+        "inCall": IN_CALL_WITH_AUDIO,
+        "participantType": 3,
+        "lastPing": 0,
+        "userId": participant.user,
+    }
+
+
+async def create(api: KubeClient, body: dict[str, Any]) -> None:
+    await api.create(body)
+
+
+async def arrange_exapp_account(api: KubeClient, namespace: str) -> None:
+    """The ExApp's ServiceAccount bound to the chart's ExApp Role rules."""
+    meta = {"name": "earshot-talk", "namespace": namespace}
+    rbac = "rbac.authorization.k8s.io"
+    await create(api, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta})
+    await api.request(
+        "POST",
+        f"/apis/{rbac}/v1/namespaces/{namespace}/roles",
+        body={"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": meta,
+              "rules": role_rules(EXAPP_ROLE)},
+    )  # fmt: skip
+    await api.request(
+        "POST",
+        f"/apis/{rbac}/v1/namespaces/{namespace}/rolebindings",
+        body={
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "earshot-talk"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "earshot-talk", "namespace": namespace}
+            ],
+        },
+    )
+
+
+def secret(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": encoded,
+    }
+
+
+async def talkroom(api: KubeClient, namespace: str, name: str = TALKROOM) -> dict[str, Any]:
+    found = await api.get(
+        path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=name)
+    )
+    assert found is not None
+    return found
+
+
+async def room_is(
+    api: KubeClient, namespace: str, state: str, *, name: str = TALKROOM
+) -> dict[str, Any] | None:
+    """The status once both ``status.room`` and the InCall condition show ``state``.
+
+    The operator rewrites the conditions from what it read; a condition it wrote back stale is
+    restored by the gateway within its status interval, so both are awaited together.
+    """
+    body = await talkroom(api, namespace, name)
+    status = body.get("status") or {}
+    reasons = {c["type"]: c.get("reason") for c in status.get("conditions") or ()}
+    same = (status.get("room") or {}).get("state") == state and reasons.get("InCall") == state
+    return status if same else None
+
+
+async def arrange_room_secrets(api: KubeClient, namespace: str, *, internal_secret: str) -> None:
+    """The HPB's internal secret, and the operator's default storage Secret (read, not used)."""
+    await create(api, secret(namespace, "hpb", {"internal-secret": internal_secret}))
+    await create(
+        api,
+        secret(
+            namespace,
+            "earshot-storage",
+            {"redis-url": "redis://127.0.0.1:1/0", "mysql-url": "sqlite+aiosqlite:///:memory:"},
+        ),
+    )
+
+
+def room_body(namespace: str, hpb: HpbStack, *, targets: str, token: str = ROOM) -> dict[str, Any]:
+    """A TalkRoom as the ExApp writes it (docs/samples/talkroom.yaml)."""
+    return {
+        "apiVersion": "earshot.dev/v1alpha1",
+        "kind": "TalkRoom",
+        "metadata": {
+            "name": f"talk-{token}",
+            "namespace": namespace,
+            "annotations": {TARGETS: targets},
+        },
+        "spec": {
+            "roomToken": token,
+            "hpbUrl": hpb.signaling_url,
+            "nextcloudUrl": hpb.nextcloud_url,
+            "internalSecretRef": {"name": "hpb"},
+            "languages": ["en"],
+            "engine": "paraformer",
+        },
+    }
+
+
+class RoomGateway(ContainerProcess):
+    """The gateway container of a room's Deployment, run here."""
+
+    deployment = ""
+
+
+async def start_room_gateway(
+    api: KubeClient,
+    namespace: str,
+    control_plane: ControlPlane,
+    *,
+    model_cache: Path,
+    folder: Path,
+    name: str = TALKROOM,
+) -> tuple[RoomGateway, str]:
+    """Start the gateway container of the TalkRoom's Deployment; returns it and its probe URL."""
+    body = await eventually(
+        lambda: _with_token_secret(api, namespace, name), what="the operator to take the TalkRoom"
+    )
+    deployment = body["status"]["tokenSecret"].removesuffix("-token")
+    await eventually(
+        lambda: api.get(path_of("apps/v1", "Deployment", namespace=namespace, name=deployment)),
+        what="the room's Deployment",
+    )
+    pod = await container_of(api, namespace, deployment, name="gateway")
+    assert pod.command == ["earshot", "talk"]
+    assert pod.env["EARSHOT_TALK_ROOM_TOKEN"] == body["spec"]["roomToken"]
+    assert pod.env["EARSHOT_TALK_TALKROOM_NAME"] == name
+    assert pod.service_account is not None
+    assert pod.service_account == deployment
+    account = await mount_token(
+        api, namespace, pod.service_account, ca=control_plane.ca, folder=folder / "sa"
+    )
+    port = free_port()
+    env = {
+        **pod.env,
+        "EARSHOT_TALK_KUBE_API_URL": control_plane.server,
+        "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(account),
+        "EARSHOT_TALK_APP_PORT": str(port),
+        "EARSHOT_TRITON_URL": "",
+        "EARSHOT_CACHE_DIR": str(model_cache),
+    }
+    gateway = RoomGateway(pod.command, env, log=folder / "gateway.log")
+    gateway.deployment = deployment
+    gateway.start()
+    return gateway, f"http://127.0.0.1:{port}{pod.readiness_path}"
+
+
+async def _with_token_secret(api: KubeClient, namespace: str, name: str) -> dict[str, Any] | None:
+    body = await talkroom(api, namespace, name)
+    return body if (body.get("status") or {}).get("tokenSecret") else None
+
+
+async def events_of(api: KubeClient, namespace: str) -> list[tuple[str, str]]:
+    answer = await api.request(
+        "GET",
+        f"/api/v1/namespaces/{namespace}/events",
+        params={"fieldSelector": f"involvedObject.name={TALKROOM}"},
+    )
+    return [(e["type"], e["reason"]) for e in answer["items"]]
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def talkrooms_deleted_first(api: KubeClient, namespace: str) -> AsyncIterator[None]:
+    """Delete the TalkRooms before their namespace, so the operator's drift timer does not try to
+    recreate their objects in a namespace being terminated (the API server forbids that)."""
+    yield
+    collection = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+    for item in (await api.request("GET", collection))["items"]:
+        await api.delete(f"{collection}/{item['metadata']['name']}")
+
+    async def none_left() -> bool:
+        return not (await api.request("GET", collection))["items"]
+
+    await eventually(none_left, what="the TalkRooms to be deleted")
+
+
+@pytest_asyncio.fixture
+async def participants(hpb: HpbStack) -> AsyncIterator[tuple[Participant, Participant]]:
+    alice = Participant(
+        hpb.signaling_url, hpb.backend_url, user="alice", nextcloud_session_id="nc-alice"
+    )
+    bob = Participant(hpb.signaling_url, hpb.backend_url, user="bob", nextcloud_session_id="nc-bob")
+    try:
+        yield alice, bob
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_its_talkroom(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    participants: tuple[Participant, Participant],
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    alice, bob = participants
+    await arrange_room_secrets(api, namespace, internal_secret=hpb.internal_secret)
+    await arrange_exapp_account(api, namespace)
+    exapp_port = free_port()
+    exapp_env = {
+        "APP_SECRET": APP_SECRET,
+        "APP_PORT": str(exapp_port),
+        "APP_HOST": "127.0.0.1",
+        "NEXTCLOUD_URL": hpb.nextcloud_url,
+        "LT_HPB_URL": hpb.signaling_url,
+        "EARSHOT_TALK_LANGUAGES": "en,fr",
+        "EARSHOT_TALK_ENGINE": "paraformer",
+        "EARSHOT_TALK_IN_CLUSTER": "true",
+        "EARSHOT_TALK_NAMESPACE": namespace,
+        "EARSHOT_TALK_INTERNAL_SECRET_REF": "hpb",
+        "EARSHOT_CACHE_DIR": str(model_cache),
+        # what the kubelet and the cluster give a pod
+        "EARSHOT_TALK_KUBE_API_URL": control_plane.server,
+        "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(
+            await mount_token(
+                api, namespace, "earshot-talk", ca=control_plane.ca, folder=tmp_path / "exapp-sa"
+            )
+        ),
+    }
+
+    for participant in (alice, bob):
+        await participant.connect(ROOM)
+    everyone = [user_entry(alice), user_entry(bob)]
+    await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
+    await alice.publish(speech("en-us", tmp_path, repeats=12))
+    await bob.publish(speech("en-gb", tmp_path, repeats=12))
+
+    exapp = ContainerProcess(["earshot", "talk"], exapp_env, log=tmp_path / "exapp.log")
+    with contextlib.ExitStack() as processes:
+        processes.enter_context(exapp)
+        url = f"http://127.0.0.1:{exapp_port}"
+        await eventually(
+            lambda: _answers(exapp, f"{url}/heartbeat"), timeout_s=120, what="the ExApp"
+        )
+        async with httpx.AsyncClient(base_url=url, headers=appapi_headers(), timeout=30) as http:
+            body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": True, "langId": "en"}
+            response = await http.post("/api/v1/call/transcribe", json=body)
+            assert (response.status_code, response.json()) == (200, {}), exapp.tail()
+            # Talk heard 200 only once the operator had taken the TalkRoom.
+            accepted = await talkroom(api, namespace)
+            assert accepted["status"]["observedGeneration"] >= accepted["metadata"]["generation"]
+
+            # Play the kubelet: start the gateway container of the Deployment the operator made.
+            gateway, ready_url = await start_room_gateway(
+                api, namespace, control_plane, model_cache=model_cache, folder=tmp_path
+            )
+            processes.callback(gateway.stop)
+            deployment = gateway.deployment
+            await eventually(
+                lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
+            )
+            # the probe succeeded: the kubelet marks the pod Ready
+            await eventually(
+                lambda: make_pods_ready(api, namespace, deployment), what="the gateway's pod"
+            )
+            # Nextcloud repeats the call's participants whenever the call changes.
+            await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
+
+            def finals_from_both(lang: str) -> bool:
+                finals = {
+                    t["speakerSessionId"]
+                    for t in alice.transcripts()
+                    if t["final"] and t["langId"] == lang
+                }
+                return finals == {alice.session_id, bob.session_id}
+
+            await _until(lambda: finals_from_both("en"), 90, "English finals of both", gateway)
+            assert bob.transcripts() == []
+            in_call = await eventually(
+                lambda: room_is(api, namespace, "InCall"), what="the TalkRoom to say InCall"
+            )
+            assert in_call["room"]["speakers"] == 2
+            assert in_call["room"]["targets"] == 1
+            assert in_call["phase"] == "Ready"
+            condition = next(c for c in in_call["conditions"] if c["type"] == "InCall")
+            assert condition["status"] == "True"
+            assert ("Normal", "InCall") in await events_of(api, namespace)
+            shown = (await http.get("/api/v1/status")).json()
+            [room] = shown["rooms"]
+            assert (room["roomToken"], room["state"], room["speakers"]) == (ROOM, "InCall", 2)
+
+            switched = await http.post(
+                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "fr"}
+            )
+            assert switched.status_code == 200
+            await _until(lambda: finals_from_both("fr"), 90, "French finals of both", gateway)
+            assert bob.transcripts() == []
+
+            body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": False}
+            assert (await http.post("/api/v1/call/transcribe", json=body)).status_code == 200
+            [bot] = alice.transcript_senders()
+
+            def bot_left() -> bool:
+                return any(
+                    m.get("type") == "event"
+                    and m["event"].get("type") == "leave"
+                    and bot in m["event"].get("leave", [])
+                    for m in bob.messages
+                )
+
+            await _until(bot_left, 30, "the room to see the gateway leave", gateway)
+            left = await eventually(
+                lambda: room_is(api, namespace, "Left"), what="the TalkRoom to say Left"
+            )
+            assert "inactive" in left["room"]["message"]
+            condition = next(c for c in left["conditions"] if c["type"] == "InCall")
+            assert (condition["status"], condition["reason"]) == ("False", "Left")
+            await eventually(
+                lambda: _phase(api, namespace, "Completed"), what="the TalkRoom to complete"
+            )
+            assert ("Normal", "Left") in await events_of(api, namespace)
+            status, _ = gateway.probe(ready_url)
+            assert status == 503
+
+
+def test_the_sample_talkroom_is_valid(control_plane: ControlPlane, namespace: str) -> None:
+    sample = REPO / "docs/samples/talkroom.yaml"
+    applied = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(sample))
+    assert "talkroom.earshot.dev/standup created (server dry run)" in applied
+
+
+async def test_a_room_gateway_the_hpb_refuses_reports_the_signaling_error(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    await arrange_room_secrets(api, namespace, internal_secret="not-the-hpb-secret")
+    await create(api, room_body(namespace, hpb, targets="nc-alice"))
+    gateway, ready_url = await start_room_gateway(
+        api, namespace, control_plane, model_cache=model_cache, folder=tmp_path
+    )
+    with gateway:
+        failed = await eventually(
+            lambda: room_is(api, namespace, "Failed"), what="the TalkRoom to say Failed"
+        )
+        assert failed["room"]["message"].startswith(f"cannot join room {ROOM}: ")
+        assert "retrying in" in failed["room"]["message"]
+        condition = next(c for c in failed["conditions"] if c["type"] == "InCall")
+        assert (condition["status"], condition["reason"]) == ("False", "Failed")
+        assert ("Warning", "Failed") in await events_of(api, namespace)
+        status, body = gateway.probe(ready_url)
+        assert (status, json.loads(body)["state"]) == (503, "Failed")
+        assert gateway.running, gateway.tail()
+
+    # The gateway's own account reads its TalkRoom and nothing else.
+    token = (tmp_path / "sa" / "token").read_text()
+    async with httpx.AsyncClient(
+        base_url=control_plane.server,
+        verify=ssl.create_default_context(cafile=str(control_plane.ca)),
+        headers={"Authorization": f"Bearer {token}"},
+    ) as own:
+        talkrooms = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+        answers = [
+            (await own.get(f"{talkrooms}/{TALKROOM}")).status_code,
+            (await own.get(talkrooms)).status_code,
+            (await own.get(f"{talkrooms}/another-room")).status_code,
+            (await own.get(f"/api/v1/namespaces/{namespace}/secrets")).status_code,
+            (await own.patch(f"{talkrooms}/{TALKROOM}", json={}, headers=MERGE)).status_code,
+        ]
+    assert answers == [200, 403, 403, 403, 403]
+
+
+async def test_a_room_gateway_leaves_an_ended_call_and_joins_again_only_for_a_new_request(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    participants: tuple[Participant, Participant],
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    alice, bob = participants
+    room = f"{ROOM}b"
+    for participant in (alice, bob):
+        await participant.connect(room)
+    everyone = [user_entry(alice), user_entry(bob)]
+    await asyncio.to_thread(hpb.post_in_call, room, everyone, everyone)
+    await arrange_room_secrets(api, namespace, internal_secret=hpb.internal_secret)
+    await create(api, room_body(namespace, hpb, targets="nc-alice", token=room))
+    gateway, ready_url = await start_room_gateway(
+        api, namespace, control_plane, model_cache=model_cache, folder=tmp_path, name=f"talk-{room}"
+    )
+    with gateway:
+        await eventually(
+            lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
+        )
+        await eventually(
+            lambda: make_pods_ready(api, namespace, gateway.deployment), what="the gateway's pod"
+        )
+        await eventually(
+            lambda: _phase(api, namespace, "Ready", name=f"talk-{room}"), what="the room Ready"
+        )
+        await asyncio.to_thread(hpb.post_call_ended, room)
+        left = await eventually(
+            lambda: room_is(api, namespace, "Left", name=f"talk-{room}"),
+            what="the TalkRoom to say Left",
+        )
+        assert left["room"]["message"] == "left the call: the call ended"
+        # Still listed, alice does not make it join the ended call again.
+        await asyncio.sleep(3)
+        assert await room_is(api, namespace, "Left", name=f"talk-{room}") is not None
+        status, _ = gateway.probe(ready_url)
+        assert status == 503
+        # the probe failed: the kubelet marks the pod unready, and the operator says why
+        assert await mark_pods_unready(api, namespace, gateway.deployment) == 1
+        provisioning = await eventually(
+            lambda: _phase(api, namespace, "Provisioning", name=f"talk-{room}"),
+            what="the room's phase to leave Ready",
+        )
+        assert provisioning["message"] == (
+            "the gateway is not in its call: left the call: the call ended"
+        )
+        ready = next(c for c in provisioning["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "NotInCall")
+
+        # A new call: bob asks for captions, and the gateway joins again.
+        await asyncio.to_thread(hpb.post_in_call, room, everyone, everyone)
+        path = path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=f"talk-{room}")
+        await api.patch(path, {"metadata": {"annotations": {TARGETS: "nc-alice,nc-bob"}}})
+        await eventually(
+            lambda: _ready(gateway, ready_url), timeout_s=60, what="the gateway to join again"
+        )
+
+
+async def _answers(process: ContainerProcess, url: str) -> bool:
+    assert process.running, process.tail()
+    status, _ = await asyncio.to_thread(process.probe, url)
+    return status == 200
+
+
+async def _ready(process: ContainerProcess, url: str) -> bool:
+    assert process.running, process.tail()
+    status, body = await asyncio.to_thread(process.probe, url)
+    if status == 503:
+        assert json.loads(body)["state"] in ("Joining", "Left"), (body, process.tail())
+    return status == 200
+
+
+async def _phase(
+    api: KubeClient, namespace: str, phase: str, *, name: str = TALKROOM
+) -> dict[str, Any] | None:
+    status = (await talkroom(api, namespace, name)).get("status") or {}
+    return status if status.get("phase") == phase else None
+
+
+async def _until(predicate: Any, within: float, what: str, gateway: ContainerProcess) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {what}; gateway log:\n{gateway.tail()}")
+        await asyncio.sleep(0.1)
