@@ -309,8 +309,11 @@ def _export(reference: str, archive: Path, log: Path) -> None:
 
 
 def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> Built:
-    """Build one image unless its archive is cached; the image is in buildah's storage either way
-    only when it was built now (``buildah pull docker-archive:...`` restores it)."""
+    """Build one image and export its archive, unless the archive is cached.
+
+    Only the archive is the result: buildah's storage holds the image under its reference only until
+    another build (another checkout) tags that reference; :func:`load_into_storage` restores it.
+    """
     base, base_key = bases.for_spec(spec)
     key = context_key(spec.dockerfile, spec.context, spec.target or "", base, base_key, tag)
     archive = cache_dir() / f"{spec.name}-{key}.tar"
@@ -417,7 +420,7 @@ def main(argv: list[str]) -> int:
         built = build_all(specs, progress=print, bases=bases)
         if args.release:
             for image in built:
-                _restore(image)
+                load_into_storage(image)
     except ImageBuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -429,14 +432,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _restore(image: Built) -> None:
-    # A cached archive is all a cluster needs; pushing needs the image in buildah's storage.
-    present = subprocess.run(
-        ["buildah", "inspect", "--type", "image", image.reference], capture_output=True
-    )
-    if present.returncode != 0:
-        _run(["buildah", "pull", "--quiet", f"docker-archive:{image.archive}"],
-             cache_dir() / "restore.log")  # fmt: skip
+def load_into_storage(image: Built) -> None:
+    """Tag the archive's image in buildah's storage (to push it), whatever the reference held."""
+    _run(["buildah", "pull", "--quiet", f"docker-archive:{image.archive}"],
+         cache_dir() / "restore.log")  # fmt: skip
 
 
 if __name__ == "__main__":
