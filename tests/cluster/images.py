@@ -60,6 +60,9 @@ _PAUSE_CONTAINERFILE = 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRY
 _IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 _IGNORED_SUFFIXES = (".pyc", ".pyo")
 _BUILD_TIMEOUT_S = 60 * 60  # a cold Triton image on a busy 2-core machine
+# Archives kept per image: each change of a copied file makes a new one (hundreds of MB); checkouts
+# building side by side each keep theirs unless more than this many are built in between.
+_ARCHIVES_KEPT = 3
 
 Progress = Callable[[str], None]
 
@@ -306,6 +309,17 @@ def _export(reference: str, archive: Path, log: Path) -> None:
     partial.unlink(missing_ok=True)
     _run(["buildah", "push", "--quiet", reference, f"docker-archive:{partial}:{reference}"], log)
     partial.rename(archive)
+    prune_archives(archive)
+
+
+def prune_archives(archive: Path) -> None:
+    """Remove all but the newest archives (and their logs) of the image ``archive`` is one of."""
+    name = archive.name.rsplit("-", 1)[0]
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.tar")
+    same = [p for p in archive.parent.glob(f"{name}-*.tar") if pattern.fullmatch(p.name)]
+    for old in sorted(same, key=lambda p: p.stat().st_mtime, reverse=True)[_ARCHIVES_KEPT:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".log").unlink(missing_ok=True)
 
 
 def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> Built:

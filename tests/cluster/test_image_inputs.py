@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,19 @@ def test_the_release_images_are_the_table_of_the_operations_guide() -> None:
     guide = (images.REPO / "docs" / "operations.md").read_text()
     table = set(re.findall(r"^\| `([^`]+)` \| `[^`]+/Dockerfile` \|", guide, re.M))
     assert {spec.repository for spec in images.release_images(gpu=True)} == table
+
+
+def test_pruning_keeps_the_newest_archives_of_one_image_and_no_other_images(tmp_path: Path) -> None:
+    def archive(name: str, index: int) -> Path:
+        path = tmp_path / f"{name}-{index:016x}.tar"
+        path.write_bytes(b"")
+        path.with_suffix(".log").write_text("log\n")
+        os.utime(path, (1000 + index, 1000 + index))
+        return path
+
+    services = [archive("earshot", i) for i in range(5)]
+    operator = [archive("earshot-operator", i) for i in range(5)]
+    images.prune_archives(services[-1])
+    assert sorted(p.name for p in tmp_path.glob("earshot-0*.tar")) == [p.name for p in services[2:]]
+    assert not services[0].with_suffix(".log").exists()
+    assert all(p.exists() for p in operator)
