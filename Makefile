@@ -43,6 +43,7 @@ prerequisites: $(STAMP) system-deps
 	bash tests/e2e/controlplane/build.sh
 	bash tests/hpb_setup.sh
 	$(BIN)/python -m tests.triton_server prepare paraformer kyutai
+	$(BIN)/python -m tests.cluster.images
 	bash tests/helm_setup.sh $(VENV)
 
 lint: $(STAMP) prerequisites

@@ -14,8 +14,9 @@ a ``docker-archive`` (what ``ctr images import`` loads) under ``~/.cache/earshot
 a hash of everything its build reads (Dockerfile, the files it copies, the base's key): a second
 run with nothing changed builds nothing.
 
-``python -m tests.cluster.images`` builds what the chart needs and prints each archive and how long
-it took; ``--release`` (``make images``) builds every image of docs/operations.md's table.
+``python -m tests.cluster.images`` builds what the cluster tests need (:func:`build_images`) and
+prints each archive and how long it took; ``--release`` (``make images``) builds every image of
+docs/operations.md's table and leaves them in buildah's storage to push.
 """
 
 from __future__ import annotations
@@ -429,7 +430,9 @@ def main(argv: list[str]) -> int:
     bases = None
     if args.python_image:
         bases = Bases(args.python_image, "external", args.triton_image, "external", external=True)
-    specs = release_images(gpu=bool(args.triton_image)) if args.release else chart_images()
+    # without --release: what build_images() builds
+    release = release_images(gpu=bool(args.triton_image))
+    specs = release if args.release else chart_images() + standin_images()
     try:
         built = build_all(specs, progress=print, bases=bases)
         if args.release:
