@@ -298,7 +298,7 @@ def local_bases(progress: Progress, *, triton: bool) -> Bases:
 
             install = triton_server.prepare()
             context = install.server.parents[3]  # .../pytriton-0.7.0
-            _run(["buildah", "bud", "--pull-never", "--network", "host", "--layers=false",
+            _run(["buildah", "bud", "--force-rm", "--pull-never", "--network", "host", "--layers=false",
                   "-f", str(TRITON_BASE_FILE), "--build-arg", f"BASE_IMAGE={DEBIAN_BASE}",
                   "--annotation", f"{_BASE_KEY_ANNOTATION}={triton_key}",
                   "-t", TRITON_BASE, str(context)], log)  # fmt: skip
@@ -341,7 +341,7 @@ def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> 
         log.unlink(missing_ok=True)
         progress(f"building {reference} ({spec.dockerfile.relative_to(REPO)}, log {log})")
         # An external base (--python-image) may be pulled; the local ones never can be.
-        _run(["buildah", "bud", *([] if bases.external else ["--pull-never"]),
+        _run(["buildah", "bud", "--force-rm", *([] if bases.external else ["--pull-never"]),
               "--network", "host", "--layers", "-f", str(spec.dockerfile),
               *(["--target", spec.target] if spec.target else []),
               "--build-arg", f"{spec.base_arg}={base}", "-t", reference, str(spec.context)], log)  # fmt: skip
@@ -369,7 +369,7 @@ def build_pause(progress: Progress) -> Built:
             (context / "Containerfile").write_text(_PAUSE_CONTAINERFILE)
             _run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{tag}-earshot",
                   "-o", str(context / "pause"), str(source / "pause.c")], log)  # fmt: skip
-            _run(["buildah", "bud", "--pull-never", "--layers=false",
+            _run(["buildah", "bud", "--force-rm", "--pull-never", "--layers=false",
                   "-f", str(context / "Containerfile"), "-t", PAUSE_IMAGE, str(context)], log)  # fmt: skip
         _export(PAUSE_IMAGE, archive, log)
     return Built(PAUSE_IMAGE, archive, time.monotonic() - started, cached=False)
