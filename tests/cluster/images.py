@@ -61,9 +61,11 @@ _PAUSE_CONTAINERFILE = 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRY
 _IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 _IGNORED_SUFFIXES = (".pyc", ".pyo")
 _BUILD_TIMEOUT_S = 60 * 60  # a cold Triton image on a busy 2-core machine
-# Archives kept per image: each change of a copied file makes a new one (hundreds of MB); checkouts
-# building side by side each keep theirs unless more than this many are built in between.
+# Archives kept per image: each change of a copied file makes a new one (hundreds of MB). A build or
+# reuse marks its archive used; one used within the grace period is kept (a test session of another
+# checkout may be about to load it).
 _ARCHIVES_KEPT = 3
+_ARCHIVE_GRACE_S = 3600
 
 Progress = Callable[[str], None]
 
@@ -318,7 +320,10 @@ def prune_archives(archive: Path) -> None:
     name = archive.name.rsplit("-", 1)[0]
     pattern = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.tar")
     same = [p for p in archive.parent.glob(f"{name}-*.tar") if pattern.fullmatch(p.name)]
+    recent = time.time() - _ARCHIVE_GRACE_S
     for old in sorted(same, key=lambda p: p.stat().st_mtime, reverse=True)[_ARCHIVES_KEPT:]:
+        if old.stat().st_mtime > recent:
+            continue
         old.unlink(missing_ok=True)
         old.with_suffix(".log").unlink(missing_ok=True)
 
@@ -336,6 +341,7 @@ def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> 
     started = time.monotonic()
     with _locked(cache_dir() / f".{spec.name}.lock"):
         if archive.exists():
+            archive.touch()  # used: pruning keeps it
             return Built(reference, archive, time.monotonic() - started, cached=True)
         log = cache_dir() / f"{spec.name}-{key}.log"
         log.unlink(missing_ok=True)
@@ -362,6 +368,7 @@ def build_pause(progress: Progress) -> Built:
     archive = cache_dir() / f"pause-{key}.tar"
     with _locked(cache_dir() / ".pause.lock"):
         if archive.exists():
+            archive.touch()  # used: pruning keeps it
             return Built(PAUSE_IMAGE, archive, time.monotonic() - started, cached=True)
         progress(f"building {PAUSE_IMAGE} (gcc -static pause.c)")
         with tempfile.TemporaryDirectory(prefix="earshot-pause-") as work:

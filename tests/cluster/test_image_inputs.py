@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,24 @@ def test_the_release_images_are_the_table_of_the_operations_guide() -> None:
     assert {spec.repository for spec in images.release_images(gpu=True)} == table
 
 
-def test_pruning_keeps_the_newest_archives_of_one_image_and_no_other_images(tmp_path: Path) -> None:
-    def archive(name: str, index: int) -> Path:
+def test_pruning_keeps_the_newest_and_recently_used_archives_of_one_image_only(
+    tmp_path: Path,
+) -> None:
+    def archive(name: str, index: int, used: float) -> Path:
         path = tmp_path / f"{name}-{index:016x}.tar"
         path.write_bytes(b"")
         path.with_suffix(".log").write_text("log\n")
-        os.utime(path, (1000 + index, 1000 + index))
+        os.utime(path, (used, used))
         return path
 
-    services = [archive("earshot", i) for i in range(5)]
-    operator = [archive("earshot-operator", i) for i in range(5)]
-    images.prune_archives(services[-1])
-    assert sorted(p.name for p in tmp_path.glob("earshot-0*.tar")) == [p.name for p in services[2:]]
-    assert not services[0].with_suffix(".log").exists()
+    now = time.time()
+    old = [archive("earshot", i, 1000 + i) for i in range(5)]
+    images.prune_archives(old[-1])
+    assert sorted(p.name for p in tmp_path.glob("earshot-0*.tar")) == [p.name for p in old[2:]]
+    assert not old[0].with_suffix(".log").exists()
+
+    recent = [archive("earshot", 100 + i, now - 60 * i) for i in range(4)]  # used this hour
+    operator = [archive("earshot-operator", i, 1000 + i) for i in range(5)]
+    images.prune_archives(recent[0])
+    assert sorted(p.name for p in tmp_path.glob("earshot-0*.tar")) == [p.name for p in recent]
     assert all(p.exists() for p in operator)
