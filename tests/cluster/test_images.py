@@ -108,6 +108,22 @@ def test_the_services_image_entry_command_serves_health_with_the_embedded_defaul
     assert "probe passed" in done.output
 
 
+def test_the_persister_role_serves_health_with_the_embedded_defaults(
+    built: dict[str, Path],
+) -> None:
+    archive = built[_reference("earshot")]
+    # what the operator's persister container probes (dataplane.PERSISTER_HEALTH_PATH on :8001)
+    how = oneshot.Confinement(
+        uid=10001, gid=10001, writable=CHART_TMP,
+        env={"EARSHOT_HEALTH_URL": "http://127.0.0.1:8001/health"},
+    )  # fmt: skip
+    probe = _http_probe("python", "os.environ['EARSHOT_HEALTH_URL']")
+    server = ["earshot", "persister"]
+    done = oneshot.run(archive, oneshot.serve_and_probe(server, probe), how, timeout=240)
+    assert done.returncode == 0, done.output
+    assert "probe passed" in done.output
+
+
 def test_the_operator_image_entry_command_starts_and_asks_for_cluster_credentials(
     built: dict[str, Path],
 ) -> None:
