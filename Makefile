@@ -46,6 +46,7 @@ prerequisites: $(STAMP) system-deps
 	$(TIMED) bash tests/e2e/controlplane/build.sh
 	$(TIMED) bash tests/hpb_setup.sh
 	$(TIMED) $(BIN)/python -m tests.triton_server prepare paraformer kyutai
+	$(TIMED) $(BIN)/python -m tests.cluster.images
 	$(TIMED) bash tests/helm_setup.sh $(VENV)
 
 lint: $(STAMP) prerequisites

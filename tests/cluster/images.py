@@ -14,8 +14,9 @@ a ``docker-archive`` (what ``ctr images import`` loads) under ``~/.cache/earshot
 a hash of everything its build reads (Dockerfile, the files it copies, the base's key): a second
 run with nothing changed builds nothing.
 
-``python -m tests.cluster.images`` builds what the chart needs and prints each archive and how long
-it took; ``--release`` (``make images``) builds every image of docs/operations.md's table.
+``python -m tests.cluster.images`` builds what the cluster tests need (:func:`build_images`) and
+prints each archive and how long it took; ``--release`` (``make images``) builds every image of
+docs/operations.md's table and leaves them in buildah's storage to push.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ _PAUSE_CONTAINERFILE = 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRY
 _IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 _IGNORED_SUFFIXES = (".pyc", ".pyo")
 _BUILD_TIMEOUT_S = 60 * 60  # a cold Triton image on a busy 2-core machine
+# Archives kept per image: each change of a copied file makes a new one (hundreds of MB). A build or
+# reuse marks its archive used; one used within the grace period is kept (a test session of another
+# checkout may be about to load it).
+_ARCHIVES_KEPT = 3
+_ARCHIVE_GRACE_S = 3600
 
 Progress = Callable[[str], None]
 
@@ -294,7 +300,7 @@ def local_bases(progress: Progress, *, triton: bool) -> Bases:
 
             install = triton_server.prepare()
             context = install.server.parents[3]  # .../pytriton-0.7.0
-            _run(["buildah", "bud", "--pull-never", "--network", "host", "--layers=false",
+            _run(["buildah", "bud", "--force-rm", "--pull-never", "--network", "host", "--layers=false",
                   "-f", str(TRITON_BASE_FILE), "--build-arg", f"BASE_IMAGE={DEBIAN_BASE}",
                   "--annotation", f"{_BASE_KEY_ANNOTATION}={triton_key}",
                   "-t", TRITON_BASE, str(context)], log)  # fmt: skip
@@ -306,11 +312,28 @@ def _export(reference: str, archive: Path, log: Path) -> None:
     partial.unlink(missing_ok=True)
     _run(["buildah", "push", "--quiet", reference, f"docker-archive:{partial}:{reference}"], log)
     partial.rename(archive)
+    prune_archives(archive)
+
+
+def prune_archives(archive: Path) -> None:
+    """Remove all but the newest archives (and their logs) of the image ``archive`` is one of."""
+    name = archive.name.rsplit("-", 1)[0]
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.tar")
+    same = [p for p in archive.parent.glob(f"{name}-*.tar") if pattern.fullmatch(p.name)]
+    recent = time.time() - _ARCHIVE_GRACE_S
+    for old in sorted(same, key=lambda p: p.stat().st_mtime, reverse=True)[_ARCHIVES_KEPT:]:
+        if old.stat().st_mtime > recent:
+            continue
+        old.unlink(missing_ok=True)
+        old.with_suffix(".log").unlink(missing_ok=True)
 
 
 def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> Built:
-    """Build one image unless its archive is cached; the image is in buildah's storage either way
-    only when it was built now (``buildah pull docker-archive:...`` restores it)."""
+    """Build one image and export its archive, unless the archive is cached.
+
+    Only the archive is the result: buildah's storage holds the image under its reference only until
+    another build (another checkout) tags that reference; :func:`load_into_storage` restores it.
+    """
     base, base_key = bases.for_spec(spec)
     key = context_key(spec.dockerfile, spec.context, spec.target or "", base, base_key, tag)
     archive = cache_dir() / f"{spec.name}-{key}.tar"
@@ -318,12 +341,13 @@ def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> 
     started = time.monotonic()
     with _locked(cache_dir() / f".{spec.name}.lock"):
         if archive.exists():
+            archive.touch()  # used: pruning keeps it
             return Built(reference, archive, time.monotonic() - started, cached=True)
         log = cache_dir() / f"{spec.name}-{key}.log"
         log.unlink(missing_ok=True)
         progress(f"building {reference} ({spec.dockerfile.relative_to(REPO)}, log {log})")
         # An external base (--python-image) may be pulled; the local ones never can be.
-        _run(["buildah", "bud", *([] if bases.external else ["--pull-never"]),
+        _run(["buildah", "bud", "--force-rm", *([] if bases.external else ["--pull-never"]),
               "--network", "host", "--layers", "-f", str(spec.dockerfile),
               *(["--target", spec.target] if spec.target else []),
               "--build-arg", f"{spec.base_arg}={base}", "-t", reference, str(spec.context)], log)  # fmt: skip
@@ -344,6 +368,7 @@ def build_pause(progress: Progress) -> Built:
     archive = cache_dir() / f"pause-{key}.tar"
     with _locked(cache_dir() / ".pause.lock"):
         if archive.exists():
+            archive.touch()  # used: pruning keeps it
             return Built(PAUSE_IMAGE, archive, time.monotonic() - started, cached=True)
         progress(f"building {PAUSE_IMAGE} (gcc -static pause.c)")
         with tempfile.TemporaryDirectory(prefix="earshot-pause-") as work:
@@ -351,7 +376,7 @@ def build_pause(progress: Progress) -> Built:
             (context / "Containerfile").write_text(_PAUSE_CONTAINERFILE)
             _run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{tag}-earshot",
                   "-o", str(context / "pause"), str(source / "pause.c")], log)  # fmt: skip
-            _run(["buildah", "bud", "--pull-never", "--layers=false",
+            _run(["buildah", "bud", "--force-rm", "--pull-never", "--layers=false",
                   "-f", str(context / "Containerfile"), "-t", PAUSE_IMAGE, str(context)], log)  # fmt: skip
         _export(PAUSE_IMAGE, archive, log)
     return Built(PAUSE_IMAGE, archive, time.monotonic() - started, cached=False)
@@ -412,12 +437,14 @@ def main(argv: list[str]) -> int:
     bases = None
     if args.python_image:
         bases = Bases(args.python_image, "external", args.triton_image, "external", external=True)
-    specs = release_images(gpu=bool(args.triton_image)) if args.release else chart_images()
+    # without --release: what build_images() builds
+    release = release_images(gpu=bool(args.triton_image))
+    specs = release if args.release else chart_images() + standin_images()
     try:
         built = build_all(specs, progress=print, bases=bases)
         if args.release:
             for image in built:
-                _restore(image)
+                load_into_storage(image)
     except ImageBuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -429,14 +456,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _restore(image: Built) -> None:
-    # A cached archive is all a cluster needs; pushing needs the image in buildah's storage.
-    present = subprocess.run(
-        ["buildah", "inspect", "--type", "image", image.reference], capture_output=True
-    )
-    if present.returncode != 0:
-        _run(["buildah", "pull", "--quiet", f"docker-archive:{image.archive}"],
-             cache_dir() / "restore.log")  # fmt: skip
+def load_into_storage(image: Built) -> None:
+    """Tag the archive's image in buildah's storage (to push it), whatever the reference held."""
+    _run(["buildah", "pull", "--quiet", f"docker-archive:{image.archive}"],
+         cache_dir() / "restore.log")  # fmt: skip
 
 
 if __name__ == "__main__":

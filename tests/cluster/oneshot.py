@@ -73,7 +73,12 @@ def _network_namespace() -> Iterator[Path]:
 
 
 def _spec(
-    rootfs: Path, image: dict[str, Any], args: list[str], how: Confinement, netns: Path
+    rootfs: Path,
+    image: dict[str, Any],
+    args: list[str],
+    how: Confinement,
+    netns: Path,
+    volumes: Path,
 ) -> dict[str, Any]:
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     env |= dict(item.split("=", 1) for item in image.get("Env") or [])
@@ -91,12 +96,14 @@ def _spec(
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
     ]  # fmt: skip
-    # emptyDir volumes: world-writable, as kubelet makes them
-    mounts += [
-        {"destination": path, "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "nodev", "mode=1777"]}
-        for path in how.writable
-    ]  # fmt: skip
+    # emptyDir volumes: fresh world-writable folders, as kubelet makes them (a tmpfs would take
+    # the mode of the image's folder it covers)
+    for index, path in enumerate(how.writable):
+        volume = volumes / str(index)
+        volume.mkdir()
+        volume.chmod(0o777)
+        mounts.append({"destination": path, "type": "bind", "source": str(volume),
+                       "options": ["rbind", "rw", "nosuid", "nodev"]})  # fmt: skip
     mounts += [
         {"destination": path, "type": "bind", "source": str(source),
          "options": ["rbind", "ro", "nosuid", "nodev"]}
@@ -156,7 +163,8 @@ def run(archive: Path, args: list[str] | None, how: Confinement, *, timeout: flo
         command = (
             args if args is not None else (image.get("Entrypoint") or []) + (image.get("Cmd") or [])
         )
-        spec = _spec(rootfs, image, list(command), how, netns)
+        Path(bundle, "volumes").mkdir()
+        spec = _spec(rootfs, image, list(command), how, netns, Path(bundle, "volumes"))
         Path(bundle, "config.json").write_text(json.dumps(spec))
         name = f"earshot-oneshot-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:

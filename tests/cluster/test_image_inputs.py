@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,26 @@ def test_the_release_images_are_the_table_of_the_operations_guide() -> None:
     guide = (images.REPO / "docs" / "operations.md").read_text()
     table = set(re.findall(r"^\| `([^`]+)` \| `[^`]+/Dockerfile` \|", guide, re.M))
     assert {spec.repository for spec in images.release_images(gpu=True)} == table
+
+
+def test_pruning_keeps_the_newest_and_recently_used_archives_of_one_image_only(
+    tmp_path: Path,
+) -> None:
+    def archive(name: str, index: int, used: float) -> Path:
+        path = tmp_path / f"{name}-{index:016x}.tar"
+        path.write_bytes(b"")
+        path.with_suffix(".log").write_text("log\n")
+        os.utime(path, (used, used))
+        return path
+
+    now = time.time()
+    old = [archive("earshot", i, 1000 + i) for i in range(5)]
+    images.prune_archives(old[-1])
+    assert sorted(p.name for p in tmp_path.glob("earshot-0*.tar")) == [p.name for p in old[2:]]
+    assert not old[0].with_suffix(".log").exists()
+
+    recent = [archive("earshot", 100 + i, now - 60 * i) for i in range(4)]  # used this hour
+    operator = [archive("earshot-operator", i, 1000 + i) for i in range(5)]
+    images.prune_archives(recent[0])
+    assert sorted(p.name for p in tmp_path.glob("earshot-0*.tar")) == [p.name for p in recent]
+    assert all(p.exists() for p in operator)

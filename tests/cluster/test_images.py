@@ -108,13 +108,33 @@ def test_the_services_image_entry_command_serves_health_with_the_embedded_defaul
     assert "probe passed" in done.output
 
 
-def test_the_operator_image_runs_as_uid_10001_on_a_read_only_root(built: dict[str, Path]) -> None:
+def test_the_persister_role_serves_health_with_the_embedded_defaults(
+    built: dict[str, Path],
+) -> None:
+    archive = built[_reference("earshot")]
+    # what the operator's persister container probes (dataplane.PERSISTER_HEALTH_PATH on :8001)
+    how = oneshot.Confinement(
+        uid=10001, gid=10001, writable=CHART_TMP,
+        env={"EARSHOT_HEALTH_URL": "http://127.0.0.1:8001/health"},
+    )  # fmt: skip
+    probe = _http_probe("python", "os.environ['EARSHOT_HEALTH_URL']")
+    server = ["earshot", "persister"]
+    done = oneshot.run(archive, oneshot.serve_and_probe(server, probe), how, timeout=240)
+    assert done.returncode == 0, done.output
+    assert "probe passed" in done.output
+
+
+def test_the_operator_image_entry_command_starts_and_asks_for_cluster_credentials(
+    built: dict[str, Path],
+) -> None:
+    # Everything is imported and the settings are read; with no service account token mounted and
+    # no kubeconfig it stops with kopf's precise error (in a pod the token is there).
     archive = built[_reference("earshot-operator")]
     assert oneshot.entry_command(archive) == ["python", "-m", "earshot_operator"]
     how = oneshot.Confinement(uid=10001, gid=10001, writable=CHART_TMP)
-    done = oneshot.run(archive, ["python", "-m", "earshot_operator", "--help"], how, timeout=120)
-    assert done.returncode == 0, done.output
-    assert "usage" in done.output.lower(), done.output
+    done = oneshot.run(archive, None, how, timeout=120)
+    assert done.returncode == 1, done.output
+    assert "LoginError: no service account token and no kubeconfig" in done.output, done.output
 
 
 def test_the_triton_cpu_image_loads_the_paraformer_model_as_the_chart_starts_it(

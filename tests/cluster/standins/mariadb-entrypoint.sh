@@ -12,8 +12,10 @@ sql_name() { printf '`%s`' "$(printf '%s' "$1" | sed 's/`/``/g')"; }
 if [ ! -d "${DATADIR}/mysql" ]; then
   : "${MARIADB_ROOT_PASSWORD:?is required to initialise the database}"
   echo "docker-entrypoint.sh: initialising ${DATADIR}"
+  # --rpm: no host name lookup (a pod's name need not resolve), as the official image does it
   mariadb-install-db --datadir="${DATADIR}" --auth-root-authentication-method=normal \
-    --skip-test-db --skip-name-resolve >/dev/null
+    --skip-test-db --skip-name-resolve --rpm >/tmp/install-db.log 2>&1 \
+    || { cat /tmp/install-db.log >&2; exit 1; }
   mariadbd --datadir="${DATADIR}" --skip-networking --socket="${INIT_SOCKET}" &
   pid=$!
   tries=0
@@ -24,6 +26,9 @@ if [ ! -d "${DATADIR}/mysql" ]; then
   done
   root=$(sql_string "${MARIADB_ROOT_PASSWORD}")
   {
+    # the passwordless root accounts for the host's names (the official image drops them too)
+    echo "DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1';"
+    echo "EXECUTE IMMEDIATE CONCAT('DROP USER IF EXISTS root@''', @@hostname, '''');"
     echo "ALTER USER 'root'@'localhost' IDENTIFIED BY ${root};"
     # install-db's password-less root@127.0.0.1 and root@::1 would win over root@'%' for TCP
     # logins from inside the pod (the readiness probe's): the official image drops them too
