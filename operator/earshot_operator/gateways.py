@@ -29,6 +29,7 @@ class Gateway:
     name: str
     command: tuple[str, ...]
     health_path: str
+    liveness_path: str
     engine: str
     config: Mapping[str, str]
     secret_env: tuple[tuple[str, SecretKeyRef], ...]
@@ -88,6 +89,7 @@ def for_session(
         name=name,
         command=dataplane.SESSION_COMMAND,
         health_path=dataplane.SESSION_HEALTH_PATH,
+        liveness_path=dataplane.SESSION_LIVENESS_PATH,
         engine=spec.engine,
         config=config,
         extra_secrets=(),
@@ -119,6 +121,7 @@ def for_room(owner: specs.Owner, spec: specs.RoomSpec, *, settings: OperatorSett
         name=name,
         command=dataplane.ROOM_COMMAND,
         health_path=dataplane.ROOM_HEALTH_PATH,
+        liveness_path=dataplane.ROOM_LIVENESS_PATH,
         engine=spec.engine,
         config=config,
         extra_secrets=((Env.TALK_INTERNAL_SECRET, spec.internal_secret),),
@@ -137,6 +140,7 @@ def _gateway(
     name: str,
     command: tuple[str, ...],
     health_path: str,
+    liveness_path: str,
     engine: str,
     config: Mapping[str, str],
     extra_secrets: tuple[tuple[str, SecretKeyRef], ...],
@@ -165,6 +169,7 @@ def _gateway(
         name=name,
         command=command,
         health_path=health_path,
+        liveness_path=liveness_path,
         engine=engine,
         config={**common, **config},
         secret_env=secret_env,

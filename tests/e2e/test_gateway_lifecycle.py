@@ -47,7 +47,7 @@ CASES = [
         changed_key="EARSHOT_TALK_LANGUAGES",
         changed_value="de,fr",
         endpoint="http://troom-{name}.{namespace}.svc:8000",
-        engine="kyutai",
+        engine="paraformer",
     ),
 ]
 KINDS = pytest.mark.parametrize("case", CASES, ids=[case.kind for case in CASES])
