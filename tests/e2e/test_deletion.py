@@ -50,7 +50,7 @@ async def test_a_handled_resource_carries_no_finalizer_and_is_deleted_at_once(
 ) -> None:
     body = make_body("gone-1", namespace)
     await api.create(body)
-    current = await helpers.eventually(
+    await helpers.eventually(
         lambda: helpers.phase_is(api, body, "Provisioning"), what="Provisioning"
     )
     await asyncio.sleep(3.0)  # past one drift check (interval 2 s): it adds nothing either
