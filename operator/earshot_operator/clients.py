@@ -26,6 +26,7 @@ _PLURALS = {
     "v1/Secret": "secrets",
     "v1/Service": "services",
     "v1/Event": "events",
+    "v1/Pod": "pods",
     "apps/v1/Deployment": "deployments",
     "v1/ServiceAccount": "serviceaccounts",
     "rbac.authorization.k8s.io/v1/Role": "roles",

@@ -68,6 +68,25 @@ def register(
                 outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase
             )
 
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        labels={resources.MANAGED_BY_LABEL: resources.MANAGED_BY},
+        registry=registry,
+        id="pod_event",
+    )
+    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        # a pod says at once what is wrong (image pull, config, scheduling, crash loop); its
+        # Deployment only after the progress deadline: re-observe the owner from here
+        if event["type"] == "DELETED":
+            return
+        outcome = await reconciling.refresh_from_pod(client, body, settings=settings)
+        if outcome is not None:
+            metrics.record_phase(
+                outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase
+            )
+
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf's own settings: state in earshot.dev annotations, only warnings posted as Events.
