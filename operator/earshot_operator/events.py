@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -68,13 +70,22 @@ def notes(
     return found
 
 
-def build_event(body: Mapping[str, Any], note: Note, *, now: str) -> Manifest:
-    """A core/v1 Event about ``body`` (named by the server from ``generateName``)."""
+def build_event(
+    body: Mapping[str, Any], note: Note, *, now: str, previous: Mapping[str, Any]
+) -> Manifest:
+    """A core/v1 Event about ``body``.
+
+    Its name is a digest of the resource, the note and the ``previous`` status it follows:
+    two reconciliations racing on the same change (a pod event and a drift check) post the same
+    name, and the second is refused with 409 instead of doubling the event.
+    """
     meta = body["metadata"]
+    key = [meta["uid"], note.type, note.reason, note.message, *_state(previous)]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "metadata": {"name": f"{meta['name'][:200]}.{digest}", "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": body["apiVersion"],
             "kind": body["kind"],
@@ -92,3 +103,9 @@ def build_event(body: Mapping[str, Any], note: Note, *, now: str) -> Manifest:
         "lastTimestamp": now,
         "count": 1,
     }
+
+
+def _state(status: Mapping[str, Any]) -> list[str]:
+    return [
+        str(status.get(key, "")) for key in ("phase", "reason", "message", "observedGeneration")
+    ]

@@ -37,7 +37,7 @@ def register(
     )
 
     @kopf.on.startup(registry=registry, id="drift_start")
-    def start_drift(**_: Any) -> None:
+    async def start_drift(**_: Any) -> None:  # async: kopf runs sync handlers in threads
         drift.start()
 
     @kopf.on.cleanup(registry=registry, id="drift_stop")

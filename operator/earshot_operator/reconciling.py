@@ -242,17 +242,24 @@ async def write_status(
         await client.patch(path_of_object(body, subresource="status"), {"status": patch})
     notes = events.notes(previous, observation, created=created, updated=updated, drift=drift)
     for note in notes:
-        await post_event(client, body, note, now=now)
+        await post_event(client, body, note, now=now, previous=previous)
     meta = body["metadata"]
     return Outcome(body["kind"], meta["namespace"], meta["name"], observation.phase, changes)
 
 
 async def post_event(
-    client: KubeClient, body: Mapping[str, Any], note: events.Note, *, now: str
+    client: KubeClient,
+    body: Mapping[str, Any],
+    note: events.Note,
+    *,
+    now: str,
+    previous: Mapping[str, Any],
 ) -> None:
     """Post one event; a refusal is logged, never fails the reconciliation it reports on."""
     try:
-        await client.create(events.build_event(body, note, now=now))
+        await client.create(events.build_event(body, note, now=now, previous=previous))
+    except ConflictError:
+        return  # a racing reconciliation posted this very event
     except ApiError as error:
         logger.warning(
             "cannot post event %s on %s: %s", note.reason, body["metadata"]["name"], error

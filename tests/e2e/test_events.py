@@ -173,10 +173,10 @@ async def test_an_unschedulable_pod_is_reported_with_the_schedulers_words(
     api: KubeClient, namespace: str
 ) -> None:
     await _storage_secret(api, namespace)
-    body = helpers.room_body("nofit", namespace, engine="kyutai")
+    body = helpers.session_body("nofit", namespace, engine="kyutai")
     await api.create(body)
     pod = await helpers.eventually(
-        lambda: _gateway_pod(api, namespace, "troom-nofit"), what="the gateway pod"
+        lambda: _gateway_pod(api, namespace, "tsess-nofit"), what="the gateway pod"
     )
     words = "0/3 nodes are available: 3 node(s) didn't match node selector."
     await _report(api, pod, _unschedulable(words))

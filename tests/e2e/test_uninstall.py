@@ -29,8 +29,9 @@ pytestmark = pytest.mark.asyncio
 HOOK_NAMESPACE = "earshot-uninstall"
 
 
-def _hook_objects() -> list[dict[str, Any]]:
-    rendered = template(release="rel", namespace=HOOK_NAMESPACE)
+def _hook_objects(watched: str) -> list[dict[str, Any]]:
+    sets = {"operator.watchNamespaces[0]": watched}
+    rendered = template(release="rel", namespace=HOOK_NAMESPACE, sets=sets)
     hooks = [m for m in rendered if (m["metadata"].get("annotations") or {}).get("helm.sh/hook")]
     assert {m["kind"] for m in hooks} == {
         "ServiceAccount",
@@ -58,8 +59,10 @@ def _token(plane: ControlPlane, account: str, timeout_s: float = 60.0) -> str:
     raise AssertionError(f"no token for {account}")
 
 
-def _run_hook(plane: ControlPlane, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    hooks = _hook_objects()
+def _run_hook(
+    plane: ControlPlane, watched: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    hooks = _hook_objects(watched)
     plane.kubectl("create", "namespace", HOOK_NAMESPACE)
     try:
         access = [hook for hook in hooks if hook["kind"] != "Job"]
@@ -105,7 +108,7 @@ async def test_the_uninstall_hook_deletes_every_session_and_room_and_their_gatew
     for body in bodies:
         await helpers.eventually(functools.partial(helpers.phase_is, api, body, "Provisioning"))
 
-    done = await asyncio.to_thread(_run_hook, control_plane, tmp_path)
+    done = await asyncio.to_thread(_run_hook, control_plane, namespace, tmp_path)
 
     assert done.returncode == 0, done.stdout + done.stderr
     for body in bodies:

@@ -148,7 +148,7 @@ def test_an_event_names_the_resource_it_is_about() -> None:
         "metadata": {"name": "a", "namespace": "tel", "uid": "u-1"},
     }
     note = events.Note(events.Type.WARNING, "SecretMissing", "x" * 2000)
-    event = events.build_event(body, note, now="2026-01-01T00:00:00Z")
+    event = events.build_event(body, note, now="2026-01-01T00:00:00Z", previous={})
     assert event["involvedObject"] == {
         "apiVersion": "earshot.dev/v1alpha1",
         "kind": "TranscriptionSession",
@@ -161,4 +161,22 @@ def test_an_event_names_the_resource_it_is_about() -> None:
         "SecretMissing",
         1024,
     )
-    assert event["metadata"] == {"generateName": "a.", "namespace": "tel"}
+    assert event["metadata"]["namespace"] == "tel"
+    assert event["metadata"]["name"].startswith("a.")
+
+
+def test_the_same_change_gives_the_same_event_name_and_a_new_change_a_new_one() -> None:
+    body = {
+        "apiVersion": "earshot.dev/v1alpha1",
+        "kind": "TranscriptionSession",
+        "metadata": {"name": "a", "namespace": "tel", "uid": "u-1"},
+    }
+    note = events.Note(events.Type.WARNING, PULL.reason, PULL.message)
+    before = {"phase": "Provisioning", "reason": "WaitingForPod"}
+
+    def name(previous: dict[str, Any]) -> str:
+        event = events.build_event(body, note, now="t", previous=previous)
+        return str(event["metadata"]["name"])
+
+    assert name(before) == name(dict(before))  # racing reconciliations: one name, one 409
+    assert name(before) != name({"phase": "Provisioning", "reason": "SecretMissing"})
