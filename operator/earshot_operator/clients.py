@@ -28,6 +28,7 @@ _PLURALS = {
     "v1/Event": "events",
     "v1/Pod": "pods",
     "apps/v1/Deployment": "deployments",
+    "networking.k8s.io/v1/Ingress": "ingresses",
     "v1/ServiceAccount": "serviceaccounts",
     "rbac.authorization.k8s.io/v1/Role": "roles",
     "rbac.authorization.k8s.io/v1/RoleBinding": "rolebindings",

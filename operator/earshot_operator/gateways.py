@@ -37,6 +37,9 @@ class Gateway:
     endpoint: str
     #: The pod's own service account (a room's gateway reads its TalkRoom); None: no API access.
     service_account: str | None = None
+    #: The session's path on the Ingress host, and its URL from outside (None: no Ingress).
+    ingress_path: str | None = None
+    external_endpoint: str | None = None
 
     @property
     def token_secret(self) -> str:
@@ -84,7 +87,7 @@ def for_session(
         Env.AUTH: spec.auth,
     }
     path = dataplane.SESSION_WS_PATH.format(session_id=spec.session_id)
-    return _gateway(
+    gateway = _gateway(
         owner,
         name=name,
         command=dataplane.SESSION_COMMAND,
@@ -99,6 +102,11 @@ def for_session(
         endpoint=f"ws://{name}.{owner.namespace}.svc:{settings.gateway_port}{path}",
         settings=settings,
     )
+    if not settings.gateway_ingress_host:
+        return gateway
+    scheme = "wss" if settings.gateway_ingress_tls_secret else "ws"
+    external = f"{scheme}://{settings.gateway_ingress_host}{path}"
+    return dataclasses.replace(gateway, ingress_path=path, external_endpoint=external)
 
 
 def for_room(owner: specs.Owner, spec: specs.RoomSpec, *, settings: OperatorSettings) -> Gateway:

@@ -105,6 +105,43 @@ def build_service(gateway: Gateway, *, settings: OperatorSettings) -> Manifest:
     }
 
 
+def build_ingress(gateway: Gateway, *, settings: OperatorSettings) -> Manifest | None:
+    """The Ingress rule routing the session's WebSocket path to its Service (None: no Ingress).
+
+    One rule per session, on the one host of the settings: the path (``/ws/transcribe/<id>``)
+    tells sessions apart, so a single DNS name and certificate serve them all.
+    """
+    if gateway.ingress_path is None:
+        return None
+    host = settings.gateway_ingress_host
+    metadata = _metadata(gateway, gateway.name)
+    if settings.gateway_ingress_annotations:
+        metadata["annotations"] = dict(sorted(settings.gateway_ingress_annotations.items()))
+    backend = {"service": {"name": gateway.name, "port": {"name": dataplane.PORT_NAME}}}
+    spec: Manifest = {
+        "rules": [
+            {
+                "host": host,
+                "http": {
+                    "paths": [
+                        {"path": gateway.ingress_path, "pathType": "Exact", "backend": backend}
+                    ]
+                },
+            }
+        ]
+    }
+    if settings.gateway_ingress_class:
+        spec["ingressClassName"] = settings.gateway_ingress_class
+    if settings.gateway_ingress_tls_secret:
+        spec["tls"] = [{"hosts": [host], "secretName": settings.gateway_ingress_tls_secret}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
 def build_deployment(gateway: Gateway, *, settings: OperatorSettings) -> Manifest:
     """The gateway Deployment: gateway container, persister sidecar and their shared spool.
 

@@ -63,8 +63,11 @@ async def reconcile(
         *manifests.build_access(gateway),
         manifests.build_configmap(gateway),
         manifests.build_service(gateway, settings=settings),
-        manifests.build_deployment(gateway, settings=settings),
     ]
+    ingress = manifests.build_ingress(gateway, settings=settings)
+    if ingress is not None:
+        wanted.append(ingress)
+    wanted.append(manifests.build_deployment(gateway, settings=settings))  # last: its status
     changes = [((await ensure(client, token, update=False))[0], token)]
     deployment: Mapping[str, Any] | None = None
     for manifest in wanted:

@@ -103,6 +103,21 @@ class OperatorSettings(BaseSettings):
         "ClusterIP", description="Type of the Service in front of each gateway."
     )
 
+    # An Ingress per session (none while the host is empty): the way in from outside the cluster
+    # when Services of type LoadBalancer are not wanted. Rooms need none (their gateways dial out).
+    gateway_ingress_host: str = Field(
+        "", description="Host of the sessions' Ingress rules (empty: no Ingress)."
+    )
+    gateway_ingress_class: str = Field(
+        "", description="IngressClass of the sessions' Ingresses (empty: the cluster's default)."
+    )
+    gateway_ingress_tls_secret: str = Field(
+        "", description="TLS Secret of the host, in each session's namespace (empty: no TLS)."
+    )
+    gateway_ingress_annotations: dict[str, str] = Field(
+        {}, description="Annotations of the sessions' Ingresses (JSON object)."
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:

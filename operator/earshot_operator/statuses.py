@@ -132,6 +132,8 @@ def build_status(
         status["tokenSecret"] = gateway.token_secret
     if observation.phase is Phase.READY and gateway is not None:
         status["endpoint"] = gateway.endpoint
+        if gateway.external_endpoint is not None:
+            status["externalEndpoint"] = gateway.external_endpoint
     return status
 
 
@@ -141,7 +143,7 @@ def status_patch(previous: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict
     Counters are left alone: they are patched separately when something changes.
     """
     patch: dict[str, Any] = {k: v for k, v in wanted.items() if previous.get(k) != v}
-    for key in ("endpoint", "tokenSecret"):
+    for key in ("endpoint", "externalEndpoint", "tokenSecret"):
         if key in previous and key not in wanted:
             patch[key] = None
     return patch

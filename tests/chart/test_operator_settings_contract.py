@@ -62,8 +62,11 @@ def test_chart_defaults_give_pods_without_placement(monkeypatch: pytest.MonkeyPa
     spec = _pod_spec(settings)
     for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName"):
         assert key not in spec
-    service = manifests.build_service(gateways.build(SESSION, settings), settings=settings)
+    gateway = gateways.build(SESSION, settings)
+    service = manifests.build_service(gateway, settings=settings)
     assert service["spec"]["type"] == "ClusterIP"
+    assert manifests.build_ingress(gateway, settings=settings) is None
+    assert gateway.external_endpoint is None
 
 
 def test_chart_placement_values_reach_the_gateway_pods(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +118,43 @@ def test_a_talkroom_defaults_to_the_engine_the_default_chart_serves() -> None:
     }
     assert crd_default == operator_default == values["talk"]["engine"]
     assert served == {crd_default}
+
+
+INGRESS_VALUES = {
+    "operator.gateway.ingress.host": "stt.example.com",
+    "operator.gateway.ingress.className": "nginx",
+    "operator.gateway.ingress.tlsSecret": "stt-tls",
+    "operator.gateway.ingress.annotations.cert-manager\\.io/cluster-issuer": "letsencrypt",
+}
+
+
+def test_chart_ingress_values_give_each_session_an_ingress_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings(_operator_env(INGRESS_VALUES), monkeypatch)
+    gateway = gateways.build(SESSION, settings)
+    ingress = manifests.build_ingress(gateway, settings=settings)
+    assert ingress is not None
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    assert ingress["metadata"]["ownerReferences"][0]["kind"] == "TranscriptionSession"
+    assert ingress["spec"] == {
+        "ingressClassName": "nginx",
+        "tls": [{"hosts": ["stt.example.com"], "secretName": "stt-tls"}],
+        "rules": [
+            {
+                "host": "stt.example.com",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/ws/transcribe/call-7",
+                            "pathType": "Exact",
+                            "backend": {
+                                "service": {"name": "tsess-call-7", "port": {"name": "http"}}
+                            },
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    assert gateway.external_endpoint == "wss://stt.example.com/ws/transcribe/call-7"
