@@ -170,3 +170,19 @@ PERSISTER_BATCH_RECORDS = Histogram(
     "Records per drained batch.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+
+
+# --- series that exist before their first event ------------------------------------------------
+#: A labelled counter has no series until its first increment, so rate(), increase() and the
+#: overload alert see the first burst as a series appearing at its count, not as a rise: they
+#: miss it. A gateway creates its known series at 0 when it starts.
+GATEWAY_STORES = ("spool", "segments")
+
+
+def initialise_gateway(gateway: str, engine: str) -> None:
+    """Create at 0 the error and throughput counters of one gateway and engine."""
+    for counter in (OVERLOAD_REJECTIONS, ENGINE_ERRORS, SEGMENTS_FINALISED):
+        counter.labels(gateway, engine)
+    SPOOL_FULL_REJECTIONS.labels(gateway)
+    for store in GATEWAY_STORES:
+        STORAGE_ERRORS.labels(store)

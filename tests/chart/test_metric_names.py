@@ -37,6 +37,11 @@ TRITON_CONTRACT = {
     "nv_inference_queue_duration_us",
     "nv_inference_compute_infer_duration_us",
     "nv_inference_pending_request_count",
+    # Triton's GPU metrics (--allow-gpu-metrics, on by default where a GPU is visible)
+    "nv_gpu_utilization",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_power_usage",
 }
 #: What the alert rules read besides earshot and Triton: Prometheus' own scrape health and the
 #: kube-state-metrics series that kube-prometheus-stack exports (docs/operations.md, "Alerts").

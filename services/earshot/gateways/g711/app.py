@@ -101,6 +101,7 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
+    metrics.initialise_gateway(GATEWAY, engine)
     # Sessions streaming in this process, each until its last segment is stored.
     live: dict[SessionId, _Occupant] = {}
 
