@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+import aiohttp
+
 from earshot_operator import resources
 from earshot_operator.clients import ApiError, KubeClient
 from earshot_operator.settings import OperatorSettings
@@ -52,6 +54,11 @@ class DriftLoop:
             if not task.cancelled():  # our own caller is being cancelled: pass it on
                 raise
 
+    @property
+    def healthy(self) -> bool:
+        """False once the loop has ended by itself (the operator's /healthz then fails)."""
+        return self._task is None or not self._task.done()
+
     async def check_all(self) -> int:
         """One pass over every resource; returns how many were reconciled."""
         checked = 0
@@ -59,8 +66,8 @@ class DriftLoop:
             for path in self._collections(kind):
                 try:
                     answer = await self._client.request("GET", path)
-                except ApiError as error:
-                    logger.warning("cannot list %s: %s", path, error)
+                except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                    logger.warning("cannot list %s: %s", path, error)  # next pass retries
                     continue
                 for body in answer.get("items") or ():
                     checked += await self._check(kind, body)

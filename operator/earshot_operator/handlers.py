@@ -25,8 +25,8 @@ def register(
     client: KubeClient,
     metrics: OperatorMetrics,
     login: kopf.ConnectionInfo,
-) -> None:
-    """Register every handler of the operator into ``registry``."""
+) -> drifting.DriftLoop:
+    """Register every handler of the operator into ``registry``; the drift loop they start."""
     kopf.on.startup(registry=registry, id="configure")(configure)
     drift = drifting.DriftLoop(
         client,
@@ -86,6 +86,8 @@ def register(
             metrics.record_phase(
                 outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase
             )
+
+    return drift
 
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -213,9 +213,11 @@ def test_chart_operator_ran_with_the_charts_settings(chart_operator: OperatorPro
 
 
 def test_a_reinstall_finds_the_password_the_kept_database_was_made_with(
-    installed: Installation,
+    installed: Installation, chart_operator: OperatorProcess
 ) -> None:
-    # last in this module: it uninstalls and installs the release again
+    # last in this module: it uninstalls and installs the release again (the operator goes
+    # first, as the release's Deployment would: its role is uninstalled with it)
+    chart_operator.stop()
     before = installed.get("secret", "earshot-storage")["data"]["mysql-password"]
     installed.helm("uninstall", RELEASE, "--no-hooks")  # no kubelet here to run the hook Job
     kept = installed.get("secret", "earshot-storage")
