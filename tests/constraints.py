@@ -5,7 +5,9 @@ was tested: the transitive closure of ``earshot[dev,kyutai]`` as installed in th
 venv, each at its exact version (local labels such as ``+cpu`` dropped, so the pin also matches
 the CUDA build). ``make`` installs with it and the services and operator images build with it,
 so a new release of a dependency (sherpa-onnx 2.x, say) arrives by a reviewed change of this file,
-not unnoticed. tests/unit/test_constraints.py fails when the venv and the file disagree.
+not unnoticed. tests/unit/test_dependencies.py fails when the venv and the file disagree. The
+Triton pool images are the exception: their Python is Triton's, which needs numpy<2 where this
+venv runs numpy 2, so they keep their own numpy<2 constraint (model-repo/Dockerfile).
 
 Usage: python -m tests.constraints [--write]   (prints the file; --write replaces it)
 """
