@@ -11,12 +11,14 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
 from earshot.events import Recognition
 from earshot.gateways.g711 import app
 from earshot.gateways.g711.app import Services
+from earshot.persistence.draining import Drainer
 from earshot.persistence.records import MAX_TEXT_BYTES
 from earshot.settings import Settings
 from tests.gateway import session_url
@@ -130,3 +132,29 @@ async def test_a_stream_refused_for_overload_logs_no_traceback(
         await blocker.close()
     assert received[-1]["code"] == "inference_overloaded"
     assert tracebacks(caplog, capfd) == []
+
+
+async def test_health_fails_once_the_embedded_drainer_stopped(
+    settings: Settings, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings.persister == "embedded"
+
+    async def broken(self: Drainer) -> int:
+        raise RuntimeError("a bug in the drainer")
+
+    async with scripted_gateway(settings, services) as (base, _):
+        url = base.replace("ws://", "http://") + "/health"
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url)).status_code == 200
+            monkeypatch.setattr(Drainer, "_round", broken)
+            async with connect(session_url(base, "d")) as ws:
+                await ws.send(CHUNK)
+                await heard(ws)
+            answers = [await http.get(url)]
+            for _ in range(50):
+                if answers[-1].status_code == 503:
+                    break
+                await asyncio.sleep(0.1)
+                answers.append(await http.get(url))
+    assert answers[-1].status_code == 503
+    assert answers[-1].json()["reason"] == "persistence stopped working"
