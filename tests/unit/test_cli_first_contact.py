@@ -112,7 +112,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One gateway for the stream tests: it needs the token, and serves any session."""
     folder = tmp_path_factory.mktemp("gateway")
     served = start_serve(
-        folder, EARSHOT_CACHE_DIR=str(folder / "cache"), EARSHOT_ACCESS_TOKEN=TOKEN
+        folder,
+        EARSHOT_CACHE_DIR=str(folder / "cache"),
+        EARSHOT_ACCESS_TOKEN=TOKEN,
+        # A machine shared with other test runs must not turn a slow chunk into an overload.
+        EARSHOT_INFERENCE_QUEUE_TIMEOUT_SECONDS="60",
     )
     yield served
     stop(served)
@@ -315,18 +319,18 @@ def test_ctrl_c_ends_a_stream_at_once_with_130(
     try:
         # The gateway logs the WebSocket of this session once the stream is under way.
         _wait_for(gateway.log, "/ws/transcribe/interrupted", process, 60)
-        time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        sent = time.monotonic()
-        code = process.wait(timeout=10)
-        took = time.monotonic() - sent
+        # Before the fix it waited for the gateway's idle timeout (300 s) or a second Ctrl-C;
+        # the 9.6 s of audio at real time would not be sent by now either.
+        code = process.wait(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert code == 130
-    assert took < 3.0, f"{took:.1f} s from SIGINT to exit"
-    assert out.read_text().strip().splitlines()[-1] == "earshot: interrupted"
+    shown = out.read_text()
+    assert code == 130, shown
+    assert shown.strip().splitlines()[-1] == "earshot: interrupted"
+    assert "s of audio in" not in shown, "the stream ran to its end: the signal came too late"
 
 
 def test_ctrl_c_stops_serve_cleanly_without_error_logs(tmp_path: Path) -> None:

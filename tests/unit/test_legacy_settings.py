@@ -171,3 +171,19 @@ def test_the_configured_maximum_segment_length_cuts_segments(tiny_model_cache: P
     long = base.model_copy(update={"endpoint_max_segment_seconds": 300.0})
     assert _finals_of_loud_noise(long, 6.0) == 0
     assert _finals_of_loud_noise(short, 6.0) >= 3
+
+
+def test_sherpa_runs_with_the_three_configured_endpoint_rules(tiny_model_cache: Path) -> None:
+    settings = Settings(
+        cache_dir=tiny_model_cache,
+        endpoint_silence_without_text_seconds=3.5,
+        endpoint_silence_after_text_seconds=1.75,
+        endpoint_max_segment_seconds=42.0,
+    )
+    decoder = paraformer.load_paraformer(settings)
+    config = decoder._recognizer.config.endpoint_config
+    assert (
+        config.rule1.min_trailing_silence,
+        config.rule2.min_trailing_silence,
+        config.rule3.min_utterance_length,
+    ) == (3.5, 1.75, 42.0)
