@@ -74,10 +74,15 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        for problem in exc.errors():
-            field = ".".join(str(p) for p in problem["loc"])
-            err.print(f"earshot: error: invalid configuration: {field}: {problem['msg']}")
+        _print_problems(exc, "invalid configuration")
         raise typer.Exit(USAGE) from None
+
+
+def _print_problems(exc: ValidationError, what: str) -> None:
+    """One line per invalid setting: the variable and why."""
+    for problem in exc.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "settings"
+        err.print(f"earshot: error: {what}: {field}: {problem['msg']}", markup=False)
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
@@ -189,8 +194,8 @@ def talk(
     try:
         talk_settings = TalkSettings(**overrides)
     except ValidationError as exc:
-        err.print(f"[red]invalid Talk configuration:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _print_problems(exc, "invalid Talk configuration")
+        raise typer.Exit(USAGE) from None
     # The ExApp in a cluster hands rooms to room gateways (which recognise): it needs no model.
     hands_rooms_on = talk_settings.in_cluster and not talk_settings.room_mode
     _start_server(settings, needs_model=not hands_rooms_on)
