@@ -67,3 +67,15 @@ def test_the_link_check_catches_a_broken_link(tmp_path: Path) -> None:
     assert relative_links(page) == ["#top", "missing.md"]
     assert anchors(page) == {"top"}
     assert not (tmp_path / "missing.md").exists()
+
+
+def _codes(path: Path) -> set[str]:
+    """The error codes of a document's refusal table (rows: `| ... | `code` | close ...`)."""
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+    return {match for row in rows for match in re.findall(r"\| `([a-z_]+)` \| 10\d\d", row)}
+
+
+def test_the_client_guide_tells_what_to_do_for_every_refusal_the_readme_lists() -> None:
+    readme = _codes(REPO / "README.md")
+    assert "inference_overloaded" in readme  # the table was found
+    assert readme <= _codes(REPO / "docs" / "telephony-clients.md")
