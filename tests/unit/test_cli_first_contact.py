@@ -269,7 +269,8 @@ def test_the_whole_endpoint_of_a_session_is_accepted_and_a_summary_ends_the_stre
     *shown, summary = done.stdout.strip().splitlines()
     finals = [line for line in shown if line.strip()[:1].isdigit()]
     assert finals, done.stdout
-    assert summary.startswith(f"{len(finals)} finals, 9.6 s of audio in ")
+    noun = "final" if len(finals) == 1 else "finals"
+    assert summary.startswith(f"{len(finals)} {noun}, 9.6 s of audio in ")
     assert summary.endswith(
         f"session call-7 is stored by the gateway at {gateway.base}/ws/transcribe/call-7"
     )
@@ -424,3 +425,28 @@ def test_a_url_and_options_that_disagree_are_refused(
         )
     assert refused.value.cause == message
     assert refused.value.exit_code == 2
+
+
+def test_ctrl_c_during_the_demo_shows_the_transcript_so_far_and_exits_130(tmp_path: Path) -> None:
+    out = tmp_path / "demo.out"
+    with out.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "earshot", "demo", "--offline", "--speed", "0.5"],
+            env=_env(EARSHOT_CACHE_DIR=str(tmp_path)),
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for(out, "gateway up on", process, 120)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    shown = out.read_text()
+    assert code == 130, shown
+    assert "transcript" in shown
+    assert " ERROR " not in shown
+    assert "Traceback" not in shown

@@ -82,6 +82,9 @@ async def run(settings: Settings, console: Console, *, speed: float) -> bool:
         port = sock.getsockname()[1]
         server = stopping.Server(serving.uvicorn_config(settings, services))
         serving_task = asyncio.create_task(server.serve(sockets=[sock]))
+        # Its first step installs the server's signal handlers: from then on Ctrl-C stops the
+        # server, the stream ends and the transcript so far is shown.
+        await asyncio.sleep(0)
         try:
             model = settings.model_dir or "the tiny random-weight model"
             console.print(
@@ -89,15 +92,8 @@ async def run(settings: Settings, console: Console, *, speed: float) -> bool:
                 f"model {model})",
                 highlight=False,
             )
-            await streaming.run(
-                streaming.StreamRequest(
-                    url=f"ws://{settings.host}:{port}/ws/transcribe/{session}",
-                    audio=sample_audio(),
-                    codec=Codec.ALAW,
-                    rate=SAMPLE_RATE,
-                    speed=speed,
-                ),
-                console,
+            await _stream_sample(
+                f"ws://{settings.host}:{port}/ws/transcribe/{session}", server, console, speed
             )
         finally:
             server.should_exit = True
@@ -116,3 +112,15 @@ async def run(settings: Settings, console: Console, *, speed: float) -> bool:
             "run `earshot models fetch` and set EARSHOT_MODEL_DIR for real recognition.[/dim]"
         )
     return server.stopped_by == signal.SIGINT
+
+
+async def _stream_sample(url: str, server: stopping.Server, console: Console, speed: float) -> None:
+    request = streaming.StreamRequest(
+        url=url, audio=sample_audio(), codec=Codec.ALAW, rate=SAMPLE_RATE, speed=speed
+    )
+    try:
+        await streaming.run(request, console)
+    except CliError:
+        # Ctrl-C stopped the server before the client got through: it was interrupted, not broken.
+        if server.stopped_by is None:
+            raise

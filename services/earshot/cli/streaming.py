@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,13 +124,10 @@ async def run(request: StreamRequest, console: Console) -> client.StreamResult:
         ) from None
     except InvalidHandshake as exc:
         raise CliError(f"{request.url}: WebSocket handshake failed: {exc}", "check --url") from None
-    except ConnectionRefusedError:
-        raise CliError(
-            f"cannot connect to {request.url}: connection refused",
-            "is `earshot serve` running there? check --url",
-        ) from None
     except (OSError, TimeoutError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
+        if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+            reason = "connection refused"
         raise CliError(
             f"cannot connect to {request.url}: {reason}",
             "is `earshot serve` running there? check --url",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 
@@ -20,6 +21,13 @@ class Server(uvicorn.Server):
 
     stopped_by: int | None = None
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Record the first signal as it arrives (the stream of a demo reads it while the server
+        is still shutting down), then stop as uvicorn does."""
+        if self.stopped_by is None:
+            self.stopped_by = sig
+        super().handle_exit(sig, frame)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         """uvicorn's handlers while serving; the signals caught are kept, not raised again."""
@@ -27,6 +35,4 @@ class Server(uvicorn.Server):
             try:
                 yield
             finally:
-                if self._captured_signals:
-                    self.stopped_by = self._captured_signals[0]
                 self._captured_signals.clear()
