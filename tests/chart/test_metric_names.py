@@ -140,7 +140,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         ),
         "talk": (
             ["talk"],
-            {"APP_HOST": "127.0.0.1", "APP_PORT": str(ports["talk"])},
+            {"APP_HOST": "127.0.0.1", "APP_PORT": str(ports["talk"]), "EARSHOT_DEMO_MODEL": "true"},
             f"http://127.0.0.1:{ports['talk']}",
             "/heartbeat",
         ),
