@@ -82,6 +82,12 @@ def talk(
     except ValidationError as exc:
         err.print(f"[red]invalid Talk configuration:[/red] {exc}")
         raise typer.Exit(2) from None
+    refusal = talk_settings.refusal(
+        model_configured=settings.model_dir is not None or bool(settings.triton_url)
+    )
+    if refusal:
+        err.print(refusal, markup=False)
+        raise typer.Exit(2)
     _configure_logging(settings)
     asyncio.run(talk_serving.serve(settings, talk_settings))
 

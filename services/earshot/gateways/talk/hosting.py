@@ -21,7 +21,9 @@ from earshot.engines.recognizers import Recognizer
 from earshot.gateways.talk import signaling
 from earshot.gateways.talk.backoff import Backoff
 from earshot.gateways.talk.configuration import TalkSettings
-from earshot.gateways.talk.rooms import Room, RoomOptions
+from earshot.gateways.talk.rooms import Room, RoomOptions, SameLanguage
+from earshot.gateways.talk.taskprocessing import TranslationUnavailable
+from earshot.gateways.talk.translating import Translator
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ class UnsupportedLanguage(ValueError):
     """The engine does not offer this language."""
 
 
+class UnsupportedTranslation(ValueError):
+    """The translation provider does not offer this language pair, or it is no translation."""
+
+
 async def _no_ice_servers() -> list[RTCIceServer]:
     return []
 
@@ -56,8 +62,10 @@ class Rooms:
         *,
         ice_servers: IceServers = _no_ice_servers,
         on_closed: OnClosed | None = None,
+        translator: Translator | None = None,
     ) -> None:
         self._settings = settings
+        self.translator = translator
         self._on_closed = on_closed
         self._recognizer = recognizer
         self._ice_servers = ice_servers
@@ -82,17 +90,29 @@ class Rooms:
         return lang
 
     async def transcribe(
-        self, token: str, nextcloud_session_id: str, *, enable: bool, lang: str | None
+        self,
+        token: str,
+        nextcloud_session_id: str,
+        *,
+        enable: bool,
+        lang: str | None,
+        translate_to: str | None = None,
     ) -> None:
-        """Turn captions on or off for a participant, joining the room first when needed.
+        """Turn captions on or off for a participant, joining the room first when needed; with
+        ``translate_to`` the participant gets finals in that language instead.
 
         Raises:
             UnsupportedLanguage: ``lang`` is not offered.
+            UnsupportedTranslation: ``translate_to`` cannot be had from ``lang``.
+            TranslationUnavailable: there is no translation provider.
+            taskprocessing.TranslationFailed: the provider's languages cannot be read.
             AdmissionRefused: a new room would pass the memory limit.
             signaling.SignalingUnavailable: the signaling server cannot be reached.
             signaling.SignalingRefused: it refused our credentials or the room.
         """
         chosen = self.check_language(lang)
+        if enable and translate_to is not None:
+            await self.check_translation(chosen, translate_to)
         async with self._lock:
             room = self._rooms.get(token)
             if room is None:
@@ -102,6 +122,44 @@ class Rooms:
         if lang is not None:
             room.lang = chosen
         room.enable(nextcloud_session_id, on=enable)
+        if enable and translate_to is not None:
+            room.translate(nextcloud_session_id, translate_to)
+
+    async def translate(self, token: str, nextcloud_session_id: str, lang: str | None) -> None:
+        """Send a participant finals in ``lang`` instead of captions (None: captions again).
+
+        Raises:
+            UnknownRoom: no such room here.
+            rooms.NotATarget: the participant has not turned captions on.
+            UnsupportedTranslation: the pair is not offered, or ``lang`` is the room's language.
+            TranslationUnavailable: there is no translation provider.
+            taskprocessing.TranslationFailed: the provider's languages cannot be read.
+        """
+        room = self._room(token)
+        if lang is not None:
+            await self.check_translation(room.lang, lang)
+        try:
+            room.translate(nextcloud_session_id, lang)
+        except SameLanguage as exc:
+            raise UnsupportedTranslation(str(exc)) from None
+
+    async def check_translation(self, origin: str, target: str) -> None:
+        """Refuse a language pair the provider does not offer.
+
+        Raises:
+            UnsupportedTranslation: the pair is not offered, or it is no translation.
+            TranslationUnavailable: there is no translation provider.
+            taskprocessing.TranslationFailed: the provider's languages cannot be read.
+        """
+        if self.translator is None:
+            raise TranslationUnavailable("live translation is not available in this deployment")
+        if origin == target:
+            raise UnsupportedTranslation(f"the room is already captioned in {target!r}")
+        offered = await self.translator.languages()
+        if not offered.can_translate(origin, target):
+            raise UnsupportedTranslation(
+                f"the translation provider cannot translate {origin!r} into {target!r}"
+            )
 
     def set_language(self, token: str, lang: str) -> None:
         """Switch a room's caption language.
@@ -178,8 +236,15 @@ class Rooms:
             partial_interval_seconds=s.partial_interval_seconds,
             queue_frames=s.speaker_queue_frames,
             ice_servers=await self._ice_servers(),
+            translation_queue_finals=s.translation_queue_finals,
         )
-        room = Room(token, lang=lang, recognizer=self._recognizer, options=options)
+        room = Room(
+            token,
+            lang=lang,
+            recognizer=self._recognizer,
+            options=options,
+            translator=self.translator,
+        )
         client = signaling.SignalingClient(
             self._endpoint(token),
             room,
