@@ -15,21 +15,15 @@ prefixing the target language: ``[fr] hello``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-
-from tests.servers import free_port
 
 TRANSLATE = "core:text2text:translate"
 LANGUAGES = {"en": "English", "fr": "French", "de": "German"}
@@ -168,22 +162,3 @@ class TaskProcessingDouble:
                 text = translated(task["input"]["input"], task["input"]["target_language"])
                 task.update(status="STATUS_SUCCESSFUL", output={"output": text}, progress=1)
         return dict(task)
-
-
-@asynccontextmanager
-async def running_taskprocessing(double: TaskProcessingDouble) -> AsyncIterator[str]:
-    """Serve the double over HTTP on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            double.app(), host="127.0.0.1", port=port, lifespan="off", log_level="warning"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
