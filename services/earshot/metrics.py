@@ -114,6 +114,11 @@ TALK_TRANSLATIONS = Counter(
     "Translated finals by outcome: sent, failed (TaskProcessing), dropped (queue full).",
     ["outcome"],
 )
+TALK_TRANSCRIPT_FINALS = Counter(
+    "earshot_talk_transcript_finals_total",
+    "Talk finals kept as a call's transcript, by outcome: kept (spooled), failed, dropped.",
+    ["outcome"],
+)
 TALK_TRANSLATION_LATENCY = Histogram(
     "earshot_talk_translation_latency_seconds",
     "From a final caption being sent to its translation being sent.",

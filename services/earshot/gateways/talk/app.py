@@ -128,8 +128,15 @@ def create_app(settings: TalkSettings, services: Services) -> FastAPI:
     auth = [Depends(authorized)]
 
     @app.get("/heartbeat")
-    async def heartbeat() -> dict[str, str]:
-        return {"status": "ok"}
+    async def heartbeat() -> Response:
+        journal = services.rooms.journal
+        if journal is not None and not journal.healthy:
+            # Transcripts are no longer kept: unhealthy, so that the process is restarted.
+            return JSONResponse(
+                {"status": "error", "error": "the spool or its persister stopped working"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -18,12 +18,14 @@ from aiortc import RTCIceServer
 
 from earshot import metrics
 from earshot.engines.recognizers import Recognizer
-from earshot.gateways.talk import signaling
+from earshot.gateways.talk import keeping, signaling
 from earshot.gateways.talk.backoff import Backoff
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.gateways.talk.rooms import Room, RoomOptions, SameLanguage
 from earshot.gateways.talk.taskprocessing import TranslationUnavailable
 from earshot.gateways.talk.translating import Translator
+from earshot.persistence.journaling import Journal
+from earshot.storage.ports import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,11 @@ class Rooms:
         ice_servers: IceServers = _no_ice_servers,
         on_closed: OnClosed | None = None,
         translator: Translator | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._settings = settings
         self.translator = translator
+        self.journal = journal
         self._on_closed = on_closed
         self._recognizer = recognizer
         self._ice_servers = ice_servers
@@ -252,10 +256,20 @@ class Rooms:
         )
         room.attach(client)
         await client.start()
+        if self.journal is not None:
+            await self._keep(room)
         self._rooms[token] = room
         self._watchers[token] = asyncio.create_task(self._watch(room), name=f"room-{token}")
         metrics.TALK_ROOMS.inc()
         return room
+
+    async def _keep(self, room: Room) -> None:
+        assert self.journal is not None
+        try:
+            room.keep(await keeping.CallTranscript.open(self.journal, room.token))
+        except StorageError as exc:
+            # Captions matter more than their record: caption the call, say what is not kept.
+            log.error("room %s: this call's transcript is not kept: %s", room.token, exc)
 
     def _endpoint(self, token: str) -> signaling.Endpoint:
         s = self._settings

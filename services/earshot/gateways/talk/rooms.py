@@ -22,7 +22,7 @@ from aiortc import RTCIceServer
 from earshot import metrics
 from earshot.engines.recognizers import Recognizer
 from earshot.events import Recognition
-from earshot.gateways.talk import captions, messages
+from earshot.gateways.talk import captions, keeping, messages
 from earshot.gateways.talk.listening import Heard, SpeakerAudio
 from earshot.gateways.talk.peering import InvalidOffer, NoAudioOffered, SpeakerPeer
 from earshot.gateways.talk.signaling import SignalingClient
@@ -83,6 +83,8 @@ class Room:
         self._grace: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()
         self.finish_reason = ""
+        self._transcript: keeping.CallTranscript | None = None
+        self._names: dict[str, str] = {}  # HPB session id -> who speaks (user id, else session)
         self._translations = (
             None
             if translator is None
@@ -98,6 +100,15 @@ class Room:
     def attach(self, signaling: SignalingClient) -> None:
         """Use this signaling client (its events come to this room)."""
         self._signaling = signaling
+
+    def keep(self, transcript: keeping.CallTranscript) -> None:
+        """Keep this call's finals in ``transcript`` (closed with the room)."""
+        self._transcript = transcript
+
+    @property
+    def transcript_id(self) -> str:
+        """The session id this call's transcript is kept under ("" when it is not kept)."""
+        return "" if self._transcript is None else self._transcript.session_id
 
     @property
     def speakers(self) -> list[str]:
@@ -136,6 +147,8 @@ class Room:
             await self._drop_speaker(session_id)
         if self._translations is not None:
             await self._translations.close()
+        if self._transcript is not None:
+            await self._transcript.close()
         if self._signaling is not None:
             await self._signaling.close()
 
@@ -150,6 +163,7 @@ class Room:
             "framesReceived": sum(s.audio.frames for s in self._speakers.values()),
             "framesDropped": sum(s.audio.dropped for s in self._speakers.values()),
             "sessionId": self._signaling.session_id if self._signaling else "",
+            "transcriptId": self.transcript_id,
         }
 
     # SignalingEvents
@@ -201,6 +215,7 @@ class Room:
         for user in users:
             if user.internal:
                 continue
+            self._names[user.session_id] = user.user_id or user.session_id
             self.targets.learn(user.session_id, user.nextcloud_session_id)
             if user.speaks and user.session_id not in self._speakers:
                 self._add_speaker(user.session_id)
@@ -269,6 +284,13 @@ class Room:
             if await self._send(message):
                 sent = True
                 metrics.TALK_CAPTIONS_SENT.labels(kind).inc()
+        if recognition.is_final and self._transcript is not None:
+            self._transcript.add(
+                speaker=self._names.get(speaker_id, speaker_id),
+                text=recognition.text,
+                started_at=keeping.wall_clock(heard.segment_started),
+                ended_at=keeping.wall_clock(heard.chunk_arrived),
+            )
         wanted = self.targets.languages()
         if recognition.is_final and wanted and self._translations is not None:
             self._translations.submit(

@@ -17,7 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from earshot.engines import loading
-from earshot.gateways.talk import harp, roomserving
+from earshot.gateways.talk import harp, keeping, roomserving
 from earshot.gateways.talk.app import Services, create_app
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.gateways.talk.hosting import Rooms
@@ -30,19 +30,28 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def open_services(settings: Settings, talk: TalkSettings) -> AsyncIterator[Services]:
-    """Open the recogniser, the Nextcloud client and, in a cluster, the TalkRoom client."""
+    """Open the recogniser, the Nextcloud client and the journal that keeps calls' transcripts or,
+    in a cluster (where room gateways caption and keep), the TalkRoom client."""
     async with AsyncExitStack() as stack:
         recognizer = await loading.open_recognizer(settings)
         stack.push_async_callback(recognizer.aclose)
         nextcloud = Nextcloud(talk)
         stack.push_async_callback(nextcloud.aclose)
-        talkrooms = None
+        talkrooms, journal = None, None
         if talk.in_cluster:
             talkrooms = KubernetesTalkRooms.in_cluster(talk)
             stack.push_async_callback(talkrooms.aclose)
+        else:
+            journal = await stack.enter_async_context(keeping.open_journal(settings))
         # In a cluster the room gateways caption, not this process: nothing to translate here.
         translator = None if talk.in_cluster else nextcloud.task_processing()
-        rooms = Rooms(talk, recognizer, ice_servers=nextcloud.ice_servers, translator=translator)
+        rooms = Rooms(
+            talk,
+            recognizer,
+            ice_servers=nextcloud.ice_servers,
+            translator=translator,
+            journal=journal,
+        )
         stack.push_async_callback(rooms.aclose)
         yield Services(rooms=rooms, nextcloud=nextcloud, talkrooms=talkrooms)
 
