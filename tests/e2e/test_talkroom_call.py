@@ -348,7 +348,10 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         async with httpx.AsyncClient(base_url=url, headers=appapi_headers(), timeout=30) as http:
             body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": True, "langId": "en"}
             response = await http.post("/api/v1/call/transcribe", json=body)
-            assert (response.status_code, response.json()) == (200, {}), exapp.tail()
+            assert (response.status_code, response.json()) == (
+                200,
+                {"message": "transcription enabled"},
+            ), exapp.tail()
             # Talk heard 200 only once the operator had taken the TalkRoom.
             accepted = await talkroom(api, namespace)
             assert accepted["status"]["observedGeneration"] >= accepted["metadata"]["generation"]

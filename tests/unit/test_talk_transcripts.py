@@ -27,6 +27,7 @@ from earshot.settings import Settings
 from earshot.storage import backends
 from tests.hpb_double import SignalingDouble
 from tests.unit.test_talk_caption_latency import recognizer as recognizer
+from tests.unit.test_talk_exapp import exapp_for, settings_for
 from tests.unit.test_talk_rooms import double as double
 from tests.unit.test_talk_rooms import publish, talk_settings, transcripts, until
 
@@ -168,3 +169,21 @@ async def test_a_two_speaker_call_is_kept_as_one_session_with_who_spoke_when(
     spoken = {(m["speakerSessionId"], m["message"]) for m in finals}
     assert spoken <= {(s.speaker, s.text) for s in kept}  # the double's users have no user id
     assert all(s.started_at and s.ended_at and s.started_at <= s.ended_at for s in kept)
+
+
+async def test_the_exapp_is_unhealthy_when_its_transcripts_cannot_be_kept(
+    double: SignalingDouble, recognizer: Recognizer, tmp_path: Path
+) -> None:
+    async with keeping.open_journal(Settings(cache_dir=tmp_path)) as stopped:
+        assert stopped.healthy
+    # Its spool writer is closed now, as one that died would be.
+    settings = settings_for(double.url)
+    async with exapp_for(settings, recognizer) as app:
+        healthy = await app.http.get("/heartbeat")
+        app.services.rooms.journal = stopped
+        broken = await app.http.get("/heartbeat")
+    assert (healthy.status_code, healthy.json()) == (200, {"status": "ok"})
+    assert (broken.status_code, broken.json()) == (
+        503,
+        {"status": "error", "error": "the spool or its persister stopped working"},
+    )
