@@ -252,3 +252,22 @@ async def test_an_unlisted_origin_is_detected_and_the_languages_are_cached() -> 
     text = await translator.translate("hi", origin="detect_language", target="de", custom_id="x")
     assert text == "[de] hi"
     assert provider.tasks[1]["customId"] == "x"
+
+
+async def test_a_room_switched_to_the_chosen_language_captions_that_participant_again(
+    exapp: ExApp,
+    double: SignalingDouble,
+) -> None:
+    double.participant(ROOM, "carol", in_call=messages.IN_CALL)
+    assert (await transcribe(exapp, "nc-carol", translationTargetLangId="fr")).status_code == 200
+    room = exapp.services.rooms.room(ROOM)
+    assert room is not None
+    await until(lambda: "nc-carol" in room.targets.hpb_by_nextcloud)
+    assert room.targets.translation_sessions("fr") == ["hpb-carol"]
+    assert room.targets.sessions() == []
+    switched = await exapp.call(
+        "POST", "/api/v1/call/set-language", {"roomToken": ROOM, "langId": "fr"}
+    )
+    assert switched.status_code == 200
+    assert (room.lang, room.targets.translating) == ("fr", {})
+    assert room.targets.sessions() == ["hpb-carol"]

@@ -53,6 +53,12 @@ class Targets:
                 self.wanted.discard(nextcloud)
                 self.translating.pop(nextcloud, None)
 
+    def untranslate(self, lang: str) -> None:
+        """Those who chose ``lang`` get captions instead (the room is captioned in it now)."""
+        for nextcloud, chosen in list(self.translating.items()):
+            if chosen == lang:
+                del self.translating[nextcloud]
+
     def sessions(self) -> list[str]:
         """The HPB session ids to send captions in the room's language to now, in a stable order."""
         return self._resolved(n for n in self.wanted if n not in self.translating)

@@ -124,7 +124,7 @@ class Rooms:
                     return
                 room = await self._open(token, chosen)
         if lang is not None:
-            room.lang = chosen
+            room.switch_language(chosen)
         room.enable(nextcloud_session_id, on=enable)
         if enable and translate_to is not None:
             room.translate(nextcloud_session_id, translate_to)
@@ -173,7 +173,7 @@ class Rooms:
             UnsupportedLanguage: ``lang`` is not offered.
         """
         chosen = self.check_language(lang)
-        self._room(token).lang = chosen
+        self._room(token).switch_language(chosen)
 
     async def leave(self, token: str) -> None:
         """Leave a room now.

@@ -120,6 +120,11 @@ class Room:
         self.targets.enable(nextcloud_session_id, on=on)
         self._watch_targets()
 
+    def switch_language(self, lang: str) -> None:
+        """Caption in ``lang`` from now on; who had chosen it as translation gets captions again."""
+        self.lang = lang
+        self.targets.untranslate(lang)
+
     def translate(self, nextcloud_session_id: str, lang: str | None) -> None:
         """Send a participant finals translated into ``lang`` instead of captions (None: stop).
 
