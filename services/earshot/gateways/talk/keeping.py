@@ -11,7 +11,6 @@ left. A spool that cannot be written makes the journal unhealthy, and with it th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -100,8 +99,8 @@ class CallTranscript:
 
     async def close(self) -> None:
         """Spool what is queued, then stop."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
+        if not self._task.done():
+            await self._queue.put(None)  # behind what is queued: the task spools it all first
         try:
             await self._task
         except asyncio.CancelledError:
