@@ -26,6 +26,7 @@ from earshot.events import InvalidSessionId, SessionId, parse_session_id
 from earshot.gateways.g711 import messages, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
+from earshot.persistence import leasing
 from earshot.persistence.records import OutOfRange
 from earshot.persistence.spool import SpoolError
 from earshot.settings import Settings
@@ -76,6 +77,14 @@ SPOOL_FULL = Refusal(
 TAKEN_OVER = Refusal(
     "session_taken_over",
     "a newer connection of this session took over; this one ends and its last segment is stored",
+    CloseCode.NORMAL,
+    reason="session taken over",
+)
+
+LEASE_LOST = Refusal(
+    "session_taken_over",
+    "another gateway process took this session over (this one could not renew its lease in "
+    "time); this connection ends and its last segment is stored",
     CloseCode.NORMAL,
     reason="session taken over",
 )
@@ -183,13 +192,7 @@ async def _capacity(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(older.ended.wait(), HANDOVER_WAIT_SECONDS)
     if session_id in live:
-        return Refusal(
-            "session_in_use",
-            f"session {session_id} is still finishing on another connection; retry later",
-            CloseCode.TRY_AGAIN_LATER,
-            retryable=True,
-            reason="session in use",
-        )
+        return _in_use(session_id, "still finishing on another connection")
     if len(live) >= settings.max_connections:
         return Refusal(
             "too_many_connections",
@@ -199,6 +202,16 @@ async def _capacity(
             reason="too many connections",
         )
     return None
+
+
+def _in_use(session_id: SessionId, where: str) -> Refusal:
+    return Refusal(
+        "session_in_use",
+        f"session {session_id} is {where}; retry later",
+        CloseCode.TRY_AGAIN_LATER,
+        retryable=True,
+        reason="session in use",
+    )
 
 
 def _authorized(websocket: WebSocket, token: str) -> bool:
@@ -224,6 +237,12 @@ async def _stream(
     except StorageError as exc:
         await _close(websocket, _storage_refusal(exc))
         return
+    except leasing.SessionInUse as exc:
+        log.info("%s", exc)
+        in_use = _in_use(session_id, "streaming through another gateway process")
+        _count(in_use, engine)
+        await _close(websocket, in_use)
+        return
     active = metrics.ACTIVE_STREAMS.labels(GATEWAY, engine)
     active.inc()
     try:
@@ -245,6 +264,8 @@ async def _stream(
             log.error("session %s: recognition failed while finishing: %s", session_id, exc)
         finally:
             active.dec()
+            last_seq = transcription.next_seq - 1
+            await services.stores.journal.close_session(session_id, last_seq=last_seq)
 
 
 async def _pump(
@@ -277,6 +298,8 @@ async def _pump(
                 f"{settings.max_frame_bytes} bytes",
                 CloseCode.MESSAGE_TOO_BIG,
             )
+        if transcription.stores.journal.leases.lost(transcription.session_id):
+            return LEASE_LOST
         metrics.FRAMES_RECEIVED.labels(GATEWAY).inc()
         metrics.AUDIO_BYTES_RECEIVED.labels(GATEWAY).inc(len(chunk))
         metrics.AUDIO_SECONDS_RECEIVED.labels(GATEWAY).inc(
