@@ -83,8 +83,10 @@ async def test_a_session_streaming_through_one_gateway_is_refused_by_another(
             }
         ]
         assert (refused.close_code, refused.close_reason) == (1013, "session in use")
-        # Once the first connection ended (its final 1 stored), the second gateway numbers on.
+        # Once the first connection ended (its final 1 stored, its lease released), the second
+        # gateway numbers on.
         assert [seq for seq, _ in await stored(one, SAME, 1)] == [1]
+        assert await _released(one) == 1
         async with connect(session_url(second, SAME)) as after:
             await after.send(CHUNK)
             assert await heard(after) == {"type": "partial", "text": "hearing", "seq": 2}

@@ -11,7 +11,6 @@ import time
 from contextlib import AsyncExitStack
 from importlib import resources
 
-import uvicorn
 from rich.console import Console
 
 from earshot.audio.codecs import Codec
@@ -38,7 +37,7 @@ async def run(settings: Settings, console: Console, *, speed: float) -> None:
             services = await stack.enter_async_context(serving.open_services(settings))
         sock = serving.bind_socket(settings)
         port = sock.getsockname()[1]
-        server = uvicorn.Server(serving.uvicorn_config(settings, services))
+        server = serving.gateway_server(settings, services)
         serving_task = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             console.print(

@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -94,24 +95,65 @@ LEASE_LOST = Refusal(
 HANDOVER_WAIT_SECONDS = 30.0
 
 
+SHUTTING_DOWN = Refusal(
+    "shutting_down",
+    "this gateway is shutting down: the stream ends after its last final; reconnect with the same "
+    "session id to continue",
+    CloseCode.SERVICE_RESTART,
+    retryable=True,
+    reason="service restart",
+)
+
+
 @dataclass(slots=True)
 class _Occupant:
     """A session's connection in this process, until its last segment is stored (``ended``)."""
 
     websocket: WebSocket
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # The handler's task, cancelled by stop() only while it waits for a frame.
+    task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
+    stopping: bool = False
+    receiving: bool = False
+
+    def stop(self) -> None:
+        """Ask the stream to end as the gateway shuts down."""
+        self.stopping = True
+        if self.receiving and self.task is not None:
+            self.task.cancel()
 
 
-def create_app(settings: Settings, services: Services) -> FastAPI:
+class LiveSessions:
+    """The sessions streaming in this process, each until its last segment is stored."""
+
+    def __init__(self) -> None:
+        """None yet."""
+        self.by_id: dict[SessionId, _Occupant] = {}
+        self.draining = False
+
+    async def drain(self) -> None:
+        """End every stream for a shutdown: each recognises what it holds, tells the client its
+        last finals and closes with 1012, so a reconnecting client hears every number."""
+        self.draining = True
+        occupants = list(self.by_id.values())
+        for occupant in occupants:
+            occupant.stop()
+        await asyncio.gather(*(occupant.ended.wait() for occupant in occupants))
+
+
+def create_app(
+    settings: Settings, services: Services, live_sessions: LiveSessions | None = None
+) -> FastAPI:
     """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
 
     ``/health`` answers 503 once the spool writer or the embedded drainer stopped working, so a
-    liveness probe restarts the process.
+    liveness probe restarts the process. ``live_sessions`` lets the server drain the streams
+    before it shuts down.
     """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
-    # Sessions streaming in this process, each until its last segment is stored.
-    live: dict[SessionId, _Occupant] = {}
+    sessions = live_sessions if live_sessions is not None else LiveSessions()
+    live = sessions.by_id
 
     @app.get("/health")
     async def health(response: Response) -> dict[str, str]:
@@ -128,7 +170,9 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     async def transcribe(websocket: WebSocket, session_id: str) -> None:
         await websocket.accept()
         sid = SessionId(session_id)
-        refusal = _admission(websocket, session_id, settings)
+        refusal = (
+            SHUTTING_DOWN if sessions.draining else _admission(websocket, session_id, settings)
+        )
         if refusal is None:
             refusal = await _capacity(live, sid, settings, engine)
         if refusal is not None:
@@ -138,7 +182,7 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
         # No await since _capacity's last check: two connections cannot both pass it.
         occupant = live[sid] = _Occupant(websocket)
         try:
-            await _stream(websocket, sid, settings, services)
+            await _stream(occupant, sid, settings, services)
         finally:
             occupant.ended.set()
             del live[sid]
@@ -222,8 +266,9 @@ def _authorized(websocket: WebSocket, token: str) -> bool:
 
 
 async def _stream(
-    websocket: WebSocket, session_id: SessionId, settings: Settings, services: Services
+    occupant: _Occupant, session_id: SessionId, settings: Settings, services: Services
 ) -> None:
+    websocket = occupant.websocket
     engine = services.recognizer.name
     try:
         transcription = await Transcription.open(
@@ -245,43 +290,72 @@ async def _stream(
         return
     active = metrics.ACTIVE_STREAMS.labels(GATEWAY, engine)
     active.inc()
+    finished = False
     try:
-        refusal = await _pump(websocket, transcription, settings)
+        refusal = await _pump(occupant, transcription, settings)
+        if refusal is SHUTTING_DOWN:
+            # The client is still there: it hears its last finals, then why the stream ends.
+            finished = True
+            await _send(websocket, await _finish(transcription, engine), settings)
         if refusal is not None:
-            # The client hears why at once; finishing then takes no queue slot, but may wait for
-            # a worker.
+            # Otherwise the client hears why at once; finishing then takes no queue slot, but may
+            # wait for a worker.
             _count(refusal, engine)
             await _close(websocket, refusal)
     finally:
-        # Client gone or refused: it can no longer receive these finals, but they are stored.
         try:
-            await transcription.finish()
-        except (StorageError, SpoolError, OutOfRange) as exc:
-            metrics.STORAGE_ERRORS.labels("spool").inc()
-            log.error("session %s: could not spool its last segment: %s", session_id, exc)
-        except EngineError as exc:
-            metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
-            log.error("session %s: recognition failed while finishing: %s", session_id, exc)
+            if not finished:
+                # Client gone or refused: it can no longer receive these finals, but they are
+                # stored.
+                await _finish(transcription, engine)
         finally:
             active.dec()
             last_seq = transcription.next_seq - 1
             await services.stores.journal.close_session(session_id, last_seq=last_seq)
 
 
+async def _finish(transcription: Transcription, engine: str) -> list[messages.ServerMessage]:
+    """Recognise what the stream holds and spool its finals; nothing (logged) when that fails."""
+    try:
+        return await transcription.finish()
+    except (StorageError, SpoolError, OutOfRange) as exc:
+        metrics.STORAGE_ERRORS.labels("spool").inc()
+        log.error("session %s: could not spool its last segment: %s", transcription.session_id, exc)
+    except EngineError as exc:
+        metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+        log.error(
+            "session %s: recognition failed while finishing: %s", transcription.session_id, exc
+        )
+    return []
+
+
 async def _pump(
-    websocket: WebSocket, transcription: Transcription, settings: Settings
+    occupant: _Occupant, transcription: Transcription, settings: Settings
 ) -> Refusal | None:
-    """Move frames into the transcription until the client leaves or a frame is refused.
+    """Move frames into the transcription until the client leaves, a frame is refused or the
+    gateway shuts down.
 
     A client that has started closing can no longer be sent to, but the frames it sent before its
     close are still read and recognised: its audio is stored all the same.
     """
+    websocket = occupant.websocket
     listening = True
     while True:
+        if occupant.stopping:
+            return SHUTTING_DOWN
+        occupant.receiving = True
         try:
             event = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_seconds)
         except TimeoutError:
             return _idle(settings)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not occupant.stopping or task is None:
+                raise
+            task.uncancel()  # stop() cancelled the wait for a frame, nothing else
+            return SHUTTING_DOWN
+        finally:
+            occupant.receiving = False
         if event["type"] == "websocket.disconnect":
             return None
         chunk: bytes | None = event.get("bytes")
@@ -359,6 +433,8 @@ async def _close(websocket: WebSocket, refusal: Refusal) -> None:
 
 
 def _count(refusal: Refusal, engine: str) -> None:
+    if refusal is SHUTTING_DOWN:
+        return  # the process ending, not the stream failing
     if refusal is OVERLOADED:
         metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, engine).inc()
     elif refusal is SPOOL_FULL:
