@@ -76,10 +76,15 @@ class ScriptedDecoder:
 
 @asynccontextmanager
 async def scripted_gateway(
-    settings: Settings, services: Services, *, workers: int = 2
+    settings: Settings,
+    services: Services,
+    *,
+    workers: int = 2,
+    decoder: ScriptedDecoder | None = None,
 ) -> AsyncIterator[tuple[str, ScriptedDecoder]]:
-    """A gateway whose inference queue holds one chunk and waits 0.2 s for room."""
-    decoder = ScriptedDecoder()
+    """A gateway whose inference queue holds one chunk and waits 0.2 s for room; ``decoder``: a
+    scripted decoder with other answers."""
+    decoder = decoder if decoder is not None else ScriptedDecoder()
     recognizer = BatchingRecognizer(decoder, workers=workers, queue_size=1, queue_timeout=0.2)
     try:
         async with running_gateway(settings, Services(recognizer, services.stores)) as base:
