@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import pytest_asyncio
@@ -32,85 +34,91 @@ pytestmark = pytest.mark.integration
 SAME = SessionId("same")
 
 
-def _settings(tiny_model_cache: Path, spool: Path, redis_url: str, mysql_url: str) -> Settings:
-    return Settings(
-        cache_dir=tiny_model_cache,
-        partials_url=redis_url,
-        segments_url=mysql_url,
-        spool_dir=spool,
-    )
+@dataclass(frozen=True)
+class Gateway:
+    """One of the two gateways: its base URL and its services."""
+
+    base: str
+    services: Services
 
 
 @pytest_asyncio.fixture
 async def two(
     tiny_model_cache: Path, tmp_path: Path, redis_url: str, mysql_url: str
-) -> AsyncIterator[tuple[Services, Services]]:
-    """The services of two gateways (own spools, shared Redis and MariaDB); the second drains
-    through a sidecar that never runs, so its finals stay in its spool."""
-    first = _settings(tiny_model_cache, tmp_path / "first", redis_url, mysql_url)
-    second = _settings(tiny_model_cache, tmp_path / "second", redis_url, mysql_url)
-    async with AsyncExitStack() as stack:
-        one = await stack.enter_async_context(serving.open_services(first))
-        other = await stack.enter_async_context(
-            serving.open_services(second.model_copy(update={"persister": "sidecar"}))
+) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    """Two scripted gateways (own spools, shared Redis and MariaDB); the first stores its finals
+    (embedded persister), the second drains through a sidecar that never runs, so its finals stay
+    in its spool."""
+
+    def settings(spool: str, persister: Literal["embedded", "sidecar"]) -> Settings:
+        return Settings(
+            cache_dir=tiny_model_cache,
+            partials_url=redis_url,
+            segments_url=mysql_url,
+            spool_dir=tmp_path / spool,
+            persister=persister,
         )
-        yield one, other
+
+    async with AsyncExitStack() as stack:
+        gateways = []
+        roles: tuple[tuple[str, Literal["embedded", "sidecar"]], ...] = (
+            ("storing", "embedded"),
+            ("spooling", "sidecar"),
+        )
+        for spool, persister in roles:
+            opened = settings(spool, persister)
+            services = await stack.enter_async_context(serving.open_services(opened))
+            base, _ = await stack.enter_async_context(scripted_gateway(opened, services))
+            gateways.append(Gateway(base, services))
+        yield gateways[0], gateways[1]
 
 
 async def test_a_session_streaming_through_one_gateway_is_refused_by_another(
-    tiny_model_cache: Path, tmp_path: Path, redis_url: str, two: tuple[Services, Services]
+    two: tuple[Gateway, Gateway],
 ) -> None:
-    one, other = two
-    settings = _settings(tiny_model_cache, tmp_path, redis_url, "")
-    async with (
-        scripted_gateway(settings, one) as (first, _),
-        scripted_gateway(settings, other) as (second, _),
-    ):
-        async with connect(session_url(first, SAME)) as streaming:
-            await streaming.send(CHUNK)
-            assert await heard(streaming) == {"type": "partial", "text": "hearing", "seq": 1}
-            async with connect(session_url(second, SAME)) as refused:
-                told = await until_closed(refused)
-            # The first stream goes on undisturbed.
-            await streaming.send(CHUNK)
-            assert await heard(streaming) == {"type": "partial", "text": "hearing", "seq": 1}
-        assert told == [
-            {
-                "type": "error",
-                "code": "session_in_use",
-                "message": "session same is streaming through another gateway process; retry later",
-                "retryable": True,
-            }
-        ]
-        assert (refused.close_code, refused.close_reason) == (1013, "session in use")
-        # Once the first connection ended (its final 1 stored, its lease released), the second
-        # gateway numbers on.
-        assert [seq for seq, _ in await stored(one, SAME, 1)] == [1]
-        assert await _released(one) == 1
-        async with connect(session_url(second, SAME)) as after:
-            await after.send(CHUNK)
-            assert await heard(after) == {"type": "partial", "text": "hearing", "seq": 2}
+    storing, spooling = two
+    first, second, one = storing.base, spooling.base, storing.services
+    async with connect(session_url(first, SAME)) as streaming:
+        await streaming.send(CHUNK)
+        assert await heard(streaming) == {"type": "partial", "text": "hearing", "seq": 1}
+        async with connect(session_url(second, SAME)) as refused:
+            told = await until_closed(refused)
+        # The first stream goes on undisturbed.
+        await streaming.send(CHUNK)
+        assert await heard(streaming) == {"type": "partial", "text": "hearing", "seq": 1}
+    assert told == [
+        {
+            "type": "error",
+            "code": "session_in_use",
+            "message": "session same is streaming through another gateway process; retry later",
+            "retryable": True,
+        }
+    ]
+    assert (refused.close_code, refused.close_reason) == (1013, "session in use")
+    # Once the first connection ended (its final 1 stored, its lease released), the second
+    # gateway numbers on.
+    assert [seq for seq, _ in await stored(one, SAME, 1)] == [1]
+    assert await _released(one) == 1
+    async with connect(session_url(second, SAME)) as after:
+        await after.send(CHUNK)
+        assert await heard(after) == {"type": "partial", "text": "hearing", "seq": 2}
 
 
 async def test_the_next_gateway_numbers_on_from_a_released_lease_before_the_stores_know(
-    tiny_model_cache: Path, tmp_path: Path, redis_url: str, two: tuple[Services, Services]
+    two: tuple[Gateway, Gateway],
 ) -> None:
-    one, other = two
-    settings = _settings(tiny_model_cache, tmp_path, redis_url, "")
-    async with (
-        scripted_gateway(settings, other) as (spooling, _),
-        scripted_gateway(settings, one) as (storing, _),
-    ):
-        # Through the gateway whose finals stay in its spool: final 1 is told, in no store.
-        async with connect(session_url(spooling, SAME)) as ws:
-            await ws.send(CHUNK)
-            await heard(ws)
-        assert await other.stores.segments.last_seq(SAME) == 0
-        assert await other.stores.partials.last_seq(SAME) == 0
-        assert await _released(other) == 1
-        async with connect(session_url(storing, SAME)) as ws:
-            await ws.send(CHUNK)
-            assert await heard(ws) == {"type": "partial", "text": "hearing", "seq": 2}
+    storing, spooling = two
+    other = spooling.services
+    # Through the gateway whose finals stay in its spool: final 1 is told, in no store.
+    async with connect(session_url(spooling.base, SAME)) as ws:
+        await ws.send(CHUNK)
+        await heard(ws)
+    assert await other.stores.segments.last_seq(SAME) == 0
+    assert await other.stores.partials.last_seq(SAME) == 0
+    assert await _released(other) == 1
+    async with connect(session_url(storing.base, SAME)) as ws:
+        await ws.send(CHUNK)
+        assert await heard(ws) == {"type": "partial", "text": "hearing", "seq": 2}
 
 
 async def _released(services: Services) -> int:
