@@ -32,6 +32,7 @@ from earshot.gateways.g711 import client
 from earshot_operator import dataplane, gateways, manifests, resources
 from earshot_operator.dataplane import Env
 from earshot_operator.settings import OperatorSettings
+from tests import gateway
 from tests.persister import rows, stored_finals, wait_until
 from tests.servers import free_port
 
@@ -158,16 +159,7 @@ async def pod(
 async def _until_closed(
     url: str, send: list[bytes], *, token: str | None = TOKEN
 ) -> tuple[list[dict[str, object]], int | None, str]:
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    received: list[dict[str, object]] = []
-    async with connect(url, additional_headers=headers) as ws:
-        with contextlib.suppress(ConnectionClosed):
-            for frame in send:
-                await ws.send(frame)
-        with contextlib.suppress(ConnectionClosed):
-            async for raw in ws:
-                received.append(json.loads(raw))
-        return received, ws.close_code, ws.close_reason or ""
+    return await gateway.until_closed(url, send, token=token)
 
 
 async def test_the_sessions_pod_serves_its_session_for_its_user_and_refuses_the_rest(
