@@ -175,6 +175,8 @@ def create_app(
         )
         if refusal is None:
             refusal = await _capacity(live, sid, settings, engine)
+        if refusal is None and sessions.draining:  # the drain began while this one waited
+            refusal = SHUTTING_DOWN
         if refusal is not None:
             _count(refusal, engine)
             await _close(websocket, refusal)
