@@ -16,6 +16,7 @@ from typing import Literal
 
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
 from earshot.events import SessionId
@@ -25,7 +26,7 @@ from earshot.persistence import leasing
 from earshot.settings import Settings
 from earshot.storage.memory import MemoryPartialStore
 from earshot.storage.ports import LeaseClaim, PartialStore
-from earshot.storage.redis_partials import RedisPartialStore
+from earshot.storage.redis_partials import RedisPartialStore, lease_key
 from tests.gateway import session_url
 from tests.integration.scripted import CHUNK, heard, scripted_gateway, stored, until_closed
 
@@ -119,6 +120,32 @@ async def test_the_next_gateway_numbers_on_from_a_released_lease_before_the_stor
     async with connect(session_url(storing.base, SAME)) as ws:
         await ws.send(CHUNK)
         assert await heard(ws) == {"type": "partial", "text": "hearing", "seq": 2}
+
+
+async def test_a_stream_whose_lease_another_process_took_is_ended_and_stored(
+    two: tuple[Gateway, Gateway], redis_url: str
+) -> None:
+    storing, _ = two
+    async with connect(session_url(storing.base, SAME)) as ws:
+        await ws.send(CHUNK)
+        assert await heard(ws) == {"type": "partial", "text": "hearing", "seq": 1}
+        # Its lease lapsed unseen (Redis unreachable past the TTL) and another process took it.
+        async with Redis.from_url(redis_url) as redis:
+            await redis.set(lease_key(SAME), "held:another-process")
+        await storing.services.stores.journal.leases.renew()
+        await ws.send(CHUNK)
+        ended = await until_closed(ws)
+    assert ended == [
+        {
+            "type": "error",
+            "code": "session_taken_over",
+            "message": "another gateway process took this session over (this one could not renew "
+            "its lease in time); this connection ends and its last segment is stored",
+            "retryable": False,
+        }
+    ]
+    assert (ws.close_code, ws.close_reason) == (1000, "session taken over")
+    assert [seq for seq, _ in await stored(storing.services, SAME, 1)] == [1]
 
 
 async def _released(services: Services) -> int:
