@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Response, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from earshot import metrics
@@ -90,6 +92,12 @@ LEASE_LOST = Refusal(
     reason="session taken over",
 )
 
+# Once the gateway shuts down, a stream still reads what its client sent (a client that already left
+# is read to its end, as ever) but waits for more only this long between frames and this long in
+# all, then tells its last finals and closes with 1012.
+SHUTDOWN_GAP_SECONDS = 0.25
+SHUTDOWN_WAIT_SECONDS = 1.0
+
 # A new connection of a session waits this long for the session's previous connection to end
 # (its last segment recognised and stored), then is refused.
 HANDOVER_WAIT_SECONDS = 30.0
@@ -115,6 +123,8 @@ class _Occupant:
     task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
     stopping: bool = False
     receiving: bool = False
+    # Seconds spent waiting for frames since stop(): bounded by SHUTDOWN_WAIT_SECONDS.
+    waited: float = 0.0
 
     def stop(self) -> None:
         """Ask the stream to end as the gateway shuts down."""
@@ -343,21 +353,12 @@ async def _pump(
     websocket = occupant.websocket
     listening = True
     while True:
-        if occupant.stopping:
-            return SHUTTING_DOWN
-        occupant.receiving = True
         try:
-            event = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_seconds)
+            event = await _receive(occupant, settings)
         except TimeoutError:
-            return _idle(settings)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not occupant.stopping or task is None:
-                raise
-            task.uncancel()  # stop() cancelled the wait for a frame, nothing else
-            return SHUTTING_DOWN
-        finally:
-            occupant.receiving = False
+            return SHUTTING_DOWN if occupant.stopping else _idle(settings)
+        if event is None:
+            continue  # stop() interrupted a long wait: wait again, briefly
         if event["type"] == "websocket.disconnect":
             return None
         chunk: bytes | None = event.get("bytes")
@@ -406,6 +407,33 @@ async def _pump(
             )
         if listening:
             listening = await _send(websocket, out, settings)
+
+
+async def _receive(occupant: _Occupant, settings: Settings) -> Message | None:
+    """The next message; None when stop() interrupted the wait for it.
+
+    Raises:
+        TimeoutError: none within the idle timeout or, once stopping, the shutdown bounds.
+    """
+    timeout = settings.idle_timeout_seconds
+    if occupant.stopping:
+        timeout = min(SHUTDOWN_GAP_SECONDS, SHUTDOWN_WAIT_SECONDS - occupant.waited)
+        if timeout <= 0:
+            raise TimeoutError
+    stopping, started = occupant.stopping, time.monotonic()
+    occupant.receiving = True
+    try:
+        return await asyncio.wait_for(occupant.websocket.receive(), timeout)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not occupant.stopping or task is None:
+            raise
+        task.uncancel()  # stop() cancelled the wait for a frame, nothing else
+        return None
+    finally:
+        occupant.receiving = False
+        if stopping:
+            occupant.waited += time.monotonic() - started
 
 
 async def _send(
