@@ -225,8 +225,13 @@ async def test_health_and_metrics_are_served(settings: Settings, services: Servi
         async with httpx.AsyncClient() as http_client:
             health = (await http_client.get(f"{http}/health")).json()
             served = await http_client.get(f"{http}/metrics")
-    # Read after the gateway has finished the stream: the client may leave before its last frames
-    # are recognised, and the served exposition would miss them.
+        # The client may leave before its last frames are recognised: read once the gateway has
+        # finished the stream (a shutdown would stop reading after a while).
+        active = {"gateway": "g711", "engine": services.recognizer.name}
+        for _ in range(600):
+            if not prometheus_client.REGISTRY.get_sample_value("earshot_active_streams", active):
+                break
+            await asyncio.sleep(0.1)
     after = prometheus_client.generate_latest().decode()
     assert health == {"status": "ok", "engine": "paraformer"}
     assert served.headers["content-type"].startswith("text/plain")

@@ -92,11 +92,13 @@ LEASE_LOST = Refusal(
     reason="session taken over",
 )
 
-# Once the gateway shuts down, a stream still reads what its client sent (a client that already left
-# is read to its end, as ever) but waits for more only this long between frames and this long in
-# all, then tells its last finals and closes with 1012.
+# Once the gateway shuts down, a stream still reads what its client sent, but stops at a pause of
+# this long between frames or this long after the shutdown began (a client sending in real time
+# while recognition runs slower than real time would never pause), then tells its last finals and
+# closes with 1012. Well within the persister sidecar's own shutdown deadline (10 s by default),
+# which must still store those finals.
 SHUTDOWN_GAP_SECONDS = 0.25
-SHUTDOWN_WAIT_SECONDS = 1.0
+SHUTDOWN_READ_SECONDS = 2.0
 
 # A new connection of a session waits this long for the session's previous connection to end
 # (its last segment recognised and stored), then is refused.
@@ -123,12 +125,13 @@ class _Occupant:
     task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
     stopping: bool = False
     receiving: bool = False
-    # Seconds spent waiting for frames since stop(): bounded by SHUTDOWN_WAIT_SECONDS.
-    waited: float = 0.0
+    # When stop() was called (monotonic seconds).
+    stopped_at: float = 0.0
 
     def stop(self) -> None:
         """Ask the stream to end as the gateway shuts down."""
         self.stopping = True
+        self.stopped_at = time.monotonic()
         if self.receiving and self.task is not None:
             self.task.cancel()
 
@@ -417,10 +420,10 @@ async def _receive(occupant: _Occupant, settings: Settings) -> Message | None:
     """
     timeout = settings.idle_timeout_seconds
     if occupant.stopping:
-        timeout = min(SHUTDOWN_GAP_SECONDS, SHUTDOWN_WAIT_SECONDS - occupant.waited)
-        if timeout <= 0:
+        left = occupant.stopped_at + SHUTDOWN_READ_SECONDS - time.monotonic()
+        if left <= 0:
             raise TimeoutError
-    stopping, started = occupant.stopping, time.monotonic()
+        timeout = min(SHUTDOWN_GAP_SECONDS, left)
     occupant.receiving = True
     try:
         return await asyncio.wait_for(occupant.websocket.receive(), timeout)
@@ -432,8 +435,6 @@ async def _receive(occupant: _Occupant, settings: Settings) -> Message | None:
         return None
     finally:
         occupant.receiving = False
-        if stopping:
-            occupant.waited += time.monotonic() - started
 
 
 async def _send(
