@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from earshot.events import Partial, Segment, SessionId
@@ -107,6 +108,10 @@ class SegmentStore(Protocol):
 
     async def segments(self, session_id: SessionId) -> list[Segment]:
         """Every stored segment of the session, in sequence order."""
+        ...
+
+    async def session(self, session_id: SessionId) -> tuple[str | None, datetime] | None:
+        """The session's user id and creation time, or None when it is not stored."""
         ...
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import uvicorn
 
 from earshot.engines import loading
+from earshot.gateways import stopping
 from earshot.gateways.g711 import handshaking
 from earshot.gateways.g711.app import LiveSessions, Services, create_app
 from earshot.gateways.g711.transcribing import Stores
@@ -46,7 +47,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         yield Services(recognizer, Stores(partials, segments, journal))
 
 
-class GatewayServer(uvicorn.Server):
+class GatewayServer(stopping.Server):
     """uvicorn, but on shutdown (SIGTERM) the streams end first, each telling its client its last
     finals and closing with 1012; uvicorn's own shutdown would close them at once, and a final
     recognised after that would be stored without ever being told."""
@@ -79,6 +80,7 @@ def uvicorn_config(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # the process's logging (text or JSON) is configured by the command
         ws_max_size=settings.max_frame_bytes * _WS_MAX_SIZE_FACTOR,
         # Audio does not compress, and each deflate context holds hundreds of KiB per connection
         # (bench/reports/idle_connections.md): clients that offer it fall back to plain frames.
@@ -96,10 +98,19 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM)."""
+async def serve(settings: Settings) -> int | None:
+    """Serve until interrupted (SIGINT/SIGTERM), then close the services.
+
+    Returns:
+        The signal that stopped the server, or None when it stopped by itself.
+    """
+    # Bound first: a port in use fails before the model is loaded.
+    with bind_socket(settings) as sock:
+        return await _serve_on(sock, settings)
+
+
+async def _serve_on(sock: socket.socket, settings: Settings) -> int | None:
     async with open_services(settings) as services:
-        sock = bind_socket(settings)
         server = gateway_server(settings, services)
         log.info(
             "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, spool %s, "
@@ -112,3 +123,4 @@ async def serve(settings: Settings) -> None:
             settings.resolved_segments_url(),
         )
         await server.serve(sockets=[sock])
+    return server.stopped_by
