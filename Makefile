@@ -39,7 +39,8 @@ system-deps:
 
 # Engines and servers whose installs are more than a pip extra; each script is idempotent and
 # caches under ~/.cache/earshot, so only a machine's first run pays (the Kubernetes binaries of the
-# control plane and the cluster's node: ~10 min). Each step prints how long it took (CI budget).
+# control plane and the cluster's node: 673 s cold on a loaded 2-core machine; all steps 31 min, see
+# README). Each step prints how long it took (CI budget).
 TIMED := bash -c 'start=$$SECONDS; "$$@"; rc=$$?; echo "[prerequisites] $$*: $$((SECONDS - start)) s" >&2; exit $$rc' timed
 prerequisites: $(STAMP) system-deps
 	NO_TORCH_COMPILE=1 $(TIMED) bash tests/kyutai_setup.sh $(VENV)

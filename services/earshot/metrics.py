@@ -208,6 +208,12 @@ PERSISTER_BATCH_RECORDS = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 
+# One session's final numbered alike by two writers (two gateway processes without a shared
+# lease): the segment store keeps the first text, this counts each other one it was offered.
+SEGMENT_CONFLICTS = Counter(
+    "earshot_segment_conflicts_total",
+    "Finals offered for a (session, seq) already stored with another text (the first is kept).",
+)
 
 # --- series that exist before their first event ------------------------------------------------
 #: A labelled counter has no series until its first increment, so rate(), increase() and the

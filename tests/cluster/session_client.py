@@ -77,6 +77,8 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         if time.monotonic() > deadline:
             return 1
+        if result.close_code == 1013:  # e.g. the old pod still holds the session: back off
+            await asyncio.sleep(0.5)
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,7 @@
 still finishing on an older connection past the handover wait, a final too long to store, and no
 unhandled traceback while the inference queue refuses a stream.
 
-Same real uvicorn gateway and batching recogniser as test_g711_limits.py, around its scripted decoder.
+The real uvicorn gateway and batching recogniser of tests/integration/scripted.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from earshot.persistence.draining import Drainer
 from earshot.persistence.records import MAX_TEXT_BYTES
 from earshot.settings import Settings
 from tests.gateway import session_url
-from tests.integration.test_g711_limits import (
+from tests.integration.scripted import (
     CHUNK,
     ScriptedDecoder,
     ScriptedStream,
@@ -90,10 +90,9 @@ class TooLongSecondFinal(ScriptedDecoder):
 
 
 async def test_a_final_too_long_to_store_closes_with_1011_and_keeps_the_earlier_finals(
-    settings: Settings, services: Services, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, services: Services
 ) -> None:
-    monkeypatch.setattr("tests.integration.test_g711_limits.ScriptedDecoder", TooLongSecondFinal)
-    async with scripted_gateway(settings, services) as (base, _):
+    async with scripted_gateway(settings, services, decoder=TooLongSecondFinal()) as (base, _):
         async with connect(session_url(base, "long")) as ws:
             await ws.send(CHUNK)
             assert await heard(ws) == {"type": "final", "text": "first", "seq": 1}

@@ -16,7 +16,6 @@ import prometheus_client
 import pytest
 from pydantic import SecretStr
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from earshot.audio.codecs import Codec
 from earshot.cli import demoing, streaming
@@ -28,7 +27,7 @@ from earshot.events import Recognition, SessionId
 from earshot.gateways.g711 import client
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
-from tests.gateway import running_gateway, session_url
+from tests.gateway import running_gateway, session_url, until_closed
 
 FRAME_SECONDS = 0.02
 
@@ -129,25 +128,11 @@ async def test_return_transcription_false_stores_but_sends_nothing(
     assert await services.stores.segments.segments(SessionId("quiet"))
 
 
-async def _refused(
-    url: str, send: list[bytes | str]
-) -> tuple[list[dict[str, object]], int | None, str]:
-    received: list[dict[str, object]] = []
-    async with connect(url) as ws:
-        with contextlib.suppress(ConnectionClosed):
-            for frame in send:
-                await ws.send(frame)
-        with contextlib.suppress(ConnectionClosed):
-            async for raw in ws:
-                received.append(json.loads(raw))
-        return received, ws.close_code, ws.close_reason or ""
-
-
 async def test_text_frame_is_refused_with_1003_and_keeps_what_was_recognised(
     settings: Settings, services: Services
 ) -> None:
     async with running_gateway(settings, services) as base:
-        received, code, _ = await _refused(
+        received, code, _ = await until_closed(
             session_url(base, "texty"), [*speech_frames(), '{"type":"start"}']
         )
     assert code == 1003
@@ -162,7 +147,7 @@ async def test_text_frame_is_refused_with_1003_and_keeps_what_was_recognised(
 
 async def test_empty_frame_is_refused_with_1007(settings: Settings, services: Services) -> None:
     async with running_gateway(settings, services) as base:
-        received, code, _ = await _refused(session_url(base, "empty"), [b"\xd5" * 160, b""])
+        received, code, _ = await until_closed(session_url(base, "empty"), [b"\xd5" * 160, b""])
     assert code == 1007
     assert received[-1]["code"] == "invalid_audio"
     assert received[-1]["message"] == "empty audio frame"
@@ -173,7 +158,9 @@ async def test_odd_length_pcm16_frame_is_refused_with_1007(
 ) -> None:
     pcm = settings.model_copy(update={"audio_codec": Codec.PCM16LE})
     async with running_gateway(pcm, services) as base:
-        received, code, _ = await _refused(session_url(base, "odd"), [b"\x00" * 320, b"\x00" * 321])
+        received, code, _ = await until_closed(
+            session_url(base, "odd"), [b"\x00" * 320, b"\x00" * 321]
+        )
     assert code == 1007
     assert received[-1]["message"] == (
         "pcm16le frame has 321 bytes; a whole number of 2-byte samples is required"
@@ -185,7 +172,7 @@ async def test_oversized_frame_is_refused_with_1009_naming_the_limit(
 ) -> None:
     small = settings.model_copy(update={"max_frame_bytes": 1000})
     async with running_gateway(small, services) as base:
-        received, code, _ = await _refused(session_url(base, "big"), [b"\xd5" * 1001])
+        received, code, _ = await until_closed(session_url(base, "big"), [b"\xd5" * 1001])
     assert code == 1009
     assert received[-1]["code"] == "frame_too_large"
     assert received[-1]["message"] == "audio frame of 1001 bytes exceeds the limit of 1000 bytes"
@@ -199,7 +186,7 @@ async def test_invalid_session_id_is_refused_with_1008(
     settings: Settings, services: Services, session_id: str, why: str
 ) -> None:
     async with running_gateway(settings, services) as base:
-        received, code, _ = await _refused(session_url(base, session_id), [])
+        received, code, _ = await until_closed(session_url(base, session_id), [])
     assert code == 1008
     assert received[-1]["code"] == "invalid_session_id"
     assert why in str(received[-1]["message"])
@@ -210,7 +197,7 @@ async def test_token_is_required_when_the_session_has_one(
 ) -> None:
     guarded = settings.model_copy(update={"access_token": SecretStr("s3cret")})
     async with running_gateway(guarded, services) as base:
-        received, code, _ = await _refused(session_url(base, "guarded"), [b"\xd5" * 160])
+        received, code, _ = await until_closed(session_url(base, "guarded"), [b"\xd5" * 160])
         by_header = await stream_sample(session_url(base, "guarded"), token="s3cret")
         by_query = await stream_sample(session_url(base, "guarded") + "?token=s3cret")
     assert code == 1008
@@ -238,8 +225,13 @@ async def test_health_and_metrics_are_served(settings: Settings, services: Servi
         async with httpx.AsyncClient() as http_client:
             health = (await http_client.get(f"{http}/health")).json()
             served = await http_client.get(f"{http}/metrics")
-    # Read after the gateway has finished the stream: the client may leave before its last frames
-    # are recognised, and the served exposition would miss them.
+        # The client may leave before its last frames are recognised: read once the gateway has
+        # finished the stream (a shutdown would stop reading after a while).
+        active = {"gateway": "g711", "engine": services.recognizer.name}
+        for _ in range(600):
+            if not prometheus_client.REGISTRY.get_sample_value("earshot_active_streams", active):
+                break
+            await asyncio.sleep(0.1)
     after = prometheus_client.generate_latest().decode()
     assert (health["status"], health["engine"], health["model_status"]) == (
         "ok",
@@ -316,7 +308,9 @@ async def test_overload_sends_the_error_then_closes_with_1013(
                     assert await asyncio.to_thread(gated.entered.wait, 10.0)
                     await b.send(b"\xd5" * 160)
                     await asyncio.sleep(0.3)
-                    received, code, reason = await _refused(session_url(base, "c"), [b"\xd5" * 160])
+                    received, code, reason = await until_closed(
+                        session_url(base, "c"), [b"\xd5" * 160]
+                    )
                     gated.gate.set()
             finally:
                 gated.gate.set()

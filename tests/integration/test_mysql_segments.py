@@ -12,6 +12,7 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from earshot import metrics
 from earshot.events import Segment, SessionId
 from earshot.storage import backends, sql_segments
 from earshot.storage.ports import SegmentStore, StorageError
@@ -149,6 +150,25 @@ async def test_repeated_segment_is_stored_once_with_its_first_text(
 
     assert await rows(db, "SELECT segment_seq, content FROM segments") == [(1, "first")]
     assert await store.segments(SESSION) == [segment(1, "first")]
+
+
+async def test_a_second_text_for_a_number_the_older_server_stored_is_logged_and_counted(
+    mysql_url: str, db: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with db.begin() as conn:
+        for statement in OLDER_SERVER_DDL:
+            await conn.execute(text(statement))
+    store = await backends.open_segment_store(mysql_url)
+    try:
+        conflicts = metrics.SEGMENT_CONFLICTS._value.get()
+        await store.add_segments([segment(2, "old two"), segment(3, "three")], users={})
+        assert metrics.SEGMENT_CONFLICTS._value.get() == conflicts
+        await store.add_segments([segment(1, "not the old one")], users={})
+        assert metrics.SEGMENT_CONFLICTS._value.get() == conflicts + 1
+        assert [s.text for s in await store.segments(SESSION)] == ["old one", "old two", "three"]
+    finally:
+        await store.aclose()
+    assert "final 1 is stored as 'old one'" in caplog.text
 
 
 async def test_segments_come_back_in_order_with_unicode_text_and_last_seq(

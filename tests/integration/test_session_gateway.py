@@ -15,34 +15,16 @@ from pathlib import Path
 import prometheus_client
 import pytest
 from pydantic import SecretStr
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from earshot.events import SessionId
 from earshot.gateways.g711 import client, serving
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
-from tests.gateway import running_gateway, session_url
+from tests.gateway import running_gateway, session_url, until_closed
 from tests.integration.test_g711_gateway import speech_frames, stream_sample
 from tests.persister import rows
 
 pytestmark = pytest.mark.integration
-
-
-async def _until_closed(
-    url: str, send: list[bytes], *, token: str | None = None
-) -> tuple[list[dict[str, object]], int | None, str]:
-    """Send ``send`` as fast as possible, then read until the server closes."""
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    received: list[dict[str, object]] = []
-    async with connect(url, additional_headers=headers) as ws:
-        with contextlib.suppress(ConnectionClosed):
-            for frame in send:
-                await ws.send(frame)
-        with contextlib.suppress(ConnectionClosed):
-            async for raw in ws:
-                received.append(json.loads(raw))
-        return received, ws.close_code, ws.close_reason or ""
 
 
 async def test_a_gateway_made_for_a_session_refuses_another_id_with_1008_naming_its_own(
@@ -50,7 +32,7 @@ async def test_a_gateway_made_for_a_session_refuses_another_id_with_1008_naming_
 ) -> None:
     own = settings.model_copy(update={"session_id": "call-1"})
     async with running_gateway(own, services) as base:
-        received, code, _ = await _until_closed(session_url(base, "call-2"), [b"\xd5" * 160])
+        received, code, _ = await until_closed(session_url(base, "call-2"), [b"\xd5" * 160])
         served = await stream_sample(session_url(base, "call-1"))
     assert code == 1008
     assert received == [
@@ -74,7 +56,7 @@ async def test_the_session_id_is_told_only_to_a_client_with_the_token(
         update={"session_id": "call-1", "access_token": SecretStr("s3cret"), "auth": "token"}
     )
     async with running_gateway(own, services) as base:
-        received, code, _ = await _until_closed(session_url(base, "call-2"), [])
+        received, code, _ = await until_closed(session_url(base, "call-2"), [])
     assert code == 1008
     assert [m["code"] for m in received] == ["unauthorized"]
     assert "call-1" not in json.dumps(received)
@@ -96,7 +78,7 @@ async def test_auth_token_refuses_a_client_without_the_token_and_admits_one_with
 ) -> None:
     guarded = settings.model_copy(update={"auth": "token", "access_token": SecretStr("s3cret")})
     async with running_gateway(guarded, services) as base:
-        refused, code, _ = await _until_closed(session_url(base, "door"), [b"\xd5" * 160])
+        refused, code, _ = await until_closed(session_url(base, "door"), [b"\xd5" * 160])
         admitted = await stream_sample(session_url(base, "door"), token="s3cret")
     assert code == 1008
     assert [m["code"] for m in refused] == ["unauthorized"]
@@ -122,7 +104,7 @@ async def test_a_stream_without_audio_for_the_idle_timeout_is_finalised_stored_a
     idle = settings.model_copy(update={"idle_timeout_seconds": 1.0})
     async with running_gateway(idle, services) as base:
         started = time.monotonic()
-        received, code, reason = await _until_closed(
+        received, code, reason = await until_closed(
             session_url(base, "quiet"), speech_frames(trailing_silence=False)
         )
         waited = time.monotonic() - started
@@ -171,7 +153,7 @@ async def test_an_idle_close_is_counted(settings: Settings, services: Services) 
     before = closes()
     idle = settings.model_copy(update={"idle_timeout_seconds": 0.2})
     async with running_gateway(idle, services) as base:
-        _, code, _ = await _until_closed(session_url(base, "counted"), [])
+        _, code, _ = await until_closed(session_url(base, "counted"), [])
     assert code == 1000
     assert closes() == before + 1
 

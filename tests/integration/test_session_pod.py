@@ -32,6 +32,7 @@ from earshot.gateways.g711 import client
 from earshot_operator import dataplane, gateways, manifests, resources
 from earshot_operator.dataplane import Env
 from earshot_operator.settings import OperatorSettings
+from tests import gateway
 from tests.persister import rows, stored_finals, wait_until
 from tests.servers import free_port
 
@@ -159,16 +160,7 @@ async def pod(
 async def _until_closed(
     url: str, send: list[bytes], *, token: str | None = TOKEN
 ) -> tuple[list[dict[str, object]], int | None, str]:
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    received: list[dict[str, object]] = []
-    async with connect(url, additional_headers=headers) as ws:
-        with contextlib.suppress(ConnectionClosed):
-            for frame in send:
-                await ws.send(frame)
-        with contextlib.suppress(ConnectionClosed):
-            async for raw in ws:
-                received.append(json.loads(raw))
-        return received, ws.close_code, ws.close_reason or ""
+    return await gateway.until_closed(url, send, token=token)
 
 
 async def test_the_sessions_pod_serves_its_session_for_its_user_and_refuses_the_rest(
@@ -202,3 +194,55 @@ async def test_the_sessions_pod_serves_its_session_for_its_user_and_refuses_the_
 
 def _speech_to_the_end() -> list[bytes]:
     return client.frames_of(demoing.sample_audio(), codec=Codec.ALAW, rate=8000, frame_ms=20)
+
+
+async def test_a_sigterm_mid_segment_tells_the_pending_final_then_closes_with_1012(
+    pod: Pod, mysql_url: str
+) -> None:
+    """What the kubelet does when a gateway pod is deleted: the segment being spoken is
+    recognised, stored and told, then the client is asked to reconnect; nothing is stored untold."""
+    received: list[dict[str, Any]] = []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with connect(pod.url("pbx:call-42"), additional_headers=headers) as ws:
+
+        async def speak() -> None:
+            # Speech without pauses long enough for the idle timeout, at real time.
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    for frame in _speech_to_the_end():
+                        await ws.send(frame)
+                        await asyncio.sleep(0.02)
+
+        speaking = asyncio.create_task(speak())
+        terminated = False
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    message = json.loads(raw)
+                    received.append(message)
+                    finals = sum(m["type"] == "final" for m in received)
+                    if message["type"] == "partial" and finals > 0 and not terminated:
+                        terminated = True
+                        pod.processes[dataplane.GATEWAY_CONTAINER].send_signal(signal.SIGTERM)
+        finally:
+            speaking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await speaking
+        code, reason = ws.close_code, ws.close_reason
+
+    assert (code, reason) == (1012, "service restart"), (received, pod.log("gateway"))
+    assert received[-1]["code"] == "shutting_down"
+    last_partial = [m for m in received if m["type"] == "partial"][-1]
+    assert received[-2] == {
+        "type": "final",
+        "text": received[-2]["text"],
+        "seq": last_partial["seq"],
+    }
+    told = [(m["seq"], m["text"]) for m in received if m["type"] == "final"]
+    assert [seq for seq, _ in told] == list(range(1, len(told) + 1))
+
+    async def all_stored() -> bool:
+        return len(await stored_finals(mysql_url, "pbx:call-42")) >= len(told)
+
+    await wait_until(all_stored, 30.0, what=f"the told finals\n{pod.log('persister')}")
+    assert await stored_finals(mysql_url, "pbx:call-42") == told

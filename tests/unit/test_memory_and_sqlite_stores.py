@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from earshot import metrics
 from earshot.events import Partial, Segment, SessionId
 from earshot.storage import backends, sql_segments
 from earshot.storage.memory import MemoryPartialStore
@@ -140,6 +141,24 @@ async def test_sqlite_store_keeps_the_first_write_of_a_repeated_segment(
     await sqlite_store.add_segment(segment(1, "first"))
     await sqlite_store.add_segment(segment(1, "replayed with other text"))
     assert await sqlite_store.segments(SESSION) == [segment(1, "first")]
+
+
+async def test_sqlite_store_logs_and_counts_a_second_text_for_a_stored_number(
+    sqlite_store: SegmentStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    conflicts = metrics.SEGMENT_CONFLICTS._value.get()
+    await sqlite_store.add_segments([segment(1, "first"), segment(2, "second")], users={})
+    # A replay (same texts) is no conflict; another writer's text for number 2 is.
+    await sqlite_store.add_segments(
+        [segment(1, "first"), segment(2, "other writer"), segment(3, "third")], users={}
+    )
+    assert metrics.SEGMENT_CONFLICTS._value.get() == conflicts + 1
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage() == (
+        f"session {SESSION}: final 2 is stored as 'second'; a second text for it, 'other writer', "
+        "is dropped (two writers numbered this session alike)"
+    )
+    assert [s.text for s in await sqlite_store.segments(SESSION)] == ["first", "second", "third"]
 
 
 async def test_sqlite_store_ensure_session_is_idempotent_and_fills_a_missing_user(

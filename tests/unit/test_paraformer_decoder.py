@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,20 @@ def test_loading_uses_the_configured_model_dir(tmp_path: Path) -> None:
 def test_loading_a_model_dir_without_files_names_them(tmp_path: Path) -> None:
     with pytest.raises(tiny_paraformer.ModelFilesMissing, match=r"tokens\.txt"):
         paraformer.load_paraformer(Settings(model_dir=tmp_path, cache_dir=tmp_path))
+
+
+def test_reading_a_streams_text_again_and_again_does_not_grow_the_heap(
+    decoder: paraformer.ParaformerDecoder,
+) -> None:
+    stream = decoder.open()
+    assert feed(decoder, stream, syllables(1.0))  # some text to read back
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            decoder.decode([stream])  # reads the open segment's text each time
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # A leaked string per read (what sherpa-onnx's result.text does) would be ~100 KiB here.
+    assert grown < 16 * 1024, grown

@@ -209,6 +209,42 @@ async def test_a_drainer_waits_for_a_final_to_be_acknowledged(
         await task
 
 
+async def test_a_stopped_sidecar_drainer_stores_what_a_live_writer_appends_until_it_seals(
+    tmp_path: Path, partials: MemoryPartialStore, segments: SqlSegmentStore
+) -> None:
+    # A pod's containers get SIGTERM together; the gateway still spools its last finals after.
+    writer = SpoolWriter(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 20)
+    writer.start()
+    sidecar = Drainer(tmp_path, partials=partials, segments=segments, policy=POLICY)
+    task = asyncio.create_task(sidecar.run())
+    try:
+        await writer.append(final(1))
+        sidecar.stop(10.0)
+        await asyncio.sleep(0.2)  # many rounds: caught up, but the writer is alive
+        assert not task.done()
+        await writer.append(final(2))
+    finally:
+        await writer.close()
+    await asyncio.wait_for(task, 5.0)
+    assert [s.seq for s in await segments.segments(SESSION)] == [1, 2]
+    assert not writer.stream.exists()
+
+
+async def test_a_stopped_drainer_gives_up_on_a_live_writer_at_its_deadline(
+    tmp_path: Path, partials: MemoryPartialStore, segments: SqlSegmentStore
+) -> None:
+    writer = SpoolWriter(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 20)
+    writer.start()
+    try:
+        await writer.append(final(1))
+        sidecar = Drainer(tmp_path, partials=partials, segments=segments, policy=POLICY)
+        await drain(sidecar, deadline=0.3)
+        assert await segments.last_seq(SESSION) == 1
+        assert writer.stream.exists()
+    finally:
+        await writer.close()
+
+
 class CounterlessPartials(MemoryPartialStore):
     """A partial store whose counter cannot be read (Redis is down)."""
 

@@ -80,7 +80,7 @@ async def run(settings: Settings, console: Console, *, speed: float) -> bool:
             services = await stack.enter_async_context(serving.open_services(settings))
         sock = serving.bind_socket(settings)
         port = sock.getsockname()[1]
-        server = stopping.Server(serving.uvicorn_config(settings, services))
+        server = serving.gateway_server(settings, services)
         serving_task = asyncio.create_task(server.serve(sockets=[sock]))
         # Its first step installs the server's signal handlers: from then on Ctrl-C stops the
         # server, the stream ends and the transcript so far is shown.

@@ -8,6 +8,7 @@ runs it on workers, the Triton model calls it from ``execute``), read the enviro
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -168,7 +169,11 @@ class ParaformerDecoder:
         return [Recognition(text=text, is_final=False)]
 
     def _text(self, stream: ParaformerStream) -> str:
-        return str(self._recognizer.get_result(stream.sherpa)).strip()
+        # Not get_result(): in sherpa-onnx 2.0.1 its ``text`` keeps one reference too many, so
+        # every partial read leaked its string (about 40 KiB per 9 s session, bench/reports/
+        # heap_growth.md). The JSON form is an ordinary string.
+        result = json.loads(self._recognizer.get_result_as_json_string(stream.sherpa))
+        return str(result["text"]).strip()
 
 
 def load_paraformer(settings: Settings) -> ParaformerDecoder:

@@ -160,7 +160,8 @@ class Drainer:
         self._wake.set()
 
     def stop(self, deadline_seconds: float) -> None:
-        """Ask :meth:`run` to drain what is there within ``deadline_seconds``, then return."""
+        """Ask :meth:`run` to drain what is there, and what live writers still append until they
+        seal their streams, within ``deadline_seconds``; then return."""
         self._stop_at = time.monotonic() + deadline_seconds
         self._wake.set()
 
@@ -188,7 +189,8 @@ class Drainer:
                 drained = await self._round()
                 self._idle = drained == 0
                 if self._stop_at is not None and (
-                    self.caught_up or time.monotonic() >= self._stop_at
+                    (self.caught_up and not await asyncio.to_thread(self._writers_live))
+                    or time.monotonic() >= self._stop_at
                 ):
                     return
                 if drained == 0:
@@ -203,6 +205,12 @@ class Drainer:
             for claim in self._claims.values():
                 os.close(claim.lock_fd)
             self._claims.clear()
+
+    def _writers_live(self) -> bool:
+        # A pod's containers get SIGTERM together: the gateway then still tells and spools the
+        # finals of its last segments, so a stopping drainer waits (up to its deadline) for
+        # every writer it drains to seal its stream.
+        return any(spool.writer_alive(stream) for stream in self._claims)
 
     async def wait_drained(self, stream: Path, position: Position, *, within: float) -> bool:
         """Wait until ``stream`` is acknowledged up to ``position``; False after ``within`` s."""

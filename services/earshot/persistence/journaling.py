@@ -14,13 +14,14 @@ gateway's ``/health`` fails with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 
 from earshot.events import Partial, Segment, SessionId
-from earshot.persistence import quarantining, resuming
+from earshot.persistence import leasing, quarantining, resuming
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.persistence.records import SessionOpened
 from earshot.persistence.writing import SpoolWriter
@@ -42,10 +43,12 @@ class Journal:
         segments: SegmentStore,
         drainer: Drainer | None,
         store_wait_seconds: float,
+        leases: leasing.Leases,
         draining: asyncio.Task[None] | None = None,
     ) -> None:
         """Wrap an opened writer; prefer :func:`open_journal`."""
         self._draining = draining
+        self.leases = leases
         self._writer = writer
         self._index = index
         self._partials = partials
@@ -68,16 +71,27 @@ class Journal:
         return self._writer.full
 
     async def open_session(self, session_id: SessionId, user_id: str | None = None) -> int:
-        """Record a (re)connection and return the number its next final gets.
+        """Take the session's lease, record a (re)connection and return the number its next final
+        gets; :meth:`close_session` gives the lease back.
 
         Raises:
+            leasing.SessionInUse: another gateway process streams the session.
             StorageError: the segment store cannot be read to continue the numbering.
         """
-        seq = await resuming.next_seq(
-            session_id, self._index, partials=self._partials, segments=self._segments
-        )
+        released = await self.leases.claim(session_id)
+        try:
+            seq = await resuming.next_seq(
+                session_id, self._index, partials=self._partials, segments=self._segments
+            )
+        except BaseException:
+            await self.leases.release(session_id, last_seq=released)
+            raise
         self._append_nowait(SessionOpened(session_id, user_id, datetime.now(UTC)))
-        return seq
+        return max(seq, released + 1)
+
+    async def close_session(self, session_id: SessionId, *, last_seq: int) -> None:
+        """Give the session's lease back once its last final (``last_seq``) is spooled."""
+        await self.leases.release(session_id, last_seq=last_seq)
 
     def partial(self, partial: Partial) -> None:
         """Spool a partial (no fsync, no waiting)."""
@@ -130,6 +144,9 @@ async def open_journal(
         stack.push_async_callback(writer.close)
         await asyncio.to_thread(quarantining.tidy, spool_dir)
         index = await asyncio.to_thread(resuming.scan, spool_dir, skip=writer.stream)
+        leases = leasing.Leases(partials, holder=leasing.process_holder())
+        renewing = asyncio.create_task(leases.run(), name="earshot-session-leases")
+        stack.push_async_callback(_cancel, renewing)
         drainer, task = None, None
         if settings.persister == "embedded":
             drainer = Drainer(
@@ -150,6 +167,7 @@ async def open_journal(
             segments=segments,
             drainer=drainer,
             store_wait_seconds=settings.final_store_wait_seconds,
+            leases=leases,
             draining=task,
         )
 
@@ -163,6 +181,12 @@ async def _finish(drainer: Drainer, task: asyncio.Task[None], deadline: float) -
     except Exception:
         # The drainer logged what stopped it, and /health has failed since.
         log.debug("the embedded persister had stopped on an error")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def drain_policy(settings: Settings) -> DrainPolicy:

@@ -11,11 +11,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from earshot.events import Partial, SessionId
+from earshot.storage.ports import LeaseClaim
 
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
     partial: Partial
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    holder: str
     expires_at: float
 
 
@@ -35,6 +42,7 @@ class MemoryPartialStore:
         self._clock = clock
         self._partials: dict[SessionId, _Entry] = {}
         self._counters: dict[SessionId, int] = {}
+        self._leases: dict[SessionId, _Lease] = {}
 
     async def put_partial(self, partial: Partial) -> None:
         """Replace the session's current partial and restart its TTL."""
@@ -60,6 +68,47 @@ class MemoryPartialStore:
     async def last_seq(self, session_id: SessionId) -> int:
         """The number of the session's last final, 0 when none."""
         return self._counters.get(session_id, 0)
+
+    async def claim_session(
+        self, session_id: SessionId, holder: str, *, ttl_seconds: float
+    ) -> LeaseClaim:
+        """Take the lease unless another holder has it and it has not expired."""
+        lease = self._live_lease(session_id)
+        if lease is not None and lease.holder != holder:
+            return LeaseClaim(False, lease.holder)
+        self._leases[session_id] = _Lease(holder, self._clock() + ttl_seconds)
+        return LeaseClaim(True, holder)
+
+    async def renew_sessions(
+        self, session_ids: Sequence[SessionId], holder: str, *, ttl_seconds: float
+    ) -> list[SessionId]:
+        """Extend the leases; return those another holder took."""
+        lost = []
+        for session_id in session_ids:
+            lease = self._live_lease(session_id)
+            if lease is None:
+                continue  # lapsed or released: not taken back
+            if lease.holder == holder:
+                self._leases[session_id] = _Lease(holder, self._clock() + ttl_seconds)
+            else:
+                lost.append(session_id)
+        return lost
+
+    async def release_session(
+        self, session_id: SessionId, holder: str, *, last_seq: int, keep_seconds: float
+    ) -> None:
+        """Drop the lease if ``holder`` has it: in one process the spool index already knows the
+        last told number, so nothing is kept (nor grows)."""
+        lease = self._leases.get(session_id)
+        if lease is not None and lease.holder == holder:
+            del self._leases[session_id]
+
+    def _live_lease(self, session_id: SessionId) -> _Lease | None:
+        lease = self._leases.get(session_id)
+        if lease is not None and lease.expires_at <= self._clock():
+            del self._leases[session_id]
+            return None
+        return lease
 
     async def current_partial(self, session_id: SessionId) -> Partial | None:
         """The session's current partial, or None when there is none or it expired."""

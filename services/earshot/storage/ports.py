@@ -3,11 +3,16 @@
 Sequence numbers: a session's finals are numbered 1, 2, 3, ... without gaps. The partial store's
 counter (``asr:sess:{id}:seq`` in Redis) holds the number of the last final; the segment store holds
 the segments themselves. A reconnecting session continues from the highest of the two.
+
+Leases: a session streams through one gateway process at a time. The partial store (shared by
+every gateway that shares a segment store) holds each live session's lease, with a TTL that its
+holder keeps renewing, so a holder that died lets its sessions go within that TTL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -16,6 +21,20 @@ from earshot.events import Partial, Segment, SessionId
 
 class StorageError(Exception):
     """A store could not be reached or refused a write."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseClaim:
+    """The answer to a claim of a session's lease.
+
+    ``granted``: the caller holds the lease now. Otherwise ``holder`` names the gateway process
+    that holds it. ``released_seq``: the last final number a previous holder told its client when
+    it let the lease go (0 when unknown), so the new holder never numbers below it.
+    """
+
+    granted: bool
+    holder: str = ""
+    released_seq: int = 0
 
 
 class PartialStore(Protocol):
@@ -37,6 +56,27 @@ class PartialStore(Protocol):
 
     async def last_seq(self, session_id: SessionId) -> int:
         """The counter: the number of the session's last final, 0 when none."""
+        ...
+
+    async def claim_session(
+        self, session_id: SessionId, holder: str, *, ttl_seconds: float
+    ) -> LeaseClaim:
+        """Take the session's lease for ``holder`` unless another holder has it (and it is live)."""
+        ...
+
+    async def renew_sessions(
+        self, session_ids: Sequence[SessionId], holder: str, *, ttl_seconds: float
+    ) -> list[SessionId]:
+        """Extend ``holder``'s leases in one round trip; return those another holder took.
+
+        A lease that lapsed or was released is not taken back: a release may overtake a renewal.
+        """
+        ...
+
+    async def release_session(
+        self, session_id: SessionId, holder: str, *, last_seq: int, keep_seconds: float
+    ) -> None:
+        """Let the lease go if ``holder`` has it, remembering ``last_seq`` for ``keep_seconds``."""
         ...
 
     async def aclose(self) -> None:

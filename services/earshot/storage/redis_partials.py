@@ -4,6 +4,10 @@
   ``ts`` is the partial's time as Unix seconds, a decimal string with microseconds
   (``"1763690000.123456"``): what ``time.time()`` wrote in the older server, and sortable.
 * ``asr:sess:{id}:seq``: the number of the session's last final, an integer string without TTL.
+* ``asr:sess:{id}:gateway``: the session's lease (earshot's own key, unknown to the older server):
+  ``held:<holder>`` with a TTL its holder renews while it streams, then ``free:<last told seq>``
+  for a while after it let go, so that the next holder numbers on even before the last finals
+  are drained into the segment store.
 
 The counter is raised by a Lua script so that it never goes down, whatever order writers run in.
 """
@@ -22,7 +26,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from earshot.events import Partial, SessionId
-from earshot.storage.ports import StorageError
+from earshot.storage.ports import LeaseClaim, StorageError
 
 # KEYS[1] counter, KEYS[2] current hash; ARGV[1] seq. Returns the counter after the call.
 # The hash goes only when its partial belongs to a segment up to seq: a replayed commit must not
@@ -41,6 +45,46 @@ end
 return counter
 """
 
+# KEYS[1] lease; ARGV[1] holder, ARGV[2] TTL in ms. Returns {1, last released seq} when the caller
+# holds the lease now, {0, other holder} when another holder does.
+_CLAIM_LUA = """
+local value = redis.call('GET', KEYS[1])
+local released = '0'
+if value then
+  local kind, rest = string.sub(value, 1, 5), string.sub(value, 6)
+  if kind == 'held:' and rest ~= ARGV[1] then
+    return {0, rest}
+  end
+  if kind == 'free:' then
+    released = rest
+  end
+end
+redis.call('SET', KEYS[1], 'held:' .. ARGV[1], 'PX', ARGV[2])
+return {1, released}
+"""
+
+# KEYS[1] lease; ARGV[1] holder, ARGV[2] TTL in ms. Returns 0 only when another holder has it. A
+# lapsed or released lease is not taken back (a release may overtake a renewal on its way).
+_RENEW_LUA = """
+local value = redis.call('GET', KEYS[1])
+if value == 'held:' .. ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if value == false or string.sub(value, 1, 5) == 'free:' then
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease; ARGV[1] holder, ARGV[2] last told seq, ARGV[3] how long to remember it (ms).
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == 'held:' .. ARGV[1] then
+  redis.call('SET', KEYS[1], 'free:' .. ARGV[2], 'PX', ARGV[3])
+end
+return 0
+"""
+
 # The caller (the persister) retries with its own spool; a store call gives up after a short while.
 _RETRIES = 2
 _SOCKET_TIMEOUT_SECONDS = 5.0
@@ -54,6 +98,15 @@ def current_key(session_id: SessionId) -> str:
 def counter_key(session_id: SessionId) -> str:
     """The key of the session's final counter."""
     return f"asr:sess:{session_id}:seq"
+
+
+def lease_key(session_id: SessionId) -> str:
+    """The key of the session's lease."""
+    return f"asr:sess:{session_id}:gateway"
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def unix_seconds(moment: datetime) -> str:
@@ -74,6 +127,14 @@ def redacted(url: str) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _released_seq(raw: bytes | str) -> int:
+    # A value that is not a number (written by hand) says nothing: fall back to the stores.
+    try:
+        return max(0, int(_text(raw)))
+    except ValueError:
+        return 0
 
 
 @contextlib.contextmanager
@@ -101,6 +162,9 @@ class RedisPartialStore:
         self._ttl = ttl_seconds
         self._where = where
         self._commit_final = client.register_script(_COMMIT_FINAL_LUA)
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_seconds: int) -> RedisPartialStore:
@@ -159,6 +223,39 @@ class RedisPartialStore:
                 f"Redis key {counter_key(session_id)} at {self._where} holds {raw!r}, "
                 "not an integer"
             ) from exc
+
+    async def claim_session(
+        self, session_id: SessionId, holder: str, *, ttl_seconds: float
+    ) -> LeaseClaim:
+        """Take the lease unless another holder has it; one round trip."""
+        args: list[EncodableT] = [holder, _milliseconds(ttl_seconds)]
+        with _storage_errors(self._where):
+            granted, detail = await self._claim(keys=[lease_key(session_id)], args=args)
+        if granted:
+            return LeaseClaim(True, holder, _released_seq(detail))
+        return LeaseClaim(False, _text(detail))
+
+    async def renew_sessions(
+        self, session_ids: Sequence[SessionId], holder: str, *, ttl_seconds: float
+    ) -> list[SessionId]:
+        """Extend the leases in one pipelined round trip; return those another holder took."""
+        if not session_ids:
+            return []
+        args: list[EncodableT] = [holder, _milliseconds(ttl_seconds)]
+        with _storage_errors(self._where):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in session_ids:
+                    await self._renew(keys=[lease_key(session_id)], args=args, client=pipe)
+                answers = await pipe.execute()
+        return [sid for sid, kept in zip(session_ids, answers, strict=True) if not kept]
+
+    async def release_session(
+        self, session_id: SessionId, holder: str, *, last_seq: int, keep_seconds: float
+    ) -> None:
+        """Mark the lease free (if ``holder`` has it) with the last told number."""
+        args: list[EncodableT] = [holder, last_seq, _milliseconds(keep_seconds)]
+        with _storage_errors(self._where):
+            await self._release(keys=[lease_key(session_id)], args=args)
 
     async def current_partial(self, session_id: SessionId) -> Partial | None:
         """The session's current partial, or None when there is none (or it expired)."""

@@ -14,6 +14,7 @@ and read back as aware UTC datetimes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import mysql
@@ -46,8 +48,11 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from earshot import metrics
 from earshot.events import Segment, SessionId
 from earshot.storage.ports import StorageError
+
+log = logging.getLogger(__name__)
 
 # Fixed forever (it is uuid5(NAMESPACE_DNS, "segments.earshot.dev")): ids written by earlier
 # releases must stay reproducible.
@@ -222,11 +227,7 @@ class SqlSegmentStore:
 
     async def add_segment(self, segment: Segment) -> None:
         """Store a segment (and its session's row if missing); a stored (session, seq) is kept."""
-        # MySQL's INSERT IGNORE would also swallow a foreign-key failure and lose the segment:
-        # make sure the session row exists in the same transaction.
-        async with self._transaction() as conn:
-            await conn.execute(self._session_row(segment.session_id, None))
-            await conn.execute(self._insert_segment.values(**_segment_row(segment)))
+        await self.add_segments([segment], users={})
 
     async def add_segments(
         self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
@@ -254,6 +255,27 @@ class SqlSegmentStore:
                     )
             if batch:
                 await conn.execute(self._insert_segment, [_segment_row(s) for s in batch])
+                await self._report_conflicts(conn, batch)
+
+    async def _report_conflicts(self, conn: AsyncConnection, batch: Sequence[Segment]) -> None:
+        """Log and count each final whose number is stored with another text: a replay offers
+        the same text again, but two writers numbering one session alike lose one text here."""
+        # By (session, seq), the unique key: rows the older server wrote have other ids.
+        offered = {(s.session_id, s.seq): s for s in batch}
+        key = tuple_(segments.c.session_id, segments.c.segment_seq)
+        query = select(segments.c.session_id, segments.c.segment_seq, segments.c.content)
+        for session_id, seq, content in (await conn.execute(query.where(key.in_(offered)))).all():
+            segment = offered[(session_id, seq)]
+            if content != segment.text:
+                metrics.SEGMENT_CONFLICTS.inc()
+                log.error(
+                    "session %s: final %d is stored as %r; a second text for it, %r, is dropped "
+                    "(two writers numbered this session alike)",
+                    segment.session_id,
+                    segment.seq,
+                    content[:80],
+                    segment.text[:80],
+                )
 
     def _session_row(self, session_id: SessionId, user_id: str | None) -> Insert:
         now = datetime.now(UTC).replace(tzinfo=None)

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from earshot import metrics
@@ -28,6 +30,7 @@ from earshot.events import InvalidSessionId, SessionId, parse_session_id
 from earshot.gateways.g711 import dumping, messages, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
+from earshot.persistence import leasing
 from earshot.persistence.records import OutOfRange
 from earshot.persistence.spool import SpoolError
 from earshot.settings import Settings
@@ -82,9 +85,35 @@ TAKEN_OVER = Refusal(
     reason="session taken over",
 )
 
+LEASE_LOST = Refusal(
+    "session_taken_over",
+    "another gateway process took this session over (this one could not renew its lease in "
+    "time); this connection ends and its last segment is stored",
+    CloseCode.NORMAL,
+    reason="session taken over",
+)
+
+# Once the gateway shuts down, a stream still reads what its client sent, but stops at a pause of
+# this long between frames or this long after the shutdown began (a client sending in real time
+# while recognition runs slower than real time would never pause), then tells its last finals and
+# closes with 1012. Well within the persister sidecar's own shutdown deadline (10 s by default),
+# which must still store those finals.
+SHUTDOWN_GAP_SECONDS = 0.25
+SHUTDOWN_READ_SECONDS = 2.0
+
 # A new connection of a session waits this long for the session's previous connection to end
 # (its last segment recognised and stored), then is refused.
 HANDOVER_WAIT_SECONDS = 30.0
+
+
+SHUTTING_DOWN = Refusal(
+    "shutting_down",
+    "this gateway is shutting down: the stream ends after its last final; reconnect with the same "
+    "session id to continue",
+    CloseCode.SERVICE_RESTART,
+    retryable=True,
+    reason="service restart",
+)
 
 
 @dataclass(slots=True)
@@ -93,19 +122,53 @@ class _Occupant:
 
     websocket: WebSocket
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # The handler's task, cancelled by stop() only while it waits for a frame.
+    task: asyncio.Task[Any] | None = field(default_factory=asyncio.current_task)
+    stopping: bool = False
+    receiving: bool = False
+    # When stop() was called (monotonic seconds).
+    stopped_at: float = 0.0
+
+    def stop(self) -> None:
+        """Ask the stream to end as the gateway shuts down."""
+        self.stopping = True
+        self.stopped_at = time.monotonic()
+        if self.receiving and self.task is not None:
+            self.task.cancel()
 
 
-def create_app(settings: Settings, services: Services) -> FastAPI:
+class LiveSessions:
+    """The sessions streaming in this process, each until its last segment is stored."""
+
+    def __init__(self) -> None:
+        """None yet."""
+        self.by_id: dict[SessionId, _Occupant] = {}
+        self.draining = False
+
+    async def drain(self) -> None:
+        """End every stream for a shutdown: each recognises what it holds, tells the client its
+        last finals and closes with 1012, so a reconnecting client hears every number."""
+        self.draining = True
+        occupants = list(self.by_id.values())
+        for occupant in occupants:
+            occupant.stop()
+        await asyncio.gather(*(occupant.ended.wait() for occupant in occupants))
+
+
+def create_app(
+    settings: Settings, services: Services, live_sessions: LiveSessions | None = None
+) -> FastAPI:
     """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
 
     ``/health`` answers 503 once the spool writer or the embedded drainer stopped working, so a
-    liveness probe restarts the process.
+    liveness probe restarts the process. ``live_sessions`` lets the server drain the streams
+    before it shuts down.
     """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
     metrics.initialise_gateway(GATEWAY, engine)
-    # Sessions streaming in this process, each until its last segment is stored.
-    live: dict[SessionId, _Occupant] = {}
+    sessions = live_sessions if live_sessions is not None else LiveSessions()
+    live = sessions.by_id
 
     @app.get("/health")
     async def health(response: Response) -> dict[str, Any]:
@@ -136,9 +199,13 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     async def transcribe(websocket: WebSocket, session_id: str) -> None:
         await websocket.accept()
         sid = SessionId(session_id)
-        refusal = _admission(websocket, session_id, settings)
+        refusal = (
+            SHUTTING_DOWN if sessions.draining else _admission(websocket, session_id, settings)
+        )
         if refusal is None:
             refusal = await _capacity(live, sid, settings, engine)
+        if refusal is None and sessions.draining:  # the drain began while this one waited
+            refusal = SHUTTING_DOWN
         if refusal is not None:
             _count(refusal, engine)
             await _close(websocket, refusal)
@@ -146,7 +213,7 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
         # No await since _capacity's last check: two connections cannot both pass it.
         occupant = live[sid] = _Occupant(websocket)
         try:
-            await _stream(websocket, sid, settings, services)
+            await _stream(occupant, sid, settings, services)
         finally:
             occupant.ended.set()
             del live[sid]
@@ -231,13 +298,7 @@ async def _capacity(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(older.ended.wait(), HANDOVER_WAIT_SECONDS)
     if session_id in live:
-        return Refusal(
-            "session_in_use",
-            f"session {session_id} is still finishing on another connection; retry later",
-            CloseCode.TRY_AGAIN_LATER,
-            retryable=True,
-            reason="session in use",
-        )
+        return _in_use(session_id, "still finishing on another connection")
     if len(live) >= settings.max_connections:
         return Refusal(
             "too_many_connections",
@@ -249,6 +310,16 @@ async def _capacity(
     return None
 
 
+def _in_use(session_id: SessionId, where: str) -> Refusal:
+    return Refusal(
+        "session_in_use",
+        f"session {session_id} is {where}; retry later",
+        CloseCode.TRY_AGAIN_LATER,
+        retryable=True,
+        reason="session in use",
+    )
+
+
 def _authorized(websocket: WebSocket, token: str) -> bool:
     header = websocket.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
@@ -257,8 +328,9 @@ def _authorized(websocket: WebSocket, token: str) -> bool:
 
 
 async def _stream(
-    websocket: WebSocket, session_id: SessionId, settings: Settings, services: Services
+    occupant: _Occupant, session_id: SessionId, settings: Settings, services: Services
 ) -> None:
+    websocket = occupant.websocket
     engine = services.recognizer.name
     try:
         transcription = await Transcription.open(
@@ -272,33 +344,58 @@ async def _stream(
     except StorageError as exc:
         await _close(websocket, _storage_refusal(exc))
         return
+    except leasing.SessionInUse as exc:
+        log.info("%s", exc)
+        in_use = _in_use(session_id, "streaming through another gateway process")
+        _count(in_use, engine)
+        await _close(websocket, in_use)
+        return
     active = metrics.ACTIVE_STREAMS.labels(GATEWAY, engine)
     active.inc()
+    finished = False
     try:
-        refusal = await _pump(websocket, transcription, settings)
+        refusal = await _pump(occupant, transcription, settings)
+        if refusal is SHUTTING_DOWN:
+            # The client is still there: it hears its last finals, then why the stream ends.
+            finished = True
+            await _send(websocket, await _finish(transcription, engine), settings)
         if refusal is not None:
-            # The client hears why at once; finishing then takes no queue slot, but may wait for
-            # a worker.
+            # Otherwise the client hears why at once; finishing then takes no queue slot, but may
+            # wait for a worker.
             _count(refusal, engine)
             await _close(websocket, refusal)
     finally:
-        # Client gone or refused: it can no longer receive these finals, but they are stored.
         try:
-            await transcription.finish()
-        except (StorageError, SpoolError, OutOfRange) as exc:
-            metrics.STORAGE_ERRORS.labels("spool").inc()
-            log.error("session %s: could not spool its last segment: %s", session_id, exc)
-        except EngineError as exc:
-            metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
-            log.error("session %s: recognition failed while finishing: %s", session_id, exc)
+            if not finished:
+                # Client gone or refused: it can no longer receive these finals, but they are
+                # stored.
+                await _finish(transcription, engine)
         finally:
             active.dec()
+            last_seq = transcription.next_seq - 1
+            await services.stores.journal.close_session(session_id, last_seq=last_seq)
+
+
+async def _finish(transcription: Transcription, engine: str) -> list[messages.ServerMessage]:
+    """Recognise what the stream holds and spool its finals; nothing (logged) when that fails."""
+    try:
+        return await transcription.finish()
+    except (StorageError, SpoolError, OutOfRange) as exc:
+        metrics.STORAGE_ERRORS.labels("spool").inc()
+        log.error("session %s: could not spool its last segment: %s", transcription.session_id, exc)
+    except EngineError as exc:
+        metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
+        log.error(
+            "session %s: recognition failed while finishing: %s", transcription.session_id, exc
+        )
+    return []
 
 
 async def _pump(
-    websocket: WebSocket, transcription: Transcription, settings: Settings
+    occupant: _Occupant, transcription: Transcription, settings: Settings
 ) -> Refusal | None:
-    """Move frames into the transcription until the client leaves or a frame is refused.
+    """Move frames into the transcription until the client leaves, a frame is refused or the
+    gateway shuts down.
 
     A client that has started closing can no longer be sent to, but the frames it sent before its
     close are still read and recognised: its audio is stored all the same.
@@ -314,24 +411,27 @@ async def _pump(
         else None
     )
     try:
-        return await _pump_frames(websocket, transcription, settings, dump)
+        return await _pump_frames(occupant, transcription, settings, dump)
     finally:
         if dump is not None:
             dump.close()
 
 
 async def _pump_frames(
-    websocket: WebSocket,
+    occupant: _Occupant,
     transcription: Transcription,
     settings: Settings,
     dump: dumping.AudioDump | None,
 ) -> Refusal | None:
+    websocket = occupant.websocket
     listening = True
     while True:
         try:
-            event = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_seconds)
+            event = await _receive(occupant, settings)
         except TimeoutError:
-            return _idle(settings)
+            return SHUTTING_DOWN if occupant.stopping else _idle(settings)
+        if event is None:
+            continue  # stop() interrupted a long wait: wait again, briefly
         if event["type"] == "websocket.disconnect":
             return None
         chunk: bytes | None = event.get("bytes")
@@ -348,6 +448,8 @@ async def _pump_frames(
                 f"{settings.max_frame_bytes} bytes",
                 CloseCode.MESSAGE_TOO_BIG,
             )
+        if transcription.stores.journal.leases.lost(transcription.session_id):
+            return LEASE_LOST
         metrics.FRAMES_RECEIVED.labels(GATEWAY).inc()
         metrics.AUDIO_BYTES_RECEIVED.labels(GATEWAY).inc(len(chunk))
         metrics.AUDIO_SECONDS_RECEIVED.labels(GATEWAY).inc(
@@ -387,6 +489,31 @@ async def _pump_frames(
             listening = await _send(websocket, out, settings)
 
 
+async def _receive(occupant: _Occupant, settings: Settings) -> Message | None:
+    """The next message; None when stop() interrupted the wait for it.
+
+    Raises:
+        TimeoutError: none within the idle timeout or, once stopping, the shutdown bounds.
+    """
+    timeout = settings.idle_timeout_seconds
+    if occupant.stopping:
+        left = occupant.stopped_at + SHUTDOWN_READ_SECONDS - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        timeout = min(SHUTDOWN_GAP_SECONDS, left)
+    occupant.receiving = True
+    try:
+        return await asyncio.wait_for(occupant.websocket.receive(), timeout)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not occupant.stopping or task is None:
+            raise
+        task.uncancel()  # stop() cancelled the wait for a frame, nothing else
+        return None
+    finally:
+        occupant.receiving = False
+
+
 async def _send(
     websocket: WebSocket, out: list[messages.ServerMessage], settings: Settings
 ) -> bool:
@@ -414,6 +541,8 @@ async def _close(websocket: WebSocket, refusal: Refusal) -> None:
 
 
 def _count(refusal: Refusal, engine: str) -> None:
+    if refusal is SHUTTING_DOWN:
+        return  # the process ending, not the stream failing
     if refusal is OVERLOADED:
         metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, engine).inc()
     elif refusal is SPOOL_FULL:

@@ -12,7 +12,7 @@ import uvicorn
 from earshot.engines import loading
 from earshot.gateways import stopping
 from earshot.gateways.g711 import handshaking
-from earshot.gateways.g711.app import Services, create_app
+from earshot.gateways.g711.app import LiveSessions, Services, create_app
 from earshot.gateways.g711.transcribing import Stores
 from earshot.persistence import journaling
 from earshot.settings import Settings
@@ -47,10 +47,36 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         yield Services(recognizer, Stores(partials, segments, journal))
 
 
-def uvicorn_config(settings: Settings, services: Services) -> uvicorn.Config:
+class GatewayServer(stopping.Server):
+    """uvicorn, but on shutdown (SIGTERM) the streams end first, each telling its client its last
+    finals and closing with 1012; uvicorn's own shutdown would close them at once, and a final
+    recognised after that would be stored without ever being told."""
+
+    def __init__(self, config: uvicorn.Config, sessions: LiveSessions) -> None:
+        """Serve ``config``, whose app streams the ``sessions``."""
+        super().__init__(config)
+        self._sessions = sessions
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting, drain the streams, then shut down as uvicorn does."""
+        for server in self.servers:
+            server.close()
+        await self._sessions.drain()
+        await super().shutdown(sockets)
+
+
+def gateway_server(settings: Settings, services: Services) -> GatewayServer:
+    """The uvicorn server of a gateway around opened services."""
+    sessions = LiveSessions()
+    return GatewayServer(uvicorn_config(settings, services, sessions), sessions)
+
+
+def uvicorn_config(
+    settings: Settings, services: Services, sessions: LiveSessions | None = None
+) -> uvicorn.Config:
     """The uvicorn configuration of a gateway around opened services."""
     return uvicorn.Config(
-        create_app(settings, services),
+        create_app(settings, services, sessions),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -85,7 +111,7 @@ async def serve(settings: Settings) -> int | None:
 
 async def _serve_on(sock: socket.socket, settings: Settings) -> int | None:
     async with open_services(settings) as services:
-        server = stopping.Server(uvicorn_config(settings, services))
+        server = gateway_server(settings, services)
         log.info(
             "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, spool %s, "
             "%s persister, segments in %s)",
