@@ -126,7 +126,55 @@ def test_one_step_advances_every_stream_whose_frame_arrived_before_the_tick(
     # each later one every stream still holding a frame.
     assert steps == [(1, 1)] + [(9, 9)] * (frames - 1) + [(8, 9)]
     assert clock.stats.steps == frames + 1
+    assert clock.stats.ticks == frames + 1
     assert clock.stats.advanced == 9 * frames
+
+
+def test_a_stream_that_fell_behind_catches_up_in_steps_of_its_own_within_one_tick(
+    checkpoint: Path,
+) -> None:
+    # The clock is held inside a step while one stream of 20 ms chunks gets ten frames of audio
+    # (as after a slow step) and another gets one: the next tick advances both, then steps the
+    # lagging one alone until it holds no more than its one-frame chunks bring.
+    inside, release = threading.Event(), threading.Event()
+    steps: list[tuple[int, int]] = []
+
+    def observe(advanced: int, live: int) -> None:
+        steps.append((advanced, live))
+        if len(steps) == 1:
+            inside.set()
+            release.wait(10.0)
+
+    clock = DecodingClock(_decoder(checkpoint, 2), observe=observe)
+    answered = threading.Semaphore(0)
+    errors: list[EngineError | None] = []
+
+    def reply(said: list[Recognition], error: EngineError | None) -> None:
+        errors.append(error)
+        answered.release()
+
+    chunks = _pieces(_talk(9)[: FRAME_SAMPLES * 11], 480)
+    try:
+        lagging, steady = clock.open(), clock.open()
+        for chunk in chunks[:4]:
+            clock.submit(lagging, chunk, ends=False, reply=reply)
+        assert inside.wait(10.0)
+        for chunk in chunks[4:44]:
+            clock.submit(lagging, chunk, ends=False, reply=reply)
+        for chunk in chunks[:4]:
+            clock.submit(steady, chunk, ends=False, reply=reply)
+        release.set()
+        for _ in range(48):
+            assert answered.acquire(timeout=20.0)
+    finally:
+        release.set()
+        clock.close()
+    assert errors == [None] * 48
+    # The first tick; a tick of one regular step of both and eight catch-up steps of the lagging
+    # stream, down to the one frame its chunks bring; a tick for that frame. Ten ticks without
+    # catching up.
+    assert steps == [(1, 1), (2, 2)] + [(1, 2)] * 9
+    assert clock.stats.ticks == 3
 
 
 async def test_a_stream_beyond_the_slots_is_refused_at_once_and_may_retry_once_one_is_free(

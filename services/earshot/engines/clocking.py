@@ -14,9 +14,17 @@ Work flows like this: :meth:`DecodingClock.submit` hands audio (or the end of a 
 to the clock's thread, which feeds it to the decoder at once. A stream that has no full frame
 waiting is answered at once (with its partial if its text changed); one that has is answered after
 the tick that leaves it without one, so a chunk's answer holds exactly what its audio made the model
-say, as the unclocked ``decode`` would. A chunk thus waits for at most one tick per frame it
-completes: audio sent faster than real time is decoded at real time, one frame per stream per tick.
-A finished stream is flushed one frame per tick too, then answered with its last final.
+say, as the unclocked ``decode`` would. A chunk that completes one frame waits for at most one
+tick.
+
+Lag: a client sends its next chunk only once the last is answered, so a stream that fell behind
+(the model's silence prefix before its first audio, ticks delayed by a slow step, a client that
+sent a burst) would stay behind for good at one frame per tick. After each tick's step, a stream
+that holds more frames than its largest chunk brought (its own burst: 1 for 20 ms chunks, 3 for
+200 ms ones) gets catch-up steps, with the other lagging streams only, until it holds no more; so
+bursts of a client's usual size are spread over the ticks and never cost a step of their own, and
+a stream joining or falling behind catches up within the tick. A finished stream is flushed one
+frame per tick, then answered with its last final (its flush is not lag: nobody sends after it).
 
 Ticks keep to a grid of ``step_seconds`` while some stream is behind; a late tick runs at once
 and the grid moves on from it, so a slow step delays the streams but never makes a burst of steps.
@@ -42,6 +50,7 @@ class StepStats:
     """What the clock has done since it started.
 
     Attributes:
+        ticks: ticks of the clock that stepped (each runs one step, then any catch-up steps).
         steps: model steps run.
         advanced: stream-steps: the streams each step advanced, summed over the steps.
         live: the live streams (audio sent, not finished and flushed, not failed) at each step,
@@ -49,6 +58,7 @@ class StepStats:
         audio_seconds: seconds of audio the steps consumed per stream (``steps * step_seconds``).
     """
 
+    ticks: int = 0
     steps: int = 0
     advanced: int = 0
     live: int = 0
@@ -63,6 +73,8 @@ class ClockedStream(Generic[StreamT]):
     said: list[Recognition] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     ended: bool = False
+    # The most frames one chunk of the stream brought: more waiting than that is lag.
+    burst: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +110,7 @@ class DecodingClock(Generic[StreamT]):
         self._observe = observe
         self._clock = clock
         self._period = decoder.step_seconds
+        self._frame_samples = round(decoder.step_seconds * decoder.sample_rate)
         self._condition = threading.Condition()
         self._inbox: list[_Submission[StreamT]] = []
         self._closing = False
@@ -190,6 +203,9 @@ class DecodingClock(Generic[StreamT]):
         stream.replies.append(submission.reply)
         self._open.add(stream)
         stream.ended = stream.ended or submission.ends
+        if submission.samples is not None:
+            chunk_frames = -(-submission.samples.size // self._frame_samples)
+            stream.burst = max(stream.burst, chunk_frames)
         try:
             if submission.samples is not None and submission.samples.size:
                 self._decoder.accept(stream.state, submission.samples)
@@ -205,24 +221,36 @@ class DecodingClock(Generic[StreamT]):
             self._answer(stream, None)
 
     def _tick(self) -> None:
+        old = self._stats
+        self._stats = StepStats(old.ticks + 1, old.steps, old.advanced, old.live, old.audio_seconds)
         behind = [s for s in self._live.values() if self._decoder.behind(s.state)]
+        while behind and self._step(behind):
+            behind = [s for s in self._live.values() if self._lagging(s)]
+        for stream in [s for s in self._live.values() if not self._decoder.behind(s.state)]:
+            del self._live[id(stream)]
+            self._answer(stream, None)
+
+    def _lagging(self, stream: ClockedStream[StreamT]) -> bool:
+        return not stream.ended and self._decoder.frames(stream.state) > stream.burst
+
+    def _step(self, streams: list[ClockedStream[StreamT]]) -> bool:
+        """One model step of ``streams``; False when it failed (they are answered with the error)."""
         try:
-            results = self._decoder.step([stream.state for stream in behind])
+            results = self._decoder.step([stream.state for stream in streams])
         except Exception as error:
-            for stream in behind:
+            for stream in streams:
                 del self._live[id(stream)]
                 self._answer(stream, _as_engine_error(error))
-            return
-        self._count(advanced=len(behind), live=max(len(self._open), len(behind)))
-        for stream, said in zip(behind, results, strict=True):
+            return False
+        self._count(advanced=len(streams), live=max(len(self._open), len(streams)))
+        for stream, said in zip(streams, results, strict=True):
             stream.said.extend(said)
-            if not self._decoder.behind(stream.state):
-                del self._live[id(stream)]
-                self._answer(stream, None)
+        return True
 
     def _count(self, *, advanced: int, live: int) -> None:
         old = self._stats
         self._stats = StepStats(
+            ticks=old.ticks,
             steps=old.steps + 1,
             advanced=old.advanced + advanced,
             live=old.live + live,

@@ -95,6 +95,10 @@ class KyutaiStream:
         short = -len(self._audio) % FRAME_SAMPLES
         self.append(np.zeros(short + extra_frames * FRAME_SAMPLES, dtype=np.float32))
 
+    def frames(self) -> int:
+        """How many full 80 ms frames wait for steps."""
+        return len(self._audio) // FRAME_SAMPLES
+
     def has_frame(self) -> bool:
         """Whether 80 ms of audio wait for a step."""
         return len(self._audio) >= FRAME_SAMPLES
@@ -193,6 +197,10 @@ class KyutaiDecoder:
     def behind(self, stream: KyutaiStream) -> bool:
         """Whether a frame, or the flush of a finished stream, waits for a step."""
         return not stream.done and (stream.has_frame() or stream.finished)
+
+    def frames(self, stream: KyutaiStream) -> int:
+        """The full 80 ms frames waiting (the silence prefix and a finished stream's flush too)."""
+        return 0 if stream.done else stream.frames()
 
     def step(self, streams: Sequence[KyutaiStream]) -> list[list[Recognition]]:
         """One model step for the given streams that are behind; see ``SteppedDecoder``."""

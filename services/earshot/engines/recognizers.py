@@ -134,6 +134,10 @@ class SteppedDecoder(BatchDecoder[StreamT], Protocol[StreamT]):
         """Whether a step has work for the stream: a full frame, or the flush of a finished one."""
         ...
 
+    def frames(self, stream: StreamT) -> int:
+        """The full frames of the stream's audio waiting for steps."""
+        ...
+
     def step(self, streams: Sequence[StreamT]) -> list[list[Recognition]]:
         """Advance every given stream that is :meth:`behind` by one frame, in one model step.
 
