@@ -19,9 +19,9 @@ tick.
 
 Lag: a client sends its next chunk only once the last is answered, so a stream that fell behind
 (the model's silence prefix before its first audio, ticks delayed by a slow step, a client that
-sent a burst) would stay behind for good at one frame per tick. After each tick's step, a stream
-that holds more frames than its largest chunk brought (its own burst: 1 for 20 ms chunks, 3 for
-200 ms ones) gets catch-up steps, with the other lagging streams only, until it holds no more; so
+sent a burst) would stay behind for good at one frame per tick. After each tick's step, while a
+stream holds more frames than its largest chunk brought (its own burst: 1 for 20 ms chunks, 3 for
+200 ms ones), the tick runs catch-up steps, each advancing every stream that holds a frame; so
 bursts of a client's usual size are spread over the ticks and never cost a step of their own, and
 a stream joining or falling behind catches up within the tick. A finished stream is flushed one
 frame per tick, then answered with its last final (its flush is not lag: nobody sends after it).
@@ -225,7 +225,10 @@ class DecodingClock(Generic[StreamT]):
         self._stats = StepStats(old.ticks + 1, old.steps, old.advanced, old.live, old.audio_seconds)
         behind = [s for s in self._live.values() if self._decoder.behind(s.state)]
         while behind and self._step(behind):
-            behind = [s for s in self._live.values() if self._lagging(s)]
+            # A step costs the same for one stream as for all: a catch-up step advances every
+            # stream with a frame, so streams that all lag (a slow step) catch up together.
+            lagging = any(self._lagging(s) for s in self._live.values())
+            behind = [s for s in self._live.values() if lagging and self._decoder.frames(s.state)]
         for stream in [s for s in self._live.values() if not self._decoder.behind(s.state)]:
             del self._live[id(stream)]
             self._answer(stream, None)
