@@ -1,7 +1,7 @@
 """The sequences of a Triton streaming model whose decoder runs on a decoding clock.
 
-May do: keep one clocked stream per sequence, start and stop a :class:`DecodingClock` (its thread),
-answer requests from the clock's thread. Must not: import ``triton_python_backend_utils``
+May do: keep one clocked stream per sequence, start and stop a :class:`DecodingClock` (its thread)
+and a thread that answers requests. Must not: import ``triton_python_backend_utils``
 (``model-repo/kyutai_stt/1/model.py`` hands each request and its response sender to
 :meth:`ClockedSequences.submit` and returns), use asyncio, read the environment.
 
@@ -9,12 +9,16 @@ Triton's sequence batcher hands ``execute`` whichever sequences have a request q
 model may answer later, from another thread. So ``execute`` only submits each request to the clock
 and returns at once: the clock steps every live sequence together once per frame period, whatever
 the batches Triton formed, and answers each request once its audio is decoded (see
-:mod:`earshot.engines.clocking`). Requests, their errors and the segment numbers follow the same
+:mod:`earshot.engines.clocking`). Answers (and step observations) go through a queue to a thread of
+their own: sending a response is a round trip to the Triton server, and the clock must not wait
+for tens of them before its next tick. Requests, their errors and the segment numbers follow the same
 contract as :class:`earshot.engines.sequencing.SequenceTable`.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +30,8 @@ from earshot.engines.sequencing import OVERLOADED_MARK, Chunk, OpenSequence, Out
 from earshot.events import Recognition
 
 Answer = Callable[[Outcome], None]
+
+_log = logging.getLogger(__name__)
 
 
 class ClockedSequences(Generic[StreamT]):
@@ -48,7 +54,17 @@ class ClockedSequences(Generic[StreamT]):
             observe: called after each step with the streams advanced and the live streams.
             clock: seconds, monotonic (tests pass their own).
         """
-        self._clock = DecodingClock(decoder, observe=observe)
+        self._outbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(
+            target=self._send, name=f"earshot-{decoder.name}-answers", daemon=True
+        )
+        self._sender.start()
+
+        def observed(advanced: int, live: int) -> None:
+            if observe is not None:
+                self._outbox.put(lambda: observe(advanced, live))
+
+        self._clock = DecodingClock(decoder, observe=observed)
         self._idle_seconds = idle_seconds
         self._now = clock
         self._lock = threading.Lock()
@@ -82,15 +98,27 @@ class ClockedSequences(Generic[StreamT]):
         def reply(said: list[Recognition], error: EngineError | None) -> None:
             if error is not None:
                 self._drop(chunk.corrid, sequence)
-                answer(Outcome(error=str(error)))
+                outcome = Outcome(error=str(error))
             else:
-                answer(numbered(sequence, said))
+                outcome = numbered(sequence, said)
+            self._outbox.put(lambda: answer(outcome))
 
         self._clock.submit(sequence.state, chunk.audio, ends=chunk.end, reply=reply)
 
     def close(self) -> None:
         """Stop the clock; requests still waiting are answered with an error."""
         self._clock.close()
+        self._outbox.put(None)
+        self._sender.join()
+
+    def _send(self) -> None:
+        while (job := self._outbox.get()) is not None:
+            try:
+                job()
+            except Exception:  # one failed send (a cancelled request) must not stop the others
+                _log.exception(
+                    "answering a request of the %s model failed", self._clock.decoder.name
+                )
 
     def _sequence_of(self, chunk: Chunk, now: float) -> OpenSequence[ClockedStream[StreamT]]:
         with self._lock:
