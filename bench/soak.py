@@ -74,10 +74,12 @@ class Sample:
     """One 5-second sample."""
 
     at: float
+    gateway_pid: int | None
     gateway_rss: int
     persister_rss: int
     spool_bytes: int
     drain_lag: float
+    load: float
 
 
 class Gateway:
@@ -224,10 +226,12 @@ async def sampler(
         samples.append(
             Sample(
                 at=time.monotonic() - started,
+                gateway_pid=gateway.process.pid if gateway.process else None,
                 gateway_rss=rss(gateway.process.pid if gateway.process else None),
                 persister_rss=rss(persister._process.pid if persister._process else None),
                 spool_bytes=spool_bytes(spool_dir),
                 drain_lag=await drain_lag(persister),
+                load=os.getloadavg()[0],
             )
         )
         await asyncio.sleep(SAMPLE_SECONDS)
@@ -362,8 +366,9 @@ def report(
     lines = [
         "# soak: real-time streams with MariaDB, Redis, persister and gateway failures",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work while it "
-        f"ran: one run, timings noisy), Python {platform.python_version()}. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average (1 min) median "
+        f"{statistics.median(s.load for s in samples) if samples else float('nan'):.1f} while it "
+        f"ran; Python {platform.python_version()}. "
         f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         f"Command: `python -m bench.soak --minutes {minutes:g} --streams {streams}`. "
         "Gateway `earshot serve` (tiny random-weight Paraformer, in process) with the persister "
@@ -409,12 +414,73 @@ def report(
         )
     high = max((s.spool_bytes for s in samples), default=0)
     lag = max((s.drain_lag for s in samples if s.drain_lag == s.drain_lag), default=0.0)
+    flatness = rss_flatness(samples)
+    ok = ok and bool(flatness) and all(f.flat for f in flatness)
     lines += [
         "",
-        f"Spool high-water mark: {high / 2**20:.2f} MiB. Largest drain lag: {lag:.1f} s.",
+        f"Spool high-water mark: {high / 2**20:.2f} MiB. Largest drain lag: {lag:.1f} s "
+        "(drain lag is not measured while the persister is down: its /metrics is gone).",
+        "",
+        "## Gateway RSS: flat?",
+        "",
+        f"Per gateway process (a SIGKILL starts a new one), the median RSS of its last "
+        f"{FLAT_WINDOW_S:.0f} s against that of the {FLAT_WINDOW_S:.0f} s after its first "
+        f"{WARMUP_S:.0f} s of warm-up; flat when it grew by at most {FLAT_GROWTH:.0%}.",
+        "",
+        "| gateway process | lived s | RSS after warm-up MiB | RSS at the end MiB | growth | flat |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {n} | {f.lived:.0f} | {f.early / 2**20:.0f} | {f.late / 2**20:.0f} | "
+            f"{f.growth:+.1%} | {'yes' if f.flat else 'NO'} |"
+            for n, f in enumerate(flatness, 1)
+        ],
         "",
     ]
+    if not flatness:
+        lines += ["No gateway process lived long enough to judge.", ""]
     return "\n".join(lines), ok
+
+
+#: RSS flatness: what counts as warm-up, how long a window is, and the growth still called flat.
+WARMUP_S = 60.0
+FLAT_WINDOW_S = 60.0
+FLAT_GROWTH = 0.10
+
+
+@dataclass
+class Flatness:
+    """One gateway process's RSS after warm-up and at its end."""
+
+    lived: float
+    early: float
+    late: float
+
+    @property
+    def growth(self) -> float:
+        return self.late / self.early - 1
+
+    @property
+    def flat(self) -> bool:
+        return self.growth <= FLAT_GROWTH
+
+
+def rss_flatness(samples: list[Sample]) -> list[Flatness]:
+    """Each gateway process that lived past warm-up and two windows, in the order they ran."""
+    found: list[Flatness] = []
+    pids = list(dict.fromkeys(s.gateway_pid for s in samples if s.gateway_pid and s.gateway_rss))
+    for pid in pids:
+        mine = [s for s in samples if s.gateway_pid == pid and s.gateway_rss]
+        start, end = mine[0].at, mine[-1].at
+        if end - start < WARMUP_S + 2 * FLAT_WINDOW_S:
+            continue
+        early = [
+            s.gateway_rss
+            for s in mine
+            if start + WARMUP_S <= s.at < start + WARMUP_S + FLAT_WINDOW_S
+        ]
+        late = [s.gateway_rss for s in mine if s.at > end - FLAT_WINDOW_S]
+        found.append(Flatness(end - start, statistics.median(early), statistics.median(late)))
+    return found
 
 
 def main() -> None:

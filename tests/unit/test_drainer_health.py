@@ -15,6 +15,7 @@ from earshot.events import Partial, Segment, SessionId
 from earshot.persistence import sidecar
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.persistence.writing import SpoolWriter
+from earshot.settings import Settings
 from earshot.storage import backends
 from earshot.storage.memory import MemoryPartialStore
 from earshot.storage.ports import SegmentStore, StorageError
@@ -132,3 +133,21 @@ async def test_a_drainer_that_stops_on_an_error_fails_health(
         await asyncio.wait_for(drainer.run(), 10.0)
     assert not drainer.healthy
     assert health(drainer)[0] == "503 Service Unavailable"
+
+
+async def test_the_persister_process_ends_with_its_drainers_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Drainer) -> int:
+        raise RuntimeError("a bug in the drainer")
+
+    monkeypatch.setattr(Drainer, "_round", broken)
+    settings = Settings(
+        host="127.0.0.1",
+        persister_port=0,
+        spool_dir=tmp_path / "spool",
+        segments_url=f"sqlite:///{tmp_path / 'seg.db'}",
+    )
+    # Not a process that answers 503 forever: it exits, so its container restarts.
+    with pytest.raises(RuntimeError, match="a bug in the drainer"):
+        await asyncio.wait_for(sidecar.run(settings), 10.0)

@@ -29,10 +29,15 @@ def final(seq: int, session: str = "call-1") -> Segment:
 
 
 class FsyncLog:
-    """The size of each file at its latest fsync, keyed by path."""
+    """The size of each file and the entries of each directory at its latest fsync.
+
+    Files are keyed by path; directories by inode, which a rename keeps (a stream is built under a
+    hidden name and renamed into place).
+    """
 
     def __init__(self, real_fsync: Callable[[int], None]) -> None:
         self.durable: dict[str, int] = {}
+        self.entries: dict[int, set[str]] = {}
         self._real = real_fsync
 
     def fsync(self, fd: int) -> None:
@@ -40,6 +45,12 @@ class FsyncLog:
         path = os.readlink(f"/proc/self/fd/{fd}")
         if os.path.isfile(path):
             self.durable[path] = os.fstat(fd).st_size
+        elif os.path.isdir(path):
+            self.entries[os.fstat(fd).st_ino] = set(os.listdir(path))
+
+    def named_durably(self, path: Path) -> bool:
+        """Whether ``path``'s name was in its directory at the directory's latest fsync."""
+        return path.name in self.entries.get(path.parent.stat().st_ino, set())
 
 
 def up(component: str) -> float:
@@ -60,12 +71,15 @@ async def test_every_file_holding_an_acknowledged_final_is_fsynced_before_the_ac
     writer = SpoolWriter(tmp_path, segment_bytes=300, max_bytes=1 << 30)
     writer.start()
     not_durable: list[tuple[int, Position]] = []
+    unnamed: list[tuple[int, Position]] = []
 
     async def acknowledged(segment: Segment) -> None:
         position = await writer.append(segment)
-        path = str(writer.stream / spool.segment_name(position.file))
-        if log.durable.get(path, 0) < position.offset:
+        path = writer.stream / spool.segment_name(position.file)
+        if log.durable.get(str(path), 0) < position.offset:
             not_durable.append((segment.seq, position))
+        if not (log.named_durably(path) and log.named_durably(writer.stream)):
+            unnamed.append((segment.seq, position))
 
     try:
         for burst in range(5):
@@ -76,6 +90,24 @@ async def test_every_file_holding_an_acknowledged_final_is_fsynced_before_the_ac
         await writer.close()
     assert len(spool.segment_numbers(writer.stream)) > 20, "the test meant to roll many files"
     assert not_durable == []
+    assert unnamed == [], "a file holding an acknowledged final has no durable directory entry"
+
+
+async def test_a_new_streams_first_file_is_named_durably_before_its_first_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = FsyncLog(os.fsync)
+    monkeypatch.setattr(os, "fsync", log.fsync)
+    writer = SpoolWriter(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 30)
+    writer.start()
+    try:
+        position = await writer.append(final(1))
+        first = writer.stream / spool.segment_name(position.file)
+        assert position.file == 1
+        assert log.named_durably(writer.stream), "the stream's directory entry is not durable"
+        assert log.named_durably(first), "the first segment's directory entry is not durable"
+    finally:
+        await writer.close()
 
 
 async def test_a_writer_whose_thread_dies_fails_its_appends_and_says_so(

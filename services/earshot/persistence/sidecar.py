@@ -2,8 +2,9 @@
 
 It opens the stores (waiting, with backoff, while they are unreachable: the spool keeps
 everything meanwhile), drains every stream of the spool directory, and answers ``GET /health`` and
-``GET /metrics`` (Prometheus) on ``persister_port``; ``/health`` answers 503 once the drainer
-stopped on an error or is stuck (:attr:`Drainer.healthy`), so a liveness probe restarts it.
+``GET /metrics`` (Prometheus) on ``persister_port``; ``/health`` answers 503 while the drainer is
+stuck (:attr:`Drainer.healthy`), so a liveness probe restarts it, and a drainer that stopped on an
+unexpected error ends the process with that error (its container restarts).
 SIGTERM or SIGINT: drain what is there within ``persister_shutdown_seconds``, then exit; what could
 not be stored stays in the spool.
 """
@@ -69,7 +70,16 @@ async def run(settings: Settings) -> None:
             port,
         )
         draining = asyncio.create_task(drainer.run(), name="earshot-persister")
-        await stopping.wait()
+        stopped = asyncio.create_task(stopping.wait(), name="earshot-persister-stop")
+        try:
+            await asyncio.wait({draining, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if draining.done():
+            # The drainer stopped on an error (logged by it): exit with it, so the container
+            # restarts, rather than answer 503 until a probe notices.
+            await draining
+            return
         log.info("stopping: draining for up to %.1f s", settings.persister_shutdown_seconds)
         drainer.stop(settings.persister_shutdown_seconds)
         await draining

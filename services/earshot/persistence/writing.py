@@ -102,6 +102,9 @@ class SpoolWriter:
         self._lock_fd = os.open(building / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         (building / segment_name(1)).touch()
+        # The first file's entry must be durable as the stream's is: finals in it are acknowledged
+        # before any roll fsyncs the stream's directory.
+        fsync_dir(building)
         stream = self.spool_dir / name
         building.rename(stream)
         fsync_dir(self.spool_dir)
