@@ -295,7 +295,8 @@ def report(rounds: list[Round], seconds: float, chunk_seconds: float = CHUNK_SEC
         HEADER,
         *(row(r) for r in rounds),
         "",
-        "* latency: `accept()` called to returned, per 200 ms chunk (client side; for Triton it "
+        f"* latency: `accept()` called to returned, per {chunk_seconds * 1000:.0f} ms chunk "
+        "(client side; for Triton it "
         "includes gRPC and the sequence batcher's queue delay of up to 5 ms);",
         "* late: chunks sent after their real-time slot because the previous one was still out;",
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
