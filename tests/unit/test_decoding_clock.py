@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,13 @@ async def test_clocked_streams_say_what_the_unclocked_decoder_says_chunk_by_chun
     assert said == expected
 
 
+def _slowed(factor: float) -> Callable[[], float]:
+    """A clock running ``factor`` times slower than real time: on a busy machine a test's own
+    submissions then never look like a client behind real time."""
+    start = time.monotonic()
+    return lambda: start + (time.monotonic() - start) / factor
+
+
 def _frames_stepped_alone(checkpoint: Path, audio: Samples) -> int:
     decoder = _decoder(checkpoint, 1)
     try:
@@ -100,7 +108,7 @@ def test_one_step_advances_every_stream_whose_frame_arrived_before_the_tick(
             inside.set()
             release.wait(10.0)
 
-    clock = DecodingClock(_decoder(checkpoint, 9), observe=observe)
+    clock = DecodingClock(_decoder(checkpoint, 9), observe=observe, clock=_slowed(4))
     answered = threading.Semaphore(0)
     errors: list[EngineError | None] = []
 
@@ -145,7 +153,7 @@ def test_a_stream_that_fell_behind_catches_up_in_steps_of_its_own_within_one_tic
             inside.set()
             release.wait(10.0)
 
-    clock = DecodingClock(_decoder(checkpoint, 2), observe=observe)
+    clock = DecodingClock(_decoder(checkpoint, 2), observe=observe, clock=_slowed(4))
     answered = threading.Semaphore(0)
     errors: list[EngineError | None] = []
 
@@ -175,6 +183,47 @@ def test_a_stream_that_fell_behind_catches_up_in_steps_of_its_own_within_one_tic
     # catching up.
     assert steps == [(1, 1), (2, 2)] + [(1, 2)] * 9
     assert clock.stats.ticks == 3
+
+
+def test_a_client_behind_real_time_is_stepped_as_its_frames_arrive_until_on_time(
+    checkpoint: Path,
+) -> None:
+    # The client's own backlog is invisible to the clock (it sends one chunk per answer), so the
+    # clock compares the audio sent with the time passed: after a 2 s stall (the clock's time
+    # jumps), each frame the client then sends at once is stepped without waiting for a tick.
+    stall = [0.0]
+
+    def now() -> float:
+        return time.monotonic() + stall[0]
+
+    clock = DecodingClock(_decoder(checkpoint, 1), clock=now)
+    frame = _talk(10)[:FRAME_SAMPLES]
+    answered = threading.Semaphore(0)
+
+    def reply(said: list[Recognition], error: EngineError | None) -> None:
+        assert error is None
+        answered.release()
+
+    try:
+        stream = clock.open()
+        for _ in range(3):  # on time: one frame per tick
+            clock.submit(stream, frame, ends=False, reply=reply)
+            assert answered.acquire(timeout=10.0)
+        on_time = clock.stats
+        clock.submit(stream, frame, ends=False, reply=reply)
+        stall[0] = 2.0  # the process stalls while the frame waits for its tick
+        assert answered.acquire(timeout=10.0)
+        for _ in range(10):  # the backlog of the stall, each sent as soon as answered
+            clock.submit(stream, frame, ends=False, reply=reply)
+            assert answered.acquire(timeout=10.0)
+        late = clock.stats
+    finally:
+        clock.close()
+    assert on_time.steps == on_time.ticks == 3
+    assert late.steps - on_time.steps == 11
+    # The stalled frame's tick, then the backlog stepped as it arrived, not one frame per tick
+    # (a tick may still fall among them).
+    assert late.ticks - on_time.ticks <= 2
 
 
 async def test_a_stream_beyond_the_slots_is_refused_at_once_and_may_retry_once_one_is_free(

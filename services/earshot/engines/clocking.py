@@ -26,6 +26,16 @@ bursts of a client's usual size are spread over the ticks and never cost a step 
 a stream joining or falling behind catches up within the tick. A finished stream is flushed one
 frame per tick, then answered with its last final (its flush is not lag: nobody sends after it).
 
+A client that fell behind real time (a stall of the process, a slow step) holds its backlog on
+its own side and sends it one chunk per answer, so the frames it makes the clock hold never show
+it. Each stream therefore also keeps an audio clock: the time its audio started (re-based whenever
+the client took longer than a period to send after an answer, as a real-time client does) plus
+the audio it sent. A stall of the whole process (client included) looks like a pause and is
+forgiven; a stall of the clock, or of a Triton model while its clients go on, is caught up. A
+stream further behind that clock than waiting for its ticks explains (one period more than its
+burst) is stepped as soon as its frame arrives, in a catch-up step with every stream holding a
+frame, until it is back on time.
+
 Ticks keep to a grid of ``step_seconds`` while some stream is behind; a late tick runs at once
 and the grid moves on from it, so a slow step delays the streams but never makes a burst of steps.
 """
@@ -75,6 +85,11 @@ class ClockedStream(Generic[StreamT]):
     ended: bool = False
     # The most frames one chunk of the stream brought: more waiting than that is lag.
     burst: int = 1
+    # The stream's audio clock: when its audio started (re-based after pauses), the audio sent,
+    # and when it was last answered.
+    anchor: float | None = None
+    sent_seconds: float = 0.0
+    answered_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +98,7 @@ class _Submission(Generic[StreamT]):
     samples: Samples | None
     ends: bool
     reply: Reply
+    at: float
 
 
 StepObserver = Callable[[int, int], None]
@@ -151,7 +167,7 @@ class DecodingClock(Generic[StreamT]):
                 closed = True
             else:
                 closed = False
-                self._inbox.append(_Submission(stream, samples, ends, reply))
+                self._inbox.append(_Submission(stream, samples, ends, reply, self._clock()))
                 self._condition.notify()
         if closed:
             reply([], EngineError(f"the {self._decoder.name} decoding clock is stopped"))
@@ -178,8 +194,13 @@ class DecodingClock(Generic[StreamT]):
             now = self._clock()
             if now >= next_tick and self._live:
                 self._tick()
-                # A late tick moves the grid: the next one is a period later, never a burst.
-                next_tick = max(next_tick + self._period, now)
+                # A tick more than a period late moves the grid: the next one is a period later,
+                # never a burst of ticks (streams that fell behind catch up in steps of their own).
+                next_tick += self._period
+                if next_tick <= now:
+                    next_tick = now + self._period
+            elif any(self._late(stream, now) for stream in self._live.values()):
+                self._advance(self._holding_frames())
             elif not self._live:
                 next_tick = max(next_tick, now)
 
@@ -203,9 +224,16 @@ class DecodingClock(Generic[StreamT]):
         stream.replies.append(submission.reply)
         self._open.add(stream)
         stream.ended = stream.ended or submission.ends
+        # When the client sent it (not when this thread got to it): a stalled clock is no pause.
+        sent_at = submission.at
+        if stream.anchor is None or (
+            len(stream.replies) == 1 and sent_at - stream.answered_at > self._period
+        ):
+            stream.anchor = sent_at - stream.sent_seconds  # on time: its client waited to send
         if submission.samples is not None:
             chunk_frames = -(-submission.samples.size // self._frame_samples)
             stream.burst = max(stream.burst, chunk_frames)
+            stream.sent_seconds += submission.samples.size / self._decoder.sample_rate
         try:
             if submission.samples is not None and submission.samples.size:
                 self._decoder.accept(stream.state, submission.samples)
@@ -223,18 +251,32 @@ class DecodingClock(Generic[StreamT]):
     def _tick(self) -> None:
         old = self._stats
         self._stats = StepStats(old.ticks + 1, old.steps, old.advanced, old.live, old.audio_seconds)
-        behind = [s for s in self._live.values() if self._decoder.behind(s.state)]
-        while behind and self._step(behind):
+        self._advance([s for s in self._live.values() if self._decoder.behind(s.state)])
+
+    def _advance(self, streams: list[ClockedStream[StreamT]]) -> None:
+        """Step ``streams``, then catch up while a stream lags; answer the streams caught up."""
+        while streams and self._step(streams):
             # A step costs the same for one stream as for all: a catch-up step advances every
             # stream with a frame, so streams that all lag (a slow step) catch up together.
-            lagging = any(self._lagging(s) for s in self._live.values())
-            behind = [s for s in self._live.values() if lagging and self._decoder.frames(s.state)]
+            now = self._clock()
+            lagging = any(self._lagging(s) or self._late(s, now) for s in self._live.values())
+            streams = self._holding_frames() if lagging else []
         for stream in [s for s in self._live.values() if not self._decoder.behind(s.state)]:
             del self._live[id(stream)]
             self._answer(stream, None)
 
+    def _holding_frames(self) -> list[ClockedStream[StreamT]]:
+        return [s for s in self._live.values() if self._decoder.frames(s.state)]
+
     def _lagging(self, stream: ClockedStream[StreamT]) -> bool:
         return not stream.ended and self._decoder.frames(stream.state) > stream.burst
+
+    def _late(self, stream: ClockedStream[StreamT], now: float) -> bool:
+        """Behind its audio clock by more than waiting for its ticks explains, with a frame."""
+        if stream.ended or stream.anchor is None or not self._decoder.frames(stream.state):
+            return False
+        # A chunk of `burst` frames waits up to that many ticks, and one more for its phase.
+        return now - stream.anchor - stream.sent_seconds > self._period * (stream.burst + 1)
 
     def _step(self, streams: list[ClockedStream[StreamT]]) -> bool:
         """One model step of ``streams``; False when it failed (they are answered with the error)."""
@@ -265,6 +307,7 @@ class DecodingClock(Generic[StreamT]):
     def _answer(self, stream: ClockedStream[StreamT], error: EngineError | None) -> None:
         if error is not None or stream.ended:
             self._open.discard(stream)
+        stream.answered_at = self._clock()
         replies, stream.replies = stream.replies, []
         said, stream.said = stream.said, []
         if error is None:
