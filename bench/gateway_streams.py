@@ -219,6 +219,7 @@ async def main_async(args: argparse.Namespace) -> str:
         **os.environ,
         "EARSHOT_PORT": str(port),
         "EARSHOT_CACHE_DIR": str(cache),
+        "EARSHOT_DEMO_MODEL": "true",
         "EARSHOT_LOG_LEVEL": "warning",
         "EARSHOT_INFERENCE_QUEUE_SIZE": str(args.queue_size),
     }

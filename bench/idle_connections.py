@@ -105,6 +105,7 @@ async def run(connections: int) -> str:
         "EARSHOT_PORT": str(port),
         "EARSHOT_CACHE_DIR": tempfile.mkdtemp(prefix="earshot-idle-"),
         "EARSHOT_LOG_LEVEL": "warning",
+        "EARSHOT_DEMO_MODEL": "true",
         "EARSHOT_MAX_CONNECTIONS": str(connections + 10),
         "EARSHOT_HANDSHAKE_TIMEOUT_SECONDS": str(HANDSHAKE_TIMEOUT_SECONDS),
     }

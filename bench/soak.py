@@ -296,6 +296,7 @@ async def soak(minutes: float, streams: int, workdir: Path) -> tuple[str, bool]:
         "EARSHOT_PARTIALS_URL": redis.url,
         "EARSHOT_PERSISTER": "sidecar",
         "EARSHOT_LOG_LEVEL": "info",
+        "EARSHOT_DEMO_MODEL": "true",
     }
     gateway = Gateway(workdir, env, free_port())
     told, samples, log = Told(), list[Sample](), list[str]()

@@ -84,6 +84,7 @@ async def start_gateway(double: SignalingDouble, port: int) -> asyncio.subproces
         "APP_PORT": str(port),
         "EARSHOT_TALK_MEMORY_LIMIT_MB": "100000",
         "EARSHOT_LOG_LEVEL": "warning",
+        "EARSHOT_DEMO_MODEL": "true",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "earshot", "talk", env=env, stdout=asyncio.subprocess.DEVNULL

@@ -28,6 +28,12 @@ PERSISTER_PORT_NAME: Final = "persister"
 SESSION_HEALTH_PATH: Final = "/health"
 ROOM_HEALTH_PATH: Final = "/ready"
 PERSISTER_HEALTH_PATH: Final = "/health"
+#: Liveness endpoints: each is answered on the process' own event loop, so a wedged loop (a
+#: blocking call, a deadlock) lets the probe time out and the kubelet restarts the container.
+#: The G.711 gateway's and the persister's /health also fail once their spool work stopped.
+SESSION_LIVENESS_PATH: Final = "/health"
+ROOM_LIVENESS_PATH: Final = "/heartbeat"
+PERSISTER_LIVENESS_PATH: Final = "/health"
 SESSION_WS_PATH: Final = "/ws/transcribe/{session_id}"
 
 #: Key of the access token inside the Secret the operator mints per resource.

@@ -29,6 +29,7 @@ class Gateway:
     name: str
     command: tuple[str, ...]
     health_path: str
+    liveness_path: str
     engine: str
     config: Mapping[str, str]
     secret_env: tuple[tuple[str, SecretKeyRef], ...]
@@ -36,6 +37,9 @@ class Gateway:
     endpoint: str
     #: The pod's own service account (a room's gateway reads its TalkRoom); None: no API access.
     service_account: str | None = None
+    #: The session's path on the Ingress host, and its URL from outside (None: no Ingress).
+    ingress_path: str | None = None
+    external_endpoint: str | None = None
 
     @property
     def token_secret(self) -> str:
@@ -83,11 +87,12 @@ def for_session(
         Env.AUTH: spec.auth,
     }
     path = dataplane.SESSION_WS_PATH.format(session_id=spec.session_id)
-    return _gateway(
+    gateway = _gateway(
         owner,
         name=name,
         command=dataplane.SESSION_COMMAND,
         health_path=dataplane.SESSION_HEALTH_PATH,
+        liveness_path=dataplane.SESSION_LIVENESS_PATH,
         engine=spec.engine,
         config=config,
         extra_secrets=(),
@@ -97,6 +102,11 @@ def for_session(
         endpoint=f"ws://{name}.{owner.namespace}.svc:{settings.gateway_port}{path}",
         settings=settings,
     )
+    if not settings.gateway_ingress_host:
+        return gateway
+    scheme = "wss" if settings.gateway_ingress_tls_secret else "ws"
+    external = f"{scheme}://{settings.gateway_ingress_host}{path}"
+    return dataclasses.replace(gateway, ingress_path=path, external_endpoint=external)
 
 
 def for_room(owner: specs.Owner, spec: specs.RoomSpec, *, settings: OperatorSettings) -> Gateway:
@@ -119,6 +129,7 @@ def for_room(owner: specs.Owner, spec: specs.RoomSpec, *, settings: OperatorSett
         name=name,
         command=dataplane.ROOM_COMMAND,
         health_path=dataplane.ROOM_HEALTH_PATH,
+        liveness_path=dataplane.ROOM_LIVENESS_PATH,
         engine=spec.engine,
         config=config,
         extra_secrets=((Env.TALK_INTERNAL_SECRET, spec.internal_secret),),
@@ -137,6 +148,7 @@ def _gateway(
     name: str,
     command: tuple[str, ...],
     health_path: str,
+    liveness_path: str,
     engine: str,
     config: Mapping[str, str],
     extra_secrets: tuple[tuple[str, SecretKeyRef], ...],
@@ -165,6 +177,7 @@ def _gateway(
         name=name,
         command=command,
         health_path=health_path,
+        liveness_path=liveness_path,
         engine=engine,
         config={**common, **config},
         secret_env=secret_env,

@@ -85,13 +85,13 @@ def build_configmap(gateway: Gateway) -> Manifest:
 
 
 def build_service(gateway: Gateway, *, settings: OperatorSettings) -> Manifest:
-    """The ClusterIP Service in front of the gateway's port."""
+    """The Service in front of the gateway's port (type ``gateway_service_type``)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(gateway, gateway.name),
         "spec": {
-            "type": "ClusterIP",
+            "type": settings.gateway_service_type,
             "selector": _selector(gateway),
             "ports": [
                 {
@@ -102,6 +102,43 @@ def build_service(gateway: Gateway, *, settings: OperatorSettings) -> Manifest:
                 }
             ],
         },
+    }
+
+
+def build_ingress(gateway: Gateway, *, settings: OperatorSettings) -> Manifest | None:
+    """The Ingress rule routing the session's WebSocket path to its Service (None: no Ingress).
+
+    One rule per session, on the one host of the settings: the path (``/ws/transcribe/<id>``)
+    tells sessions apart, so a single DNS name and certificate serve them all.
+    """
+    if gateway.ingress_path is None:
+        return None
+    host = settings.gateway_ingress_host
+    metadata = _metadata(gateway, gateway.name)
+    if settings.gateway_ingress_annotations:
+        metadata["annotations"] = dict(sorted(settings.gateway_ingress_annotations.items()))
+    backend = {"service": {"name": gateway.name, "port": {"name": dataplane.PORT_NAME}}}
+    spec: Manifest = {
+        "rules": [
+            {
+                "host": host,
+                "http": {
+                    "paths": [
+                        {"path": gateway.ingress_path, "pathType": "Exact", "backend": backend}
+                    ]
+                },
+            }
+        ]
+    }
+    if settings.gateway_ingress_class:
+        spec["ingressClassName"] = settings.gateway_ingress_class
+    if settings.gateway_ingress_tls_secret:
+        spec["tls"] = [{"hosts": [host], "secretName": settings.gateway_ingress_tls_secret}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": metadata,
+        "spec": spec,
     }
 
 
@@ -151,6 +188,7 @@ def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
         "httpGet": {"path": gateway.health_path, "port": dataplane.PORT_NAME},
         "periodSeconds": 5,
     }
+    gateway_container["livenessProbe"] = _liveness(gateway.liveness_path, dataplane.PORT_NAME)
     persister = _container(
         dataplane.PERSISTER_CONTAINER,
         dataplane.PERSISTER_COMMAND,
@@ -172,16 +210,49 @@ def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
         },
         "periodSeconds": 5,
     }
+    persister["livenessProbe"] = _liveness(
+        dataplane.PERSISTER_LIVENESS_PATH, dataplane.PERSISTER_PORT_NAME
+    )
     spec: Manifest = {
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        # Pod Security "restricted": non-root, the runtime's default seccomp profile
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [gateway_container, persister],
         "volumes": [{"name": dataplane.SPOOL_VOLUME, "emptyDir": {}}],
+        **_placement(settings),
     }
     if gateway.service_account is not None:
         spec["serviceAccountName"] = gateway.service_account
         spec["automountServiceAccountToken"] = True
     return spec
+
+
+def _liveness(path: str, port: str) -> Manifest:
+    # a few missed answers in a row (30 s): a wedged event loop, not one slow moment
+    return {
+        "httpGet": {"path": path, "port": port},
+        "initialDelaySeconds": 10,
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    }
+
+
+def _placement(settings: OperatorSettings) -> Manifest:
+    """Pull secrets, scheduling and priority from the settings (empty ones are left out)."""
+    placement: Manifest = {
+        "imagePullSecrets": [{"name": name} for name in settings.image_pull_secrets],
+        "nodeSelector": dict(settings.node_selector),
+        "tolerations": [dict(toleration) for toleration in settings.tolerations],
+        "affinity": dict(settings.affinity),
+        "priorityClassName": settings.priority_class_name,
+    }
+    return {key: value for key, value in placement.items() if value}
 
 
 def _container(
@@ -206,7 +277,9 @@ def _container(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import prometheus_client
@@ -69,9 +69,16 @@ class OperatorMetrics:
 class MetricsServer:
     """Serves ``/metrics`` and ``/healthz`` on a port; started and stopped by its owner."""
 
-    def __init__(self, metrics: OperatorMetrics, *, port: int) -> None:
+    def __init__(
+        self,
+        metrics: OperatorMetrics,
+        *,
+        port: int,
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._metrics = metrics
         self._port = port
+        self._healthy = healthy
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/healthz", self._serve_health)
@@ -93,4 +100,8 @@ class MetricsServer:
         )
 
     async def _serve_health(self, _: web.Request) -> web.Response:
+        # answered on the operator's event loop: a wedged loop times the probe out, a dead drift
+        # loop fails it, and the kubelet restarts the operator either way
+        if not self._healthy():
+            return web.Response(status=503, text="the drift check stopped")
         return web.Response(text="ok")

@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from earshot_operator import gateways, manifests, resources, specs, statuses
-from earshot_operator.clients import ConflictError, KubeClient, path_of, path_of_object
+from earshot_operator import diagnosing, events, gateways, manifests, resources, specs, statuses
+from earshot_operator.clients import ApiError, ConflictError, KubeClient, path_of, path_of_object
 from earshot_operator.settings import OperatorSettings
+
+logger = logging.getLogger("earshot_operator.reconciling")
 
 
 class Change(enum.Enum):
@@ -54,26 +57,72 @@ async def reconcile(
         gateway = gateways.build(body, settings)
     except specs.SpecError as error:
         observation = statuses.failed("InvalidSpec", str(error))
-        return await write_status(client, body, gateway=None, observation=observation, changes=0)
+        return await write_status(client, body, gateway=None, observation=observation)
     token = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
     wanted = [
         *manifests.build_access(gateway),
         manifests.build_configmap(gateway),
         manifests.build_service(gateway, settings=settings),
-        manifests.build_deployment(gateway, settings=settings),
     ]
-    changes = [(await ensure(client, token, update=False))[0]]
+    ingress = manifests.build_ingress(gateway, settings=settings)
+    if ingress is not None:
+        wanted.append(ingress)
+    wanted.append(manifests.build_deployment(gateway, settings=settings))  # last: its status
+    changes = [((await ensure(client, token, update=False))[0], token)]
     deployment: Mapping[str, Any] | None = None
     for manifest in wanted:
         change, deployment = await ensure(client, manifest)
-        changes.append(change)
-    observation = statuses.with_call(
-        statuses.observe(deployment, active=gateway.replicas > 0), body
-    )
-    changed = sum(change is not Change.UNCHANGED for change in changes)
+        changes.append((change, manifest))
+    observation = await observe(client, gateway, deployment, body)
     return await write_status(
-        client, body, gateway=gateway, observation=observation, changes=changed, drift=drift
+        client,
+        body,
+        gateway=gateway,
+        observation=observation,
+        created=[_name_of(m) for change, m in changes if change is Change.CREATED],
+        updated=[_name_of(m) for change, m in changes if change is Change.UPDATED],
+        drift=drift,
     )
+
+
+async def observe(
+    client: KubeClient,
+    gateway: gateways.Gateway,
+    deployment: Mapping[str, Any] | None,
+    body: Mapping[str, Any],
+) -> statuses.Observation:
+    """The phase from the Deployment; while it is not available, the cause from pods and Secrets."""
+    active = gateway.replicas > 0
+    observation = statuses.observe(deployment, active=active)
+    if observation.phase in (statuses.Phase.PROVISIONING, statuses.Phase.FAILED):
+        diagnosis = await diagnose(client, gateway)
+        observation = statuses.observe(deployment, active=active, diagnosis=diagnosis)
+    return statuses.with_call(observation, body)
+
+
+async def diagnose(client: KubeClient, gateway: gateways.Gateway) -> diagnosing.Diagnosis | None:
+    """Why the gateway is not available: a Secret it reads is missing, or a pod is stuck."""
+    namespace = gateway.owner.namespace
+    wanted = [(env, ref) for env, ref in gateway.secret_env if ref.name != gateway.token_secret]
+    found = {
+        ref.name: await client.get(
+            path_of("v1", "Secret", namespace=namespace, name=ref.name), cached=True
+        )
+        for _, ref in wanted
+    }
+    diagnosis = diagnosing.from_secrets(wanted, found)
+    if diagnosis is not None:
+        return diagnosis
+    pods = await client.request(
+        "GET",
+        path_of("v1", "Pod", namespace=namespace),
+        params={"labelSelector": f"{resources.INSTANCE_LABEL}={gateway.name}"},
+    )
+    return diagnosing.from_pods(pods.get("items") or ())
+
+
+def _name_of(manifest: Mapping[str, Any]) -> str:
+    return f"{manifest['kind']}/{manifest['metadata']['name']}"
 
 
 async def refresh_status(
@@ -101,10 +150,23 @@ async def refresh_status(
         gateway = gateways.build(body, settings)
     except specs.SpecError:
         return None  # the reconcile of that spec already reported it Failed
-    observation = statuses.with_call(
-        statuses.observe(deployment, active=gateway.replicas > 0), body
-    )
-    return await write_status(client, body, gateway=gateway, observation=observation, changes=0)
+    observation = await observe(client, gateway, deployment, body)
+    return await write_status(client, body, gateway=gateway, observation=observation)
+
+
+async def refresh_from_pod(
+    client: KubeClient, pod: Mapping[str, Any], *, settings: OperatorSettings
+) -> Outcome | None:
+    """Rewrite the status of the resource whose gateway pod changed (None: no such resource)."""
+    name = (pod["metadata"].get("labels") or {}).get(resources.INSTANCE_LABEL)
+    if not name:
+        return None
+    namespace = pod["metadata"]["namespace"]
+    path = path_of("apps/v1", "Deployment", namespace=namespace, name=name)
+    deployment = await client.get(path, cached=True)
+    if deployment is None:
+        return None
+    return await refresh_status(client, deployment, settings=settings)
 
 
 async def ensure(
@@ -157,19 +219,23 @@ async def write_status(
     *,
     gateway: gateways.Gateway | None,
     observation: statuses.Observation,
-    changes: int,
+    created: Sequence[str] = (),
+    updated: Sequence[str] = (),
     drift: bool = False,
 ) -> Outcome:
-    """Patch the status subresource if anything in it differs; count changing reconciles."""
+    """Patch the status subresource if anything in it differs; count changing reconciles; post
+    the events of what changed."""
     previous = body.get("status") or {}
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     wanted = statuses.build_status(
         gateway,
         observation,
         generation=int(body["metadata"].get("generation", 1)),
         previous=previous,
-        now=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        now=now,
     )
     patch = statuses.status_patch(previous, wanted)
+    changes = len(created) + len(updated)
     if changes:
         counters = previous.get("counters") or {}
         patch["counters"] = {"reconciles": int(counters.get("reconciles", 0)) + 1}
@@ -177,5 +243,27 @@ async def write_status(
             patch["counters"]["driftRepairs"] = int(counters.get("driftRepairs", 0)) + changes
     if patch:
         await client.patch(path_of_object(body, subresource="status"), {"status": patch})
+    notes = events.notes(previous, observation, created=created, updated=updated, drift=drift)
+    for note in notes:
+        await post_event(client, body, note, now=now, previous=previous)
     meta = body["metadata"]
     return Outcome(body["kind"], meta["namespace"], meta["name"], observation.phase, changes)
+
+
+async def post_event(
+    client: KubeClient,
+    body: Mapping[str, Any],
+    note: events.Note,
+    *,
+    now: str,
+    previous: Mapping[str, Any],
+) -> None:
+    """Post one event; a refusal is logged, never fails the reconciliation it reports on."""
+    try:
+        await client.create(events.build_event(body, note, now=now, previous=previous))
+    except ConflictError:
+        return  # a racing reconciliation posted this very event
+    except ApiError as error:
+        logger.warning(
+            "cannot post event %s on %s: %s", note.reason, body["metadata"]["name"], error
+        )

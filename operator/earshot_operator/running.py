@@ -42,8 +42,10 @@ async def run(settings: OperatorSettings) -> None:
     metrics = OperatorMetrics()
     registry = kopf.OperatorRegistry()
     async with KubeClient.connect(info) as client:
-        handlers.register(registry, settings=settings, client=client, metrics=metrics, login=info)
-        server = MetricsServer(metrics, port=settings.metrics_port)
+        drift = handlers.register(
+            registry, settings=settings, client=client, metrics=metrics, login=info
+        )
+        server = MetricsServer(metrics, port=settings.metrics_port, healthy=lambda: drift.healthy)
         if settings.metrics_port:
             await server.start()
             logger.info("metrics on :%d/metrics", settings.metrics_port)

@@ -6,7 +6,7 @@ the package receives an :class:`OperatorSettings` explicitly.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -80,6 +80,42 @@ class OperatorSettings(BaseSettings):
     )
     namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Namespaces to watch, comma-separated; empty: the whole cluster."
+    )
+
+    # Where and how the gateway pods run: the chart passes its own values through these, so the
+    # pods the operator makes are scheduled and pulled like the pods the chart renders.
+    image_pull_secrets: tuple[str, ...] = Field(
+        (), description="Names of the image pull Secrets of every gateway pod (JSON list)."
+    )
+    node_selector: dict[str, str] = Field(
+        {}, description="Node selector of every gateway pod (JSON object)."
+    )
+    tolerations: tuple[dict[str, Any], ...] = Field(
+        (), description="Tolerations of every gateway pod (JSON list of Kubernetes tolerations)."
+    )
+    affinity: dict[str, Any] = Field(
+        {}, description="Affinity of every gateway pod (JSON object, Kubernetes' Affinity)."
+    )
+    priority_class_name: str = Field(
+        "", description="PriorityClass of every gateway pod (empty: the cluster's default)."
+    )
+    gateway_service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        "ClusterIP", description="Type of the Service in front of each gateway."
+    )
+
+    # An Ingress per session (none while the host is empty): the way in from outside the cluster
+    # when Services of type LoadBalancer are not wanted. Rooms need none (their gateways dial out).
+    gateway_ingress_host: str = Field(
+        "", description="Host of the sessions' Ingress rules (empty: no Ingress)."
+    )
+    gateway_ingress_class: str = Field(
+        "", description="IngressClass of the sessions' Ingresses (empty: the cluster's default)."
+    )
+    gateway_ingress_tls_secret: str = Field(
+        "", description="TLS Secret of the host, in each session's namespace (empty: no TLS)."
+    )
+    gateway_ingress_annotations: dict[str, str] = Field(
+        {}, description="Annotations of the sessions' Ingresses (JSON object)."
     )
 
     @field_validator("namespaces", mode="before")

@@ -154,7 +154,7 @@ def parse_room(body: Mapping[str, Any]) -> RoomSpec:
                 name=secret["name"], key=secret.get("key", "internal-secret")
             ),
             languages=tuple(spec.get("languages") or ("en",)),
-            engine=spec.get("engine", "kyutai"),
+            engine=spec.get("engine", "paraformer"),
             active=bool(spec.get("active", True)),
             storage=_parse_storage(spec.get("storage") or {}),
         )

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+from earshot_operator import diagnosing
 from earshot_operator.gateways import Gateway
 
 
@@ -33,10 +34,30 @@ class Observation:
     reason: str
     message: str
     available: bool
+    #: The reason is a fault someone has to act on (posted as a Warning event).
+    warning: bool = False
 
 
-def observe(deployment: Mapping[str, Any] | None, *, active: bool) -> Observation:
-    """Reduce a Deployment (or its absence) to a phase."""
+def observe(
+    deployment: Mapping[str, Any] | None,
+    *,
+    active: bool,
+    diagnosis: diagnosing.Diagnosis | None = None,
+) -> Observation:
+    """Reduce a Deployment (or its absence) to a phase.
+
+    ``diagnosis``, what the pods or Secrets say is wrong, replaces the Deployment's vaguer reason
+    while the gateway is not available.
+    """
+    observation = _observe(deployment, active=active)
+    if diagnosis is None or observation.phase not in (Phase.PROVISIONING, Phase.FAILED):
+        return observation
+    return dataclasses.replace(
+        observation, reason=diagnosis.reason, message=diagnosis.message, warning=True
+    )
+
+
+def _observe(deployment: Mapping[str, Any] | None, *, active: bool) -> Observation:
     if deployment is None:
         return Observation(Phase.PENDING, "Creating", "the gateway is being created", False)
     status = deployment.get("status") or {}
@@ -45,7 +66,7 @@ def observe(deployment: Mapping[str, Any] | None, *, active: bool) -> Observatio
     if progressing.get("status") == "False" or _true(conditions.get("ReplicaFailure")):
         failure = conditions.get("ReplicaFailure") or progressing
         reason = failure.get("reason", "DeploymentFailed")
-        return Observation(Phase.FAILED, reason, failure.get("message", reason), False)
+        return Observation(Phase.FAILED, reason, failure.get("message", reason), False, True)
     if not active:
         return Observation(Phase.COMPLETED, "Inactive", "the session was ended", False)
     current = status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 1)
@@ -75,7 +96,7 @@ def with_call(observation: Observation, body: Mapping[str, Any]) -> Observation:
 
 def failed(reason: str, message: str) -> Observation:
     """The observation for a resource whose spec the operator cannot build."""
-    return Observation(Phase.FAILED, reason, message, False)
+    return Observation(Phase.FAILED, reason, message, False, True)
 
 
 def build_status(
@@ -99,6 +120,7 @@ def build_status(
     status: dict[str, Any] = {
         "phase": str(observation.phase),
         "observedGeneration": generation,
+        "reason": observation.reason,
         "message": observation.message,
         "conditions": [
             _condition(kind, ok, reason, observation.message, generation, old.get(kind), now)
@@ -110,6 +132,8 @@ def build_status(
         status["tokenSecret"] = gateway.token_secret
     if observation.phase is Phase.READY and gateway is not None:
         status["endpoint"] = gateway.endpoint
+        if gateway.external_endpoint is not None:
+            status["externalEndpoint"] = gateway.external_endpoint
     return status
 
 
@@ -119,7 +143,7 @@ def status_patch(previous: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict
     Counters are left alone: they are patched separately when something changes.
     """
     patch: dict[str, Any] = {k: v for k, v in wanted.items() if previous.get(k) != v}
-    for key in ("endpoint", "tokenSecret"):
+    for key in ("endpoint", "externalEndpoint", "tokenSecret"):
         if key in previous and key not in wanted:
             patch[key] = None
     return patch

@@ -6,7 +6,10 @@ below 50 ms for the per-chunk processing delay, whose target is tens of millisec
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import math
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
 CHUNK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, *LATENCY_BUCKETS)
@@ -86,6 +89,11 @@ SEGMENTS_FINALISED = Counter(
 )
 STORAGE_ERRORS = Counter(
     "earshot_storage_errors_total", "Writes to a store that failed.", ["store"]
+)
+FRAMES_SKIPPED = Counter(
+    "earshot_frames_skipped_total",
+    "Audio frames dropped and counted instead of ending the stream (EARSHOT_BAD_FRAME_POLICY=skip).",
+    ["gateway", "reason"],
 )
 
 # The Talk gateway (rooms, speakers, captions, signaling).
@@ -185,3 +193,42 @@ PERSISTER_BATCH_RECORDS = Histogram(
     "Records per drained batch.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+
+
+# --- series that exist before their first event ------------------------------------------------
+#: A labelled counter has no series until its first increment, so rate(), increase() and the
+#: overload alert see the first burst as a series appearing at its count, not as a rise: they
+#: miss it. A gateway creates its known series at 0 when it starts.
+GATEWAY_STORES = ("spool", "segments")
+
+
+def initialise_gateway(gateway: str, engine: str) -> None:
+    """Create at 0 the error and throughput counters of one gateway and engine."""
+    for counter in (OVERLOAD_REJECTIONS, ENGINE_ERRORS, SEGMENTS_FINALISED):
+        counter.labels(gateway, engine)
+    SPOOL_FULL_REJECTIONS.labels(gateway)
+    for store in GATEWAY_STORES:
+        STORAGE_ERRORS.labels(store)
+
+
+def snapshot(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
+    """Every sample of ``registry`` as JSON-ready data, for clients that read a JSON ``/metrics``.
+
+    Returns:
+        ``{"metrics": {name: [{"labels": {...}, "value": float}, ...]}}``: the sample names of the
+        Prometheus text format (``_total``, ``_bucket``, ``_sum``, ``_count``, ...).
+    """
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue  # creation timestamps, not measurements
+            samples.setdefault(sample.name, []).append(
+                {"labels": dict(sample.labels), "value": _json_number(sample.value)}
+            )
+    return {"metrics": samples}
+
+
+def _json_number(value: float) -> float | str:
+    # JSON has no NaN or infinity; say them as Prometheus's text format does.
+    return value if math.isfinite(value) else str(value)

@@ -6,11 +6,20 @@ names of the telephony server earshot replaces stay accepted as aliases (PROTOCO
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from earshot.audio.codecs import Codec
 from earshot.events import InvalidSessionId, parse_session_id
@@ -22,6 +31,49 @@ SOURCE_RATES = (8000, 16000)
 ENGINE_LANGUAGES = {"paraformer": ("zh", "en"), "kyutai": ("en", "fr")}
 AUTO_LANGUAGE = "auto"
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0
+#: Read from the working directory, as the older telephony server did; the environment wins.
+ENV_FILE = ".env"
+#: What the older telephony server stored as ``sessions.user_id`` (it took no user id from clients).
+LEGACY_USER_ID = "websocket_client"
+
+
+@dataclass(frozen=True, slots=True)
+class Default:
+    """A setting's default in earshot, and the older telephony server's where it differed."""
+
+    earshot: Any
+    legacy: Any
+
+
+#: The one table of the defaults that differ between earshot and the older telephony server. The
+#: legacy column applies when the environment (or ``.env``) uses any of :data:`LEGACY_NAMES`: a
+#: user who swaps earshot in with the old ``.env`` keeps the behaviour that file was written for.
+DEFAULTS: Mapping[str, Default] = {
+    "inference_queue_timeout_seconds": Default(2.0, 20.0),
+    "endpoint_silence_without_text_seconds": Default(2.4, 3.0),
+    "endpoint_silence_after_text_seconds": Default(1.0, 1.2),
+    "endpoint_max_segment_seconds": Default(20.0, 300.0),
+    "bad_frame_policy": Default("refuse", "skip"),
+    "user_id": Default(None, LEGACY_USER_ID),
+}
+
+#: Names only the older telephony server's configuration uses. APP_HOST, APP_PORT and LOG_LEVEL are
+#: aliases too but do not count: AppAPI gives the Talk ExApp APP_HOST and APP_PORT, and LOG_LEVEL is
+#: too common a name to mean "the old server's .env".
+LEGACY_NAMES = (
+    "MYSQL_DATABASE_URL",
+    "MODEL_PATH",
+    "RETURN_TRANSCRIPTION",
+    "AUDIO_INPUT_FORMAT",
+    "AUDIO_SOURCE_RATE",
+    "ASR_INFERENCE_WORKERS",
+    "ASR_INFERENCE_QUEUE_SIZE",
+    "ASR_INFERENCE_QUEUE_TIMEOUT_SECONDS",
+    "REDIS_URL",
+    "LOG_DIR",
+    "PROJECT_NAME",
+    "APP_WORKERS",
+)
 
 
 def _env(name: str, *aliases: str) -> AliasChoices:
@@ -36,12 +88,38 @@ def default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Configuration of the gateway (and, later, the persister) process."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+    )
 
-    host: str = Field("127.0.0.1", validation_alias=_env("HOST"))
-    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT"))
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", validation_alias=_env("LOG_LEVEL")
+    host: str = Field("127.0.0.1", validation_alias=_env("HOST", "APP_HOST"))
+    port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT", "APP_PORT"))
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", validation_alias=_env("LOG_LEVEL", "LOG_LEVEL")
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        validation_alias=_env("LOG_FORMAT"),
+        description="text for people, json (one object per line) for log shippers.",
+    )
+    log_dir: Path | None = Field(
+        None,
+        validation_alias=_env("LOG_DIR", "LOG_DIR"),
+        description="When set, logs also go to <dir>/earshot.log.",
+    )
+    project_name: str = Field(
+        "earshot",
+        validation_alias=_env("PROJECT_NAME", "PROJECT_NAME"),
+        description="Name reported as project_name by /health.",
+    )
+    workers: int = Field(
+        1,
+        validation_alias=_env("WORKERS", "APP_WORKERS"),
+        description="Server processes; only 1 (scale with replicas and EARSHOT_INFERENCE_WORKERS).",
     )
 
     access_token: SecretStr | None = Field(
@@ -65,6 +143,17 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=_env("MAX_FRAME_BYTES"),
         description="Largest binary frame accepted; larger frames end the stream with 1009.",
+    )
+    bad_frame_policy: Literal["refuse", "skip"] = Field(
+        DEFAULTS["bad_frame_policy"].earshot,
+        validation_alias=_env("BAD_FRAME_POLICY"),
+        description="A frame that cannot be decoded: refuse ends the stream (1007); skip drops the "
+        "frame, counts it and goes on.",
+    )
+    debug_audio_dir: Path | None = Field(
+        None,
+        validation_alias=_env("DEBUG_AUDIO_DIR"),
+        description="When set, each connection's received audio is written there as a WAV.",
     )
     max_connections: int = Field(
         500,
@@ -94,7 +183,31 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         None,
         validation_alias=_env("MODEL_DIR", "MODEL_PATH"),
-        description="Directory with encoder/decoder ONNX files and tokens.txt; unset: the tiny model.",
+        description="Directory with encoder/decoder ONNX files and tokens.txt; used as given.",
+    )
+    demo_model: bool = Field(
+        False,
+        validation_alias=_env("DEMO_MODEL"),
+        description="With no model directory and no Triton URL, use the tiny random-weight model "
+        "(it makes up words); false: such a server refuses to start.",
+    )
+    endpoint_silence_without_text_seconds: float = Field(
+        DEFAULTS["endpoint_silence_without_text_seconds"].earshot,
+        gt=0,
+        validation_alias=_env("ENDPOINT_SILENCE_WITHOUT_TEXT_SECONDS"),
+        description="Paraformer endpoint rule 1: silence that ends a segment with no text yet.",
+    )
+    endpoint_silence_after_text_seconds: float = Field(
+        DEFAULTS["endpoint_silence_after_text_seconds"].earshot,
+        gt=0,
+        validation_alias=_env("ENDPOINT_SILENCE_AFTER_TEXT_SECONDS"),
+        description="Paraformer endpoint rule 2: silence after text that ends a segment.",
+    )
+    endpoint_max_segment_seconds: float = Field(
+        DEFAULTS["endpoint_max_segment_seconds"].earshot,
+        gt=0,
+        validation_alias=_env("ENDPOINT_MAX_SEGMENT_SECONDS"),
+        description="Paraformer endpoint rule 3: a segment this long ends regardless.",
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, validation_alias=_env("CACHE_DIR"))
     inference_workers: int = Field(
@@ -113,7 +226,7 @@ class Settings(BaseSettings):
         ),
     )
     inference_queue_timeout_seconds: float = Field(
-        2.0,
+        DEFAULTS["inference_queue_timeout_seconds"].earshot,
         gt=0,
         validation_alias=_env(
             "INFERENCE_QUEUE_TIMEOUT_SECONDS", "ASR_INFERENCE_QUEUE_TIMEOUT_SECONDS"
@@ -257,7 +370,7 @@ class Settings(BaseSettings):
         description="When set, the gateway serves only this session id; others are refused (1008).",
     )
     user_id: str | None = Field(
-        None,
+        DEFAULTS["user_id"].earshot,
         max_length=64,
         validation_alias=_env("USER_ID"),
         description="Stored as sessions.user_id of the sessions this gateway opens.",
@@ -279,6 +392,36 @@ class Settings(BaseSettings):
         description="token: clients must send EARSHOT_ACCESS_TOKEN; none: no token; "
         "unset: a token is needed when one is set.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment over ``.env`` over the older server's defaults (when its names are used)."""
+        legacy = _LegacyDefaults(settings_cls, env_settings, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, legacy
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case_level(cls, value: object) -> object:
+        # The older server's .env says LOG_LEVEL=INFO.
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("workers")
+    @classmethod
+    def _one_worker(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"{value} server processes asked for, but a gateway runs as one process (its "
+                "sessions and spool are per process): use 1, and scale with more replicas and "
+                "EARSHOT_INFERENCE_WORKERS"
+            )
+        return value
 
     @field_validator("session_id")
     @classmethod
@@ -348,3 +491,32 @@ class Settings(BaseSettings):
     def resolved_segments_url(self) -> str:
         """The segment store URL, defaulting to a SQLite file in the cache directory."""
         return self.segments_url or f"sqlite:///{self.cache_dir / 'earshot.sqlite3'}"
+
+
+class _LegacyDefaults(PydanticBaseSettingsSource):
+    """The legacy column of :data:`DEFAULTS`, when the environment or ``.env`` uses an old name."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        env: PydanticBaseSettingsSource,
+        dotenv: PydanticBaseSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._sources = (env, dotenv)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is decided in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        if not self._old_names_used():
+            return {}
+        # Keyed like the environment source, so that a value from the environment wins.
+        return {f"EARSHOT_{name.upper()}": d.legacy for name, d in DEFAULTS.items()}
+
+    def _old_names_used(self) -> bool:
+        seen: set[str] = set()
+        for source in self._sources:
+            if isinstance(source, EnvSettingsSource | DotEnvSettingsSource):
+                seen.update(name.upper() for name in source.env_vars)
+        return any(name in seen for name in LEGACY_NAMES)

@@ -33,7 +33,7 @@ def test_the_cache_key_changes_with_a_file_the_dockerfile_copies(tmp_path: Path)
 
 def test_the_copy_sources_of_the_services_dockerfile_are_what_its_build_reads() -> None:
     sources = images.copy_sources(images.REPO / "services" / "Dockerfile")
-    assert sources == ["pyproject.toml", "README.md", "services/earshot"]
+    assert sources == ["pyproject.toml", "README.md", "constraints.txt", "services/earshot"]
 
 
 def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ CASES = [
         changed_key="EARSHOT_TALK_LANGUAGES",
         changed_value="de,fr",
         endpoint="http://troom-{name}.{namespace}.svc:8000",
-        engine="kyutai",
+        engine="paraformer",
     ),
 ]
 KINDS = pytest.mark.parametrize("case", CASES, ids=[case.kind for case in CASES])
@@ -108,8 +108,17 @@ async def test_available_deployment_makes_the_resource_ready_with_its_endpoint(
     table = control_plane.kubectl("get", case.prefix, "-n", namespace, "call-1")
     header, row = table.splitlines()
     call = ["CALL", "SPEAKERS"] if case.kind == "TalkRoom" else []  # what its gateway reports
-    assert header.split() == ["NAME", "PHASE", "ENGINE", *call, "ENDPOINT", "AGE"]
-    assert row.split()[:3] == ["call-1", "Ready", case.engine]
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "READY",
+        "REASON",
+        "ENGINE",
+        *call,
+        "ENDPOINT",
+        "AGE",
+    ]
+    assert row.split()[:5] == ["call-1", "Ready", "True", "Available", case.engine]
     assert status["endpoint"] in row.split()
 
 

@@ -210,3 +210,18 @@ def test_chart_operator_ran_with_the_charts_settings(chart_operator: OperatorPro
     names = {item.split(b"=", 1)[0].decode() for item in environment if b"=" in item}
     assert "EARSHOT_OPERATOR_REDIS_URL_SECRET" in names
     assert os.environ.get("EARSHOT_OPERATOR_REDIS_URL_SECRET") is None  # not left to other tests
+
+
+def test_a_reinstall_finds_the_password_the_kept_database_was_made_with(
+    installed: Installation, chart_operator: OperatorProcess
+) -> None:
+    # last in this module: it uninstalls and installs the release again (the operator goes
+    # first, as the release's Deployment would: its role is uninstalled with it)
+    chart_operator.stop()
+    before = installed.get("secret", "earshot-storage")["data"]["mysql-password"]
+    installed.helm("uninstall", RELEASE, "--no-hooks")  # no kubelet here to run the hook Job
+    kept = installed.get("secret", "earshot-storage")
+    assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    installed.helm("install", RELEASE, str(CHART), *_sets())
+    after = installed.get("secret", "earshot-storage")["data"]["mysql-password"]
+    assert base64.b64decode(after) == base64.b64decode(before)

@@ -36,6 +36,13 @@ def _can_i(operator_process: OperatorProcess, *args: str) -> bool:
         ("create", "serviceaccounts"),
         ("create", "roles.rbac.authorization.k8s.io"),
         ("create", "rolebindings.rbac.authorization.k8s.io"),
+        # the gateway pods, watched for why a gateway does not come up
+        ("watch", "pods"),
+        ("list", "pods"),
+        # the Events it posts, and a session's Ingress rule
+        ("create", "events"),
+        ("create", "ingresses.networking.k8s.io"),
+        ("list", "talkrooms.earshot.dev"),
     ],
 )
 def test_operator_token_may_do_what_the_operator_does(
@@ -50,7 +57,9 @@ def test_operator_token_may_do_what_the_operator_does(
         ("delete", "deployments.apps"),
         ("list", "secrets"),
         ("patch", "secrets"),
-        ("get", "pods"),
+        ("delete", "pods"),
+        ("create", "pods"),
+        ("delete", "ingresses.networking.k8s.io"),
         ("create", "transcriptionsessions.earshot.dev"),
         ("delete", "transcriptionsessions.earshot.dev"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),

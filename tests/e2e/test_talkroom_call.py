@@ -247,6 +247,7 @@ async def start_room_gateway(
         "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(account),
         "EARSHOT_TALK_APP_PORT": str(port),
         "EARSHOT_TRITON_URL": "",
+        "EARSHOT_DEMO_MODEL": "true",
         "EARSHOT_CACHE_DIR": str(model_cache),
     }
     gateway = RoomGateway(pod.command, env, log=folder / "gateway.log")

@@ -242,9 +242,15 @@ async def test_health_and_metrics_are_served(settings: Settings, services: Servi
     # Read after the gateway has finished the stream: the client may leave before its last frames
     # are recognised, and the served exposition would miss them.
     after = prometheus_client.generate_latest().decode()
-    assert health == {"status": "ok", "engine": "paraformer"}
+    assert (health["status"], health["engine"], health["model_status"]) == (
+        "ok",
+        "paraformer",
+        "loaded",
+    )
     assert served.headers["content-type"].startswith("text/plain")
     assert 'earshot_frames_received_total{gateway="g711"}' in served.text
+    # created at start, before any overload: the first burst is a rise rate() sees
+    assert 'earshot_overload_rejections_total{engine="paraformer",gateway="g711"}' in served.text
     frames = speech_frames()
 
     def grew(series: str) -> float:

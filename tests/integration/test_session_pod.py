@@ -136,6 +136,7 @@ async def pod(
     # Triton pool (none runs here: the same engine runs in process)
     local = {
         Env.TRITON_URL: "",
+        "EARSHOT_DEMO_MODEL": "true",
         Env.HOST: "127.0.0.1",
         Env.PORT: str(free_port()),
         Env.PERSISTER_PORT: str(free_port()),

@@ -34,7 +34,9 @@ def test_stream_of_a_missing_file_says_which_file(tmp_path: Path) -> None:
 
 
 def test_demo_prints_a_transcript_stored_in_sqlite(tmp_path: Path) -> None:
-    done = _earshot("demo", "--speed", "0", env={"EARSHOT_CACHE_DIR": str(tmp_path)}, cwd=tmp_path)
+    done = _earshot(
+        "demo", "--speed", "0", "--offline", env={"EARSHOT_CACHE_DIR": str(tmp_path)}, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert "transcript" in done.stdout
     assert f"stored in sqlite:///{tmp_path}/earshot.sqlite3" in done.stdout

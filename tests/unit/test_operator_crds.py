@@ -57,11 +57,14 @@ def test_crd_names_match_the_operator(kind: resources.Kind) -> None:
 
 
 @KINDS
-def test_printer_columns_show_phase_engine_endpoint_and_age(kind: resources.Kind) -> None:
+def test_printer_columns_show_phase_ready_reason_engine_endpoint_and_age(
+    kind: resources.Kind,
+) -> None:
     columns = _load(kind)["spec"]["versions"][0]["additionalPrinterColumns"]
     # a TalkRoom also shows its call, as its gateway reports it
     call = ["Call", "Speakers"] if kind.kind == "TalkRoom" else []
-    assert [c["name"] for c in columns] == ["Phase", "Engine", *call, "Endpoint", "Age"]
+    names = ["Phase", "Ready", "Reason", "Engine", *call, "Endpoint", "Age"]
+    assert [c["name"] for c in columns] == names
 
 
 @KINDS

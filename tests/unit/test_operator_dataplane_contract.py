@@ -281,7 +281,7 @@ ROOM_FIELDS: dict[str, Effect] = {
         "other-key", lambda b: b.secret_ref(Env.TALK_INTERNAL_SECRET)[1], "other-key"
     ),
     "languages": Effect(["de"], lambda b: _talk(b).languages, ("de",)),
-    "engine": Effect("paraformer", lambda b: b.settings.engine, "paraformer"),
+    "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
     "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
     **_storage("redisUrlSecretRef", Env.PARTIALS_URL),
     **_storage("mysqlUrlSecretRef", Env.SEGMENTS_URL),

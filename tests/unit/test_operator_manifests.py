@@ -160,8 +160,8 @@ def test_room_gateway_runs_talk_with_the_room_settings() -> None:
     data = manifests.build_configmap(gateway)["data"]
     assert data["EARSHOT_TALK_ROOM_TOKEN"] == "r00m"
     assert data["EARSHOT_TALK_LANGUAGES"] == "de,en"
-    assert data["EARSHOT_ENGINE"] == "kyutai"
-    assert data["EARSHOT_TRITON_URL"] == SETTINGS.triton_kyutai_url
+    assert data["EARSHOT_ENGINE"] == "paraformer"  # the default, as the chart's CPU pool
+    assert data["EARSHOT_TRITON_URL"] == SETTINGS.triton_paraformer_url
     assert _env(container)["EARSHOT_TALK_INTERNAL_SECRET"] == ("hpb", "secret")
     assert gateway.endpoint == "http://troom-standup.talk.svc:8000"
 

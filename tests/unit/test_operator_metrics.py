@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from earshot_operator.metrics import OperatorMetrics
+from earshot_operator.metrics import MetricsServer, OperatorMetrics
 
 
 def _gauge(metrics: OperatorMetrics) -> dict[tuple[str, str], float]:
@@ -40,3 +43,21 @@ def test_reconcile_durations_are_observed_per_kind() -> None:
     assert (
         'earshot_operator_reconcile_duration_seconds_count{kind="TranscriptionSession"} 1.0' in text
     )
+
+
+async def test_healthz_fails_while_the_health_check_says_so() -> None:
+    state = {"healthy": True}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = MetricsServer(OperatorMetrics(), port=port, healthy=lambda: state["healthy"])
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as ok:
+                assert ok.status == 200
+            state["healthy"] = False
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as failing:
+                assert (failing.status, await failing.text()) == (503, "the drift check stopped")
+    finally:
+        await server.stop()

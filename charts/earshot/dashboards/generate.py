@@ -10,17 +10,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_models
+from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 HERE = Path(__file__).resolve().parent
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+#: Every query is narrowed to the chosen namespaces and pods (releases live in namespaces; a
+#: gateway pod is one session or room), so two releases or clusters in one Prometheus never mix.
+SCOPE = 'namespace=~"$namespace", pod=~"$pod"'
+_METRIC = re.compile(r"\b((?:earshot|nv)_[a-zA-Z0-9_]+)(\{)?")
+#: The latency SLOs of DESIGN.md (and of the burn-rate alerts): drawn as threshold lines.
+FIRST_PARTIAL_SLO_S = 1.0
+FINAL_SLO_S = 3.0
+
+
+def scoped(expr: str) -> str:
+    """``expr`` with the namespace and pod variables added to every metric selector."""
+
+    def narrow(match: re.Match[str]) -> str:
+        name, brace = match.group(1), match.group(2)
+        return f"{name}{{{SCOPE}, " if brace else f"{name}{{{SCOPE}}}"
+
+    return _METRIC.sub(narrow, expr)
 
 
 @dataclass(frozen=True)
@@ -35,18 +55,30 @@ def _target(query: Query, index: int = 0) -> prometheus.Dataquery:
     return (
         prometheus.Dataquery()
         .ref_id(chr(ord("A") + index))
-        .expr(query.expr)
+        .expr(scoped(query.expr))
         .legend_format(query.legend)
         .range()
         .datasource(DATASOURCE)
     )
 
 
-def graph(title: str, unit: str, *queries: Query, description: str = "") -> timeseries.Panel:
-    """A time series panel of ``queries``."""
+def graph(
+    title: str, unit: str, *queries: Query, description: str = "", slo: float | None = None
+) -> timeseries.Panel:
+    """A time series panel of ``queries``; ``slo`` draws that value as a red threshold line."""
     panel = timeseries.Panel().title(title).unit(unit).datasource(DATASOURCE).height(8).span(12)
     if description:
         panel = panel.description(description)
+    if slo is not None:
+        steps = [
+            models.Threshold(value=None, color="green"),
+            models.Threshold(value=slo, color="red"),
+        ]
+        panel = panel.thresholds(
+            dashboard.ThresholdsConfig().mode(models.ThresholdsMode.ABSOLUTE).steps(steps)
+        ).thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(common_models.GraphTresholdsStyleMode.LINE)
+        )
     for index, query in enumerate(queries):
         panel = panel.with_target(_target(query, index))
     return panel
@@ -94,6 +126,31 @@ def _base(uid: str, title: str, description: str) -> dashboard.Dashboard:
         .with_variable(
             dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
         )
+        .with_variable(_label_variable("namespace", "Namespace"))
+        .with_variable(_label_variable("pod", "Pod"))
+        .link(
+            dashboard.DashboardLink("earshot")
+            .type(models.DashboardLinkType.DASHBOARDS)
+            .tags(["earshot"])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+
+
+def _label_variable(label: str, title: str) -> dashboard.QueryVariable:
+    # values of the label on any earshot or Triton series, narrowed by the variables before it
+    where = '{__name__=~"(earshot|nv)_.+"' + (', namespace=~"$namespace"' if label == "pod" else "")
+    return (
+        dashboard.QueryVariable(label)
+        .label(title)
+        .datasource(DATASOURCE)
+        .query(f"label_values({where}}}, {label})")
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
     )
 
 
@@ -135,6 +192,7 @@ def overview() -> dashboard.Dashboard:
                 "First-partial latency",
                 "s",
                 *quantiles("earshot_first_partial_latency_seconds", "engine"),
+                slo=FIRST_PARTIAL_SLO_S,
                 description="From a segment's first audio to its first partial (SLO: 99% < 1 s).",
             )
         )
@@ -143,6 +201,7 @@ def overview() -> dashboard.Dashboard:
                 "Final latency",
                 "s",
                 *quantiles("earshot_final_latency_seconds", "engine"),
+                slo=FINAL_SLO_S,
                 description="From the end of a segment's audio to its final (SLO: 99% < 3 s).",
             )
         )
@@ -294,6 +353,33 @@ def triton() -> dashboard.Dashboard:
                 "Pending requests",
                 "short",
                 Query("sum by (model) (nv_inference_pending_request_count)", "{{model}}"),
+            )
+        )
+        .with_row(dashboard.Row("GPUs (the kyutai pool)"))
+        .with_panel(
+            graph(
+                "GPU utilisation",
+                "percentunit",
+                Query("avg by (pod, gpu_uuid) (nv_gpu_utilization)", "{{pod}} {{gpu_uuid}}"),
+                description="Triton's own GPU metrics; empty while the GPU pool is off.",
+            )
+        )
+        .with_panel(
+            graph(
+                "GPU memory used",
+                "percentunit",
+                Query(
+                    "sum by (pod, gpu_uuid) (nv_gpu_memory_used_bytes)"
+                    " / sum by (pod, gpu_uuid) (nv_gpu_memory_total_bytes)",
+                    "{{pod}} {{gpu_uuid}}",
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "GPU power",
+                "watt",
+                Query("sum by (pod, gpu_uuid) (nv_gpu_power_usage)", "{{pod}} {{gpu_uuid}}"),
             )
         )
         .with_row(dashboard.Row("Gateway side"))

@@ -10,6 +10,29 @@ from earshot.engines.recognizers import Recognizer
 from earshot.settings import Settings
 
 
+class NoModelConfigured(Exception):
+    """A server was started with no model, no Triton and without asking for the demo model."""
+
+
+def require_model(settings: Settings) -> None:
+    """Refuse a server that would quietly recognise with the random-weight tiny model.
+
+    Every server entry point calls this before it opens anything (``earshot serve``, ``earshot
+    talk``: the Talk ExApp as AppAPI installs it). A model directory given explicitly is used as
+    given (a missing file is its own error when it is loaded).
+
+    Raises:
+        NoModelConfigured: with the one-line reason and what to do.
+    """
+    if settings.model_dir is None and not settings.triton_url and not settings.demo_model:
+        raise NoModelConfigured(
+            "no model configured: set EARSHOT_MODEL_DIR (MODEL_PATH) to a model directory "
+            "(`earshot models fetch` downloads one) or EARSHOT_TRITON_URL; for the tiny "
+            "random-weight model, which makes up words, pass --demo-model or set "
+            "EARSHOT_DEMO_MODEL=true"
+        )
+
+
 async def _in_process_paraformer(settings: Settings) -> Recognizer:
     # Loading builds the tiny model on first use and parses ONNX files: keep it off the event loop.
     decoder = await asyncio.to_thread(paraformer.load_paraformer, settings)

@@ -47,6 +47,7 @@ def fetch_paraformer(
     expected_size: int | None = None,
     sha256: str | None = None,
     progress: Progress | None = None,
+    on_checked: Callable[[str], None] | None = None,
     timeout: float = 60.0,
 ) -> ParaformerFiles:
     """Download the model archive, check it and unpack it into ``dest``, all or nothing.
@@ -57,6 +58,7 @@ def fetch_paraformer(
         expected_size: the archive's size in bytes, when known.
         sha256: the archive's SHA-256 as hex, when known.
         progress: called after every chunk received.
+        on_checked: called with the archive's SHA-256 (hex) once it passed the checks.
         timeout: seconds without progress (connect, read) before giving up.
 
     Returns:
@@ -75,6 +77,8 @@ def fetch_paraformer(
         )
         if sha256 is not None and digest != sha256.lower():
             raise ModelFetchError(f"{url} has SHA-256 {digest}, expected {sha256.lower()}")
+        if on_checked is not None:
+            on_checked(digest)
         root = _unpack(archive, Path(scratch) / "unpacked")
         try:
             ParaformerFiles.in_directory(root)

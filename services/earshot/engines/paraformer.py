@@ -21,7 +21,7 @@ import sherpa_onnx
 from earshot.engines import tiny_paraformer
 from earshot.engines.recognizers import EngineError, Samples
 from earshot.events import Recognition
-from earshot.settings import Settings
+from earshot.settings import DEFAULTS, Settings
 
 SAMPLE_RATE = 16_000
 
@@ -42,9 +42,18 @@ class EndpointRules:
     float32, to just below 1.2.
     """
 
-    silence_without_text: float = 2.4
-    silence_after_text: float = 1.0
-    max_segment: float = 20.0
+    silence_without_text: float = DEFAULTS["endpoint_silence_without_text_seconds"].earshot
+    silence_after_text: float = DEFAULTS["endpoint_silence_after_text_seconds"].earshot
+    max_segment: float = DEFAULTS["endpoint_max_segment_seconds"].earshot
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EndpointRules:
+        """The rules ``EARSHOT_ENDPOINT_*`` (or the older server's defaults) ask for."""
+        return cls(
+            silence_without_text=settings.endpoint_silence_without_text_seconds,
+            silence_after_text=settings.endpoint_silence_after_text_seconds,
+            max_segment=settings.endpoint_max_segment_seconds,
+        )
 
 
 @dataclass(eq=False, slots=True)
@@ -168,7 +177,7 @@ def load_paraformer(settings: Settings) -> ParaformerDecoder:
     The tiny model is built once into ``<cache_dir>/models/tiny-paraformer`` and reused after.
 
     Args:
-        settings: ``model_dir``, ``cache_dir`` and ``inference_threads`` are used.
+        settings: ``model_dir``, ``cache_dir``, ``inference_threads`` and the endpoint rules.
 
     Returns:
         The decoder.
@@ -180,7 +189,11 @@ def load_paraformer(settings: Settings) -> ParaformerDecoder:
         files = tiny_paraformer.ParaformerFiles.in_directory(settings.model_dir)
     else:
         files = cached_tiny_paraformer(settings.cache_dir)
-    return ParaformerDecoder(files, num_threads=settings.inference_threads)
+    return ParaformerDecoder(
+        files,
+        num_threads=settings.inference_threads,
+        endpoint=EndpointRules.from_settings(settings),
+    )
 
 
 def cached_tiny_paraformer(cache_dir: Path) -> tiny_paraformer.ParaformerFiles:

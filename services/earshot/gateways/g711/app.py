@@ -13,8 +13,10 @@ import contextlib
 import hmac
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
-from fastapi import FastAPI, Response, WebSocket
+from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -23,7 +25,7 @@ from earshot.audio.codecs import InvalidAudio
 from earshot.audio.framing import duration_seconds
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
-from earshot.gateways.g711 import messages, releasing
+from earshot.gateways.g711 import dumping, messages, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
 from earshot.persistence.records import OutOfRange
@@ -101,19 +103,34 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
+    metrics.initialise_gateway(GATEWAY, engine)
     # Sessions streaming in this process, each until its last segment is stored.
     live: dict[SessionId, _Occupant] = {}
 
     @app.get("/health")
-    async def health(response: Response) -> dict[str, str]:
+    async def health(response: Response) -> dict[str, Any]:
+        # status, config, project_name and model_status: the keys the older server's probes read.
+        body: dict[str, Any] = {
+            "status": "ok",
+            "engine": engine,
+            "project_name": settings.project_name,
+            "model_status": "loaded",
+            "config": public_config(settings),
+        }
         if not services.stores.journal.healthy:
             response.status_code = 503
-            return {"status": "failing", "engine": engine, "reason": "persistence stopped working"}
-        return {"status": "ok", "engine": engine}
+            body.update(status="failing", reason="persistence stopped working")
+        return body
 
     @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
+        if _wants_json(request.headers.get("accept", "")):
+            return JSONResponse(metrics.snapshot())
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/metrics/json")
+    async def json_metrics() -> dict[str, Any]:
+        return metrics.snapshot()
 
     @app.websocket("/ws/transcribe/{session_id}")
     async def transcribe(websocket: WebSocket, session_id: str) -> None:
@@ -137,6 +154,37 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
                 releasing.release_freed_memory()
 
     return app
+
+
+def public_config(settings: Settings) -> dict[str, Any]:
+    """The settings a health probe may see: how audio is taken and recognised, no secrets."""
+    return {
+        "engine": settings.engine,
+        "model": str(settings.model_dir) if settings.model_dir else None,
+        "demo_model": settings.model_dir is None and not settings.triton_url,
+        "triton_url": settings.triton_url or None,
+        "audio_codec": settings.audio_codec.value,
+        "audio_rate": settings.audio_rate,
+        "return_transcription": settings.return_transcription,
+        "bad_frame_policy": settings.bad_frame_policy,
+        "inference_workers": settings.inference_workers,
+        "inference_queue_size": settings.inference_queue_size,
+        "inference_queue_timeout_seconds": settings.inference_queue_timeout_seconds,
+        "endpoint_rules_seconds": [
+            settings.endpoint_silence_without_text_seconds,
+            settings.endpoint_silence_after_text_seconds,
+            settings.endpoint_max_segment_seconds,
+        ],
+        "auth": "none" if settings.required_token() is None else "token",
+    }
+
+
+def _wants_json(accept: str) -> bool:
+    """Whether an Accept header asks for JSON before (or instead of) text."""
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return "application/json" in kinds and not any(
+        kind.startswith("text/") for kind in kinds[: kinds.index("application/json")]
+    )
 
 
 def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) -> Refusal | None:
@@ -255,6 +303,29 @@ async def _pump(
     A client that has started closing can no longer be sent to, but the frames it sent before its
     close are still read and recognised: its audio is stored all the same.
     """
+    dump = (
+        dumping.AudioDump.for_connection(
+            settings.debug_audio_dir,
+            transcription.session_id,
+            codec=settings.audio_codec,
+            rate=settings.audio_rate,
+        )
+        if settings.debug_audio_dir is not None
+        else None
+    )
+    try:
+        return await _pump_frames(websocket, transcription, settings, dump)
+    finally:
+        if dump is not None:
+            dump.close()
+
+
+async def _pump_frames(
+    websocket: WebSocket,
+    transcription: Transcription,
+    settings: Settings,
+    dump: dumping.AudioDump | None,
+) -> Refusal | None:
     listening = True
     while True:
         try:
@@ -285,7 +356,12 @@ async def _pump(
         try:
             out = await transcription.feed(chunk)
         except InvalidAudio as exc:
-            return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
+            if settings.bad_frame_policy == "refuse":
+                return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
+            # The older server's way: drop the frame, keep the stream.
+            metrics.FRAMES_SKIPPED.labels(GATEWAY, "invalid_audio").inc()
+            log.debug("session %s: frame skipped: %s", transcription.session_id, exc)
+            continue
         except EngineOverloaded:
             return OVERLOADED
         except SpoolFull:
@@ -305,6 +381,8 @@ async def _pump(
                 f"a result cannot be stored: {exc}",
                 CloseCode.INTERNAL_ERROR,
             )
+        if dump is not None:
+            dump.write(chunk)
         if listening:
             listening = await _send(websocket, out, settings)
 

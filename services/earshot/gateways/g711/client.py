@@ -44,14 +44,43 @@ class StreamResult:
 
 OnMessage = Callable[[messages.ServerMessage], None]
 
+# How compressed formats begin: such a file is never raw telephony audio.
+_CONTAINERS = {b"ID3": "MP3", b"\xff\xfb": "MP3", b"fLaC": "FLAC", b"OggS": "Ogg"}
+
+
+class UnsupportedAudio(ValueError):
+    """A file that is neither a 16-bit PCM WAV nor raw audio in the stream's codec."""
+
 
 def load_audio(path: Path, *, codec: codecs.Codec, rate: int) -> bytes:
-    """Read a WAV file (converted to ``codec`` at ``rate``) or a raw file already in ``codec``."""
-    if path.suffix.lower() != ".wav":
+    """Read a WAV file (converted to ``codec`` at ``rate``) or a raw file already in ``codec``.
+
+    A file is a WAV when it starts like one (whatever its name); other files are sent as they are.
+
+    Raises:
+        UnsupportedAudio: a ``.wav`` that is not a WAV, a WAV that is not 16-bit PCM, or a
+            compressed file (MP3, FLAC, Ogg).
+    """
+    head = path.read_bytes()[:4]
+    if head != b"RIFF":
+        if path.suffix.lower() == ".wav":
+            raise UnsupportedAudio(f"{path} is named .wav but is not a WAV file")
+        for magic, kind in _CONTAINERS.items():
+            if head.startswith(magic):
+                raise UnsupportedAudio(f"{path} is {kind}, not a WAV or raw audio")
         return path.read_bytes()
+    try:
+        return _read_wav(path, codec=codec, rate=rate)
+    except (wave.Error, EOFError) as exc:
+        raise UnsupportedAudio(f"{path} is not a WAV file this client reads: {exc}") from None
+
+
+def _read_wav(path: Path, *, codec: codecs.Codec, rate: int) -> bytes:
     with wave.open(str(path), "rb") as wav:
         if wav.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV files are supported")
+            raise UnsupportedAudio(
+                f"{path} has {8 * wav.getsampwidth()}-bit samples; only 16-bit PCM WAV is read"
+            )
         channels, source_rate = wav.getnchannels(), wav.getframerate()
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
     samples = pcm.reshape(-1, channels).mean(axis=1).astype(np.float32) / np.float32(32768.0)
@@ -112,8 +141,12 @@ async def stream(
             await ws.close()
         except ConnectionClosed:
             pass
-        finally:
-            await receiver
+        except BaseException:
+            # Interrupted (Ctrl-C cancels the task) or failed: stop listening at once.
+            receiver.cancel()
+            await asyncio.wait([receiver])
+            raise
+        await receiver
         result.close_code = ws.close_code
         result.close_reason = ws.close_reason or ""
     return result

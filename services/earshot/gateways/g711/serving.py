@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import uvicorn
 
 from earshot.engines import loading
+from earshot.gateways import stopping
 from earshot.gateways.g711 import handshaking
 from earshot.gateways.g711.app import Services, create_app
 from earshot.gateways.g711.transcribing import Stores
@@ -53,6 +54,7 @@ def uvicorn_config(settings: Settings, services: Services) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # the process's logging (text or JSON) is configured by the command
         ws_max_size=settings.max_frame_bytes * _WS_MAX_SIZE_FACTOR,
         # Audio does not compress, and each deflate context holds hundreds of KiB per connection
         # (bench/reports/idle_connections.md): clients that offer it fall back to plain frames.
@@ -70,11 +72,20 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM)."""
+async def serve(settings: Settings) -> int | None:
+    """Serve until interrupted (SIGINT/SIGTERM), then close the services.
+
+    Returns:
+        The signal that stopped the server, or None when it stopped by itself.
+    """
+    # Bound first: a port in use fails before the model is loaded.
+    with bind_socket(settings) as sock:
+        return await _serve_on(sock, settings)
+
+
+async def _serve_on(sock: socket.socket, settings: Settings) -> int | None:
     async with open_services(settings) as services:
-        sock = bind_socket(settings)
-        server = uvicorn.Server(uvicorn_config(settings, services))
+        server = stopping.Server(uvicorn_config(settings, services))
         log.info(
             "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, spool %s, "
             "%s persister, segments in %s)",
@@ -86,3 +97,4 @@ async def serve(settings: Settings) -> None:
             settings.resolved_segments_url(),
         )
         await server.serve(sockets=[sock])
+    return server.stopped_by

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import uvicorn
 
 from earshot.engines import loading
+from earshot.gateways import stopping
 from earshot.gateways.talk import roomserving
 from earshot.gateways.talk.app import Services, create_app
 from earshot.gateways.talk.configuration import TalkSettings
@@ -44,6 +45,7 @@ def uvicorn_config(talk: TalkSettings, services: Services, *, log_level: str) ->
         host=talk.app_host,
         port=talk.app_port,
         log_level=log_level,
+        log_config=None,  # the process's logging (text or JSON) is configured by the command
         lifespan="off",
     )
 
@@ -57,7 +59,7 @@ async def serve(settings: Settings, talk: TalkSettings) -> None:
         await roomserving.serve(settings, talk)
         return
     async with open_services(settings, talk) as services:
-        server = uvicorn.Server(uvicorn_config(talk, services, log_level=settings.log_level))
+        server = stopping.Server(uvicorn_config(talk, services, log_level=settings.log_level))
         log.info(
             "earshot Talk ExApp %s on http://%s:%d (engine %s, HPB %s, cluster %s)",
             talk.app_id,

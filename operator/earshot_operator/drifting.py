@@ -1,0 +1,103 @@
+"""The operator's own drift check: every resource is reconciled again at an interval.
+
+kopf's timers could do this, but kopf puts its finalizer on every resource a timer or daemon runs
+on, so each deletion then waits for a running operator, and hangs for good without one. This
+loop needs no finalizer: a deleted resource goes at once and the garbage collector takes the
+objects it owns. The loop is one task, started and stopped by its owner (kopf's startup and
+cleanup handlers); one failing resource is logged and the pass goes on to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from earshot_operator import resources
+from earshot_operator.clients import ApiError, KubeClient
+from earshot_operator.settings import OperatorSettings
+
+logger = logging.getLogger("earshot_operator.drifting")
+
+#: Reconcile one resource of a kind again, counting what it changes as drift repairs.
+Reconcile = Callable[[resources.Kind, Mapping[str, Any]], Awaitable[None]]
+
+
+class DriftLoop:
+    """Re-reconciles every TranscriptionSession and TalkRoom each ``drift_interval_seconds``."""
+
+    def __init__(
+        self, client: KubeClient, *, settings: OperatorSettings, reconcile: Reconcile
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._reconcile = reconcile
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop (its first pass comes one interval from now)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="earshot-drift")
+
+    async def stop(self) -> None:
+        """Cancel the loop and wait for it to end."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():  # our own caller is being cancelled: pass it on
+                raise
+
+    @property
+    def healthy(self) -> bool:
+        """False once the loop has ended by itself (the operator's /healthz then fails)."""
+        return self._task is None or not self._task.done()
+
+    async def check_all(self) -> int:
+        """One pass over every resource; returns how many were reconciled."""
+        checked = 0
+        for kind in resources.KINDS.values():
+            for path in self._collections(kind):
+                try:
+                    answer = await self._client.request("GET", path)
+                except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                    logger.warning("cannot list %s: %s", path, error)  # next pass retries
+                    continue
+                for body in answer.get("items") or ():
+                    checked += await self._check(kind, body)
+        return checked
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.drift_interval_seconds)
+            await self.check_all()
+
+    async def _check(self, kind: resources.Kind, body: Mapping[str, Any]) -> int:
+        if body["metadata"].get("deletionTimestamp"):
+            return 0  # being deleted: leave it to the garbage collector
+        full = {"apiVersion": resources.API_VERSION, "kind": kind.kind, **body}
+        try:
+            await self._reconcile(kind, full)
+        except Exception:  # one resource's failure must not end the check of the others
+            meta = body["metadata"]
+            logger.exception("drift check of %s %s/%s failed", kind.kind, *_where(meta))
+            return 0
+        return 1
+
+    def _collections(self, kind: resources.Kind) -> Iterator[str]:
+        base = f"/apis/{resources.API_VERSION}"
+        if not self._settings.namespaces:
+            yield f"{base}/{kind.plural}"
+            return
+        for namespace in self._settings.namespaces:
+            yield f"{base}/namespaces/{namespace}/{kind.plural}"
+
+
+def _where(meta: Mapping[str, Any]) -> tuple[str, str]:
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))

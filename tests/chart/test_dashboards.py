@@ -1,0 +1,101 @@
+"""The generated dashboards: scoped to a namespace and pod, SLOs drawn, GPU panels, linked, and
+every query valid PromQL (promtool parses each as a recording rule)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.charts import CHART
+from tests.chart.promql import metric_names
+
+DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
+IDS = [path.stem for path in DASHBOARDS]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [panel for panel in board["panels"] if panel.get("type") != "row"]
+
+
+def _exprs(board: dict[str, Any]) -> list[str]:
+    return [t["expr"] for panel in _panels(board) for t in panel.get("targets") or ()]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=IDS)
+def test_every_dashboard_chooses_data_source_namespace_and_pod(path: Path) -> None:
+    board = _load(path)
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert list(variables) == ["datasource", "namespace", "pod"]
+    for name in ("namespace", "pod"):
+        assert variables[name]["multi"] is True
+        assert variables[name]["includeAll"] is True
+        assert variables[name]["query"].startswith("label_values(")
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=IDS)
+def test_every_metric_of_every_query_is_narrowed_to_the_chosen_namespace_and_pod(
+    path: Path,
+) -> None:
+    for expr in _exprs(_load(path)):
+        for name in metric_names(expr):
+            selectors = re.findall(rf"\b{name}\{{([^}}]*)\}}", expr)
+            occurrences = re.findall(rf"\b{name}\b", expr)
+            assert len(selectors) == len(occurrences), expr
+            for selector in selectors:
+                assert 'namespace=~"$namespace"' in selector, expr
+                assert 'pod=~"$pod"' in selector, expr
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=IDS)
+def test_every_dashboard_links_to_the_others_by_tag(path: Path) -> None:
+    board = _load(path)
+    assert "earshot" in board["tags"]
+    [link] = board["links"]
+    assert (link["type"], link["tags"], link["includeVars"]) == ("dashboards", ["earshot"], True)
+
+
+def test_the_latency_panels_draw_their_slo() -> None:
+    panels = {p["title"]: p for p in _panels(_load(CHART / "dashboards" / "overview.json"))}
+    drawn = {}
+    for title, panel in panels.items():
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
+        if defaults.get("custom", {}).get("thresholdsStyle", {}).get("mode") == "line":
+            drawn[title] = [s["value"] for s in defaults["thresholds"]["steps"]]
+    assert sorted(drawn.values()) == [[None, 1.0], [None, 3.0]]
+    assert all(
+        "latency" in title.lower() or "partial" in title.lower() or "final" in title.lower()
+        for title in drawn
+    )
+
+
+def test_the_triton_dashboard_shows_the_gpus() -> None:
+    used = set().union(*map(metric_names, _exprs(_load(CHART / "dashboards" / "triton.json"))))
+    assert {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_power_usage"} <= used
+
+
+def test_every_query_parses_as_promql(tmp_path: Path) -> None:
+    rules = [
+        {
+            "record": f"dashboard:query_{index}",
+            "expr": expr.replace("$namespace", ".*").replace("$pod", ".*"),
+        }
+        for index, expr in enumerate(e for path in DASHBOARDS for e in _exprs(_load(path)))
+    ]
+    path = tmp_path / "queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in done.stdout

@@ -1,0 +1,160 @@
+"""The chart and the operator meet in the operator's environment: checked from both sides.
+
+From the chart's side: every ``EARSHOT_OPERATOR_*`` variable the chart sets is a setting the
+operator reads, and parses. From the operator's side: the chart's scheduling, pull-secret,
+priority and Service values reach the gateway pods and Services the operator makes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from earshot_operator import gateways, manifests
+from earshot_operator.settings import OperatorSettings
+from tests.chart.charts import CHART, find, template
+
+PREFIX = "EARSHOT_OPERATOR_"
+SESSION = {
+    "apiVersion": "earshot.dev/v1alpha1",
+    "kind": "TranscriptionSession",
+    "metadata": {"name": "call-7", "namespace": "tel", "uid": "u-1"},
+    "spec": {"userId": "alice"},
+}
+PLACEMENT_VALUES = {
+    "imagePullSecrets[0].name": "regcred",
+    "imagePullSecrets[1].name": "mirror",
+    "operator.gateway.nodeSelector.pool": "gateways",
+    "operator.gateway.tolerations[0].key": "dedicated",
+    "operator.gateway.tolerations[0].operator": "Equal",
+    "operator.gateway.tolerations[0].value": "earshot",
+    "operator.gateway.tolerations[0].effect": "NoSchedule",
+    "operator.gateway.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution"
+    "[0].weight": "10",
+    "operator.gateway.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution"
+    "[0].podAffinityTerm.topologyKey": "kubernetes.io/hostname",
+    "operator.gateway.priorityClassName": "earshot-gateways",
+    "operator.gateway.serviceType": "NodePort",
+}
+
+
+def _operator_env(sets: dict[str, str] | None = None) -> dict[str, str]:
+    deployment = find(template(sets=sets), "Deployment", "-operator")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if e["name"].startswith(PREFIX)}
+
+
+def _settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> OperatorSettings:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return OperatorSettings()
+
+
+def test_every_variable_the_chart_sets_is_an_operator_setting() -> None:
+    fields = {PREFIX + name.upper() for name in OperatorSettings.model_fields}
+    assert set(_operator_env()) - fields == set()
+
+
+def test_chart_defaults_give_pods_without_placement(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(_operator_env(), monkeypatch)
+    spec = _pod_spec(settings)
+    for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        assert key not in spec
+    gateway = gateways.build(SESSION, settings)
+    service = manifests.build_service(gateway, settings=settings)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert manifests.build_ingress(gateway, settings=settings) is None
+    assert gateway.external_endpoint is None
+
+
+def test_chart_placement_values_reach_the_gateway_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(_operator_env(PLACEMENT_VALUES), monkeypatch)
+    spec = _pod_spec(settings)
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert spec["nodeSelector"] == {"pool": "gateways"}
+    assert spec["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "earshot", "effect": "NoSchedule"}
+    ]
+    preferred = spec["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred == [
+        {"weight": 10, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
+    ]
+    assert spec["priorityClassName"] == "earshot-gateways"
+    service = manifests.build_service(gateways.build(SESSION, settings), settings=settings)
+    assert service["spec"]["type"] == "NodePort"
+
+
+def _pod_spec(settings: OperatorSettings) -> dict[str, Any]:
+    deployment = manifests.build_deployment(gateways.build(SESSION, settings), settings=settings)
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def test_a_talkroom_defaults_to_the_engine_the_default_chart_serves() -> None:
+    crd = yaml.safe_load((CHART / "crds" / "talkrooms.earshot.dev.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    crd_default = schema["properties"]["spec"]["properties"]["engine"]["default"]
+    room = {
+        "apiVersion": "earshot.dev/v1alpha1",
+        "kind": "TalkRoom",
+        "metadata": {"name": "standup", "namespace": "talk", "uid": "u-2"},
+        "spec": {
+            "roomToken": "r00m",
+            "hpbUrl": "wss://hpb.example/spreed",
+            "nextcloudUrl": "https://cloud.example",
+            "internalSecretRef": {"name": "hpb"},
+        },
+    }
+    operator_default = gateways.build(room, OperatorSettings()).engine
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    served = {
+        engine
+        for engine, pool in (("paraformer", "cpu"), ("kyutai", "gpu"))
+        if values["triton"][pool]["enabled"]
+    }
+    assert crd_default == operator_default == values["talk"]["engine"]
+    assert served == {crd_default}
+
+
+INGRESS_VALUES = {
+    "operator.gateway.ingress.host": "stt.example.com",
+    "operator.gateway.ingress.className": "nginx",
+    "operator.gateway.ingress.tlsSecret": "stt-tls",
+    "operator.gateway.ingress.annotations.cert-manager\\.io/cluster-issuer": "letsencrypt",
+}
+
+
+def test_chart_ingress_values_give_each_session_an_ingress_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _settings(_operator_env(INGRESS_VALUES), monkeypatch)
+    gateway = gateways.build(SESSION, settings)
+    ingress = manifests.build_ingress(gateway, settings=settings)
+    assert ingress is not None
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    assert ingress["metadata"]["ownerReferences"][0]["kind"] == "TranscriptionSession"
+    assert ingress["spec"] == {
+        "ingressClassName": "nginx",
+        "tls": [{"hosts": ["stt.example.com"], "secretName": "stt-tls"}],
+        "rules": [
+            {
+                "host": "stt.example.com",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/ws/transcribe/call-7",
+                            "pathType": "Exact",
+                            "backend": {
+                                "service": {"name": "tsess-call-7", "port": {"name": "http"}}
+                            },
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    assert gateway.external_endpoint == "wss://stt.example.com/ws/transcribe/call-7"

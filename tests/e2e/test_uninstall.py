@@ -1,0 +1,125 @@
+"""``helm uninstall``'s pre-delete hook, as the chart renders it, against a real apiserver.
+
+No kubelet runs here, so the hook's container runs as a process: its command and environment
+from the rendered Job, logged in with the token of the rendered hook ServiceAccount, bound to the
+rendered ClusterRole: a verb the chart's role lacks fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from earshot_operator.clients import KubeClient
+from tests.chart.charts import find, template
+from tests.e2e import helpers
+from tests.e2e.controlplane.cluster import REPO, ControlPlane, write_kubeconfig
+
+pytestmark = pytest.mark.asyncio
+HOOK_NAMESPACE = "earshot-uninstall"
+
+
+def _hook_objects(watched: str) -> list[dict[str, Any]]:
+    sets = {"operator.watchNamespaces[0]": watched}
+    rendered = template(release="rel", namespace=HOOK_NAMESPACE, sets=sets)
+    hooks = [m for m in rendered if (m["metadata"].get("annotations") or {}).get("helm.sh/hook")]
+    assert {m["kind"] for m in hooks} == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Job",
+    }
+    assert all(m["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete" for m in hooks)
+    return hooks
+
+
+def _token(plane: ControlPlane, account: str, timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = json.loads(
+            plane.kubectl("get", "serviceaccount", account, "-n", HOOK_NAMESPACE, "-o", "json")
+        )
+        for ref in found.get("secrets") or ():
+            secret = json.loads(
+                plane.kubectl("get", "secret", ref["name"], "-n", HOOK_NAMESPACE, "-o", "json")
+            )
+            if "token" in (secret.get("data") or {}):
+                return base64.b64decode(secret["data"]["token"]).decode()
+        time.sleep(0.5)
+    raise AssertionError(f"no token for {account}")
+
+
+def _run_hook(
+    plane: ControlPlane, watched: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    hooks = _hook_objects(watched)
+    plane.kubectl("create", "namespace", HOOK_NAMESPACE)
+    try:
+        access = [hook for hook in hooks if hook["kind"] != "Job"]
+        plane.kubectl(
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": access}),
+        )
+        job = find(hooks, "Job", "-uninstall")
+        pod = job["spec"]["template"]["spec"]
+        token = _token(plane, pod["serviceAccountName"])
+        kubeconfig = tmp_path / "hook.kubeconfig"
+        write_kubeconfig(kubeconfig, server=plane.server, ca=plane.ca, user={"token": token})
+        [container] = pod["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert container["command"][:2] == ["python", "-m"]
+        return subprocess.run(
+            [sys.executable, *container["command"][1:]],
+            env={
+                **os.environ,
+                **env,
+                "KUBECONFIG": str(kubeconfig),
+                "PYTHONPATH": str(REPO / "operator"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        plane.kubectl("delete", "namespace", HOOK_NAMESPACE, "--wait=false")
+        for kind in ("clusterrole", "clusterrolebinding"):
+            plane.kubectl("delete", kind, "rel-earshot-uninstall", "--ignore-not-found")
+
+
+async def test_the_uninstall_hook_deletes_every_session_and_room_and_their_gateways(
+    api: KubeClient, namespace: str, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    bodies = [helpers.session_body("s1", namespace), helpers.room_body("r1", namespace)]
+    for body in bodies:
+        await api.create(body)
+    for body in bodies:
+        await helpers.eventually(functools.partial(helpers.phase_is, api, body, "Provisioning"))
+
+    done = await asyncio.to_thread(_run_hook, control_plane, namespace, tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    for body in bodies:
+        assert await helpers.resource(api, body) is None
+    assert "deleted 2 TranscriptionSessions and TalkRooms" in done.stderr
+
+    async def owned_gone() -> bool:
+        found = [
+            await helpers.get_owned(api, namespace, name, f"{name}-token")
+            for name in ("tsess-s1", "troom-r1")
+        ]
+        return all(obj is None for owned in found for obj in owned.values())
+
+    await helpers.eventually(owned_gone, timeout_s=60, what="the garbage collector")

@@ -1,0 +1,99 @@
+"""The operator's own drift loop: every resource once per pass, one failure never ends the pass,
+a loop that died makes the operator unhealthy. (tests/e2e run it against a real apiserver.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+
+from earshot_operator import drifting, resources
+from earshot_operator.clients import ApiError, KubeClient
+from earshot_operator.settings import OperatorSettings
+
+
+class Listing:
+    """Answers list requests from a table of path -> items (or an exception to raise)."""
+
+    def __init__(self, answers: Mapping[str, list[dict[str, Any]] | BaseException]) -> None:
+        self.answers = answers
+        self.paths: list[str] = []
+
+    async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+        self.paths.append(path)
+        answer = self.answers.get(path, [])
+        if isinstance(answer, BaseException):
+            raise answer
+        return {"items": answer}
+
+
+def _item(name: str, **meta: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "tel", **meta}, "spec": {}}
+
+
+def _loop(
+    listing: Listing, seen: list[str], settings: OperatorSettings | None = None
+) -> drifting.DriftLoop:
+    async def reconcile(kind: resources.Kind, body: Mapping[str, Any]) -> None:
+        seen.append(f"{body['kind']}/{body['metadata']['name']}")
+        if body["metadata"]["name"] == "broken":
+            raise RuntimeError("cannot build")
+
+    return drifting.DriftLoop(
+        cast(KubeClient, listing),
+        settings=settings or OperatorSettings(drift_interval_seconds=0.01),
+        reconcile=reconcile,
+    )
+
+
+SESSIONS = "/apis/earshot.dev/v1alpha1/transcriptionsessions"
+ROOMS = "/apis/earshot.dev/v1alpha1/talkrooms"
+
+
+async def test_a_pass_reconciles_every_live_resource_past_a_failing_one() -> None:
+    listing = Listing(
+        {
+            SESSIONS: [_item("broken"), _item("a"), _item("gone", deletionTimestamp="t")],
+            ROOMS: [_item("r")],
+        }
+    )
+    seen: list[str] = []
+    checked = await _loop(listing, seen).check_all()
+    assert seen == ["TranscriptionSession/broken", "TranscriptionSession/a", "TalkRoom/r"]
+    assert checked == 2  # the failing one is logged, not counted
+
+
+async def test_watched_namespaces_are_listed_one_by_one() -> None:
+    listing = Listing({})
+    settings = OperatorSettings(namespaces=("tel", "talk"))
+    await _loop(listing, [], settings).check_all()
+    assert listing.paths == [
+        "/apis/earshot.dev/v1alpha1/namespaces/tel/transcriptionsessions",
+        "/apis/earshot.dev/v1alpha1/namespaces/talk/transcriptionsessions",
+        "/apis/earshot.dev/v1alpha1/namespaces/tel/talkrooms",
+        "/apis/earshot.dev/v1alpha1/namespaces/talk/talkrooms",
+    ]
+
+
+async def test_a_refused_list_is_retried_at_the_next_pass() -> None:
+    listing = Listing({SESSIONS: ApiError(403, {"reason": "Forbidden"})})
+    seen: list[str] = []
+    loop = _loop(listing, seen)
+    loop.start()
+    await asyncio.sleep(0.1)
+    assert loop.healthy
+    assert listing.paths.count(SESSIONS) >= 2
+    await loop.stop()
+
+
+async def test_a_loop_that_died_is_unhealthy() -> None:
+    listing = Listing({SESSIONS: RuntimeError("a bug")})
+    loop = _loop(listing, [])
+    assert loop.healthy
+    loop.start()
+    await asyncio.sleep(0.1)
+    assert not loop.healthy
+    with pytest.raises(RuntimeError, match="a bug"):
+        await loop.stop()
