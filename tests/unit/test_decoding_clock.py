@@ -192,9 +192,10 @@ def test_a_client_behind_real_time_is_stepped_as_its_frames_arrive_until_on_time
     # clock compares the audio sent with the time passed: after a 2 s stall (the clock's time
     # jumps), each frame the client then sends at once is stepped without waiting for a tick.
     stall = [0.0]
+    slowed = _slowed(4)  # ticks 320 ms apart in real time: the catch-up is not mistaken for ticks
 
     def now() -> float:
-        return time.monotonic() + stall[0]
+        return slowed() + stall[0]
 
     clock = DecodingClock(_decoder(checkpoint, 1), clock=now)
     frame = _talk(10)[:FRAME_SAMPLES]
@@ -221,9 +222,9 @@ def test_a_client_behind_real_time_is_stepped_as_its_frames_arrive_until_on_time
         clock.close()
     assert on_time.steps == on_time.ticks == 3
     assert late.steps - on_time.steps == 11
-    # The stalled frame's tick, then the backlog stepped as it arrived, not one frame per tick
-    # (a tick may still fall among them).
-    assert late.ticks - on_time.ticks <= 2
+    # The backlog stepped as it arrived, not one frame per tick (11 ticks); a tick or two may
+    # still fall among them.
+    assert late.ticks - on_time.ticks <= 3
 
 
 async def test_a_stream_beyond_the_slots_is_refused_at_once_and_may_retry_once_one_is_free(
