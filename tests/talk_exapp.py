@@ -1,4 +1,5 @@
-"""The Talk ExApp for tests: uvicorn on a free port, AppAPI headers, a Nextcloud double."""
+"""The Talk ExApp for tests: uvicorn on a free port, AppAPI headers, a Nextcloud double (with
+TaskProcessing from :mod:`tests.taskprocessing_double`: by default one without a provider)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import uvicorn
 from earshot.gateways.talk.app import Services, create_app
 from earshot.gateways.talk.configuration import TalkSettings
 from tests.servers import free_port
+from tests.taskprocessing_double import TaskProcessingDouble
 
 APP_SECRET = "app-secret"
 
@@ -39,12 +41,13 @@ class NextcloudDouble:
 
     requests: list[httpx.Request] = field(default_factory=list)
     progress: list[int] = field(default_factory=list)
+    taskprocessing: TaskProcessingDouble = field(
+        default_factory=lambda: TaskProcessingDouble(APP_SECRET, provider=False)
+    )
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        if request.method == "PUT" and request.url.path.startswith(
-            "/ocs/v1.php/apps/app_api/apps/status/"
-        ):
+        if request.method == "PUT" and request.url.path == "/ocs/v1.php/apps/app_api/ex-app/status":
             self.progress.append(json.loads(request.content)["progress"])
             return httpx.Response(200, json={"ocs": {"meta": {"status": "ok"}, "data": []}})
         if request.url.path == "/ocs/v2.php/apps/spreed/api/v3/signaling/settings":
@@ -52,8 +55,22 @@ class NextcloudDouble:
             return httpx.Response(200, json={"ocs": {"meta": {"status": "ok"}, "data": data}})
         return httpx.Response(404)
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
+    def transport(self) -> httpx.AsyncBaseTransport:
+        return _Routed(self)
+
+
+class _Routed(httpx.AsyncBaseTransport):
+    """TaskProcessing requests to its double, the others to Nextcloud's."""
+
+    def __init__(self, double: NextcloudDouble) -> None:
+        self._double = double
+        self._taskprocessing = double.taskprocessing.transport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "/taskprocessing/" not in request.url.path:
+            return self._double.handle(request)
+        self._double.requests.append(request)
+        return await self._taskprocessing.handle_async_request(request)
 
 
 @asynccontextmanager

@@ -75,9 +75,16 @@ class Partial:
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """A final segment of a session, numbered from 1 without gaps."""
+    """A final segment of a session, numbered from 1 without gaps.
+
+    A Talk call's segments also say who spoke (``speaker``) and when (``started_at`` to
+    ``ended_at``); telephony sessions have one speaker and leave them None.
+    """
 
     session_id: SessionId
     seq: int
     text: str
     created_at: datetime
+    speaker: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None

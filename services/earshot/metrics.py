@@ -118,6 +118,35 @@ TALK_SIGNALING_ERRORS = Counter(
 TALK_RECONNECTS = Counter(
     "earshot_talk_signaling_reconnects_total", "Signaling connections lost and re-established."
 )
+# Talk SLIs and live translation (issue 14).
+TALK_FIRST_CAPTION_LATENCY = Histogram(
+    "earshot_talk_first_caption_latency_seconds",
+    "From the first audible frame of a speaker's segment arriving to that segment's first caption"
+    " being sent.",
+    ["engine"],
+    buckets=LATENCY_BUCKETS,
+)
+TALK_FINAL_CAPTION_LATENCY = Histogram(
+    "earshot_talk_final_caption_latency_seconds",
+    "From the audio that ended a speaker's segment arriving to its final caption being sent.",
+    ["engine"],
+    buckets=LATENCY_BUCKETS,
+)
+TALK_TRANSLATIONS = Counter(
+    "earshot_talk_translations_total",
+    "Translated finals by outcome: sent, failed (TaskProcessing), dropped (queue full).",
+    ["outcome"],
+)
+TALK_TRANSCRIPT_FINALS = Counter(
+    "earshot_talk_transcript_finals_total",
+    "Talk finals kept as a call's transcript, by outcome: kept (spooled), failed, dropped.",
+    ["outcome"],
+)
+TALK_TRANSLATION_LATENCY = Histogram(
+    "earshot_talk_translation_latency_seconds",
+    "From a final caption being sent to its translation being sent.",
+    buckets=LATENCY_BUCKETS,
+)
 
 # The spool (gateway side) and the persister that drains it (DESIGN.md, Persister sidecar).
 STORE_WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, *LATENCY_BUCKETS)

@@ -51,3 +51,10 @@ def test_docker_install_image_is_the_talk_target_of_the_services_image() -> None
     )
     dockerfile = (REPO / "services" / "Dockerfile").read_text()
     assert re.search(r'^FROM runtime AS talk\n(?:.*\n)*?CMD \["talk"\]', dockerfile, re.M)
+
+
+def test_nextcloud_33_to_35_are_admitted() -> None:
+    # Talk's live translation (which this ExApp offers) and HaRP come with Nextcloud 33.
+    admitted = INFO.find("dependencies/nextcloud")
+    assert admitted is not None
+    assert (admitted.get("min-version"), admitted.get("max-version")) == ("33", "35")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -140,7 +141,15 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         ),
         "talk": (
             ["talk"],
-            {"APP_HOST": "127.0.0.1", "APP_PORT": str(ports["talk"]), "EARSHOT_DEMO_MODEL": "true"},
+            {
+                "APP_HOST": "127.0.0.1",
+                "APP_PORT": str(ports["talk"]),
+                # what the ExApp refuses to start without (the demo model: no weights here)
+                "APP_SECRET": "metrics-secret",
+                "LT_HPB_URL": "ws://127.0.0.1:9/spreed",
+                "LT_INTERNAL_SECRET": "internal",
+                "EARSHOT_DEMO_MODEL": "true",
+            },
             f"http://127.0.0.1:{ports['talk']}",
             "/heartbeat",
         ),
@@ -284,10 +293,17 @@ def test_generated_dashboards_are_up_to_date() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def _healthcheck(text: str) -> list[str]:
+    command: list[str] = json.loads(
+        text.split("HEALTHCHECK", 1)[1].split("CMD", 1)[1].split("\n")[0]
+    )
+    return command
+
+
 def test_image_healthchecks_pass_against_each_running_role(running: Running) -> None:
     dockerfile = (REPO / "services" / "Dockerfile").read_text()
-    command = json.loads(dockerfile.split("HEALTHCHECK", 1)[1].split("CMD", 1)[1].split("\n")[0])
-    stages = {"g711": "serve", "talk": "talk", "persister": "persister"}
+    command = _healthcheck(dockerfile)
+    stages = {"g711": "serve", "persister": "persister"}
     for stage, role in stages.items():
         text = dockerfile.split(f"AS {stage}\n", 1)[1].split("FROM ", 1)[0]
         found = re.search(r"EARSHOT_HEALTH_URL=http://127.0.0.1:\d+(/\S+)", text)
@@ -299,3 +315,16 @@ def test_image_healthchecks_pass_against_each_running_role(running: Running) -> 
             [sys.executable, *command[1:]], env=env, capture_output=True, text=True, check=False
         )
         assert done.returncode == 0, (stage, done.stderr)
+
+
+def test_the_talk_image_healthcheck_follows_app_port(running: Running) -> None:
+    stage = (REPO / "services" / "Dockerfile").read_text().split("AS talk\n", 1)[1]
+    command = _healthcheck(stage.split("FROM ", 1)[0])
+    port = urlsplit(running.urls["talk"]).port
+    results = {}
+    for given in (port, _free_port()):
+        env = {**os.environ, "APP_HOST": "0.0.0.0", "APP_PORT": str(given)}
+        results[given] = subprocess.run(
+            [sys.executable, *command[1:]], env=env, capture_output=True, text=True, check=False
+        )
+    assert [done.returncode for done in results.values()] == [0, 1], results

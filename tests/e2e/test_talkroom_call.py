@@ -10,7 +10,8 @@ gateway leave the call, and the TalkRoom says so.
 
 Where the kubelet's world differs it is replaced and said so: the API server's address (a pod
 reaches it as kubernetes.default.svc), the gateway's port (a pod has its own network namespace: a
-free port here) and the Triton URL (no Triton pool here: the in-process engine recognises).
+free port here), the Triton URL (no Triton pool here: the in-process engine recognises) and the
+spool folder (a pod's own volume: the test's folder here).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ import pytest_asyncio
 import soxr
 
 from earshot.engines import loading
+from earshot.events import Segment
+from earshot.persistence import spool
+from earshot.persistence.reading import StreamReader
 from earshot.settings import Settings
 from earshot_operator.clients import KubeClient, path_of
 from tests.e2e.controlplane.cluster import REPO, ControlPlane
@@ -249,6 +253,8 @@ async def start_room_gateway(
         "EARSHOT_TRITON_URL": "",
         "EARSHOT_DEMO_MODEL": "true",
         "EARSHOT_CACHE_DIR": str(model_cache),
+        # a pod's spool is its own emptyDir volume; here: the test's folder, not the host's
+        "EARSHOT_SPOOL_DIR": str(folder / "spool"),
     }
     gateway = RoomGateway(pod.command, env, log=folder / "gateway.log")
     gateway.deployment = deployment
@@ -349,7 +355,10 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         async with httpx.AsyncClient(base_url=url, headers=appapi_headers(), timeout=30) as http:
             body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": True, "langId": "en"}
             response = await http.post("/api/v1/call/transcribe", json=body)
-            assert (response.status_code, response.json()) == (200, {}), exapp.tail()
+            assert (response.status_code, response.json()) == (
+                200,
+                {"message": "transcription enabled"},
+            ), exapp.tail()
             # Talk heard 200 only once the operator had taken the TalkRoom.
             accepted = await talkroom(api, namespace)
             assert accepted["status"]["observedGeneration"] >= accepted["metadata"]["generation"]
@@ -425,6 +434,16 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             assert ("Normal", "Left") in await events_of(api, namespace)
             status, _ = gateway.probe(ready_url)
             assert status == 503
+            # The call's finals were kept in the gateway's spool, for its persister sidecar.
+            kept = await asyncio.to_thread(spooled_finals, tmp_path / "spool")
+            assert {s.session_id.rsplit(":", 1)[0] for s in kept} == {f"talk:{ROOM}"}
+            assert {s.speaker for s in kept} == {"alice", "bob"}
+
+
+def spooled_finals(spool_dir: Path) -> list[Segment]:
+    """Every final in the spool's streams (what the persister sidecar would store)."""
+    entries = [e for stream in spool.streams(spool_dir) for e in StreamReader(stream).read(10_000)]
+    return [e.record for e in entries if isinstance(e.record, Segment)]
 
 
 def test_the_sample_talkroom_is_valid(control_plane: ControlPlane, namespace: str) -> None:

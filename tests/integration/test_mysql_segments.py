@@ -117,6 +117,9 @@ async def test_tables_have_the_columns_of_the_older_server(
         "segment_seq": ("int(11)", "NO"),
         "content": ("text", "NO"),
         "created_at": ("datetime", "NO"),
+        "speaker": ("varchar(64)", "YES"),
+        "started_at": ("datetime(3)", "YES"),
+        "ended_at": ("datetime(3)", "YES"),
     }
     assert segment_columns["id"][2] == "PRI"
 
@@ -184,25 +187,54 @@ async def test_segment_ids_are_deterministic_across_stores(mysql_url: str, db: A
     assert stored_id == str(uuid.uuid5(sql_segments.SEGMENT_ID_NAMESPACE, "call-1:5"))
 
 
-async def test_tables_of_the_older_server_are_used_as_they_are(
+async def test_tables_of_the_older_server_gain_only_nullable_talk_columns(
     mysql_url: str, db: AsyncEngine
 ) -> None:
     async with db.begin() as conn:
         for statement in OLDER_SERVER_DDL:
             await conn.execute(text(statement))
-    before = [await show_create(db, table) for table in ("sessions", "segments")]
+    sessions_before = await show_create(db, "sessions")
+    segments_before = await columns(db, "segments")
 
     store = await backends.open_segment_store(mysql_url.replace("mysql://", "mysql+pymysql://"))
     try:
         assert await store.last_seq(SESSION) == 2
         await store.add_segment(segment(3, "new three"))
         await store.add_segment(segment(2, "replayed two"))
-        stored = [(s.seq, s.text) for s in await store.segments(SESSION)]
+        spoken = T0 + timedelta(seconds=9, milliseconds=250)
+        talk = Segment(
+            SessionId("talk:r00m:20260102T030405"), 1, "hello", T0,
+            speaker="alice", started_at=spoken, ended_at=spoken + timedelta(milliseconds=1500),
+        )  # fmt: skip
+        await store.add_segment(talk)
+        stored = [(s.seq, s.text, s.speaker) for s in await store.segments(SESSION)]
+        assert await store.segments(talk.session_id) == [talk]
+        # The older server's statements still work on the migrated tables.
+        async with db.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO segments (id, session_id, segment_seq, content, created_at)"
+                    " VALUES ('7b2e4d66-9e30-4b47-9c7b-5f2f6b3e4a03', 'call-1', 4, 'old four',"
+                    " '2026-01-02 03:04:09')"
+                )
+            )
+        old_read = await rows(
+            db, "SELECT segment_seq, content FROM segments WHERE session_id = 'call-1'"
+            " ORDER BY segment_seq"
+        )  # fmt: skip
     finally:
         await store.aclose()
 
-    assert stored == [(1, "old one"), (2, "old two"), (3, "new three")]
-    assert [await show_create(db, table) for table in ("sessions", "segments")] == before
+    assert stored == [(1, "old one", None), (2, "old two", None), (3, "new three", None)]
+    assert old_read == [(1, "old one"), (2, "old two"), (3, "new three"), (4, "old four")]
+    assert await show_create(db, "sessions") == sessions_before
+    after = await columns(db, "segments")
+    assert {k: v for k, v in after.items() if k in segments_before} == segments_before
+    assert {k: v[:2] for k, v in after.items() if k not in segments_before} == {
+        "speaker": ("varchar(64)", "YES"),
+        "started_at": ("datetime(3)", "YES"),
+        "ended_at": ("datetime(3)", "YES"),
+    }
 
 
 async def test_stopped_server_raises_storage_error_and_a_restart_recovers(

@@ -100,3 +100,55 @@ def test_a_room_token_without_its_talkroom_is_refused() -> None:
 def test_a_room_gateway_is_not_also_the_cluster_exapp() -> None:
     with pytest.raises(ValueError, match="exclude each other"):
         TalkSettings(room_token="r00m", talkroom_name="talk-r00m", in_cluster=True)
+
+
+EXAPP_ENV = {
+    "APP_SECRET": "app",
+    "LT_HPB_URL": "wss://hpb.example.com/standalone-signaling/",
+    "LT_INTERNAL_SECRET": "internal",
+}
+
+
+def _talk_command(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from earshot.cli.commands import app
+
+    for name in (*EXAPP_ENV, "EARSHOT_MODEL_DIR", "MODEL_PATH", "EARSHOT_TRITON_URL"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["talk"], env=env)
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        ("APP_SECRET", "APP_SECRET"),
+        ("LT_HPB_URL", "LT_HPB_URL"),
+        ("LT_INTERNAL_SECRET", "LT_INTERNAL_SECRET"),
+    ],
+)
+def test_the_exapp_refuses_to_start_without_its_secrets_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, missing: str, named: str
+) -> None:
+    env = {k: v for k, v in EXAPP_ENV.items() if k != missing}
+    code, output = _talk_command({**env, "EARSHOT_DEMO_MODEL": "true"}, monkeypatch)
+    assert code == 2
+    assert output == f"earshot: error: the Talk ExApp cannot start without {named}\n"
+
+
+def test_the_exapp_refuses_to_caption_with_no_model_unless_asked_for_the_demo_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, output = _talk_command(EXAPP_ENV, monkeypatch)
+    assert code == 2
+    assert output.count("\n") == 1
+    assert output.startswith("earshot: error: no model configured: set EARSHOT_MODEL_DIR")
+    assert "EARSHOT_DEMO_MODEL=true" in output
+
+
+def test_a_room_gateway_and_the_cluster_exapp_need_no_model_or_internal_secret_here() -> None:
+    cluster = TalkSettings(app_secret="a", hpb_url="wss://h", in_cluster=True)
+    room = TalkSettings(room_token="r00m", talkroom_name="talk-r00m")
+    assert cluster.refusal() == ""
+    assert room.refusal() == ""

@@ -23,6 +23,7 @@ from earshot.settings import Settings
 from tests.hpb_double import SignalingDouble, running_double
 from tests.servers import free_port
 from tests.talk_exapp import APP_SECRET, NextcloudDouble, appapi_headers, running_exapp
+from tests.taskprocessing_double import TaskProcessingDouble
 
 SECRET = "internal-secret"
 NEXTCLOUD = "http://127.0.0.1:9"
@@ -38,7 +39,17 @@ AUTHENTICATED = [
     ("POST", "/api/v1/call/set-language", {"roomToken": ROOM, "langId": "en"}),
     ("POST", "/api/v1/call/leave", {"roomToken": ROOM}),
     ("GET", "/api/v1/status", None),
+    ("GET", f"/api/v1/translation/languages?roomToken={ROOM}", None),
+    (
+        "POST",
+        "/api/v1/translation/set-target-language",
+        {"roomToken": ROOM, "ncSessionId": "nc-a", "langId": "fr"},
+    ),
 ]
+EN_FR = {
+    "en": {"name": "English", "metadata": {"separator": " ", "rtl": False}},
+    "fr": {"name": "French", "metadata": {"separator": " ", "rtl": False}},
+}
 
 
 @dataclass
@@ -104,6 +115,7 @@ def settings_for(hpb_url: str, **overrides: Any) -> TalkSettings:
         "app_secret": APP_SECRET,
         "languages": ("en", "fr"),
         "grace_seconds": 0.1,
+        "translation_poll_seconds": 0.01,
         **overrides,
     }
     return TalkSettings(**values)
@@ -111,11 +123,19 @@ def settings_for(hpb_url: str, **overrides: Any) -> TalkSettings:
 
 @asynccontextmanager
 async def exapp_for(
-    settings: TalkSettings, recognizer: Recognizer, *, store: talkrooms.TalkRoomStore | None = None
+    settings: TalkSettings,
+    recognizer: Recognizer,
+    *,
+    store: talkrooms.TalkRoomStore | None = None,
+    taskprocessing: TaskProcessingDouble | None = None,
 ) -> AsyncIterator[ExApp]:
     nextcloud_double = NextcloudDouble()
+    if taskprocessing is not None:
+        nextcloud_double.taskprocessing = taskprocessing
     nextcloud = Nextcloud(settings, transport=nextcloud_double.transport())
-    rooms = Rooms(settings, recognizer, ice_servers=nextcloud.ice_servers)
+    # As serving.open_services: a cluster's ExApp does not translate.
+    translator = None if store is not None else nextcloud.task_processing()
+    rooms = Rooms(settings, recognizer, ice_servers=nextcloud.ice_servers, translator=translator)
     services = Services(rooms=rooms, nextcloud=nextcloud, talkrooms=store)
     try:
         async with (
@@ -166,18 +186,31 @@ async def test_init_reports_progress_to_nextcloud_with_appapi_headers(exapp: ExA
     await exapp.services.nextcloud.wait_init()
     assert exapp.nextcloud.progress == [0, 100]
     put = exapp.nextcloud.requests[0]
-    assert put.url.path == "/ocs/v1.php/apps/app_api/apps/status/live_transcription"
+    assert (put.method, put.url.path) == ("PUT", "/ocs/v1.php/apps/app_api/ex-app/status")
     assert put.headers["EX-APP-ID"] == "live_transcription"
     assert put.headers["OCS-APIRequest"] == "true"
 
 
-async def test_languages_are_a_dict_of_names_and_metadata(exapp: ExApp) -> None:
+async def test_languages_are_the_language_map_itself(exapp: ExApp) -> None:
     response = await exapp.call("GET", "/api/v1/languages")
-    assert response.status_code == 200
-    languages = response.json()["languages"]
-    assert list(languages) == ["en", "fr"]
-    assert languages["en"]["name"] == "English"
-    assert languages["fr"]["metadata"] == {"separator": " ", "rtl": False}
+    assert (response.status_code, response.json()) == (200, EN_FR)
+    assert list(response.json()) == ["en", "fr"]  # the first is the default
+
+
+async def test_capabilities_without_a_translation_provider_offer_transcription_only(
+    exapp: ExApp,
+) -> None:
+    response = await exapp.call("GET", "/capabilities")
+    assert (response.status_code, response.json()) == (
+        200,
+        {
+            "live_transcription": {
+                "version": "0.1.0",
+                "features": ["live_transcription"],
+                "live_transcription": {"supported_languages": EN_FR},
+            }
+        },
+    )
 
 
 async def test_enabled_and_capabilities_answer_appapi(exapp: ExApp) -> None:
@@ -188,8 +221,7 @@ async def test_enabled_and_capabilities_answer_appapi(exapp: ExApp) -> None:
     assert refused.status_code == 503
     assert "disabled" in refused.json()["error"]
     assert (await exapp.call("PUT", "/enabled?enabled=1")).json() == {"error": ""}
-    capabilities = (await exapp.call("GET", "/capabilities")).json()
-    assert "live_transcription" in capabilities["features"]
+    assert (await exapp.call("GET", "/enabled")).json() == {"enabled": True}
 
 
 async def test_transcribe_joins_the_room_and_set_language_and_leave_follow_it(
@@ -197,18 +229,29 @@ async def test_transcribe_joins_the_room_and_set_language_and_leave_follow_it(
 ) -> None:
     body = {"roomToken": ROOM, "ncSessionId": "nc-a", "enable": True, "langId": "en"}
     response = await exapp.call("POST", "/api/v1/call/transcribe", body)
-    assert (response.status_code, response.json()) == (200, {})
+    assert (response.status_code, response.json()) == (200, {"message": "transcription enabled"})
     assert len(double.clients()) == 1
     response = await exapp.call(
         "POST", "/api/v1/call/set-language", {"roomToken": ROOM, "langId": "fr"}
     )
-    assert (response.status_code, response.json()) == (200, {})
+    assert (response.status_code, response.json()) == (
+        200,
+        {"message": "captions in fr from now on"},
+    )
     status = (await exapp.call("GET", "/api/v1/status")).json()
     assert status["rooms"][0]["langId"] == "fr"
     assert status["memory"]["limitMb"] == 2048.0
     response = await exapp.call("POST", "/api/v1/call/leave", {"roomToken": ROOM})
-    assert response.status_code == 200
+    assert (response.status_code, response.json()) == (200, {"message": "left the call"})
     await double.wait_for(lambda: not double.clients())
+
+
+async def test_leaving_a_room_we_are_not_in_answers_200(exapp: ExApp) -> None:
+    response = await exapp.call("POST", "/api/v1/call/leave", {"roomToken": "unknown"})
+    assert (response.status_code, response.json()) == (
+        200,
+        {"message": "not in a call in room 'unknown'"},
+    )
 
 
 @pytest.mark.parametrize(
@@ -225,7 +268,8 @@ async def test_transcribe_joins_the_room_and_set_language_and_leave_follow_it(
         ("/api/v1/call/transcribe", [1, 2], 400),
         ("/api/v1/call/set-language", {"roomToken": "unknown", "langId": "en"}, 404),
         ("/api/v1/call/set-language", {"roomToken": ROOM}, 400),
-        ("/api/v1/call/leave", {"roomToken": "unknown"}, 404),
+        ("/api/v1/call/leave", {}, 400),
+        ("/api/v1/translation/set-target-language", {"roomToken": ROOM, "langId": "fr"}, 400),
     ],
 )
 async def test_bad_requests_get_a_precise_status_and_an_error_body(
@@ -283,7 +327,10 @@ async def test_in_a_cluster_a_request_becomes_a_talkroom_and_no_call_is_joined(
     async with exapp_for(settings, recognizer, store=store) as app:
         body = {"roomToken": ROOM, "ncSessionId": "nc-a", "enable": True, "langId": "fr"}
         response = await app.call("POST", "/api/v1/call/transcribe", body)
-        assert (response.status_code, response.json()) == (200, {})
+        assert (response.status_code, response.json()) == (
+            200,
+            {"message": "transcription enabled"},
+        )
         store.fail = True
         failed = await app.call("POST", "/api/v1/call/transcribe", body)
     assert failed.status_code == 503
@@ -313,7 +360,8 @@ async def test_in_a_cluster_set_language_and_leave_change_the_talkroom(
             "POST", "/api/v1/call/set-language", {"roomToken": ROOM, "langId": "xx"}
         )
         left = await app.call("POST", "/api/v1/call/leave", {"roomToken": ROOM})
-    assert [r.status_code for r in (ok, unknown, bad, left)] == [200, 404, 400, 200]
+    assert [r.status_code for r in (ok, unknown, bad, left)] == [200, 200, 400, 200]
+    assert unknown.json() == {"message": "left the call"}
     assert store.changes == [(ROOM, "fr", None), ("other", None, False), (ROOM, None, False)]
 
 

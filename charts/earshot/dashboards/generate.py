@@ -278,6 +278,49 @@ def overview() -> dashboard.Dashboard:
                 rate("earshot_talk_signaling_reconnects_total", "", "signaling reconnects"),
             )
         )
+        .with_row(dashboard.Row("Talk captions and translation"))
+        .with_panel(
+            graph(
+                "Talk: audio to first caption",
+                "s",
+                *quantiles("earshot_talk_first_caption_latency_seconds", "engine"),
+                description="From a speaker's first audible frame to the segment's first caption"
+                " sent (SLO: 99% < 1 s).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Talk: audio to final caption",
+                "s",
+                *quantiles("earshot_talk_final_caption_latency_seconds", "engine"),
+                description="From the audio that ended a segment to its final caption sent"
+                " (SLO: 99% < 3 s).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Talk translations",
+                "ops",
+                rate("earshot_talk_translations_total", "outcome"),
+                description="Translated finals sent, failed (TaskProcessing) and dropped (behind).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Talk: caption to translation",
+                "s",
+                Query(
+                    "histogram_quantile(0.5, sum by (le)"
+                    " (rate(earshot_talk_translation_latency_seconds_bucket[5m])))",
+                    "p50",
+                ),
+                Query(
+                    "histogram_quantile(0.95, sum by (le)"
+                    " (rate(earshot_talk_translation_latency_seconds_bucket[5m])))",
+                    "p95",
+                ),
+            )
+        )
     )
 
 

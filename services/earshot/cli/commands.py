@@ -36,6 +36,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Fetch or build recognition models.")
 app.add_typer(models_app, name="models")
+transcripts_app = typer.Typer(help="Read stored transcripts (telephony sessions and Talk calls).")
+app.add_typer(transcripts_app, name="transcripts")
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 _help = settings_help.option_help
 
@@ -199,6 +201,9 @@ def talk(
     # The ExApp in a cluster hands rooms to room gateways (which recognise): it needs no model.
     hands_rooms_on = talk_settings.in_cluster and not talk_settings.room_mode
     _start_server(settings, needs_model=not hands_rooms_on)
+    refusal = talk_settings.refusal()
+    if refusal:
+        raise _fail(CliError(refusal, exit_code=USAGE))
     _run(talk_serving.serve(settings, talk_settings))
 
 
@@ -348,6 +353,26 @@ def models_build_tiny(
 
     files = build_tiny_paraformer(dest, seed=seed)
     Console(soft_wrap=True).print(f"tiny Paraformer written: {files.encoder.parent}")
+
+
+@transcripts_app.command("show")
+def transcripts_show(
+    session: Annotated[str, typer.Argument(help="Session id (a Talk call: talk:<room>:<start>).")],
+) -> None:
+    """Print a stored transcript with its speakers and times (from EARSHOT_SEGMENTS_URL)."""
+    from earshot.cli import transcripts
+    from earshot.events import InvalidSessionId, parse_session_id
+    from earshot.storage.ports import StorageError
+
+    settings = load_settings()
+    try:
+        loaded = asyncio.run(transcripts.load(settings, parse_session_id(session)))
+    except (InvalidSessionId, transcripts.UnknownTranscript, StorageError) as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    out = Console(soft_wrap=True, highlight=False)
+    for text in transcripts.render(loaded):
+        out.print(text, markup=False)
 
 
 def main() -> None:

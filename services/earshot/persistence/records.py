@@ -1,7 +1,8 @@
 """What the spool holds, and its byte format: pure data, no I/O.
 
 A record is framed as ``<length: u32 LE><crc32 of the payload: u32 LE><payload>``; the payload is
-compact JSON with a one-letter kind: ``o`` a session opened, ``p`` a partial, ``f`` a final. A
+compact JSON with a one-letter kind: ``o`` a session opened, ``p`` a partial, ``f`` a final (with
+``w`` its speaker, ``b`` and ``e`` when the speech began and ended, when known: Talk calls). A
 frame whose length runs past the end of the data is *incomplete*; one whose CRC does not match is
 *corrupt*: framing cannot be trusted past either. A frame that is intact but whose payload this
 version cannot store (an unknown kind, as a newer writer may write, or a value out of range) is
@@ -32,6 +33,7 @@ MAX_PAYLOAD_BYTES = 1 << 20
 MAX_SEQ = 2**31 - 1
 MAX_TEXT_BYTES = 65_535
 MAX_USER_ID_LENGTH = 64
+MAX_SPEAKER_LENGTH = 64  # segments.speaker VARCHAR(64)
 EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -91,6 +93,23 @@ def check(record: Record) -> None:
     size = len(record.text.encode())
     if size > MAX_TEXT_BYTES:
         raise OutOfRange(f"text is {size} bytes long; at most {MAX_TEXT_BYTES} are allowed")
+    if isinstance(record, Segment):
+        _check_speech(record)
+
+
+def _check_speech(segment: Segment) -> None:
+    if segment.speaker is not None and len(segment.speaker) > MAX_SPEAKER_LENGTH:
+        raise OutOfRange(
+            f"speaker is {len(segment.speaker)} characters long; "
+            f"at most {MAX_SPEAKER_LENGTH} are allowed"
+        )
+    for moment in (segment.started_at, segment.ended_at):
+        if moment is not None and not EARLIEST <= _aware(moment) <= LATEST:
+            raise OutOfRange(f"time {moment.isoformat()} is outside {EARLIEST.year}..{LATEST.year}")
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _seconds(moment: datetime) -> float:
@@ -104,12 +123,22 @@ def _moment(seconds: float) -> datetime:
 
 def _fields(record: Record) -> dict[str, Any]:
     if isinstance(record, Segment):
+        speech = {
+            key: value
+            for key, value in (
+                ("w", record.speaker),
+                ("b", None if record.started_at is None else _seconds(record.started_at)),
+                ("e", None if record.ended_at is None else _seconds(record.ended_at)),
+            )
+            if value is not None
+        }
         return {
             "k": "f",
             "s": record.session_id,
             "q": record.seq,
             "x": record.text,
             "t": _seconds(record.created_at),
+            **speech,
         }
     if isinstance(record, Partial):
         return {
@@ -147,11 +176,30 @@ def _record(fields: dict[str, Any]) -> Record:
     if kind == "o":
         user = fields["u"]
         record = SessionOpened(session, None if user is None else _typed(fields, "u", str), at)
+    elif kind == "f":
+        record = Segment(
+            session,
+            _typed(fields, "q", int),
+            _typed(fields, "x", str),
+            at,
+            speaker=_typed(fields, "w", str) if "w" in fields else None,
+            started_at=_optional_moment(fields, "b"),
+            ended_at=_optional_moment(fields, "e"),
+        )
     else:
-        seq, text = _typed(fields, "q", int), _typed(fields, "x", str)
-        record = (Segment if kind == "f" else Partial)(session, seq, text, at)
+        record = Partial(session, _typed(fields, "q", int), _typed(fields, "x", str), at)
     check(record)
     return record
+
+
+def _optional_moment(fields: dict[str, Any], key: str) -> datetime | None:
+    if key not in fields:
+        return None
+    seconds = _typed(fields, key, float)
+    try:
+        return _moment(seconds)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"time {seconds!r} is out of range") from None
 
 
 def _typed(fields: dict[str, Any], key: str, kind: type[Any]) -> Any:

@@ -8,6 +8,7 @@ the segments themselves. A reconnecting session continues from the highest of th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from earshot.events import Partial, Segment, SessionId
@@ -67,6 +68,10 @@ class SegmentStore(Protocol):
 
     async def segments(self, session_id: SessionId) -> list[Segment]:
         """Every stored segment of the session, in sequence order."""
+        ...
+
+    async def session(self, session_id: SessionId) -> tuple[str | None, datetime] | None:
+        """The session's user id and creation time, or None when it is not stored."""
         ...
 
     async def aclose(self) -> None:

@@ -1,7 +1,9 @@
 """The SQL segment store: the ``sessions`` and ``segments`` tables of PROTOCOLS.md §1.
 
 SQLAlchemy async Core on SQLite (aiosqlite, the embedded default) or MySQL/MariaDB (aiomysql).
-Tables are created when missing; tables the older telephony server created are used as they are.
+Tables are created when missing; tables the older telephony server created are migrated by adding
+the nullable columns of Talk calls (``segments.speaker``, ``started_at``, ``ended_at``, see
+:func:`_migrate`): the older server's rows and statements stay valid, its clients read on.
 
 Writes are idempotent so that the persister may replay its spool: a segment's id is derived from
 (session, seq) and rows are inserted with ``INSERT IGNORE`` / ``INSERT OR IGNORE``, so the first
@@ -34,10 +36,13 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -69,6 +74,10 @@ segments = Table(
     Column("segment_seq", Integer, nullable=False),
     Column("content", Text, nullable=False),
     Column("created_at", DateTime, nullable=False),
+    # Talk calls: who spoke and when, to the millisecond (NULL for telephony segments).
+    Column("speaker", String(64), nullable=True),
+    Column("started_at", DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql"), nullable=True),
+    Column("ended_at", DateTime().with_variant(mysql.DATETIME(fsp=3), "mysql"), nullable=True),
     Index("idx_session_seq", "session_id", "segment_seq"),
     UniqueConstraint("session_id", "segment_seq", name="uq_segments_session_seq"),
     mysql_engine="InnoDB",
@@ -88,7 +97,29 @@ def _segment_row(segment: Segment) -> dict[str, object]:
         "segment_seq": segment.seq,
         "content": segment.text,
         "created_at": _naive_utc(segment.created_at),
+        "speaker": segment.speaker,
+        "started_at": None if segment.started_at is None else _naive_utc(segment.started_at),
+        "ended_at": None if segment.ended_at is None else _naive_utc(segment.ended_at),
     }
+
+
+#: The columns added since the older telephony server's schema, with their DDL per dialect.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "speaker": {"mysql": "VARCHAR(64) NULL", "sqlite": "VARCHAR(64)"},
+    "started_at": {"mysql": "DATETIME(3) NULL", "sqlite": "DATETIME"},
+    "ended_at": {"mysql": "DATETIME(3) NULL", "sqlite": "DATETIME"},
+}
+
+
+def _migrate(conn: Connection) -> list[str]:
+    """Add the columns the ``segments`` table lacks (nullable: existing rows and inserts stay
+    valid); returns the names added."""
+    present = {column["name"] for column in inspect(conn).get_columns("segments")}
+    dialect = "sqlite" if conn.dialect.name == "sqlite" else "mysql"
+    added = [name for name in ADDED_COLUMNS if name not in present]
+    for name in added:
+        conn.execute(text(f"ALTER TABLE segments ADD COLUMN {name} {ADDED_COLUMNS[name][dialect]}"))
+    return added
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -96,6 +127,10 @@ def _naive_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment
     return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=UTC)
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -157,6 +192,7 @@ class SqlSegmentStore:
             try:
                 async with self._engine.begin() as conn:
                     await conn.run_sync(metadata.create_all, checkfirst=True)
+                    await conn.run_sync(_migrate)
                 return
             except SQLAlchemyError as exc:
                 if attempt == 2:
@@ -190,15 +226,7 @@ class SqlSegmentStore:
         # make sure the session row exists in the same transaction.
         async with self._transaction() as conn:
             await conn.execute(self._session_row(segment.session_id, None))
-            await conn.execute(
-                self._insert_segment.values(
-                    id=segment_id(segment.session_id, segment.seq),
-                    session_id=segment.session_id,
-                    segment_seq=segment.seq,
-                    content=segment.text,
-                    created_at=_naive_utc(segment.created_at),
-                )
-            )
+            await conn.execute(self._insert_segment.values(**_segment_row(segment)))
 
     async def add_segments(
         self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
@@ -240,10 +268,11 @@ class SqlSegmentStore:
 
     async def segments(self, session_id: SessionId) -> list[Segment]:
         """Every stored segment of the session, in sequence order."""
+        c = segments.c
         query = (
-            select(segments.c.segment_seq, segments.c.content, segments.c.created_at)
-            .where(segments.c.session_id == session_id)
-            .order_by(segments.c.segment_seq)
+            select(c.segment_seq, c.content, c.created_at, c.speaker, c.started_at, c.ended_at)
+            .where(c.session_id == session_id)
+            .order_by(c.segment_seq)
         )
         async with self._transaction() as conn:
             rows = (await conn.execute(query)).all()
@@ -253,9 +282,19 @@ class SqlSegmentStore:
                 seq=seq,
                 text=content,
                 created_at=created_at.replace(tzinfo=UTC),
+                speaker=speaker,
+                started_at=_aware(started),
+                ended_at=_aware(ended),
             )
-            for seq, content, created_at in rows
+            for seq, content, created_at, speaker, started, ended in rows
         ]
+
+    async def session(self, session_id: SessionId) -> tuple[str | None, datetime] | None:
+        """The session's user and creation time, or None when it is not stored."""
+        query = select(sessions.c.user_id, sessions.c.created_at).where(sessions.c.id == session_id)
+        async with self._transaction() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (row[0], row[1].replace(tzinfo=UTC))
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

@@ -4,5 +4,9 @@ Talk calls the ExApp endpoints (PROTOCOLS.md §2); for each room that wants capt
 the call through the High-Performance Backend (§3), receives every speaker's audio over WebRTC from
 Janus, recognises it and sends ``transcript`` messages to exactly the sessions that asked for them.
 
-May use engines, settings, metrics, audio and events. Must not import another gateway.
+Calls' finals are kept like telephony finals (persistence: the spool and persister, storage: the
+segment store), and finals are translated for those who ask through Nextcloud TaskProcessing.
+
+May use persistence, engines, storage, settings, metrics, audio and events. Must not import another
+gateway.
 """

@@ -139,6 +139,84 @@ class TalkSettings(BaseSettings):
         description="Room mode: how often the room's state is compared with its TalkRoom status.",
     )
 
+    # Live translation, HaRP and start-up checks (issue 14).
+    translation_poll_seconds: float = Field(
+        0.2,
+        gt=0,
+        validation_alias=_env("TRANSLATION_POLL_SECONDS"),
+        description="How often a scheduled TaskProcessing translation is polled.",
+    )
+    translation_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=_env("TRANSLATION_TIMEOUT_SECONDS"),
+        description="How long a translation may take before the final is sent untranslated no more.",
+    )
+    translation_queue_finals: int = Field(
+        32,
+        ge=1,
+        validation_alias=_env("TRANSLATION_QUEUE_FINALS"),
+        description="Finals a target language may have waiting for translation; more are dropped.",
+    )
+    translation_languages_ttl_seconds: float = Field(
+        60.0,
+        ge=0,
+        validation_alias=_env("TRANSLATION_LANGUAGES_TTL_SECONDS"),
+        description="How long the TaskProcessing task types (the translation languages) are cached.",
+    )
+    hp_shared_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=_env("HP_SHARED_KEY", "HP_SHARED_KEY"),
+        description="Set by AppAPI's HaRP daemon: serve on the unix socket and run frpc.",
+    )
+    hp_frp_address: str = Field("", validation_alias=_env("HP_FRP_ADDRESS", "HP_FRP_ADDRESS"))
+    hp_frp_port: int = Field(
+        8782, ge=1, le=65535, validation_alias=_env("HP_FRP_PORT", "HP_FRP_PORT")
+    )
+    harp_socket: str = Field(
+        "/tmp/exapp.sock",
+        validation_alias=_env("HARP_SOCKET"),
+        description="The unix socket HaRP's frpc forwards to (HaRP expects /tmp/exapp.sock).",
+    )
+    frpc_path: str = Field(
+        "frpc",
+        validation_alias=_env("FRPC_PATH"),
+        description="HaRP mode: the frp client binary (HaRP's image ships it; PyPI/Debian do not).",
+    )
+    frp_cert_dir: str = Field(
+        "/certs/frp",
+        validation_alias=_env("FRP_CERT_DIR"),
+        description="HaRP mode: client.crt, client.key and ca.crt for TLS to HaRP, when present.",
+    )
+
+    @property
+    def harp(self) -> bool:
+        """True when AppAPI deployed us through HaRP (HP_SHARED_KEY is set)."""
+        return bool(self.hp_shared_key.get_secret_value())
+
+    def refusal(self) -> str:
+        """Why this ExApp must not start ("" when it may), in one line.
+
+        The model is checked as for every server (``loading.require_model``). A room's gateway
+        is configured by the operator, which checks its TalkRoom: "" for it.
+        """
+        if self.room_mode:
+            return ""
+        missing = [
+            name
+            for name, value in (
+                ("APP_SECRET", self.app_secret.get_secret_value()),
+                ("LT_HPB_URL", self.hpb_url),
+                ("LT_INTERNAL_SECRET", self.internal_secret.get_secret_value() or self.in_cluster),
+            )
+            if not value
+        ]
+        if self.harp and not self.hp_frp_address:
+            missing.append("HP_FRP_ADDRESS (HaRP mode)")
+        if not missing:
+            return ""
+        return "the Talk ExApp cannot start without " + ", ".join(missing)
+
     @field_validator("languages", mode="before")
     @classmethod
     def _split_languages(cls, value: object) -> object:

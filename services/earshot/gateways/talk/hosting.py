@@ -18,10 +18,14 @@ from aiortc import RTCIceServer
 
 from earshot import metrics
 from earshot.engines.recognizers import Recognizer
-from earshot.gateways.talk import signaling
+from earshot.gateways.talk import keeping, signaling
 from earshot.gateways.talk.backoff import Backoff
 from earshot.gateways.talk.configuration import TalkSettings
-from earshot.gateways.talk.rooms import Room, RoomOptions
+from earshot.gateways.talk.rooms import Room, RoomOptions, SameLanguage
+from earshot.gateways.talk.taskprocessing import TranslationUnavailable
+from earshot.gateways.talk.translating import Translator
+from earshot.persistence.journaling import Journal
+from earshot.storage.ports import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,10 @@ class UnsupportedLanguage(ValueError):
     """The engine does not offer this language."""
 
 
+class UnsupportedTranslation(ValueError):
+    """The translation provider does not offer this language pair, or it is no translation."""
+
+
 async def _no_ice_servers() -> list[RTCIceServer]:
     return []
 
@@ -56,8 +64,12 @@ class Rooms:
         *,
         ice_servers: IceServers = _no_ice_servers,
         on_closed: OnClosed | None = None,
+        translator: Translator | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._settings = settings
+        self.translator = translator
+        self.journal = journal
         self._on_closed = on_closed
         self._recognizer = recognizer
         self._ice_servers = ice_servers
@@ -82,17 +94,29 @@ class Rooms:
         return lang
 
     async def transcribe(
-        self, token: str, nextcloud_session_id: str, *, enable: bool, lang: str | None
+        self,
+        token: str,
+        nextcloud_session_id: str,
+        *,
+        enable: bool,
+        lang: str | None,
+        translate_to: str | None = None,
     ) -> None:
-        """Turn captions on or off for a participant, joining the room first when needed.
+        """Turn captions on or off for a participant, joining the room first when needed; with
+        ``translate_to`` the participant gets finals in that language instead.
 
         Raises:
             UnsupportedLanguage: ``lang`` is not offered.
+            UnsupportedTranslation: ``translate_to`` cannot be had from ``lang``.
+            TranslationUnavailable: there is no translation provider.
+            taskprocessing.TranslationFailed: the provider's languages cannot be read.
             AdmissionRefused: a new room would pass the memory limit.
             signaling.SignalingUnavailable: the signaling server cannot be reached.
             signaling.SignalingRefused: it refused our credentials or the room.
         """
         chosen = self.check_language(lang)
+        if enable and translate_to is not None:
+            await self.check_translation(chosen, translate_to)
         async with self._lock:
             room = self._rooms.get(token)
             if room is None:
@@ -100,8 +124,46 @@ class Rooms:
                     return
                 room = await self._open(token, chosen)
         if lang is not None:
-            room.lang = chosen
+            room.switch_language(chosen)
         room.enable(nextcloud_session_id, on=enable)
+        if enable and translate_to is not None:
+            room.translate(nextcloud_session_id, translate_to)
+
+    async def translate(self, token: str, nextcloud_session_id: str, lang: str | None) -> None:
+        """Send a participant finals in ``lang`` instead of captions (None: captions again).
+
+        Raises:
+            UnknownRoom: no such room here.
+            rooms.NotATarget: the participant has not turned captions on.
+            UnsupportedTranslation: the pair is not offered, or ``lang`` is the room's language.
+            TranslationUnavailable: there is no translation provider.
+            taskprocessing.TranslationFailed: the provider's languages cannot be read.
+        """
+        room = self._room(token)
+        if lang is not None:
+            await self.check_translation(room.lang, lang)
+        try:
+            room.translate(nextcloud_session_id, lang)
+        except SameLanguage as exc:
+            raise UnsupportedTranslation(str(exc)) from None
+
+    async def check_translation(self, origin: str, target: str) -> None:
+        """Refuse a language pair the provider does not offer.
+
+        Raises:
+            UnsupportedTranslation: the pair is not offered, or it is no translation.
+            TranslationUnavailable: there is no translation provider.
+            taskprocessing.TranslationFailed: the provider's languages cannot be read.
+        """
+        if self.translator is None:
+            raise TranslationUnavailable("live translation is not available in this deployment")
+        if origin == target:
+            raise UnsupportedTranslation(f"the room is already captioned in {target!r}")
+        offered = await self.translator.languages()
+        if not offered.can_translate(origin, target):
+            raise UnsupportedTranslation(
+                f"the translation provider cannot translate {origin!r} into {target!r}"
+            )
 
     def set_language(self, token: str, lang: str) -> None:
         """Switch a room's caption language.
@@ -111,7 +173,7 @@ class Rooms:
             UnsupportedLanguage: ``lang`` is not offered.
         """
         chosen = self.check_language(lang)
-        self._room(token).lang = chosen
+        self._room(token).switch_language(chosen)
 
     async def leave(self, token: str) -> None:
         """Leave a room now.
@@ -178,8 +240,15 @@ class Rooms:
             partial_interval_seconds=s.partial_interval_seconds,
             queue_frames=s.speaker_queue_frames,
             ice_servers=await self._ice_servers(),
+            translation_queue_finals=s.translation_queue_finals,
         )
-        room = Room(token, lang=lang, recognizer=self._recognizer, options=options)
+        room = Room(
+            token,
+            lang=lang,
+            recognizer=self._recognizer,
+            options=options,
+            translator=self.translator,
+        )
         client = signaling.SignalingClient(
             self._endpoint(token),
             room,
@@ -187,10 +256,20 @@ class Rooms:
         )
         room.attach(client)
         await client.start()
+        if self.journal is not None:
+            await self._keep(room)
         self._rooms[token] = room
         self._watchers[token] = asyncio.create_task(self._watch(room), name=f"room-{token}")
         metrics.TALK_ROOMS.inc()
         return room
+
+    async def _keep(self, room: Room) -> None:
+        assert self.journal is not None
+        try:
+            room.keep(await keeping.CallTranscript.open(self.journal, room.token))
+        except StorageError as exc:
+            # Captions matter more than their record: caption the call, say what is not kept.
+            log.error("room %s: this call's transcript is not kept: %s", room.token, exc)
 
     def _endpoint(self, token: str) -> signaling.Endpoint:
         s = self._settings

@@ -4,6 +4,8 @@ Frames from aiortc (Opus decoded to s16, 48 kHz, stereo or mono) are queued as t
 blocking the WebRTC receiver; a full queue drops the frame and counts it. One task takes what is
 queued, downmixes each frame by its own layout, resamples with one stateful resampler and feeds the
 speaker's recogniser stream. Closing finishes the stream, so a pending partial becomes a final.
+Each recognition is reported with its :class:`Heard` times (when its segment's audio began to
+arrive, when the audio that produced it arrived), from which the room measures caption latency.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,8 +29,19 @@ from earshot.events import Recognition
 log = logging.getLogger(__name__)
 
 GATEWAY = "talk"
+#: A frame louder than this (-40 dBFS peak) may be speech: it starts a segment's latency clock.
+AUDIBLE_PEAK = 0.01
 
-OnRecognition = Callable[[str, Recognition], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """When the audio behind a recognition arrived (``time.perf_counter`` seconds)."""
+
+    segment_started: float
+    chunk_arrived: float
+
+
+OnRecognition = Callable[[str, Recognition, Heard], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +66,12 @@ class SpeakerAudio:
     ) -> None:
         self.speaker = speaker
         self._recognizer = recognizer
-        self._queue: asyncio.Queue[PcmFrame | None] = asyncio.Queue(queue_frames)
+        self._queue: asyncio.Queue[tuple[PcmFrame, float] | None] = asyncio.Queue(queue_frames)
         self._on_recognition = on_recognition
         self._resampler: StreamResampler | None = None
         self._task: asyncio.Task[None] | None = None
+        self._segment_started: float | None = None
+        self._chunk_arrived = 0.0
         self.frames = 0
         self.dropped = 0
 
@@ -67,7 +83,7 @@ class SpeakerAudio:
         """Queue a frame without waiting; a full queue drops it (and counts it)."""
         self.frames += 1
         try:
-            self._queue.put_nowait(frame)
+            self._queue.put_nowait((frame, time.perf_counter()))
         except asyncio.QueueFull:
             self.dropped += 1
             metrics.TALK_FRAMES_DROPPED.inc()
@@ -119,7 +135,13 @@ class SpeakerAudio:
         while frames[-1] is not None and not self._queue.empty():
             frames.append(self._queue.get_nowait())
         end = frames[-1] is None
-        chunks = [self._convert(f) for f in frames if f is not None]
+        chunks = []
+        for frame, arrived in filter(None, frames):
+            chunk = self._convert(frame)
+            chunks.append(chunk)
+            self._chunk_arrived = arrived
+            if self._segment_started is None and chunk.size and _audible(chunk):
+                self._segment_started = arrived
         if end and not chunks:
             return None
         if end:
@@ -150,5 +172,13 @@ class SpeakerAudio:
 
     async def _report(self, recognitions: list[Recognition]) -> None:
         for recognition in recognitions:
+            started = self._segment_started
+            if recognition.is_final:
+                self._segment_started = None  # the next audio begins a new segment
             if recognition.text:
-                await self._on_recognition(self.speaker, recognition)
+                heard = Heard(started or self._chunk_arrived, self._chunk_arrived)
+                await self._on_recognition(self.speaker, recognition, heard)
+
+
+def _audible(samples: npt.NDArray[np.float32]) -> bool:
+    return float(np.max(np.abs(samples))) > AUDIBLE_PEAK

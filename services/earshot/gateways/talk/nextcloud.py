@@ -1,4 +1,5 @@
-"""Requests from the ExApp to Nextcloud: init progress and Talk's signaling settings (STUN/TURN)."""
+"""Requests from the ExApp to Nextcloud: init progress, Talk's signaling settings (STUN/TURN) and
+TaskProcessing (the translator), all with the AppAPI-signed client this module owns."""
 
 from __future__ import annotations
 
@@ -13,15 +14,13 @@ from aiortc import RTCIceServer
 
 from earshot.gateways.talk import appapi
 from earshot.gateways.talk.configuration import TalkSettings
+from earshot.gateways.talk.taskprocessing import TaskProcessing
 
 log = logging.getLogger(__name__)
 
 SIGNALING_SETTINGS = "/ocs/v2.php/apps/spreed/api/v3/signaling/settings"
-
-
-def status_path(app_id: str) -> str:
-    """Where AppAPI takes an ExApp's init progress."""
-    return f"/ocs/v1.php/apps/app_api/apps/status/{app_id}"
+# AppAPI knows the app from the signed headers; ``apps/status/{app_id}`` is deprecated.
+INIT_STATUS = "/ocs/v1.php/apps/app_api/ex-app/status"
 
 
 class Nextcloud:
@@ -51,7 +50,7 @@ class Nextcloud:
         body: dict[str, Any] = {"progress": progress}
         if error:
             body["error"] = error
-        response = await self._http.put(status_path(self._settings.app_id), json=body)
+        response = await self._http.put(INIT_STATUS, json=body)
         response.raise_for_status()
 
     def start_init(self, ready: Callable[[], Awaitable[None]]) -> None:
@@ -64,6 +63,17 @@ class Nextcloud:
         """Wait for a running initialisation to report its end."""
         if self._init is not None:
             await self._init
+
+    def task_processing(self) -> TaskProcessing:
+        """The translator that goes through this Nextcloud's TaskProcessing."""
+        s = self._settings
+        return TaskProcessing(
+            self._http,
+            app_id=s.app_id,
+            poll_seconds=s.translation_poll_seconds,
+            timeout_seconds=s.translation_timeout_seconds,
+            languages_ttl_seconds=s.translation_languages_ttl_seconds,
+        )
 
     async def ice_servers(self) -> list[RTCIceServer]:
         """STUN and TURN servers from Talk's signaling settings (none when they cannot be had)."""

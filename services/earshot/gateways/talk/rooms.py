@@ -2,9 +2,10 @@
 
 A :class:`Room` follows the participants the HPB reports: each session in the call with audio (other
 than internal ones: ours and other bots) becomes a speaker whose stream we request, answer and
-recognise; captions go to the sessions that asked for them. The room finishes (``finished`` is set)
-when nobody has wanted captions for the grace period, when the call ends for everyone or when the
-signaling server is lost; its owner then closes it.
+recognise; captions go to the sessions that asked for them, and finals, translated, to those that
+chose a translation language (:mod:`earshot.gateways.talk.translating`). The room finishes
+(``finished`` is set) when nobody has wanted captions for the grace period, when the call ends for
+everyone or when the signaling server is lost; its owner then closes it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from aiortc import RTCIceServer
 from earshot import metrics
 from earshot.engines.recognizers import Recognizer
 from earshot.events import Recognition
-from earshot.gateways.talk import captions, messages
-from earshot.gateways.talk.listening import SpeakerAudio
+from earshot.gateways.talk import captions, keeping, messages
+from earshot.gateways.talk.listening import Heard, SpeakerAudio
 from earshot.gateways.talk.peering import InvalidOffer, NoAudioOffered, SpeakerPeer
 from earshot.gateways.talk.signaling import SignalingClient
+from earshot.gateways.talk.translating import RoomTranslations, Translator
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,15 @@ class RoomOptions:
     partial_interval_seconds: float
     queue_frames: int
     ice_servers: list[RTCIceServer] = field(default_factory=list)
+    translation_queue_finals: int = 32
+
+
+class NotATarget(LookupError):
+    """A participant asked for a translation without having turned captions on."""
+
+
+class SameLanguage(ValueError):
+    """A translation into the language the room is captioned in."""
 
 
 @dataclass(eq=False, slots=True)
@@ -47,13 +58,20 @@ class _Speaker:
     throttle: captions.PartialThrottle
     peer: SpeakerPeer | None = None
     sid: str = ""
+    captioned: bool = False  # the segment being recognised has had a caption sent
 
 
 class Room:
     """Captions one Talk call. Create, :meth:`attach` a signaling client, then start it."""
 
     def __init__(
-        self, token: str, *, lang: str, recognizer: Recognizer, options: RoomOptions
+        self,
+        token: str,
+        *,
+        lang: str,
+        recognizer: Recognizer,
+        options: RoomOptions,
+        translator: Translator | None = None,
     ) -> None:
         self.token = token
         self.lang = lang
@@ -65,10 +83,32 @@ class Room:
         self._grace: asyncio.Task[None] | None = None
         self.finished = asyncio.Event()
         self.finish_reason = ""
+        self._transcript: keeping.CallTranscript | None = None
+        self._names: dict[str, str] = {}  # HPB session id -> who speaks (user id, else session)
+        self._translations = (
+            None
+            if translator is None
+            else RoomTranslations(
+                token,
+                translator,
+                send=self._send,
+                sessions_of=self.targets.translation_sessions,
+                queue_finals=options.translation_queue_finals,
+            )
+        )
 
     def attach(self, signaling: SignalingClient) -> None:
         """Use this signaling client (its events come to this room)."""
         self._signaling = signaling
+
+    def keep(self, transcript: keeping.CallTranscript) -> None:
+        """Keep this call's finals in ``transcript`` (closed with the room)."""
+        self._transcript = transcript
+
+    @property
+    def transcript_id(self) -> str:
+        """The session id this call's transcript is kept under ("" when it is not kept)."""
+        return "" if self._transcript is None else self._transcript.session_id
 
     @property
     def speakers(self) -> list[str]:
@@ -80,6 +120,27 @@ class Room:
         self.targets.enable(nextcloud_session_id, on=on)
         self._watch_targets()
 
+    def switch_language(self, lang: str) -> None:
+        """Caption in ``lang`` from now on; who had chosen it as translation gets captions again."""
+        self.lang = lang
+        self.targets.untranslate(lang)
+
+    def translate(self, nextcloud_session_id: str, lang: str | None) -> None:
+        """Send a participant finals translated into ``lang`` instead of captions (None: stop).
+
+        Raises:
+            NotATarget: the participant has not turned captions on.
+            SameLanguage: ``lang`` is the room's language.
+        """
+        if nextcloud_session_id not in self.targets.wanted:
+            raise NotATarget(
+                f"session {nextcloud_session_id!r} has not enabled transcription in room"
+                f" {self.token!r}"
+            )
+        if lang == self.lang:
+            raise SameLanguage(f"the room is already captioned in {lang!r}")
+        self.targets.translate(nextcloud_session_id, lang)
+
     async def close(self) -> None:
         """Finish every speaker (their last finals are still sent), then leave the call."""
         self._finish("closed")
@@ -89,6 +150,10 @@ class Room:
                 await self._grace
         for session_id in list(self._speakers):
             await self._drop_speaker(session_id)
+        if self._translations is not None:
+            await self._translations.close()
+        if self._transcript is not None:
+            await self._transcript.close()
         if self._signaling is not None:
             await self._signaling.close()
 
@@ -103,6 +168,7 @@ class Room:
             "framesReceived": sum(s.audio.frames for s in self._speakers.values()),
             "framesDropped": sum(s.audio.dropped for s in self._speakers.values()),
             "sessionId": self._signaling.session_id if self._signaling else "",
+            "transcriptId": self.transcript_id,
         }
 
     # SignalingEvents
@@ -154,6 +220,7 @@ class Room:
         for user in users:
             if user.internal:
                 continue
+            self._names[user.session_id] = user.user_id or user.session_id
             self.targets.learn(user.session_id, user.nextcloud_session_id)
             if user.speaks and user.session_id not in self._speakers:
                 self._add_speaker(user.session_id)
@@ -210,16 +277,41 @@ class Room:
         speaker.peer, speaker.sid = peer, signal.sid
         await self._send(messages.answer(signal.sender, sid=signal.sid, sdp=sdp, nick=NICK))
 
-    async def _caption(self, speaker_id: str, recognition: Recognition) -> None:
+    async def _caption(self, speaker_id: str, recognition: Recognition, heard: Heard) -> None:
         speaker = self._speakers.get(speaker_id)
         if speaker is not None and not speaker.throttle.admit(recognition, time.monotonic()):
             return
         kind = "final" if recognition.is_final else "partial"
+        sent = False
         for message in captions.route(
             recognition, speaker=speaker_id, targets=self.targets.sessions(), lang=self.lang
         ):
             if await self._send(message):
+                sent = True
                 metrics.TALK_CAPTIONS_SENT.labels(kind).inc()
+        if recognition.is_final and self._transcript is not None:
+            self._transcript.add(
+                speaker=self._names.get(speaker_id, speaker_id),
+                text=recognition.text,
+                started_at=keeping.wall_clock(heard.segment_started),
+                ended_at=keeping.wall_clock(heard.chunk_arrived),
+            )
+        wanted = self.targets.languages()
+        if recognition.is_final and wanted and self._translations is not None:
+            self._translations.submit(
+                speaker_id, recognition.text, origin=self.lang, targets=wanted
+            )
+        if sent and speaker is not None:
+            self._observe_latency(speaker, recognition, heard)
+
+    def _observe_latency(self, speaker: _Speaker, recognition: Recognition, heard: Heard) -> None:
+        engine = self._recognizer.name
+        now = time.perf_counter()
+        if not speaker.captioned:
+            metrics.TALK_FIRST_CAPTION_LATENCY.labels(engine).observe(now - heard.segment_started)
+        speaker.captioned = not recognition.is_final
+        if recognition.is_final:
+            metrics.TALK_FINAL_CAPTION_LATENCY.labels(engine).observe(now - heard.chunk_arrived)
 
     async def _send(self, message: messages.ClientMessage) -> bool:
         return self._signaling is not None and await self._signaling.send(message)

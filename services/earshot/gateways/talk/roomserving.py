@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from earshot.engines import loading
-from earshot.gateways.talk import kubeapi
+from earshot.gateways.talk import keeping, kubeapi
 from earshot.gateways.talk.attendance import Attendance
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.gateways.talk.hosting import Rooms
@@ -76,6 +76,8 @@ def create_room_app(
     @app.get("/heartbeat")
     async def heartbeat() -> Response:
         broken = attending.broken
+        if not broken and rooms.journal is not None and not rooms.journal.healthy:
+            broken = "the spool or its persister stopped working: transcripts are not kept"
         if broken:
             return JSONResponse({"status": "error", "error": broken}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -122,8 +124,13 @@ async def serve(settings: Settings, talk: TalkSettings) -> None:
         def room_closed(token: str, reason: str) -> None:
             attendance.room_closed(token, reason)
 
+        journal = await stack.enter_async_context(keeping.open_journal(settings))
         rooms = Rooms(
-            talk, recognizer, ice_servers=ice_servers or _no_ice_servers, on_closed=room_closed
+            talk,
+            recognizer,
+            ice_servers=ice_servers or _no_ice_servers,
+            on_closed=room_closed,
+            journal=journal,
         )
         stack.push_async_callback(rooms.aclose)
         attendance = Attendance(talk, rooms, talkroom)

@@ -1,0 +1,101 @@
+"""Talk SLIs: a speaker's audio to the first caption and to the final, per engine.
+
+The clock of a segment starts at its first audible frame (silence before speech does not count)
+and the final's at the audio that ended the segment; the room observes both when it sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest_asyncio
+from prometheus_client import REGISTRY
+
+from earshot.engines import loading
+from earshot.engines.recognizers import Recognizer
+from earshot.events import Recognition
+from earshot.gateways.talk import messages
+from earshot.gateways.talk.hosting import Rooms
+from earshot.gateways.talk.listening import Heard, PcmFrame, SpeakerAudio
+from earshot.settings import Settings
+from tests.hpb_double import SignalingDouble
+from tests.talk_media import FRAME, RATE, syllables
+from tests.unit.test_talk_rooms import double as double
+from tests.unit.test_talk_rooms import publish, talk_settings, transcripts, until
+
+FIRST = "earshot_talk_first_caption_latency_seconds"
+FINAL = "earshot_talk_final_caption_latency_seconds"
+SAMPLES = [f"{FIRST}_count", f"{FIRST}_sum", f"{FINAL}_count", f"{FINAL}_sum"]
+
+
+@pytest_asyncio.fixture
+async def recognizer(tiny_model_cache: Path) -> AsyncIterator[Recognizer]:
+    engine = await loading.open_recognizer(Settings(cache_dir=tiny_model_cache))
+    yield engine
+    await engine.aclose()
+
+
+def _frames(samples: np.ndarray) -> list[PcmFrame]:
+    pcm = np.clip(samples * 32767, -32768, 32767).astype(np.int16)
+    return [PcmFrame(pcm[i : i + FRAME], 1, RATE) for i in range(0, pcm.size - FRAME + 1, FRAME)]
+
+
+async def test_a_segments_clock_starts_at_its_first_audible_frame(recognizer: Recognizer) -> None:
+    heard: list[tuple[Recognition, Heard]] = []
+
+    async def note(speaker: str, recognition: Recognition, when: Heard) -> None:
+        heard.append((recognition, when))
+
+    audio = SpeakerAudio("s1", recognizer, queue_frames=1000, on_recognition=note)
+    silence = _frames(np.zeros(RATE, np.float32))
+    speech = _frames(np.concatenate([syllables(2.0), np.zeros(RATE * 2, np.float32)]))
+    audio.start()
+    for frame in silence:
+        audio.offer(frame)
+    await asyncio.sleep(0.05)  # the silence is taken before the speech arrives
+    before = time.perf_counter()
+    audio.offer(speech[0])  # a swell starts from zero: the first frame may still be silent
+    for frame in speech[1:5]:
+        audio.offer(frame)
+    after = time.perf_counter()
+    for frame in speech[5:]:
+        audio.offer(frame)
+    await audio.close()
+    assert heard, "the tiny engine recognised nothing"
+    _, when = heard[0]
+    assert before <= when.segment_started <= after
+    assert when.segment_started <= when.chunk_arrived
+    assert any(recognition.is_final for recognition, _ in heard)
+
+
+async def test_a_room_observes_first_caption_and_final_latency_per_engine(
+    double: SignalingDouble, recognizer: Recognizer
+) -> None:
+    before = {name: _sample(name, recognizer.name) for name in SAMPLES}
+    rooms = Rooms(talk_settings(double), recognizer)
+    try:
+        alice = double.participant("room1", "alice", in_call=messages.IN_CALL | messages.WITH_AUDIO)
+        bob = double.participant("room1", "bob", in_call=messages.IN_CALL)
+        await rooms.transcribe("room1", "nc-bob", enable=True, lang="en")
+        [bot] = double.clients()
+        pc = await publish(double, alice, bot.session_id)
+        try:
+            await until(lambda: any(m["final"] for m in transcripts(bob)))
+        finally:
+            await pc.close()
+    finally:
+        await rooms.aclose()
+    added = {name: _sample(name, recognizer.name) - before[name] for name in SAMPLES}
+    finals = sum(1 for m in transcripts(bob) if m["final"])
+    assert added[f"{FIRST}_count"] >= 1
+    assert added[f"{FIRST}_sum"] > 0
+    assert added[f"{FINAL}_count"] == finals
+    assert added[f"{FINAL}_sum"] >= 0
+
+
+def _sample(name: str, engine: str) -> float:
+    return REGISTRY.get_sample_value(name, {"engine": engine}) or 0.0
