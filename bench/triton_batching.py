@@ -12,7 +12,8 @@ worker thread) on the same model. For each engine and N it reports:
 * CPU per stream in % of one core: the serving side (tritonserver and its Python stub, or the
   benchmark process running the in-process engine) and, for Triton, the client side (this process).
 
-Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--quick]``.
+Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 200]
+[--quick]``.
 Writes ``bench/reports/triton_batching.md``.
 """
 
@@ -86,17 +87,23 @@ def speech() -> Samples:
 
 
 async def one_stream(
-    recognizer: Recognizer, audio: Samples, *, seconds: float, offset: float, t0: float
+    recognizer: Recognizer,
+    audio: Samples,
+    *,
+    seconds: float,
+    offset: float,
+    t0: float,
+    chunk_seconds: float = CHUNK_SECONDS,
 ) -> tuple[list[float], int]:
     """Send ``seconds`` of audio in real time; return the chunk latencies and the late chunks."""
-    chunk = int(CHUNK_SECONDS * RATE)
+    chunk = int(chunk_seconds * RATE)
     looped = np.resize(audio, int(seconds * RATE))
     stream = recognizer.open_stream()
     latencies: list[float] = []
     late = 0
     try:
         for k, start in enumerate(range(0, len(looped), chunk)):
-            delay = t0 + offset + (k + 1) * CHUNK_SECONDS - time.monotonic()
+            delay = t0 + offset + (k + 1) * chunk_seconds - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
@@ -109,14 +116,21 @@ async def one_stream(
     return latencies, late
 
 
-async def load(recognizer: Recognizer, audio: Samples, *, streams: int, seconds: float) -> Round:
+async def load(
+    recognizer: Recognizer,
+    audio: Samples,
+    *,
+    streams: int,
+    seconds: float,
+    chunk_seconds: float = CHUNK_SECONDS,
+) -> Round:
     """Run N real-time streams at once, started at random offsets within one chunk."""
     t0 = time.monotonic()
     results = await asyncio.gather(
         *(
             one_stream(
                 recognizer, np.roll(audio, i * 7919), seconds=seconds,
-                offset=random.uniform(0, CHUNK_SECONDS), t0=t0,
+                offset=random.uniform(0, chunk_seconds), t0=t0, chunk_seconds=chunk_seconds,
             )
             for i in range(streams)
         )
@@ -176,7 +190,7 @@ async def measured(
     )
 
 
-async def run_rounds(counts: list[int], seconds: float) -> list[Round]:
+async def run_rounds(counts: list[int], seconds: float, chunk_seconds: float) -> list[Round]:
     """Every round, Triton and in-process, on one tiny model."""
     audio = speech()
     with tempfile.TemporaryDirectory(prefix="earshot-bench-") as scratch:
@@ -201,7 +215,14 @@ async def run_rounds(counts: list[int], seconds: float) -> list[Round]:
                 try:
                     rounds.append(
                         await measured(
-                            functools.partial(load, triton, audio, streams=n, seconds=seconds),
+                            functools.partial(
+                                load,
+                                triton,
+                                audio,
+                                streams=n,
+                                seconds=seconds,
+                                chunk_seconds=chunk_seconds,
+                            ),
                             server_cpu=lambda: cpu_of_group(group),
                             batch=triton_batch,
                             streams=n,
@@ -214,7 +235,14 @@ async def run_rounds(counts: list[int], seconds: float) -> list[Round]:
             local = BatchingRecognizer(CountingDecoder(files), workers=1)
             try:
                 result = await measured(
-                    functools.partial(load, local, audio, streams=n, seconds=seconds),
+                    functools.partial(
+                        load,
+                        local,
+                        audio,
+                        streams=n,
+                        seconds=seconds,
+                        chunk_seconds=chunk_seconds,
+                    ),
                     server_cpu=lambda: 0.0,
                     batch=lambda: (float(CountingDecoder.streams), float(CountingDecoder.calls)),
                     streams=n,
@@ -250,7 +278,7 @@ def row(r: Round) -> str:
     )
 
 
-def report(rounds: list[Round], seconds: float) -> str:
+def report(rounds: list[Round], seconds: float, chunk_seconds: float = CHUNK_SECONDS) -> str:
     """The Markdown report."""
     lines = [
         "# Triton batching: concurrent real-time streams, Triton vs in process",
@@ -258,7 +286,7 @@ def report(rounds: list[Round], seconds: float) -> str:
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
         f"`python -m bench.triton_batching`, {seconds:g} s of audio per stream, "
-        f"{CHUNK_SECONDS * 1000:.0f} ms chunks sent in real time.",
+        f"{chunk_seconds * 1000:.0f} ms chunks sent in real time.",
         "",
         "Model: the tiny random-weight streaming Paraformer (sherpa-onnx), one ONNX thread; Triton: "
         "tritonserver 2.51 (nvidia-pytriton 0.7.0), `paraformer_streaming` with one CPU instance, "
@@ -267,7 +295,8 @@ def report(rounds: list[Round], seconds: float) -> str:
         HEADER,
         *(row(r) for r in rounds),
         "",
-        "* latency: `accept()` called to returned, per 200 ms chunk (client side; for Triton it "
+        f"* latency: `accept()` called to returned, per {chunk_seconds * 1000:.0f} ms chunk "
+        "(client side; for Triton it "
         "includes gRPC and the sequence batcher's queue delay of up to 5 ms);",
         "* late: chunks sent after their real-time slot because the previous one was still out;",
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
@@ -296,12 +325,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="1 and 8 streams, 4 s each")
+    parser.add_argument(
+        "--chunk-ms", type=float, default=CHUNK_SECONDS * 1000, help="audio per request"
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
     counts, seconds = ([1, 8], 4.0) if args.quick else (args.streams, args.seconds)
     print(HEADER)
-    rounds = asyncio.run(run_rounds(counts, seconds))
-    args.report.write_text(report(rounds, seconds))
+    rounds = asyncio.run(run_rounds(counts, seconds, args.chunk_ms / 1000))
+    args.report.write_text(report(rounds, seconds, args.chunk_ms / 1000))
     print(f"wrote {args.report}")
 
 

@@ -39,6 +39,21 @@ REAL_TIME_FACTOR = Histogram(
     ["gateway", "engine"],
     buckets=RTF_BUCKETS,
 )
+# Clocked engines (earshot.engines.clocking): one model step per frame period advances every live
+# stream with a frame; streams advanced / live streams is the batch fill.
+ENGINE_STEPS = Counter(
+    "earshot_engine_steps_total", "Model steps run by a clocked engine.", ["engine"]
+)
+ENGINE_STREAMS_ADVANCED = Counter(
+    "earshot_engine_streams_advanced_total",
+    "Streams a clocked engine's steps advanced by one frame, summed over its steps.",
+    ["engine"],
+)
+ENGINE_STREAMS_LIVE = Counter(
+    "earshot_engine_streams_live_total",
+    "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
+    ["engine"],
+)
 ACTIVE_STREAMS = Gauge(
     "earshot_active_streams", "Audio streams being recognised now.", ["gateway", "engine"]
 )

@@ -220,7 +220,10 @@ class Settings(BaseSettings):
         256,
         ge=1,
         validation_alias=_env("INFERENCE_QUEUE_SIZE", "ASR_INFERENCE_QUEUE_SIZE"),
-        description="Chunks waiting for inference, all streams together, before clients wait.",
+        description=(
+            "Chunks waiting for inference, all streams together, before clients wait (Paraformer "
+            "in process; Kyutai takes one chunk per slot and refuses a stream beyond its slots)."
+        ),
     )
     inference_queue_timeout_seconds: float = Field(
         DEFAULTS["inference_queue_timeout_seconds"].earshot,
@@ -228,7 +231,10 @@ class Settings(BaseSettings):
         validation_alias=_env(
             "INFERENCE_QUEUE_TIMEOUT_SECONDS", "ASR_INFERENCE_QUEUE_TIMEOUT_SECONDS"
         ),
-        description="How long a chunk may wait for a queue slot before the client gets 1013.",
+        description=(
+            "How long a chunk may wait for a queue slot before the client gets 1013 (Paraformer "
+            "in process; Kyutai refuses a stream beyond its slots at once)."
+        ),
     )
     inference_threads: int = Field(
         1,

@@ -19,10 +19,11 @@ from websockets.asyncio.client import connect
 
 from earshot.audio.codecs import Codec
 from earshot.cli import demoing, streaming
-from earshot.engines import paraformer
+from earshot.engines import kyutai, paraformer
 from earshot.engines.batching import BatchingRecognizer
 from earshot.engines.paraformer import ParaformerDecoder, ParaformerStream
 from earshot.engines.recognizers import Samples
+from earshot.engines.stepping import SteppingRecognizer
 from earshot.events import Recognition, SessionId
 from earshot.gateways.g711 import client
 from earshot.gateways.g711.app import Services
@@ -316,6 +317,56 @@ async def test_overload_sends_the_error_then_closes_with_1013(
                 gated.gate.set()
     finally:
         await stalled.aclose()
+    assert received == [
+        {
+            "type": "error",
+            "code": "inference_overloaded",
+            "message": "ASR inference is overloaded; retry later.",
+            "retryable": True,
+        }
+    ]
+    assert (code, reason) == (1013, "inference overloaded")
+
+
+async def _steps_once_settled(recognizer: SteppingRecognizer[kyutai.KyutaiStream]) -> int:
+    """The clock's step count once it has stepped and then stayed idle for 0.3 s."""
+    last, still = -1, 0
+    for _ in range(400):
+        steps = recognizer.clock.stats.steps
+        still = still + 1 if steps == last and steps else 0
+        if still == 6:
+            return steps
+        last = steps
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the clock did not settle (steps: {last})")
+
+
+async def test_a_kyutai_stream_beyond_the_batch_slots_is_refused_with_1013_at_once(
+    settings: Settings, services: Services
+) -> None:
+    # One batch slot, taken by the first stream: the second stream's first chunk is refused at
+    # once, not queued behind the first (the queue timeout is 2 s; the refusal comes before a step).
+    options = kyutai.KyutaiOptions(max_streams=1, cuda_graphs=False)
+    decoder = await asyncio.to_thread(
+        kyutai.load_kyutai, model_dir=None, cache_dir=settings.cache_dir, options=options
+    )
+    recognizer = SteppingRecognizer(decoder)
+    try:
+        async with (
+            running_gateway(settings, Services(recognizer, services.stores)) as base,
+            connect(session_url(base, "a")) as a,
+        ):
+            await a.send(b"\xd5" * 1600)
+            steps = await _steps_once_settled(recognizer)
+            received, code, reason = await asyncio.wait_for(
+                _refused(session_url(base, "b"), [b"\xd5" * 160]), 10.0
+            )
+            # The first stream sends nothing more, so the clock has nothing to step: the
+            # refusal waited for no step.
+            assert recognizer.clock.stats.steps == steps
+    finally:
+        await recognizer.aclose()
+    assert steps > 0
     assert received == [
         {
             "type": "error",

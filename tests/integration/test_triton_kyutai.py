@@ -188,3 +188,28 @@ async def test_a_stream_beyond_the_models_batch_slots_is_refused_as_overloaded_a
         for stream in streams[1:]:
             await stream.finish()
         await recognizer.aclose()
+
+
+@pytest.mark.asyncio
+async def test_refused_sequences_are_ended_so_refusals_stay_immediate_and_a_freed_slot_admits(
+    triton: triton_server.TritonServer,
+) -> None:
+    # Triton holds a sequence from its START until END: were refused STARTs not ended, they would
+    # fill the batcher's 64 candidate sequences and later STARTs would wait in its backlog.
+    recognizer = TritonRecognizer(triton.grpc_url, engine="kyutai")
+    streams = [recognizer.open_stream() for _ in range(SLOTS + 1)]
+    refusals = 0
+    try:
+        for stream in streams[:SLOTS]:
+            await stream.accept(talk(8)[:CHUNK])
+        for _ in range(2 * 64):
+            with pytest.raises(EngineOverloaded, match="slots"):
+                await asyncio.wait_for(streams[SLOTS].accept(talk(8)[:CHUNK]), 10.0)
+            refusals += 1
+        await streams[0].finish()
+        await asyncio.wait_for(streams[SLOTS].accept(talk(8)[:CHUNK]), 10.0)
+    finally:
+        for stream in streams[1:]:
+            await stream.finish()
+        await recognizer.aclose()
+    assert refusals == 2 * 64

@@ -220,6 +220,29 @@ def overview() -> dashboard.Dashboard:
                 description="Seconds of audio per second: the number of real-time streams.",
             )
         )
+        .with_row(dashboard.Row("Engine batching"))
+        .with_panel(
+            graph(
+                "Batch fill (live streams advanced per step)",
+                "percentunit",
+                Query(
+                    "sum by (engine) (rate(earshot_engine_streams_advanced_total[5m]))"
+                    " / sum by (engine) (rate(earshot_engine_streams_live_total[5m]))",
+                    "{{engine}}",
+                ),
+                description="Share of the live streams each model step of a clocked engine "
+                "(Kyutai, in process and in Triton) advanced; below 90% the pool wastes steps.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Model steps per second",
+                "ops",
+                rate("earshot_engine_steps_total", "engine"),
+                description="Steps of a clocked engine: 12.5 per second (one per 80 ms) per "
+                "decoder when every live stream keeps up; more when streams catch up.",
+            )
+        )
         .with_row(dashboard.Row("Trouble"))
         .with_panel(
             graph(

@@ -1,13 +1,32 @@
-"""Triton glue for Kyutai STT: tensors in and out of earshot.engines.sequencing."""
+"""Triton glue for Kyutai STT: requests into earshot.engines.clocked_sequencing, answers out.
 
+The decoder runs on a decoding clock: ``execute`` submits each request with its response sender and
+returns at once (the model is decoupled); the clock's thread steps every live sequence together once
+per 80 ms frame and answers each request when its audio is decoded.
+"""
+
+import functools
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from earshot.engines import sequencing
+from earshot.engines import clocked_sequencing, sequencing
 
 ENGINE = "kyutai"
+
+# The same names as the in-process engine's counters (earshot.metrics), served on Triton's port.
+_COUNTERS = (
+    ("earshot_engine_steps_total", "Model steps run by a clocked engine."),
+    (
+        "earshot_engine_streams_advanced_total",
+        "Streams a clocked engine's steps advanced by one frame, summed over its steps.",
+    ),
+    (
+        "earshot_engine_streams_live_total",
+        "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
+    ),
+)
 
 
 class TritonPythonModel:
@@ -17,23 +36,42 @@ class TritonPythonModel:
         parameters["instance_kind"] = args["model_instance_kind"]
         parameters["instance_device_id"] = args["model_instance_device_id"]
         decoder = sequencing.load_decoder(ENGINE, parameters)
-        self.table = sequencing.SequenceTable(decoder, idle_seconds=sequencing.idle_seconds(config))
+        labels = {"engine": ENGINE, "model": args["model_name"], "instance": args["model_instance_name"]}
+        self.families = [
+            pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            for name, text in _COUNTERS
+        ]
+        self.steps, self.advanced, self.live = (family.Metric(labels=labels) for family in self.families)
+        self.sequences = clocked_sequencing.ClockedSequences(
+            decoder, idle_seconds=sequencing.idle_seconds(config), observe=self._observe
+        )
 
     def execute(self, requests):
-        chunks = [_chunk(request) for request in requests]
-        for request, outcome in zip(requests, self.table.step(chunks)):
+        for request in requests:
             sender = request.get_response_sender()
-            if outcome.error is not None:
-                error = pb_utils.TritonError(outcome.error)
-                sender.send(
-                    pb_utils.InferenceResponse(output_tensors=[], error=error),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                )
-                continue
-            for said in outcome.said:
-                sender.send(_response(said))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self.sequences.submit(_chunk(request), functools.partial(_answer, sender))
         return None
+
+    def finalize(self):
+        self.sequences.close()
+
+    def _observe(self, advanced, live):
+        self.steps.increment(1)
+        self.advanced.increment(advanced)
+        self.live.increment(live)
+
+
+def _answer(sender, outcome):
+    if outcome.error is not None:
+        error = pb_utils.TritonError(outcome.error)
+        sender.send(
+            pb_utils.InferenceResponse(output_tensors=[], error=error),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
+        return
+    for said in outcome.said:
+        sender.send(_response(said))
+    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def _chunk(request):

@@ -95,6 +95,10 @@ class KyutaiStream:
         short = -len(self._audio) % FRAME_SAMPLES
         self.append(np.zeros(short + extra_frames * FRAME_SAMPLES, dtype=np.float32))
 
+    def frames(self) -> int:
+        """How many full 80 ms frames wait for steps."""
+        return len(self._audio) // FRAME_SAMPLES
+
     def has_frame(self) -> bool:
         """Whether 80 ms of audio wait for a step."""
         return len(self._audio) >= FRAME_SAMPLES
@@ -177,8 +181,40 @@ class KyutaiDecoder:
             stream.finished = True
             stream.pad_to_frames(self._flush_frames)
 
+    @property
+    def step_seconds(self) -> float:
+        """One step consumes 80 ms of every stream's audio."""
+        return FRAME_SECONDS
+
     def decode(self, streams: Sequence[KyutaiStream]) -> list[list[Recognition]]:
         """Step the model until no given stream has a full frame left; see ``BatchDecoder``."""
+        results = self._stepped(streams, until_caught_up=True)
+        for stream, out in zip(streams, results, strict=True):
+            if not stream.done:
+                out.extend(self.report(stream))
+        return results
+
+    def behind(self, stream: KyutaiStream) -> bool:
+        """Whether a frame, or the flush of a finished stream, waits for a step."""
+        return not stream.done and (stream.has_frame() or stream.finished)
+
+    def frames(self, stream: KyutaiStream) -> int:
+        """The full 80 ms frames waiting (the silence prefix and a finished stream's flush too)."""
+        return 0 if stream.done else stream.frames()
+
+    def step(self, streams: Sequence[KyutaiStream]) -> list[list[Recognition]]:
+        """One model step for the given streams that are behind; see ``SteppedDecoder``."""
+        return self._stepped(streams, until_caught_up=False)
+
+    def report(self, stream: KyutaiStream) -> list[Recognition]:
+        """The stream's partial when its text changed since it was last reported."""
+        out: list[Recognition] = []
+        self._report_partial(stream, out)
+        return out
+
+    def _stepped(
+        self, streams: Sequence[KyutaiStream], *, until_caught_up: bool
+    ) -> list[list[Recognition]]:
         results: list[list[Recognition]] = [[] for _ in streams]
         live = [
             (stream, out) for stream, out in zip(streams, results, strict=True) if not stream.done
@@ -191,11 +227,11 @@ class KyutaiDecoder:
             self._reset_fresh([stream for stream, _ in live])
             while ready := [(s, out) for s, out in live if s.has_frame()]:
                 self._step(ready)
+                if not until_caught_up:
+                    break
         for stream, out in live:
             if stream.finished and not stream.has_frame():
                 self._close(stream, out)
-            else:
-                self._report_partial(stream, out)
         return results
 
     def close(self) -> None:

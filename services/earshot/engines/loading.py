@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from earshot.engines import batching, paraformer
+from earshot.engines import batching, paraformer, stepping
 from earshot.engines.recognizers import Recognizer
 from earshot.settings import Settings
 
@@ -55,14 +55,8 @@ async def _in_process_kyutai(settings: Settings) -> Recognizer:
         device=settings.kyutai_device,
         options=options,
     )
-    # Every step computes all slots, so one worker hands all ready streams to one decode call.
-    return batching.BatchingRecognizer(
-        decoder,
-        workers=1,
-        queue_size=settings.inference_queue_size,
-        queue_timeout=settings.inference_queue_timeout_seconds,
-        max_batch=settings.kyutai_max_streams,
-    )
+    # Every step computes all slots: a clock steps them together, once per 80 ms frame.
+    return stepping.SteppingRecognizer(decoder)
 
 
 _OPENERS: dict[str, Callable[[Settings], Awaitable[Recognizer]]] = {

@@ -116,3 +116,37 @@ class BatchDecoder(Protocol[StreamT]):
             or after :meth:`finish`.
         """
         ...
+
+
+class SteppedDecoder(BatchDecoder[StreamT], Protocol[StreamT]):
+    """A :class:`BatchDecoder` whose model advances every stream by one fixed frame per step.
+
+    :mod:`earshot.engines.clocking` steps it on a clock of :attr:`step_seconds`, so that one model
+    step advances every stream that has audio waiting, whatever the phase its audio arrives with.
+    """
+
+    @property
+    def step_seconds(self) -> float:
+        """The audio one step consumes per stream: the period of the clock that drives it."""
+        ...
+
+    def behind(self, stream: StreamT) -> bool:
+        """Whether a step has work for the stream: a full frame, or the flush of a finished one."""
+        ...
+
+    def frames(self, stream: StreamT) -> int:
+        """The full frames of the stream's audio waiting for steps."""
+        ...
+
+    def step(self, streams: Sequence[StreamT]) -> list[list[Recognition]]:
+        """Advance every given stream that is :meth:`behind` by one frame, in one model step.
+
+        Returns:
+            For each stream, in order, the finals this step produced (a finished stream's last one
+            once it is flushed); partials are left to :meth:`report`.
+        """
+        ...
+
+    def report(self, stream: StreamT) -> list[Recognition]:
+        """The stream's partial, when its text changed since it was last reported."""
+        ...

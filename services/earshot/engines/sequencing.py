@@ -56,7 +56,9 @@ class Outcome:
 
 
 @dataclass(eq=False, slots=True)
-class _Sequence(Generic[StreamT]):
+class OpenSequence(Generic[StreamT]):
+    """A sequence the model holds: its decoder state, its segment number, when it was last seen."""
+
     state: StreamT
     segment: int = 0
     last_seen: float = 0.0
@@ -83,7 +85,7 @@ class SequenceTable(Generic[StreamT]):
         self._decoder = decoder
         self._idle_seconds = idle_seconds
         self._clock = clock
-        self._sequences: dict[int, _Sequence[StreamT]] = {}
+        self._sequences: dict[int, OpenSequence[StreamT]] = {}
 
     def __len__(self) -> int:
         return len(self._sequences)
@@ -98,7 +100,7 @@ class SequenceTable(Generic[StreamT]):
         now = self._clock()
         self._forget_idle(now)
         outcomes = [Outcome() for _ in chunks]
-        batch: list[tuple[int, int, _Sequence[StreamT]]] = []
+        batch: list[tuple[int, int, OpenSequence[StreamT]]] = []
         for i, chunk in enumerate(chunks):
             try:
                 batch.append((i, chunk.corrid, self._fed(chunk, now)))
@@ -113,10 +115,10 @@ class SequenceTable(Generic[StreamT]):
                 self._sequences.pop(corrid, None)
         return outcomes
 
-    def _fed(self, chunk: Chunk, now: float) -> _Sequence[StreamT]:
+    def _fed(self, chunk: Chunk, now: float) -> OpenSequence[StreamT]:
         if chunk.start:
             # A START for a held id restarts it: the client gave up on the old sequence.
-            self._sequences[chunk.corrid] = _Sequence(self._decoder.open())
+            self._sequences[chunk.corrid] = OpenSequence(self._decoder.open())
         sequence = self._sequences.get(chunk.corrid)
         if sequence is None:
             raise EngineError(
@@ -130,7 +132,7 @@ class SequenceTable(Generic[StreamT]):
             self._decoder.finish(sequence.state)
         return sequence
 
-    def _decode(self, batch: list[tuple[int, int, _Sequence[StreamT]]]) -> list[Outcome]:
+    def _decode(self, batch: list[tuple[int, int, OpenSequence[StreamT]]]) -> list[Outcome]:
         if not batch:
             return []
         try:
@@ -138,7 +140,7 @@ class SequenceTable(Generic[StreamT]):
         except Exception as exc:  # the decoder failed: every stream of the batch is lost
             return [Outcome(error=f"decoding failed: {exc}") for _ in batch]
         return [
-            _numbered(sequence, said) for (_, _, sequence), said in zip(batch, results, strict=True)
+            numbered(sequence, said) for (_, _, sequence), said in zip(batch, results, strict=True)
         ]
 
     def _forget_idle(self, now: float) -> None:
@@ -147,7 +149,8 @@ class SequenceTable(Generic[StreamT]):
             del self._sequences[corrid]
 
 
-def _numbered(sequence: _Sequence[Any], recognitions: list[Recognition]) -> Outcome:
+def numbered(sequence: OpenSequence[Any], recognitions: list[Recognition]) -> Outcome:
+    """The outcome of recognitions of a sequence, numbered by its segments (finals count them)."""
     said = []
     for recognition in recognitions:
         said.append(Said(recognition.text, recognition.is_final, sequence.segment))

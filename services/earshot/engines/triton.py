@@ -287,6 +287,18 @@ class TritonRecognizer:
         ROUND_TRIP.labels(self._model).observe(time.monotonic() - sent)
         return said
 
+    async def _release(self, sequence_id: int) -> None:
+        """End a sequence whose START the model refused.
+
+        Triton's sequence batcher took the START and holds the sequence (one of its
+        ``max_candidate_sequences``) until END or the idle timeout; without this END, refused
+        retries would fill its candidates and later STARTs would wait in its backlog instead of
+        being refused at once. The model answers an END for a sequence it does not hold with an
+        error, which is expected here.
+        """
+        with contextlib.suppress(EngineError, _LinkBroken):
+            await self._exchange(sequence_id, _EMPTY, start=False, end=True)
+
     async def _write(self, request: Any) -> None:
         async with self._write_lock:
             call = self._call
@@ -388,7 +400,8 @@ class TritonStream:
             except _LinkBroken:
                 continue  # resend on a new sequence once reconnected
             except EngineOverloaded:
-                if start:  # no sequence was made: the next chunk tries to START again
+                if start:  # the model made no sequence: the next chunk tries to START again
+                    await owner._release(self._sequence_id)
                     self._sequence_id = None
                 raise
             except EngineError as exc:

@@ -1,0 +1,325 @@
+"""A decoding clock: one thread steps every live stream of a :class:`SteppedDecoder` together.
+
+May do: start, stop and join its one thread; call the decoder on it; call the replies it is given
+(from that thread). Must not: use asyncio, know which engine it drives, read settings.
+
+Why: a model whose every step costs the same whatever the number of streams in it (Kyutai steps a
+fixed slot batch) should advance every live stream in each step. Stepping whichever streams happen
+to have audio when a request arrives gives, with N streams of random phase, up to N steps per frame
+of audio, each advancing one stream. The clock instead ticks once per frame period
+(``decoder.step_seconds``) and, at each tick, advances every stream that has a frame waiting by
+one frame, in one step.
+
+Work flows like this: :meth:`DecodingClock.submit` hands audio (or the end of a stream) and a reply
+to the clock's thread, which feeds it to the decoder at once. A stream that has no full frame
+waiting is answered at once (with its partial if its text changed); one that has is answered after
+the tick that leaves it without one, so a chunk's answer holds exactly what its audio made the model
+say, as the unclocked ``decode`` would. A chunk that completes one frame waits for at most one
+tick.
+
+Lag: a client sends its next chunk only once the last is answered, so a stream that fell behind
+(the model's silence prefix before its first audio, ticks delayed by a slow step, a client that
+sent a burst) would stay behind for good at one frame per tick. After each tick's step, while a
+stream holds more frames than its largest chunk brought (its own burst: 1 for 20 ms chunks, 3 for
+200 ms ones), the tick runs catch-up steps, each advancing every stream that holds a frame; so
+bursts of a client's usual size are spread over the ticks and never cost a step of their own, and
+a stream joining or falling behind catches up within the tick. A finished stream is flushed one
+frame per tick, then answered with its last final (its flush is not lag: nobody sends after it).
+
+A client that fell behind real time (a stall of the process, a slow step) holds its backlog on
+its own side and sends it one chunk per answer, so the frames it makes the clock hold never show
+it. Each stream therefore also keeps an audio clock: the time its audio started (re-based whenever
+the client took longer than a period to send after an answer, as a real-time client does) plus
+the audio it sent. A stall of the whole process (client included) looks like a pause and is
+forgiven; a stall of the clock, or of a Triton model while its clients go on, is caught up. A
+stream further behind that clock than waiting for its ticks explains (one period more than its
+burst) is stepped as soon as its frame arrives, in a catch-up step with every stream holding a
+frame, until it is back on time.
+
+Ticks keep to a grid of ``step_seconds`` while some stream is behind; a late tick runs at once
+and the grid moves on from it, so a slow step delays the streams but never makes a burst of steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic
+
+from earshot.engines.recognizers import EngineError, Samples, SteppedDecoder, StreamT
+from earshot.events import Recognition
+
+Reply = Callable[[list[Recognition], EngineError | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    """What the clock has done since it started.
+
+    Attributes:
+        ticks: ticks of the clock that stepped (each runs one step, then any catch-up steps).
+        steps: model steps run.
+        advanced: stream-steps: the streams each step advanced, summed over the steps.
+        live: the live streams (audio sent, not finished and flushed, not failed) at each step,
+            summed: ``advanced / live`` is the share of live streams a step advances.
+        audio_seconds: seconds of audio the steps consumed per stream (``steps * step_seconds``).
+    """
+
+    ticks: int = 0
+    steps: int = 0
+    advanced: int = 0
+    live: int = 0
+    audio_seconds: float = 0.0
+
+
+@dataclass(eq=False, slots=True, weakref_slot=True)
+class ClockedStream(Generic[StreamT]):
+    """A stream of the clock: its decoder state, what it said since its last answer, who waits."""
+
+    state: StreamT
+    said: list[Recognition] = field(default_factory=list)
+    replies: list[Reply] = field(default_factory=list)
+    ended: bool = False
+    # The most frames one chunk of the stream brought: more waiting than that is lag.
+    burst: int = 1
+    # The stream's audio clock: when its audio started (re-based after pauses), the audio sent,
+    # and when it was last answered.
+    anchor: float | None = None
+    sent_seconds: float = 0.0
+    answered_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Submission(Generic[StreamT]):
+    stream: ClockedStream[StreamT]
+    samples: Samples | None
+    ends: bool
+    reply: Reply
+    at: float
+
+
+StepObserver = Callable[[int, int], None]
+
+
+class DecodingClock(Generic[StreamT]):
+    """Steps a :class:`SteppedDecoder` on one thread, once per frame period; see the module doc."""
+
+    def __init__(
+        self,
+        decoder: SteppedDecoder[StreamT],
+        *,
+        observe: StepObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Start the clock's thread.
+
+        Args:
+            decoder: the engine's synchronous core; only the clock's thread calls it after this.
+            observe: called on the clock's thread after each step with the streams it advanced and
+                the live streams (for metrics).
+            clock: seconds, monotonic.
+        """
+        self._decoder = decoder
+        self._observe = observe
+        self._clock = clock
+        self._period = decoder.step_seconds
+        self._frame_samples = round(decoder.step_seconds * decoder.sample_rate)
+        self._condition = threading.Condition()
+        self._inbox: list[_Submission[StreamT]] = []
+        self._closing = False
+        # Streams a step has work for, by id; and every live stream (weak: one dropped unfinished
+        # stops counting once collected).
+        self._live: dict[int, ClockedStream[StreamT]] = {}
+        self._open: weakref.WeakSet[ClockedStream[StreamT]] = weakref.WeakSet()
+        self._stats = StepStats()
+        self._thread = threading.Thread(
+            target=self._run, name=f"earshot-{decoder.name}-clock", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def decoder(self) -> SteppedDecoder[StreamT]:
+        """The decoder the clock steps."""
+        return self._decoder
+
+    @property
+    def stats(self) -> StepStats:
+        """Steps, streams advanced and live streams so far."""
+        return self._stats
+
+    def open(self) -> ClockedStream[StreamT]:
+        """Create a stream (``decoder.open``: it may raise ``EngineOverloaded``)."""
+        return ClockedStream(self._decoder.open())
+
+    def submit(
+        self, stream: ClockedStream[StreamT], samples: Samples | None, *, ends: bool, reply: Reply
+    ) -> None:
+        """Hand audio, the end of the stream, or both to the clock; ``reply`` gets the answer.
+
+        ``reply`` is called once, on the clock's thread: with the recognitions of the audio once
+        the stream has no full frame waiting (after its flush when ``ends``), or with an error.
+        """
+        with self._condition:
+            if self._closing:
+                closed = True
+            else:
+                closed = False
+                self._inbox.append(_Submission(stream, samples, ends, reply, self._clock()))
+                self._condition.notify()
+        if closed:
+            reply([], EngineError(f"the {self._decoder.name} decoding clock is stopped"))
+
+    def close(self) -> None:
+        """Stop and join the thread; streams still waiting are answered with an error."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        self._thread.join()
+        error = EngineError(f"the {self._decoder.name} decoding clock was stopped")
+        for submission in self._inbox:
+            submission.reply([], error)
+        for stream in self._live.values():
+            self._answer(stream, error)
+        self._inbox.clear()
+        self._live.clear()
+
+    def _run(self) -> None:
+        next_tick = self._clock() + self._period
+        while (inbox := self._wait(next_tick)) is not None:
+            for submission in inbox:
+                self._take(submission)
+            now = self._clock()
+            if now >= next_tick and self._live:
+                self._tick()
+                # A tick more than a period late moves the grid: the next one is a period later,
+                # never a burst of ticks (streams that fell behind catch up in steps of their own).
+                next_tick += self._period
+                if next_tick <= now:
+                    next_tick = now + self._period
+            elif any(self._late(stream, now) for stream in self._live.values()):
+                self._advance(self._holding_frames())
+            elif not self._live:
+                next_tick = max(next_tick, now)
+
+    def _wait(self, next_tick: float) -> list[_Submission[StreamT]] | None:
+        with self._condition:
+            while not self._inbox and not self._closing:
+                if self._live:
+                    timeout = next_tick - self._clock()
+                    if timeout <= 0:
+                        break
+                    self._condition.wait(timeout)
+                else:
+                    self._condition.wait()
+            if self._closing:
+                return None
+            inbox, self._inbox = self._inbox, []
+            return inbox
+
+    def _take(self, submission: _Submission[StreamT]) -> None:
+        stream = submission.stream
+        stream.replies.append(submission.reply)
+        self._open.add(stream)
+        stream.ended = stream.ended or submission.ends
+        # When the client sent it (not when this thread got to it): a stalled clock is no pause.
+        sent_at = submission.at
+        if stream.anchor is None or (
+            len(stream.replies) == 1 and sent_at - stream.answered_at > self._period
+        ):
+            stream.anchor = sent_at - stream.sent_seconds  # on time: its client waited to send
+        if submission.samples is not None:
+            chunk_frames = -(-submission.samples.size // self._frame_samples)
+            stream.burst = max(stream.burst, chunk_frames)
+            stream.sent_seconds += submission.samples.size / self._decoder.sample_rate
+        try:
+            if submission.samples is not None and submission.samples.size:
+                self._decoder.accept(stream.state, submission.samples)
+            if submission.ends:
+                self._decoder.finish(stream.state)
+        except Exception as error:
+            self._live.pop(id(stream), None)
+            self._answer(stream, _as_engine_error(error))
+            return
+        if self._decoder.behind(stream.state):
+            self._live[id(stream)] = stream
+        else:
+            self._answer(stream, None)
+
+    def _tick(self) -> None:
+        old = self._stats
+        self._stats = StepStats(old.ticks + 1, old.steps, old.advanced, old.live, old.audio_seconds)
+        self._advance([s for s in self._live.values() if self._decoder.behind(s.state)])
+
+    def _advance(self, streams: list[ClockedStream[StreamT]]) -> None:
+        """Step ``streams``, then catch up while a stream lags; answer the streams caught up."""
+        while streams and self._step(streams):
+            # A step costs the same for one stream as for all: a catch-up step advances every
+            # stream with a frame, so streams that all lag (a slow step) catch up together.
+            now = self._clock()
+            lagging = any(self._lagging(s) or self._late(s, now) for s in self._live.values())
+            streams = self._holding_frames() if lagging else []
+        for stream in [s for s in self._live.values() if not self._decoder.behind(s.state)]:
+            del self._live[id(stream)]
+            self._answer(stream, None)
+
+    def _holding_frames(self) -> list[ClockedStream[StreamT]]:
+        return [s for s in self._live.values() if self._decoder.frames(s.state)]
+
+    def _lagging(self, stream: ClockedStream[StreamT]) -> bool:
+        return not stream.ended and self._decoder.frames(stream.state) > stream.burst
+
+    def _late(self, stream: ClockedStream[StreamT], now: float) -> bool:
+        """Behind its audio clock by more than waiting for its ticks explains, with a frame."""
+        if stream.ended or stream.anchor is None or not self._decoder.frames(stream.state):
+            return False
+        # A chunk of `burst` frames waits up to that many ticks, and one more for its phase.
+        return now - stream.anchor - stream.sent_seconds > self._period * (stream.burst + 1)
+
+    def _step(self, streams: list[ClockedStream[StreamT]]) -> bool:
+        """One model step of ``streams``; False when it failed (they are answered with the error)."""
+        try:
+            results = self._decoder.step([stream.state for stream in streams])
+        except Exception as error:
+            for stream in streams:
+                del self._live[id(stream)]
+                self._answer(stream, _as_engine_error(error))
+            return False
+        self._count(advanced=len(streams), live=max(len(self._open), len(streams)))
+        for stream, said in zip(streams, results, strict=True):
+            stream.said.extend(said)
+        return True
+
+    def _count(self, *, advanced: int, live: int) -> None:
+        old = self._stats
+        self._stats = StepStats(
+            ticks=old.ticks,
+            steps=old.steps + 1,
+            advanced=old.advanced + advanced,
+            live=old.live + live,
+            audio_seconds=old.audio_seconds + self._period,
+        )
+        if self._observe is not None:
+            self._observe(advanced, live)
+
+    def _answer(self, stream: ClockedStream[StreamT], error: EngineError | None) -> None:
+        if error is not None or stream.ended:
+            self._open.discard(stream)
+        stream.answered_at = self._clock()
+        replies, stream.replies = stream.replies, []
+        said, stream.said = stream.said, []
+        if error is None:
+            said.extend(self._decoder.report(stream.state))
+        # Several chunks answered together: the last one carries what they made the model say.
+        for position, reply in enumerate(replies, start=1):
+            reply(said if position == len(replies) else [], error)
+
+
+def _as_engine_error(error: Exception) -> EngineError:
+    if isinstance(error, EngineError):
+        return error
+    wrapped = EngineError(f"{type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
