@@ -359,7 +359,7 @@ async def test_a_kyutai_stream_beyond_the_batch_slots_is_refused_with_1013_at_on
             await a.send(b"\xd5" * 1600)
             steps = await _steps_once_settled(recognizer)
             received, code, reason = await asyncio.wait_for(
-                _refused(session_url(base, "b"), [b"\xd5" * 160]), 10.0
+                until_closed(session_url(base, "b"), [b"\xd5" * 160]), 10.0
             )
             # The first stream sends nothing more, so the clock has nothing to step: the
             # refusal waited for no step.
