@@ -271,3 +271,24 @@ async def test_a_room_switched_to_the_chosen_language_captions_that_participant_
     assert switched.status_code == 200
     assert (room.lang, room.targets.translating) == ("fr", {})
     assert room.targets.sessions() == ["hpb-carol"]
+
+
+async def test_a_translation_into_the_rooms_own_language_is_refused_and_enables_nothing(
+    exapp: ExApp,
+) -> None:
+    assert (await transcribe(exapp, "nc-a", langId="fr")).status_code == 200
+    # No langId: the room stays in French, so French is no translation.
+    body = {
+        "roomToken": ROOM,
+        "ncSessionId": "nc-b",
+        "enable": True,
+        "translationTargetLangId": "fr",
+    }
+    response = await exapp.call("POST", "/api/v1/call/transcribe", body)
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "the room is already captioned in 'fr'"},
+    )
+    room = exapp.services.rooms.room(ROOM)
+    assert room is not None
+    assert "nc-b" not in room.targets.wanted

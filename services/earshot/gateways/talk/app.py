@@ -30,7 +30,7 @@ from earshot.gateways.talk.hosting import (
     UnsupportedTranslation,
 )
 from earshot.gateways.talk.nextcloud import Nextcloud
-from earshot.gateways.talk.rooms import NotATarget
+from earshot.gateways.talk.rooms import NotATarget, SameLanguage
 from earshot.gateways.talk.signaling import SignalingRefused, SignalingUnavailable
 from earshot.gateways.talk.taskprocessing import TranslationFailed, TranslationUnavailable
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STATUSES: dict[type[Exception], int] = {
     UnsupportedLanguage: 400,
     UnsupportedTranslation: 400,
+    SameLanguage: 400,
     UnknownRoom: 404,
     NotATarget: 412,
     TranslationFailed: 500,

@@ -116,7 +116,10 @@ class Rooms:
         """
         chosen = self.check_language(lang)
         if enable and translate_to is not None:
-            await self.check_translation(chosen, translate_to)
+            # Without langId the room keeps its language: translate from that one.
+            existing = self._rooms.get(token)
+            origin = existing.lang if existing is not None and lang is None else chosen
+            await self.check_translation(origin, translate_to)
         async with self._lock:
             room = self._rooms.get(token)
             if room is None:
