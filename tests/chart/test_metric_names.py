@@ -272,6 +272,11 @@ def test_every_dashboard_covers_the_issue_topics() -> None:
         "earshot_persister_write_seconds_bucket",
         "earshot_persister_retries_total",
         "earshot_operator_resources",
+        "earshot_talk_first_caption_latency_seconds_bucket",
+        "earshot_talk_final_caption_latency_seconds_bucket",
+        "earshot_talk_translations_total",
+        "earshot_talk_translation_latency_seconds_bucket",
+        "earshot_talk_transcript_finals_total",
     } <= used
 
 

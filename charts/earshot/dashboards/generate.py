@@ -321,6 +321,14 @@ def overview() -> dashboard.Dashboard:
                 ),
             )
         )
+        .with_panel(
+            graph(
+                "Talk: transcript finals kept",
+                "ops",
+                rate("earshot_talk_transcript_finals_total", "outcome"),
+                description="Finals of Talk calls spooled for the transcript store, by outcome.",
+            )
+        )
     )
 
 
