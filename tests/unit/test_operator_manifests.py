@@ -222,3 +222,21 @@ def test_probes_use_each_process_health_endpoint() -> None:
         "port": "persister",
     }
     assert session_persister["ports"][0]["containerPort"] == SETTINGS.persister_port
+
+
+def test_every_container_has_a_liveness_probe_on_the_endpoint_that_fails_with_it() -> None:
+    session = manifests.build_deployment(gateways.build(_session(), SETTINGS), settings=SETTINGS)
+    room = manifests.build_deployment(gateways.build(_room(), SETTINGS), settings=SETTINGS)
+    probes = {
+        (kind, container["name"]): container.get("livenessProbe", {}).get("httpGet")
+        for kind, deployment in (("session", session), ("room", room))
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+    }
+    # The endpoints that answer 503 when the process stopped working (g711 /health: spool writer
+    # or drainer dead; the persister's /health: drainer stuck; the room gateway's /heartbeat).
+    assert probes == {
+        ("session", "gateway"): {"path": "/health", "port": "http"},
+        ("session", "persister"): {"path": "/health", "port": "persister"},
+        ("room", "gateway"): {"path": "/heartbeat", "port": "http"},
+        ("room", "persister"): {"path": "/health", "port": "persister"},
+    }
