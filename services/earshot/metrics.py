@@ -246,6 +246,16 @@ def initialise_gateway(gateway: str, engine: str) -> None:
         STORAGE_ERRORS.labels(store)
 
 
+#: The stores a persister writes (the ``store`` label of its retries).
+PERSISTER_STORES = ("partials", "segments")
+
+
+def initialise_persister() -> None:
+    """Create at 0 the retry counters of a drainer (its outage alert reads their rate)."""
+    for store in PERSISTER_STORES:
+        PERSISTER_RETRIES.labels(store)
+
+
 def snapshot(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
     """Every sample of ``registry`` as JSON-ready data, for clients that read a JSON ``/metrics``.
 

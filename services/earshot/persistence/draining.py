@@ -183,6 +183,7 @@ class Drainer:
             Exception: whatever unexpected error stopped it; :attr:`healthy` is then False.
         """
         metrics.PERSISTENCE_UP.labels("drainer").set_function(lambda: float(self.healthy))
+        metrics.initialise_persister()
         try:
             while True:
                 self._beat = time.monotonic()
