@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import wave
@@ -46,7 +47,15 @@ def alaw_frames(path: str) -> list[bytes]:
 
 
 async def listen(ws: ClientConnection, last: list[dict[str, object]]) -> None:
-    """Print every message; keep the last one (the sender waits for it to be a final)."""
+    """Print every message; keep the last one (the sender waits for it to be a final).
+
+    Returns when the connection ends (normally or not: the caller reconnects if frames are left).
+    """
+    with contextlib.suppress(ConnectionClosed):
+        await _print_messages(ws, last)
+
+
+async def _print_messages(ws: ClientConnection, last: list[dict[str, object]]) -> None:
     async for raw in ws:
         message = json.loads(raw)
         last[:] = [message]
@@ -109,8 +118,8 @@ async def main() -> int:
         except InvalidStatus as exc:
             print(f"the gateway answered HTTP {exc.response.status_code}", file=sys.stderr)
             return 1
-        except OSError as exc:
-            print(f"cannot connect: {exc}", file=sys.stderr)
+        except (OSError, ConnectionClosed) as exc:
+            print(f"connection lost: {exc}; reconnecting", file=sys.stderr)
         if sent >= len(frames):
             return 0
         await asyncio.sleep(min(2**attempt, 30))  # then continue where the stream broke off

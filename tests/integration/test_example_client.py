@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pydantic import SecretStr
+from websockets.asyncio.client import connect
 
 from earshot.events import SessionId
 from earshot.gateways.g711 import serving
@@ -67,3 +68,35 @@ async def test_the_example_client_stops_at_a_refusal_that_is_not_retryable(
     assert code == 1
     assert "error unauthorized:" in err
     assert "refused: unauthorized" in err
+
+
+async def test_the_example_client_reconnects_after_a_retryable_refusal(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # One stream at a time, held by another caller: the example's first connection gets 1013.
+    capped = settings.model_copy(update={"max_connections": 1})
+    wav = sample_wav(tmp_path / "call.wav")
+    async with (
+        serving.open_services(capped) as services,
+        running_gateway(capped, services) as base,
+    ):
+        blocker = await connect(session_url(base, "blocker"))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(EXAMPLE),
+            session_url(base, "retried"),
+            str(wav),
+            "--speed",
+            "0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        refused = await asyncio.wait_for(process.stderr.readline(), 60)
+        await blocker.close()  # the slot is free before the example's back-off ends
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+        stored = await services.stores.segments.segments(SessionId("retried"))
+    assert refused.decode().startswith("error too_many_connections:")
+    assert process.returncode == 0, err.decode()
+    assert "final 1:" in out.decode()
+    assert [s.seq for s in stored][:1] == [1]
