@@ -148,11 +148,19 @@ def test_help_shows_each_options_variables_and_default(tmp_path: Path) -> None:
 
 
 def test_config_lists_every_variable_with_its_value(tmp_path: Path) -> None:
-    done = earshot_run("config", cwd=tmp_path, APP_PORT="9000", EARSHOT_ACCESS_TOKEN="hidden")
+    done = earshot_run(
+        "config",
+        cwd=tmp_path,
+        APP_PORT="9000",
+        EARSHOT_ACCESS_TOKEN="hidden",
+        EARSHOT_SEGMENTS_URL="mysql+aiomysql://earshot:dbsecret@db:3306/earshot",
+    )
     assert done.returncode == 0, done.stderr
     assert "EARSHOT_PORT | APP_PORT = 9000\n" in done.stdout
     assert "EARSHOT_ACCESS_TOKEN = ***\n" in done.stdout
+    assert "mysql+aiomysql://earshot:***@db:3306/earshot" in done.stdout
     assert "hidden" not in done.stdout
+    assert "dbsecret" not in done.stdout
     assert "EARSHOT_INFERENCE_QUEUE_TIMEOUT_SECONDS | ASR_INFERENCE_QUEUE_TIMEOUT_SECONDS" in (
         done.stdout
     )

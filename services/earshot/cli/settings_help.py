@@ -12,6 +12,7 @@ from pydantic import AliasChoices, SecretStr
 from rich.markup import escape
 
 from earshot.settings import DEFAULTS, Settings
+from earshot.storage.redis_partials import redacted
 
 
 def variables(name: str) -> list[str]:
@@ -43,5 +44,7 @@ def effective(settings: Settings) -> Iterator[str]:
     for name in Settings.model_fields:
         value = getattr(settings, name)
         shown = "***" if isinstance(value, SecretStr) else ("" if value is None else str(value))
+        if "://" in shown:
+            shown = redacted(shown)  # a store URL's password
         origin = "" if name in settings.model_fields_set else "  (default)"
         yield f"{' | '.join(variables(name))} = {shown}{origin}"
