@@ -99,7 +99,10 @@ def test_the_services_image_entry_command_serves_health_with_the_embedded_defaul
     built: dict[str, Path],
 ) -> None:
     archive = built[_reference("earshot")]
-    how = oneshot.Confinement(uid=10001, gid=10001, writable=CHART_TMP)
+    # no model in the image: a server without one refuses to start unless asked for the demo model
+    how = oneshot.Confinement(
+        uid=10001, gid=10001, writable=CHART_TMP, env={"EARSHOT_DEMO_MODEL": "true"}
+    )
     # the image's own health check (services/Dockerfile HEALTHCHECK)
     probe = _http_probe("python", "os.environ['EARSHOT_HEALTH_URL']")
     server = oneshot.entry_command(archive)
