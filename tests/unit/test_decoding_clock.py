@@ -92,6 +92,33 @@ def _frames_stepped_alone(checkpoint: Path, audio: Samples) -> int:
         decoder.close()
 
 
+class HeldFirstStep:
+    """Records every step as (advanced, live); holds the clock's thread inside the first step
+    until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.inside, self.release = threading.Event(), threading.Event()
+        self.steps: list[tuple[int, int]] = []
+
+    def observe(self, advanced: int, live: int) -> None:
+        self.steps.append((advanced, live))
+        if len(self.steps) == 1:
+            self.inside.set()
+            self.release.wait(10.0)
+
+
+class Replies:
+    """Collects the clock's answers: one release of ``answered`` and one entry in ``errors`` each."""
+
+    def __init__(self) -> None:
+        self.answered = threading.Semaphore(0)
+        self.errors: list[EngineError | None] = []
+
+    def reply(self, said: list[Recognition], error: EngineError | None) -> None:
+        self.errors.append(error)
+        self.answered.release()
+
+
 def test_one_step_advances_every_stream_whose_frame_arrived_before_the_tick(
     checkpoint: Path,
 ) -> None:
@@ -99,40 +126,26 @@ def test_one_step_advances_every_stream_whose_frame_arrived_before_the_tick(
     # audio of streams with different phases arrives between two ticks.
     audio = _talk(4)[: FRAME_SAMPLES * 3]
     frames = _frames_stepped_alone(checkpoint, audio)
-    inside, release = threading.Event(), threading.Event()
-    steps: list[tuple[int, int]] = []
-
-    def observe(advanced: int, live: int) -> None:
-        steps.append((advanced, live))
-        if len(steps) == 1:
-            inside.set()
-            release.wait(10.0)
-
-    clock = DecodingClock(_decoder(checkpoint, 9), observe=observe, clock=_slowed(4))
-    answered = threading.Semaphore(0)
-    errors: list[EngineError | None] = []
-
-    def reply(said: list[Recognition], error: EngineError | None) -> None:
-        errors.append(error)
-        answered.release()
-
+    held = HeldFirstStep()
+    clock = DecodingClock(_decoder(checkpoint, 9), observe=held.observe, clock=_slowed(4))
+    replies = Replies()
     try:
         streams = [clock.open() for _ in range(9)]
-        clock.submit(streams[0], audio, ends=False, reply=reply)
-        assert inside.wait(10.0)
+        clock.submit(streams[0], audio, ends=False, reply=replies.reply)
+        assert held.inside.wait(10.0)
         for stream in streams[1:]:
-            clock.submit(stream, audio, ends=False, reply=reply)
-        release.set()
+            clock.submit(stream, audio, ends=False, reply=replies.reply)
+        held.release.set()
         for _ in streams:
-            assert answered.acquire(timeout=20.0)
+            assert replies.answered.acquire(timeout=20.0)
     finally:
-        release.set()
+        held.release.set()
         clock.close()
-    assert errors == [None] * 9
+    assert replies.errors == [None] * 9
     assert frames >= 3
     # One step per frame of audio, not one per stream: the first advanced the first stream alone,
     # each later one every stream still holding a frame.
-    assert steps == [(1, 1)] + [(9, 9)] * (frames - 1) + [(8, 9)]
+    assert held.steps == [(1, 1)] + [(9, 9)] * (frames - 1) + [(8, 9)]
     assert clock.stats.steps == frames + 1
     assert clock.stats.ticks == frames + 1
     assert clock.stats.advanced == 9 * frames
@@ -144,44 +157,30 @@ def test_a_stream_that_fell_behind_catches_up_in_steps_of_its_own_within_one_tic
     # The clock is held inside a step while one stream of 20 ms chunks gets ten frames of audio
     # (as after a slow step) and another gets one: the next tick advances both, then steps the
     # lagging one alone until it holds no more than its one-frame chunks bring.
-    inside, release = threading.Event(), threading.Event()
-    steps: list[tuple[int, int]] = []
-
-    def observe(advanced: int, live: int) -> None:
-        steps.append((advanced, live))
-        if len(steps) == 1:
-            inside.set()
-            release.wait(10.0)
-
-    clock = DecodingClock(_decoder(checkpoint, 2), observe=observe, clock=_slowed(4))
-    answered = threading.Semaphore(0)
-    errors: list[EngineError | None] = []
-
-    def reply(said: list[Recognition], error: EngineError | None) -> None:
-        errors.append(error)
-        answered.release()
-
+    held = HeldFirstStep()
+    clock = DecodingClock(_decoder(checkpoint, 2), observe=held.observe, clock=_slowed(4))
+    replies = Replies()
     chunks = _pieces(_talk(9)[: FRAME_SAMPLES * 11], 480)
     try:
         lagging, steady = clock.open(), clock.open()
         for chunk in chunks[:4]:
-            clock.submit(lagging, chunk, ends=False, reply=reply)
-        assert inside.wait(10.0)
+            clock.submit(lagging, chunk, ends=False, reply=replies.reply)
+        assert held.inside.wait(10.0)
         for chunk in chunks[4:44]:
-            clock.submit(lagging, chunk, ends=False, reply=reply)
+            clock.submit(lagging, chunk, ends=False, reply=replies.reply)
         for chunk in chunks[:4]:
-            clock.submit(steady, chunk, ends=False, reply=reply)
-        release.set()
+            clock.submit(steady, chunk, ends=False, reply=replies.reply)
+        held.release.set()
         for _ in range(48):
-            assert answered.acquire(timeout=20.0)
+            assert replies.answered.acquire(timeout=20.0)
     finally:
-        release.set()
+        held.release.set()
         clock.close()
-    assert errors == [None] * 48
+    assert replies.errors == [None] * 48
     # The first tick; a tick of one regular step of both and eight catch-up steps of the lagging
     # stream, down to the one frame its chunks bring; a tick for that frame. Ten ticks without
     # catching up.
-    assert steps == [(1, 1), (2, 2)] + [(1, 2)] * 9
+    assert held.steps == [(1, 1), (2, 2)] + [(1, 2)] * 9
     assert clock.stats.ticks == 3
 
 
