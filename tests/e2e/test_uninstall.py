@@ -8,13 +8,11 @@ rendered ClusterRole: a verb the chart's role lacks fails the test.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from earshot_operator.clients import KubeClient
 from tests.chart.charts import find, template
 from tests.e2e import helpers
 from tests.e2e.controlplane.cluster import REPO, ControlPlane, write_kubeconfig
+from tests.e2e.controlplane.operators import service_account_token
 
 pytestmark = pytest.mark.asyncio
 HOOK_NAMESPACE = "earshot-uninstall"
@@ -43,22 +42,6 @@ def _hook_objects(watched: str) -> list[dict[str, Any]]:
     return hooks
 
 
-def _token(plane: ControlPlane, account: str, timeout_s: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = json.loads(
-            plane.kubectl("get", "serviceaccount", account, "-n", HOOK_NAMESPACE, "-o", "json")
-        )
-        for ref in found.get("secrets") or ():
-            secret = json.loads(
-                plane.kubectl("get", "secret", ref["name"], "-n", HOOK_NAMESPACE, "-o", "json")
-            )
-            if "token" in (secret.get("data") or {}):
-                return base64.b64decode(secret["data"]["token"]).decode()
-        time.sleep(0.5)
-    raise AssertionError(f"no token for {account}")
-
-
 def _run_hook(
     plane: ControlPlane, watched: str, tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:
@@ -74,7 +57,7 @@ def _run_hook(
         )
         job = find(hooks, "Job", "-uninstall")
         pod = job["spec"]["template"]["spec"]
-        token = _token(plane, pod["serviceAccountName"])
+        token = service_account_token(plane, HOOK_NAMESPACE, pod["serviceAccountName"])
         kubeconfig = tmp_path / "hook.kubeconfig"
         write_kubeconfig(kubeconfig, server=plane.server, ca=plane.ca, user={"token": token})
         [container] = pod["containers"]

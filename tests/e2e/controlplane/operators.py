@@ -31,7 +31,7 @@ def operator_kubeconfig(plane: ControlPlane) -> Path:
     """Apply the operator's RBAC and write a kubeconfig holding only its service account token."""
     plane.kubectl("apply", "-f", "-", stdin=json.dumps(_namespace()))
     plane.kubectl("apply", "-f", str(RBAC))
-    token = _service_account_token(plane)
+    token = service_account_token(plane, NAMESPACE, SERVICE_ACCOUNT)
     path = plane.folder / "operator.kubeconfig"
     write_kubeconfig(path, server=plane.server, ca=plane.ca, user={"token": token})
     return path
@@ -41,21 +41,23 @@ def _namespace() -> dict[str, object]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
 
 
-def _service_account_token(plane: ControlPlane, timeout_s: float = 60.0) -> str:
-    # Kubernetes 1.20's token controller mints a Secret per service account
+def service_account_token(
+    plane: ControlPlane, namespace: str, account: str, timeout_s: float = 60.0
+) -> str:
+    """The token Kubernetes 1.20's token controller minted for ``account`` (a Secret of it)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        account = json.loads(
-            plane.kubectl("get", "serviceaccount", SERVICE_ACCOUNT, "-n", NAMESPACE, "-o", "json")
+        found = json.loads(
+            plane.kubectl("get", "serviceaccount", account, "-n", namespace, "-o", "json")
         )
-        for ref in account.get("secrets") or ():
+        for ref in found.get("secrets") or ():
             secret = json.loads(
-                plane.kubectl("get", "secret", ref["name"], "-n", NAMESPACE, "-o", "json")
+                plane.kubectl("get", "secret", ref["name"], "-n", namespace, "-o", "json")
             )
             if "token" in (secret.get("data") or {}):
                 return base64.b64decode(secret["data"]["token"]).decode()
         time.sleep(0.5)
-    raise ControlPlaneError(f"no token for {NAMESPACE}/{SERVICE_ACCOUNT} in {timeout_s} s")
+    raise ControlPlaneError(f"no token for {namespace}/{account} in {timeout_s} s")
 
 
 def free_port() -> int:
