@@ -85,6 +85,11 @@ class OperatorProcess:
         return self._process.pid
 
     @property
+    def running(self) -> bool:
+        """Whether the process is started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def metrics_url(self) -> str:
         """Where the operator serves Prometheus metrics."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
