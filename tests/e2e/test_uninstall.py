@@ -27,7 +27,6 @@ from tests.e2e.controlplane.cluster import REPO, ControlPlane, write_kubeconfig
 from tests.e2e.controlplane.operators import OperatorProcess, service_account_token
 
 pytestmark = pytest.mark.asyncio
-HOOK_NAMESPACE = "earshot-uninstall"
 
 
 def _path(body: dict[str, Any]) -> str:
@@ -37,9 +36,14 @@ def _path(body: dict[str, Any]) -> str:
     )
 
 
+def _release_namespace(watched: str) -> str:
+    # one per test: a namespace being deleted cannot be created again at once
+    return f"{watched}-release"
+
+
 def _hook_objects(watched: str, values: dict[str, str]) -> list[dict[str, Any]]:
     sets = {"operator.watchNamespaces[0]": watched, **values}
-    rendered = template(release="rel", namespace=HOOK_NAMESPACE, sets=sets)
+    rendered = template(release="rel", namespace=_release_namespace(watched), sets=sets)
     hooks = [m for m in rendered if (m["metadata"].get("annotations") or {}).get("helm.sh/hook")]
     assert {m["kind"] for m in hooks} == {
         "ServiceAccount",
@@ -55,7 +59,8 @@ def _run_hook(
     plane: ControlPlane, watched: str, tmp_path: Path, values: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     hooks = _hook_objects(watched, values or {})
-    plane.kubectl("create", "namespace", HOOK_NAMESPACE)
+    release_namespace = _release_namespace(watched)
+    plane.kubectl("create", "namespace", release_namespace)
     try:
         access = [hook for hook in hooks if hook["kind"] != "Job"]
         plane.kubectl(
@@ -66,7 +71,7 @@ def _run_hook(
         )
         job = find(hooks, "Job", "-uninstall")
         pod = job["spec"]["template"]["spec"]
-        token = service_account_token(plane, HOOK_NAMESPACE, pod["serviceAccountName"])
+        token = service_account_token(plane, release_namespace, pod["serviceAccountName"])
         kubeconfig = tmp_path / "hook.kubeconfig"
         write_kubeconfig(kubeconfig, server=plane.server, ca=plane.ca, user={"token": token})
         [container] = pod["containers"]
@@ -86,7 +91,7 @@ def _run_hook(
             check=False,
         )
     finally:
-        plane.kubectl("delete", "namespace", HOOK_NAMESPACE, "--wait=false")
+        plane.kubectl("delete", "namespace", release_namespace, "--wait=false")
         for kind in ("clusterrole", "clusterrolebinding"):
             plane.kubectl("delete", kind, "rel-earshot-uninstall", "--ignore-not-found")
 
