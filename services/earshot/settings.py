@@ -162,6 +162,15 @@ class Settings(BaseSettings):
         description="WebSocket streams one gateway process serves at once; more are refused "
         "(1013 too_many_connections).",
     )
+    max_lag_seconds: float = Field(
+        0.5,
+        ge=0,
+        validation_alias=_env("MAX_LAG_SECONDS"),
+        description="While the gateway process is further behind real time than this (event-loop "
+        "lag or the age of audio waiting for the recogniser, sustained over 1 s), new streams are "
+        "refused (1013 inference_overloaded) so that the streams it holds keep their latency; "
+        "0: never refuse for lag.",
+    )
     handshake_timeout_seconds: float = Field(
         10.0,
         gt=0,

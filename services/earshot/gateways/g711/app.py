@@ -27,6 +27,7 @@ from earshot.audio.codecs import InvalidAudio
 from earshot.audio.framing import duration_seconds
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
+from earshot.gateways import lagging
 from earshot.gateways.g711 import dumping, messages, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
@@ -156,13 +157,17 @@ class LiveSessions:
 
 
 def create_app(
-    settings: Settings, services: Services, live_sessions: LiveSessions | None = None
+    settings: Settings,
+    services: Services,
+    live_sessions: LiveSessions | None = None,
+    lag: lagging.LagMonitor | None = None,
 ) -> FastAPI:
     """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
 
     ``/health`` answers 503 once the spool writer or the embedded drainer stopped working, so a
     liveness probe restarts the process. ``live_sessions`` lets the server drain the streams
-    before it shuts down.
+    before it shuts down. While ``lag`` (run by the server) says the process is behind real time,
+    new streams are refused with 1013.
     """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
@@ -202,6 +207,8 @@ def create_app(
         refusal = (
             SHUTTING_DOWN if sessions.draining else _admission(websocket, session_id, settings)
         )
+        if refusal is None and lag is not None and lag.lagging():
+            refusal = OVERLOADED  # behind real time: the streams it holds keep their latency
         if refusal is None:
             refusal = await _capacity(live, sid, settings, engine)
         if refusal is None and sessions.draining:  # the drain began while this one waited

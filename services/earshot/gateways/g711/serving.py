@@ -10,10 +10,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import uvicorn
 
 from earshot.engines import loading
-from earshot.gateways import stopping
+from earshot.gateways import lagging, stopping
 from earshot.gateways.g711 import handshaking
 from earshot.gateways.g711.app import LiveSessions, Services, create_app
-from earshot.gateways.g711.transcribing import Stores
+from earshot.gateways.g711.transcribing import GATEWAY, Stores
 from earshot.persistence import journaling
 from earshot.settings import Settings
 from earshot.storage import backends
@@ -50,12 +50,21 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 class GatewayServer(stopping.Server):
     """uvicorn, but on shutdown (SIGTERM) the streams end first, each telling its client its last
     finals and closing with 1012; uvicorn's own shutdown would close them at once, and a final
-    recognised after that would be stored without ever being told."""
+    recognised after that would be stored without ever being told. While it serves, its lag
+    monitor ticks."""
 
-    def __init__(self, config: uvicorn.Config, sessions: LiveSessions) -> None:
-        """Serve ``config``, whose app streams the ``sessions``."""
+    def __init__(
+        self, config: uvicorn.Config, sessions: LiveSessions, lag: lagging.LagMonitor
+    ) -> None:
+        """Serve ``config``, whose app streams the ``sessions`` and refuses by ``lag``."""
         super().__init__(config)
         self._sessions = sessions
+        self.lag = lag
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve with the lag monitor running."""
+        async with self.lag.running():
+            await super().serve(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting, drain the streams, then shut down as uvicorn does."""
@@ -68,15 +77,19 @@ class GatewayServer(stopping.Server):
 def gateway_server(settings: Settings, services: Services) -> GatewayServer:
     """The uvicorn server of a gateway around opened services."""
     sessions = LiveSessions()
-    return GatewayServer(uvicorn_config(settings, services, sessions), sessions)
+    lag = lagging.for_gateway(GATEWAY, settings.max_lag_seconds, services.recognizer)
+    return GatewayServer(uvicorn_config(settings, services, sessions, lag), sessions, lag)
 
 
 def uvicorn_config(
-    settings: Settings, services: Services, sessions: LiveSessions | None = None
+    settings: Settings,
+    services: Services,
+    sessions: LiveSessions | None = None,
+    lag: lagging.LagMonitor | None = None,
 ) -> uvicorn.Config:
     """The uvicorn configuration of a gateway around opened services."""
     return uvicorn.Config(
-        create_app(settings, services, sessions),
+        create_app(settings, services, sessions, lag),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
