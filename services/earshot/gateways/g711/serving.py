@@ -11,8 +11,9 @@ import uvicorn
 
 from earshot.engines import loading
 from earshot.gateways import stopping
-from earshot.gateways.g711 import handshaking
+from earshot.gateways.g711 import following, handshaking
 from earshot.gateways.g711.app import LiveSessions, Services, create_app
+from earshot.gateways.g711.registrations import Registry
 from earshot.gateways.g711.transcribing import Stores
 from earshot.persistence import journaling
 from earshot.settings import Settings
@@ -55,28 +56,33 @@ class GatewayServer(stopping.Server):
     def __init__(self, config: uvicorn.Config, sessions: LiveSessions) -> None:
         """Serve ``config``, whose app streams the ``sessions``."""
         super().__init__(config)
-        self._sessions = sessions
+        self.sessions = sessions
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting, drain the streams, then shut down as uvicorn does."""
         for server in self.servers:
             server.close()
-        await self._sessions.drain()
+        await self.sessions.drain()
         await super().shutdown(sockets)
 
 
-def gateway_server(settings: Settings, services: Services) -> GatewayServer:
-    """The uvicorn server of a gateway around opened services."""
+def gateway_server(
+    settings: Settings, services: Services, registry: Registry | None = None
+) -> GatewayServer:
+    """The uvicorn server of a gateway around opened services (a pool's: with its registry)."""
     sessions = LiveSessions()
-    return GatewayServer(uvicorn_config(settings, services, sessions), sessions)
+    return GatewayServer(uvicorn_config(settings, services, sessions, registry), sessions)
 
 
 def uvicorn_config(
-    settings: Settings, services: Services, sessions: LiveSessions | None = None
+    settings: Settings,
+    services: Services,
+    sessions: LiveSessions | None = None,
+    registry: Registry | None = None,
 ) -> uvicorn.Config:
     """The uvicorn configuration of a gateway around opened services."""
     return uvicorn.Config(
-        create_app(settings, services, sessions),
+        create_app(settings, services, sessions, registry),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -110,8 +116,12 @@ async def serve(settings: Settings) -> int | None:
 
 
 async def _serve_on(sock: socket.socket, settings: Settings) -> int | None:
-    async with open_services(settings) as services:
-        server = gateway_server(settings, services)
+    async with open_services(settings) as services, AsyncExitStack() as stack:
+        registry = Registry() if settings.pool is not None else None
+        server = gateway_server(settings, services, registry)
+        if registry is not None:  # a pool's gateway knows its sessions before it admits any
+            ending = server.sessions.end
+            await stack.enter_async_context(following.follow(settings, registry, ending))
         log.info(
             "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, spool %s, "
             "%s persister, segments in %s)",
