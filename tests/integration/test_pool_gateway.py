@@ -161,7 +161,7 @@ async def test_each_session_streams_with_its_own_settings(
             )
         )
     assert loud.finals
-    assert quiet.partials == quiet.finals == []  # stored, but not sent: its own setting
+    assert (quiet.partials, quiet.finals) == ([], [])  # stored, not sent: its own setting
     stored = await services.stores.segments.segments(SessionId("quiet"))
     assert stored, "the quiet session's text was not stored"
 
