@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -79,7 +80,8 @@ async def test_a_pooled_session_is_ready_at_once_with_no_objects_of_its_own(
     assert (registration["pool"], registration["sessionId"]) == (POOL, "pbx:1")
     assert registration["settings"]["EARSHOT_USER_ID"] == "alice"
     for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap")):
-        listed = await helpers.list_items(api, path_of(api_version, kind, namespace=namespace))
+        path = path_of(api_version, kind, namespace=namespace)
+        listed = await helpers.list_items(api, path, selector="app.kubernetes.io/managed-by")
         assert listed == [], f"a pooled session made a {kind}"
 
 
@@ -136,20 +138,31 @@ async def pool_gateway(
     account = f"pool-{namespace}"
     rbac = "rbac.authorization.k8s.io/v1"
     await api.create(
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}}
-    )  # fmt: skip
-    await api.create(
-        {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": account}, "rules": _pool_rules()}
-    )  # fmt: skip
-    await api.create(
         {
-            "apiVersion": rbac,
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": account},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": namespace},
         }
-    )  # fmt: skip
+    )
+    role = {
+        "apiVersion": rbac,
+        "kind": "ClusterRole",
+        "metadata": {"name": account},
+        "rules": _pool_rules(),
+    }
+    binding = {
+        "apiVersion": rbac,
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": account},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": account,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+    for manifest in (role, binding):
+        control_plane.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
     mounted = await mount_token(
         api, namespace, account, ca=control_plane.ca, folder=tmp_path / "sa"
     )
@@ -168,14 +181,12 @@ async def pool_gateway(
     with ContainerProcess(["earshot", "serve"], env, log=tmp_path / "pool.log") as gateway:
         health = f"http://127.0.0.1:{port}/health"
         await helpers.eventually(
-            lambda: _healthy(gateway, health), timeout_s=60.0, what=f"the pool gateway:\n{gateway.tail()}"
-        )  # fmt: skip
+            lambda: _healthy(gateway, health),
+            timeout_s=60.0,
+            what=f"the pool gateway:\n{gateway.tail()}",
+        )
         yield f"ws://127.0.0.1:{port}"
-    for path in (
-        path_of(rbac, "ClusterRoleBinding", name=account),
-        path_of(rbac, "ClusterRole", name=account),
-    ):
-        await api.delete(path)
+    control_plane.kubectl("delete", "clusterrolebinding,clusterrole", account)
 
 
 async def _healthy(gateway: ContainerProcess, url: str) -> bool:
