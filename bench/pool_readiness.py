@@ -215,10 +215,11 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
         "Sessions are created through the API by this process (one POST each, at the given rate; "
         "no kubectl process per session). apply -> Ready is the operator's time (until a list, "
         "polled every 50 ms, shows the session Ready); Ready -> first reply is the client's and "
-        "the gateway's (read the token Secret, connect through the Service, be admitted, stream A-law at real time, "
-        "receive the first partial or final: the first proof the audio was accepted, so it "
-        "includes the engine's first decoding window). Pods and RSS are counted while every "
-        "stream is live: the gateway pods carrying them, `total_rss` of their memory cgroups.",
+        "the gateway's (read the token Secret, connect through the Service, be admitted, "
+        "stream A-law at real time, receive the first partial or final: the first proof the "
+        "audio was accepted, so it includes the engine's first decoding window). Pods and RSS "
+        "are counted while every stream is live: the gateway pods carrying them, `total_rss` "
+        "of their memory cgroups.",
         "",
         "| mode | sessions | apply->Ready p50 | p99 | Ready->first reply p50 | p99 "
         "| apply->first reply p50 | p99 | gateway pods | their RSS | refused |",
