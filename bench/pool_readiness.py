@@ -48,6 +48,7 @@ from earshot.audio.codecs import Codec
 from earshot.cli import demoing
 from earshot.gateways.g711 import client
 from earshot_operator.clients import KubeClient, path_of
+from tests.chart.charts import CHART
 from tests.cluster.harness import Cluster, running_cluster
 from tests.cluster.release import RELEASE, Release, installed_release, wait_all_ready
 
@@ -247,7 +248,7 @@ def _release() -> Iterator[Release]:
 def _allow_streams(release: Release, cluster: Cluster) -> None:
     values = [arg for path in release.values for arg in ("--values", str(path))]
     release.helm(
-        "upgrade", RELEASE, "charts/earshot", *values,
+        "upgrade", RELEASE, str(CHART), *values,
         "--set", "pools.gateways.default.maxConnections=100",
     )  # fmt: skip
     wait_all_ready(release)
