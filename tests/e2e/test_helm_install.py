@@ -49,6 +49,9 @@ VALUES = {
     "triton.cpu.autoscaling.enabled": "true",
     "triton.cpu.podDisruptionBudget.enabled": "true",
     "triton.gpu.podDisruptionBudget.enabled": "true",
+    # the sample session gets a gateway of its own, as on the SRE path (tests/cluster/values.yaml);
+    # the default pool still runs, so its pods are admitted too
+    "pools.defaultPlacement": "dedicated",
 }
 
 

@@ -100,12 +100,13 @@ class OperatorProcess:
     def start(self, timeout_s: float = 60.0) -> None:
         """Start the operator and wait for its metrics endpoint."""
         env = {
+            # a pool sessions may ask for (tests/e2e/test_pools.py); the default stays dedicated.
+            # An operator run with the chart's environment (test_helm_install.py) keeps its pools.
+            "EARSHOT_OPERATOR_POOLS": json.dumps([{"name": POOL, "address": POOL_ADDRESS}]),
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "EARSHOT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(self._drift_interval_s),
             "EARSHOT_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            # a pool sessions may ask for (tests/e2e/test_pools.py); the default stays dedicated
-            "EARSHOT_OPERATOR_POOLS": json.dumps([{"name": POOL, "address": POOL_ADDRESS}]),
             "PYTHONPATH": str(REPO / "operator"),
         }
         env.pop("EARSHOT_OPERATOR_NAMESPACES", None)
