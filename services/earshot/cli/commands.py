@@ -92,7 +92,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(work)
     except CliError as exc:
-        err.print(exc.line())
+        err.print(exc.line(), markup=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("earshot: interrupted")
@@ -100,7 +100,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
 
 
 def _fail(exc: CliError) -> typer.Exit:
-    err.print(exc.line())
+    err.print(exc.line(), markup=False)
     return typer.Exit(exc.exit_code)
 
 
@@ -367,9 +367,12 @@ def transcripts_show(
     settings = load_settings()
     try:
         loaded = asyncio.run(transcripts.load(settings, parse_session_id(session)))
-    except (InvalidSessionId, transcripts.UnknownTranscript, StorageError) as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+    except InvalidSessionId as exc:
+        raise _fail(CliError(str(exc), exit_code=USAGE)) from None
+    except transcripts.UnknownTranscript as exc:
+        raise _fail(CliError(str(exc), "check the session id")) from None
+    except StorageError as exc:
+        raise _fail(CliError(str(exc), "check EARSHOT_SEGMENTS_URL")) from None
     out = Console(soft_wrap=True, highlight=False)
     for text in transcripts.render(loaded):
         out.print(text, markup=False)
