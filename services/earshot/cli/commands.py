@@ -83,8 +83,10 @@ def load_settings(**overrides: Any) -> Settings:
 def _print_problems(exc: ValidationError, what: str) -> None:
     """One line per invalid setting: the variable and why."""
     for problem in exc.errors():
-        field = ".".join(str(p) for p in problem["loc"]) or "settings"
-        err.print(f"earshot: error: {what}: {field}: {problem['msg']}", markup=False)
+        # A check across settings has no field: its message names the variables itself.
+        where = [".".join(str(p) for p in problem["loc"])] if problem["loc"] else []
+        cause = problem.get("ctx", {}).get("error", problem["msg"])
+        err.print(": ".join(["earshot: error", what, *where, str(cause)]), markup=False)
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
