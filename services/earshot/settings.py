@@ -482,7 +482,9 @@ class Settings(BaseSettings):
                 f"{it}, and this process runs {self.engine}; unset {it}"
             )
         parameters = [p for name in names if (p := ENGINE_ONLY[name].triton_parameter)]
-        instead = f"; in the model's config.pbtxt, set {', '.join(parameters)}" if parameters else ""
+        instead = (
+            f"; in the model's config.pbtxt, set {', '.join(parameters)}" if parameters else ""
+        )
         return (
             f"{variables} would do nothing: only the {engines} engine in process reads {it}, and "
             f"this process recognises through Triton (EARSHOT_TRITON_URL); unset {it}{instead}"

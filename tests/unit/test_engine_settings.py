@@ -95,10 +95,14 @@ def test_an_engine_only_setting_is_accepted_by_its_engine_in_process(
     assert str(value) == VALUES[name] or value == float(VALUES[name])
 
 
-def test_an_older_name_is_named_in_the_refusal(clean: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_older_name_is_named_in_the_refusal(
+    clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EARSHOT_TRITON_URL", "triton:8001")
     monkeypatch.setenv("ASR_INFERENCE_WORKERS", "4")
-    with pytest.raises(ValidationError, match=r"EARSHOT_INFERENCE_WORKERS \(ASR_INFERENCE_WORKERS\)"):
+    with pytest.raises(
+        ValidationError, match=r"EARSHOT_INFERENCE_WORKERS \(ASR_INFERENCE_WORKERS\)"
+    ):
         Settings()
 
 

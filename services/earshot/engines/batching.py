@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic
 
+from earshot import metrics
 from earshot.engines.recognizers import (
     BatchDecoder,
     EngineError,
@@ -98,6 +100,15 @@ class BatchingRecognizer(Generic[StreamT]):
         ]
         for thread in self._threads:
             thread.start()
+        metrics.INFERENCE_WORKERS.labels(decoder.name).set(workers)
+        metrics.INFERENCE_QUEUE_SLOTS.labels(decoder.name).set(queue_size)
+        # Series at 0 before the first chunk (see earshot.metrics, "series that exist ...").
+        for series in (
+            metrics.INFERENCE_INFLIGHT,
+            metrics.INFERENCE_QUEUE_TIMEOUTS,
+            metrics.INFERENCE_DECODE_SECONDS,
+        ):
+            series.labels(decoder.name)
 
     @classmethod
     def from_settings(
@@ -164,10 +175,13 @@ class BatchingRecognizer(Generic[StreamT]):
         if not self._slots.locked():
             # A free slot is taken without suspending, so jobs queue in the order of the calls.
             await self._slots.acquire()
+            metrics.INFERENCE_INFLIGHT.labels(self.name).inc()
             return
         try:
             await asyncio.wait_for(self._slots.acquire(), self._queue_timeout)
+            metrics.INFERENCE_INFLIGHT.labels(self.name).inc()
         except TimeoutError:
+            metrics.INFERENCE_QUEUE_TIMEOUTS.labels(self.name).inc()
             raise EngineOverloaded(
                 f"the {self.name} inference queue stayed full for {self._queue_timeout:g} s"
             ) from None
@@ -202,6 +216,13 @@ class BatchingRecognizer(Generic[StreamT]):
             return batch
 
     def _run(self, batch: _Batch[StreamT]) -> None:
+        started = time.perf_counter()
+        try:
+            self._decode(batch)
+        finally:
+            metrics.INFERENCE_DECODE_SECONDS.labels(self.name).inc(time.perf_counter() - started)
+
+    def _decode(self, batch: _Batch[StreamT]) -> None:
         fed: _Batch[StreamT] = []
         for work, jobs in batch:
             try:
@@ -243,6 +264,7 @@ class BatchingRecognizer(Generic[StreamT]):
     ) -> None:
         if job.holds_slot:
             self._slots.release()
+            metrics.INFERENCE_INFLIGHT.labels(self.name).dec()
         if job.future.done():  # the caller was cancelled
             return
         if error is not None:

@@ -78,6 +78,7 @@ class Transcription:
             StorageError: a store cannot be read to continue the numbering.
         """
         next_seq = await stores.journal.open_session(session_id, user_id)
+        metrics.STREAMS_OPENED.labels(GATEWAY).inc()
         return cls(
             session_id=session_id,
             codec=codec,
@@ -101,10 +102,13 @@ class Transcription:
             raise SpoolFull
         arrived = time.perf_counter()
         samples = self.resampler.process(codecs.decode(chunk, self.codec))
+        metrics.AUDIO_DECODE_SECONDS.labels(GATEWAY).inc(time.perf_counter() - arrived)
         if self._timing.segment_started is None:
             self._timing.segment_started = arrived
         recognitions = await self.stream.accept(samples)
         self._observe_chunk(arrived, duration_seconds(len(chunk), self.codec, self.source_rate))
+        if not any(r.text for r in recognitions):
+            metrics.CHUNKS_WITHOUT_TEXT.labels(GATEWAY, self.engine).inc()
         return await self._publish(recognitions, arrived)
 
     async def finish(self) -> list[messages.ServerMessage]:
@@ -121,7 +125,10 @@ class Transcription:
         arrived = time.perf_counter()
         tail: Samples = self.resampler.flush()
         recognitions: list[Recognition] = await self.stream.finish(tail)
-        return await self._publish(recognitions, arrived)
+        said = await self._publish(recognitions, arrived)
+        finals = sum(message["type"] == "final" for message in said)
+        metrics.FINALS_AT_STREAM_END.labels(GATEWAY, self.engine).inc(finals)
+        return said
 
     async def _publish(
         self, recognitions: list[Recognition], arrived: float
@@ -139,6 +146,7 @@ class Transcription:
     async def _store_partial(self, text: str, arrived: float) -> messages.PartialMessage:
         partial = Partial(self.session_id, self.next_seq, text, datetime.now(UTC))
         self.stores.journal.partial(partial)
+        metrics.PARTIALS.labels(GATEWAY, self.engine).inc()
         if not self._timing.first_partial_sent and self._timing.segment_started is not None:
             self._timing.first_partial_sent = True
             metrics.FIRST_PARTIAL_LATENCY.labels(GATEWAY, self.engine).observe(
