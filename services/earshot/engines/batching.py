@@ -9,6 +9,10 @@ timeout, then :class:`EngineOverloaded`), appends a job to its stream and marks 
 runnable; a free worker takes every runnable stream (up to ``max_batch``), feeds each its jobs,
 decodes them all in one batch and hands each job's result back to its event loop, which frees the
 slot. A stream is runnable or on a worker, never both, so no stream decodes on two threads at once.
+
+Given the decoder's :class:`~earshot.engines.windowing.DecodingWindow`, a stream holds its audio on
+the event loop until the decoder's next step is ready and hands it over in one job: a 20 ms frame
+that cannot make the decoder say anything costs no slot, no worker wake-up and no thread hand-off.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic
 
+import numpy as np
+
 from earshot import metrics
 from earshot.engines.recognizers import (
     BatchDecoder,
@@ -29,6 +35,7 @@ from earshot.engines.recognizers import (
     Samples,
     StreamT,
 )
+from earshot.engines.windowing import DecodingWindow
 from earshot.events import Recognition
 from earshot.settings import Settings
 
@@ -73,6 +80,7 @@ class BatchingRecognizer(Generic[StreamT]):
         queue_size: int = 256,
         queue_timeout: float = 2.0,
         max_batch: int = DEFAULT_MAX_BATCH,
+        window: DecodingWindow | None = None,
     ) -> None:
         """Start the workers.
 
@@ -83,8 +91,11 @@ class BatchingRecognizer(Generic[StreamT]):
             queue_size: audio chunks waiting or being decoded, all streams together.
             queue_timeout: how long, in seconds, ``accept`` waits for a free slot.
             max_batch: the most streams one worker decodes in one call.
+            window: when the decoder has a step to do; audio is then handed over once per step
+                (None: every call's audio is handed over at once).
         """
         self._decoder = decoder
+        self.window = window
         self._queue_timeout = queue_timeout
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(queue_size)
@@ -102,17 +113,18 @@ class BatchingRecognizer(Generic[StreamT]):
             thread.start()
         metrics.INFERENCE_WORKERS.labels(decoder.name).set(workers)
         metrics.INFERENCE_QUEUE_SLOTS.labels(decoder.name).set(queue_size)
-        # Series at 0 before the first chunk (see earshot.metrics, "series that exist ...").
-        for series in (
-            metrics.INFERENCE_INFLIGHT,
-            metrics.INFERENCE_QUEUE_TIMEOUTS,
-            metrics.INFERENCE_DECODE_SECONDS,
-        ):
-            series.labels(decoder.name)
+        # Looked up once (per chunk is costly), and so at 0 before the first chunk.
+        self._inflight = metrics.INFERENCE_INFLIGHT.labels(decoder.name)
+        self._queue_timeouts = metrics.INFERENCE_QUEUE_TIMEOUTS.labels(decoder.name)
+        self._decode_seconds = metrics.INFERENCE_DECODE_SECONDS.labels(decoder.name)
 
     @classmethod
     def from_settings(
-        cls, decoder: BatchDecoder[StreamT], settings: Settings
+        cls,
+        decoder: BatchDecoder[StreamT],
+        settings: Settings,
+        *,
+        window: DecodingWindow | None = None,
     ) -> BatchingRecognizer[StreamT]:
         """Start a recogniser sized by ``inference_workers`` and the ``inference_queue_*`` settings."""
         return cls(
@@ -120,6 +132,7 @@ class BatchingRecognizer(Generic[StreamT]):
             workers=settings.inference_workers,
             queue_size=settings.inference_queue_size,
             queue_timeout=settings.inference_queue_timeout_seconds,
+            window=window,
         )
 
     @property
@@ -175,13 +188,13 @@ class BatchingRecognizer(Generic[StreamT]):
         if not self._slots.locked():
             # A free slot is taken without suspending, so jobs queue in the order of the calls.
             await self._slots.acquire()
-            metrics.INFERENCE_INFLIGHT.labels(self.name).inc()
+            self._inflight.inc()
             return
         try:
             await asyncio.wait_for(self._slots.acquire(), self._queue_timeout)
-            metrics.INFERENCE_INFLIGHT.labels(self.name).inc()
+            self._inflight.inc()
         except TimeoutError:
-            metrics.INFERENCE_QUEUE_TIMEOUTS.labels(self.name).inc()
+            self._queue_timeouts.inc()
             raise EngineOverloaded(
                 f"the {self.name} inference queue stayed full for {self._queue_timeout:g} s"
             ) from None
@@ -220,7 +233,7 @@ class BatchingRecognizer(Generic[StreamT]):
         try:
             self._decode(batch)
         finally:
-            metrics.INFERENCE_DECODE_SECONDS.labels(self.name).inc(time.perf_counter() - started)
+            self._decode_seconds.inc(time.perf_counter() - started)
 
     def _decode(self, batch: _Batch[StreamT]) -> None:
         fed: _Batch[StreamT] = []
@@ -264,7 +277,7 @@ class BatchingRecognizer(Generic[StreamT]):
     ) -> None:
         if job.holds_slot:
             self._slots.release()
-            metrics.INFERENCE_INFLIGHT.labels(self.name).dec()
+            self._inflight.dec()
         if job.future.done():  # the caller was cancelled
             return
         if error is not None:
@@ -280,20 +293,52 @@ class BatchedStream(Generic[StreamT]):
         self._recognizer = recognizer
         self._work = work
         self._finished = False
+        # Audio held on the event loop until the decoder's next step is ready (with a window).
+        self._held: list[Samples] = []
+        self._held_samples = 0
+        self._fed = 0
+        self._ready_at = 0 if recognizer.window is None else recognizer.window.first
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Feed audio; see :meth:`RecognizerStream.accept`."""
         if self._finished:
             raise EngineError("audio arrived after the stream was finished")
-        return await self._recognizer._submit(self._work, samples)
+        window = self._recognizer.window
+        if window is None:
+            return await self._recognizer._submit(self._work, samples)
+        self._held.append(samples)
+        self._held_samples += samples.size
+        if self._fed + self._held_samples < self._ready_at:
+            return []  # the decoder could not say anything yet: no hand-off
+        audio = self._take_held()
+        try:
+            recognitions = await self._recognizer._submit(self._work, audio)
+        except EngineOverloaded:
+            # Not taken: hold what came before this call again, as if it had not been made.
+            self._held = [audio[: audio.size - samples.size]]
+            self._held_samples = audio.size - samples.size
+            raise
+        self._fed += audio.size
+        self._ready_at = window.ready_at(self._fed)
+        return recognitions
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
         """End the stream; see :meth:`RecognizerStream.finish`. A second call returns nothing."""
         if self._finished:
             return []
         self._finished = True
-        last = tail if tail is not None and tail.size else None
+        if tail is not None and tail.size:
+            self._held.append(tail)
+            self._held_samples += tail.size
+        last = self._take_held() if self._held_samples else None
         return await self._recognizer._submit(self._work, last, ends=True)
+
+    def _take_held(self) -> Samples:
+        held = self._held
+        audio = held[0] if len(held) == 1 else np.concatenate(held)
+        self._held = []
+        self._held_samples = 0
+        return audio
 
 
 def _as_engine_error(error: Exception) -> EngineError:
