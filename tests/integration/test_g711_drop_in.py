@@ -267,7 +267,8 @@ async def test_json_metrics_have_the_older_servers_layout_and_count_a_call(
     )
     assert grew("audio", "processed_chunks") == grew("inference", "completed") == chunks
     assert grew("audio", "processing_seconds") > 0
-    assert grew("inference", "total_latency_seconds") >= grew("inference", "cpu_latency_seconds")
+    assert grew("inference", "total_latency_seconds") > 0
+    assert grew("inference", "cpu_latency_seconds") > 0
     assert (after["inference"]["max_workers"], after["inference"]["queue_size"]) == (1, 256)
     assert after["inference"]["inflight"] == 0
     assert grew("transcription", "partials") >= len([m for m in received if m["type"] == "partial"])
@@ -275,7 +276,8 @@ async def test_json_metrics_have_the_older_servers_layout_and_count_a_call(
     assert grew("transcription", "finals") + grew("transcription", "auto_finalized") == stored
     assert 0 < grew("transcription", "empty_results") < chunks
     assert grew("storage", "final_saves") == stored
-    assert grew("storage", "partial_saves") > 0
+    # The drainer writes the latest partial of a session, when a final has not superseded it yet.
+    assert grew("storage", "partial_saves") <= grew("transcription", "partials")
     assert grew("storage", "final_seconds") > 0
 
 
