@@ -72,23 +72,6 @@ def _apply_ready(release: Release, name: str, **spec: Any) -> tuple[str, str]:
     return status["endpoint"], token
 
 
-def _mysql(release: Release, query: str) -> list[list[str]]:
-    password = release.secret_value(f"{RELEASE}-storage", "mysql-password")
-    out = release.exec(
-        release.pod_of("mysql"),
-        "mariadb",
-        "mariadb",
-        "-uearshot",
-        f"-p{password}",
-        "earshot",
-        "--batch",
-        "--skip-column-names",
-        "-e",
-        query,
-    )
-    return [line.split("\t") for line in out.splitlines()]
-
-
 def _closes(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m["type"] == "closed"]
 
@@ -163,8 +146,7 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
     assert partials, messages
     assert finals, messages
     assert [f["seq"] for f in finals] == list(range(1, len(finals) + 1))
-    rows = _mysql(
-        release,
+    rows = release.mysql(
         "SELECT segment_seq, content FROM segments WHERE session_id = 'demo' ORDER BY segment_seq",
     )
     assert rows == [[str(f["seq"]), f["text"]] for f in finals]
@@ -177,7 +159,7 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
 def test_the_stored_session_carries_the_user_id_of_its_resource(release: Release) -> None:
     endpoint, token = _apply_ready(release, "demo")
     run_client(release.cluster, endpoint, f"--token={token}", "--speed", "0")
-    assert _mysql(release, "SELECT user_id FROM sessions WHERE id = 'demo'") == [["alice"]]
+    assert release.mysql("SELECT user_id FROM sessions WHERE id = 'demo'") == [["alice"]]
 
 
 def test_a_client_without_the_token_or_with_another_sessions_token_is_refused(
@@ -249,7 +231,7 @@ def test_deleting_the_gateway_pod_mid_stream_loses_and_repeats_no_final(release:
         "SELECT segment_seq, content FROM segments WHERE session_id = 'moving' ORDER BY segment_seq"
     )
     deadline = time.monotonic() + 30.0  # the sidecar stores a final shortly after it is told
-    while len(rows := _mysql(release, query)) < len(finals) and time.monotonic() < deadline:
+    while len(rows := release.mysql(query)) < len(finals) and time.monotonic() < deadline:
         time.sleep(0.5)
     # Every final the client was told is stored, once; nothing is stored that it was not told.
     assert rows == [[str(f["seq"]), f["text"]] for f in finals]
