@@ -33,6 +33,12 @@ CHUNK_LATENCY = Histogram(
     ["gateway", "engine"],
     buckets=CHUNK_BUCKETS,
 )
+REPLY_LATENCY = Histogram(
+    "earshot_reply_latency_seconds",
+    "From the audio chunk that made the recogniser say something arriving to the reply being sent.",
+    ["gateway", "engine"],
+    buckets=CHUNK_BUCKETS,
+)
 REAL_TIME_FACTOR = Histogram(
     "earshot_real_time_factor",
     "Processing time of a chunk divided by the duration of its audio.",

@@ -424,89 +424,147 @@ async def _pump_frames(
     dump: dumping.AudioDump | None,
 ) -> Refusal | None:
     websocket = occupant.websocket
+    meters = transcription.meters
+    leases = transcription.stores.journal.leases
     listening = True
-    while True:
-        try:
-            event = await _receive(occupant, settings)
-        except TimeoutError:
-            return SHUTTING_DOWN if occupant.stopping else _idle(settings)
-        if event is None:
-            continue  # stop() interrupted a long wait: wait again, briefly
-        if event["type"] == "websocket.disconnect":
-            return None
-        chunk: bytes | None = event.get("bytes")
-        if chunk is None:
-            return Refusal(
-                "text_frame_not_supported",
-                "text frames are not part of the protocol: send audio as binary frames",
-                CloseCode.UNSUPPORTED_DATA,
+    idle = _IdleWatch(occupant, settings.idle_timeout_seconds)
+    try:
+        while True:
+            try:
+                event = await _receive(occupant, idle)
+            except TimeoutError:
+                return SHUTTING_DOWN if occupant.stopping else _idle(settings)
+            if event is None:
+                continue  # stop() interrupted a long wait: wait again, briefly
+            arrived = time.perf_counter()
+            idle.heard()
+            if event["type"] == "websocket.disconnect":
+                return None
+            chunk: bytes | None = event.get("bytes")
+            if chunk is None:
+                return Refusal(
+                    "text_frame_not_supported",
+                    "text frames are not part of the protocol: send audio as binary frames",
+                    CloseCode.UNSUPPORTED_DATA,
+                )
+            if len(chunk) > settings.max_frame_bytes:
+                return Refusal(
+                    "frame_too_large",
+                    f"audio frame of {len(chunk)} bytes exceeds the limit of "
+                    f"{settings.max_frame_bytes} bytes",
+                    CloseCode.MESSAGE_TOO_BIG,
+                )
+            if leases.lost(transcription.session_id):
+                return LEASE_LOST
+            meters.frames.inc()
+            meters.audio_bytes.inc(len(chunk))
+            meters.audio_seconds.inc(
+                duration_seconds(len(chunk), settings.audio_codec, settings.audio_rate)
             )
-        if len(chunk) > settings.max_frame_bytes:
-            return Refusal(
-                "frame_too_large",
-                f"audio frame of {len(chunk)} bytes exceeds the limit of "
-                f"{settings.max_frame_bytes} bytes",
-                CloseCode.MESSAGE_TOO_BIG,
-            )
-        if transcription.stores.journal.leases.lost(transcription.session_id):
-            return LEASE_LOST
-        metrics.FRAMES_RECEIVED.labels(GATEWAY).inc()
-        metrics.AUDIO_BYTES_RECEIVED.labels(GATEWAY).inc(len(chunk))
-        metrics.AUDIO_SECONDS_RECEIVED.labels(GATEWAY).inc(
-            duration_seconds(len(chunk), settings.audio_codec, settings.audio_rate)
-        )
-        try:
-            out = await transcription.feed(chunk)
-        except InvalidAudio as exc:
-            if settings.bad_frame_policy == "refuse":
-                return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
-            # The older server's way: drop the frame, keep the stream.
-            metrics.FRAMES_SKIPPED.labels(GATEWAY, "invalid_audio").inc()
-            log.debug("session %s: frame skipped: %s", transcription.session_id, exc)
-            continue
-        except EngineOverloaded:
-            return OVERLOADED
-        except SpoolFull:
-            return SPOOL_FULL
-        except EngineError as exc:
-            return Refusal(
-                "engine_error",
-                f"recognition failed: {exc}",
-                CloseCode.INTERNAL_ERROR,
-                retryable=True,
-            )
-        except (StorageError, SpoolError) as exc:
-            return _storage_refusal(exc)
-        except OutOfRange as exc:
-            return Refusal(
-                "result_out_of_range",
-                f"a result cannot be stored: {exc}",
-                CloseCode.INTERNAL_ERROR,
-            )
-        if dump is not None:
-            dump.write(chunk)
-        if listening:
-            listening = await _send(websocket, out, settings)
+            try:
+                out = await transcription.feed(chunk)
+            except InvalidAudio as exc:
+                if settings.bad_frame_policy == "refuse":
+                    return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
+                # The older server's way: drop the frame, keep the stream.
+                metrics.FRAMES_SKIPPED.labels(GATEWAY, "invalid_audio").inc()
+                log.debug("session %s: frame skipped: %s", transcription.session_id, exc)
+                continue
+            except EngineOverloaded:
+                return OVERLOADED
+            except SpoolFull:
+                return SPOOL_FULL
+            except EngineError as exc:
+                return Refusal(
+                    "engine_error",
+                    f"recognition failed: {exc}",
+                    CloseCode.INTERNAL_ERROR,
+                    retryable=True,
+                )
+            except (StorageError, SpoolError) as exc:
+                return _storage_refusal(exc)
+            except OutOfRange as exc:
+                return Refusal(
+                    "result_out_of_range",
+                    f"a result cannot be stored: {exc}",
+                    CloseCode.INTERNAL_ERROR,
+                )
+            if dump is not None:
+                dump.write(chunk)
+            if listening and out:
+                listening = await _send(websocket, out, settings)
+                meters.reply_latency.observe(time.perf_counter() - arrived)
+    finally:
+        idle.close()
 
 
-async def _receive(occupant: _Occupant, settings: Settings) -> Message | None:
+class _IdleWatch:
+    """A stream's idle timeout: one timer per timeout period, not one per frame.
+
+    It counts from the last frame heard and, once that is ``seconds`` ago, interrupts the stream's
+    task only while it waits for a frame (as :meth:`_Occupant.stop` does); :func:`_receive` then
+    raises ``TimeoutError``.
+    """
+
+    def __init__(self, occupant: _Occupant, seconds: float) -> None:
+        """Start watching ``occupant``'s task."""
+        self._occupant = occupant
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._heard = self._loop.time()
+        self.fired = False
+        self._timer = self._loop.call_at(self._heard + seconds, self._check)
+
+    def heard(self) -> None:
+        """A frame came (the only per-frame cost: no timer is touched)."""
+        self._heard = self._loop.time()
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        due = self._heard + self._seconds
+        task = self._occupant.task
+        if now < due or task is None:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        if not self._occupant.receiving or self._occupant.stopping or task.cancelling():
+            # Busy with the last frame, or shutting down (which has its own bounds): look again
+            # shortly; a frame that comes meanwhile moves the deadline.
+            self._timer = self._loop.call_at(now + _IDLE_RECHECK_SECONDS, self._check)
+            return
+        self.fired = True
+        task.cancel()
+
+
+_IDLE_RECHECK_SECONDS = 0.05
+
+
+async def _receive(occupant: _Occupant, idle: _IdleWatch) -> Message | None:
     """The next message; None when stop() interrupted the wait for it.
 
     Raises:
         TimeoutError: none within the idle timeout or, once stopping, the shutdown bounds.
     """
-    timeout = settings.idle_timeout_seconds
-    if occupant.stopping:
+    occupant.receiving = True
+    try:
+        if not occupant.stopping:
+            return await occupant.websocket.receive()
         left = occupant.stopped_at + SHUTDOWN_READ_SECONDS - time.monotonic()
         if left <= 0:
             raise TimeoutError
-        timeout = min(SHUTDOWN_GAP_SECONDS, left)
-    occupant.receiving = True
-    try:
-        return await asyncio.wait_for(occupant.websocket.receive(), timeout)
+        async with asyncio.timeout(min(SHUTDOWN_GAP_SECONDS, left)):
+            return await occupant.websocket.receive()
     except asyncio.CancelledError:
         task = asyncio.current_task()
-        if not occupant.stopping or task is None:
+        if task is None:
+            raise
+        if idle.fired:
+            task.uncancel()  # the idle watch interrupted the wait for a frame, nothing else
+            raise TimeoutError from None
+        if not occupant.stopping:
             raise
         task.uncancel()  # stop() cancelled the wait for a frame, nothing else
         return None
