@@ -6,7 +6,8 @@ the chart's model provisioning) are pods a real kubelet made Ready; sessions get
 the operator running in the cluster with the chart's RBAC. The client runs in the node's network
 namespace and finds the gateway through the cluster's DNS, as a caller's system would.
 
-Left out: the TalkRoom-in-cluster test (it needs the Talk room work filed beside issue 10).
+Talk on the cluster (the ExApp pod, a room's gateway pod in an HPB call):
+tests/cluster/test_talk_path.py.
 The tests share one release and run in file order; the last one uninstalls it.
 """
 
