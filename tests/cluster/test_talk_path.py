@@ -19,6 +19,7 @@ this route: no NAT, no DNS name for the HPB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,6 +35,7 @@ import pytest_asyncio
 from tests.cluster import netns
 from tests.cluster.harness import POD_CIDR, Cluster
 from tests.cluster.release import RELEASE, Release, installed_release
+from tests.e2e.controlplane.cluster import ControlPlaneError
 from tests.hpb_stack import HpbStack, StackUnavailable
 from tests.talk_exapp import APP_SECRET, appapi_headers
 from tests.talk_media import RATE, espeak
@@ -134,6 +136,23 @@ async def until(predicate: Callable[[], Any], what: str, timeout_s: float = CALL
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last})")
 
 
+@contextlib.contextmanager
+def explained(release: Release, hpb: HpbStack) -> Iterator[None]:
+    """A failed assertion carries the logs of the namespace's pods and of the HPB stack."""
+    try:
+        yield
+    except AssertionError as failure:
+        logs = [hpb.log_tail()]
+        with contextlib.suppress(ControlPlaneError, OSError):
+            for pod in release.get("pods")["items"]:
+                for container in pod["spec"]["containers"]:
+                    name = pod["metadata"]["name"]
+                    with contextlib.suppress(ControlPlaneError):
+                        tail = release.kubectl("logs", name, "-c", container["name"], "--tail=40")
+                        logs.append(f"--- {name}/{container['name']}\n{tail}")
+        raise AssertionError(f"{failure}\n" + "\n".join(logs)) from failure
+
+
 def room_status(release: Release) -> dict[str, Any]:
     status: dict[str, Any] = release.get("talkroom", TALKROOM).get("status") or {}
     return status
@@ -167,6 +186,16 @@ def stored_finals(release: Release) -> set[tuple[str, str]]:
 
 
 async def test_a_caption_request_to_the_exapp_pod_puts_the_rooms_gateway_pod_in_the_call(
+    release: Release,
+    hpb: HpbStack,
+    participants: tuple[Participant, Participant],
+    tmp_path: Path,
+) -> None:
+    with explained(release, hpb):
+        await _caption_call(release, hpb, participants, tmp_path)
+
+
+async def _caption_call(
     release: Release,
     hpb: HpbStack,
     participants: tuple[Participant, Participant],
