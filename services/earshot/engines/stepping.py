@@ -28,11 +28,13 @@ class SteppingRecognizer(Generic[StreamT]):
         steps = metrics.ENGINE_STEPS.labels(decoder.name)
         advanced = metrics.ENGINE_STREAMS_ADVANCED.labels(decoder.name)
         live = metrics.ENGINE_STREAMS_LIVE.labels(decoder.name)
+        busy = metrics.ENGINE_STEP_SECONDS.labels(decoder.name)
 
-        def observe(stepped: int, alive: int) -> None:
+        def observe(stepped: int, alive: int, seconds: float) -> None:
             steps.inc()
             advanced.inc(stepped)
             live.inc(alive)
+            busy.inc(seconds)
 
         self._clock = DecodingClock(decoder, observe=observe)
         self._closed = False

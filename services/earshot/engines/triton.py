@@ -59,15 +59,23 @@ RECONNECTS = Counter(
 
 @dataclass(frozen=True, slots=True)
 class TritonModel:
-    """A Triton model serving an engine, and the audio rate it takes."""
+    """A Triton model serving an engine, the audio rate it takes and the frame it steps by.
+
+    ``frame_samples``: the audio one step of the model consumes (0: any length is decoded as it
+    comes). A stream sends its audio only when it completes such a frame (and its first chunk at
+    once, which opens the sequence): the model can do nothing with less, and each request costs a
+    gRPC and a backend round trip.
+    """
 
     name: str
     sample_rate: int
+    frame_samples: int = 0
 
 
 MODELS = {
     "paraformer": TritonModel("paraformer_streaming", 16_000),
-    "kyutai": TritonModel("kyutai_stt", 24_000),
+    # Kyutai steps 80 ms frames at 24 kHz (earshot.engines.kyutai.FRAME_SAMPLES, checked by a test).
+    "kyutai": TritonModel("kyutai_stt", 24_000, frame_samples=1920),
 }
 
 _CHANNEL_OPTIONS = [
@@ -160,6 +168,11 @@ class TritonRecognizer:
     def model(self) -> str:
         """The Triton model the streams go to."""
         return self._model
+
+    @property
+    def frame_samples(self) -> int:
+        """The audio a stream gathers before it sends (0: every chunk is sent)."""
+        return MODELS[self._engine].frame_samples
 
     def open_stream(self) -> TritonStream:
         """Start a stream; its sequence starts with its first chunk."""
@@ -330,6 +343,11 @@ class TritonStream:
         self._held: list[Recognition] = []
         self._partial = ""
         self._unfinal_samples = 0
+        # Audio gathered until it completes one of the model's frames, and what the sequence was
+        # sent so far (the model holds the part of it beyond its last whole frame).
+        self._unsent: list[Samples] = []
+        self._unsent_samples = 0
+        self._sequence_samples = 0
         self._error: EngineError | None = None
         self._finished = False
 
@@ -346,8 +364,19 @@ class TritonStream:
             if self._error is not None:
                 raise self._error
             said = self._take_held()
-            said.extend(await self._send(np.asarray(samples, dtype=np.float32), end=False))
+            self._unsent.append(np.asarray(samples, dtype=np.float32))
+            self._unsent_samples += len(samples)
+            if self._sequence_id is None or self._completes_a_frame():
+                said.extend(await self._send(self._take_unsent(), end=False))
             return said
+
+    def _completes_a_frame(self) -> bool:
+        frame = self._owner.frame_samples
+        return not frame or self._sequence_samples % frame + self._unsent_samples >= frame
+
+    def _take_unsent(self) -> Samples:
+        unsent, self._unsent, self._unsent_samples = self._unsent, [], 0
+        return unsent[0] if len(unsent) == 1 else np.concatenate(unsent or [_EMPTY])
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
         """End the sequence and return its last recognitions (a final when text was pending).
@@ -370,9 +399,10 @@ class TritonStream:
             self._finished = True
             try:
                 said = self._take_held()
+                unsent = self._take_unsent()
                 if self._sequence_id is None or self._error is not None:
                     return said + self._salvage()
-                said.extend(await self._send(_EMPTY, end=True))
+                said.extend(await self._send(unsent, end=True))
                 return said
             finally:
                 self._owner._forget(self)
@@ -393,6 +423,7 @@ class TritonStream:
                     return self._take_held()
             if start:
                 self._sequence_id, self._generation = owner._next_sequence_id(), generation
+                self._sequence_samples = 0
             assert self._sequence_id is not None
             self._last_sent = time.monotonic()
             try:
@@ -407,6 +438,7 @@ class TritonStream:
             except EngineError as exc:
                 self._error = exc
                 raise
+            self._sequence_samples += len(samples)
             self._note(samples, answer)
             return self._take_held() + answer
 
