@@ -114,6 +114,34 @@ async def test_sixteen_interleaved_kyutai_streams_each_get_the_text_of_their_own
 
 
 @pytest.mark.asyncio
+async def test_twenty_ms_chunks_reach_triton_once_per_frame_and_say_what_the_in_process_kyutai_says(
+    triton: triton_server.TritonServer, reference: kyutai.KyutaiDecoder
+) -> None:
+    audio = talk(3)
+    twenty_ms = kyutai.FRAME_SAMPLES // 4
+    pieces = [audio[i : i + twenty_ms] for i in range(0, len(audio), twenty_ms)]
+    expected = triton_server.in_process(reference, pieces)
+    before = triton_server.metric_total(
+        triton.metrics(), "nv_inference_request_success", model=MODEL
+    )
+    recognizer = TritonRecognizer(triton.grpc_url, engine="kyutai")
+    try:
+        said = await triton_server.recognised(recognizer, pieces)
+    finally:
+        await recognizer.aclose()
+    requests = (
+        triton_server.metric_total(triton.metrics(), "nv_inference_request_success", model=MODEL)
+        - before
+    )
+
+    assert any(r.is_final for r in expected)
+    assert said == expected
+    # The first chunk (START), one request per 80 ms frame after it, and the END: not one per chunk.
+    assert requests == 2 + len(audio) // kyutai.FRAME_SAMPLES
+    assert len(pieces) > 3 * requests
+
+
+@pytest.mark.asyncio
 async def test_a_kyutai_chunk_without_start_is_rejected_with_a_clear_engine_error(
     triton: triton_server.TritonServer,
 ) -> None:

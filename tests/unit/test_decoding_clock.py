@@ -236,7 +236,7 @@ def test_a_client_behind_real_time_is_answered_at_once_and_caught_up_at_the_tick
     # jumps), each frame the client then sends is answered at once, without waiting for a tick,
     # and the backlog is stepped at the next ticks, not one frame per tick.
     stall = [0.0]
-    slowed = _slowed(4)  # ticks 320 ms apart in real time: the backlog arrives between two
+    slowed = _slowed(16)  # ticks 1.28 s apart in real time: the backlog arrives between two
 
     def now() -> float:
         return slowed() + stall[0]

@@ -34,6 +34,7 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 
+from earshot.engines.gathering import FrameGatherer
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Samples
 from earshot.engines.sequencing import OVERLOADED_MARK
 from earshot.events import Recognition
@@ -63,8 +64,7 @@ class TritonModel:
 
     ``frame_samples``: the audio one step of the model consumes (0: any length is decoded as it
     comes). A stream sends its audio only when it completes such a frame (and its first chunk at
-    once, which opens the sequence): the model can do nothing with less, and each request costs a
-    gRPC and a backend round trip.
+    once, which opens the sequence): see :mod:`earshot.engines.gathering`.
     """
 
     name: str
@@ -343,11 +343,8 @@ class TritonStream:
         self._held: list[Recognition] = []
         self._partial = ""
         self._unfinal_samples = 0
-        # Audio gathered until it completes one of the model's frames, and what the sequence was
-        # sent so far (the model holds the part of it beyond its last whole frame).
-        self._unsent: list[Samples] = []
-        self._unsent_samples = 0
-        self._sequence_samples = 0
+        # Audio gathered until it completes one of the model's frames.
+        self._gathered = FrameGatherer(owner.frame_samples)
         self._error: EngineError | None = None
         self._finished = False
 
@@ -364,19 +361,10 @@ class TritonStream:
             if self._error is not None:
                 raise self._error
             said = self._take_held()
-            self._unsent.append(np.asarray(samples, dtype=np.float32))
-            self._unsent_samples += len(samples)
-            if self._sequence_id is None or self._completes_a_frame():
-                said.extend(await self._send(self._take_unsent(), end=False))
+            # The first chunk goes at once: its START is refused at once when the model is full.
+            if self._gathered.add(samples) or self._sequence_id is None:
+                said.extend(await self._send(self._gathered.take(), end=False))
             return said
-
-    def _completes_a_frame(self) -> bool:
-        frame = self._owner.frame_samples
-        return not frame or self._sequence_samples % frame + self._unsent_samples >= frame
-
-    def _take_unsent(self) -> Samples:
-        unsent, self._unsent, self._unsent_samples = self._unsent, [], 0
-        return unsent[0] if len(unsent) == 1 else np.concatenate(unsent or [_EMPTY])
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
         """End the sequence and return its last recognitions (a final when text was pending).
@@ -399,7 +387,7 @@ class TritonStream:
             self._finished = True
             try:
                 said = self._take_held()
-                unsent = self._take_unsent()
+                unsent = self._gathered.take()
                 if self._sequence_id is None or self._error is not None:
                     return said + self._salvage()
                 said.extend(await self._send(unsent, end=True))
@@ -423,7 +411,7 @@ class TritonStream:
                     return self._take_held()
             if start:
                 self._sequence_id, self._generation = owner._next_sequence_id(), generation
-                self._sequence_samples = 0
+                self._gathered.restart(len(samples))
             assert self._sequence_id is not None
             self._last_sent = time.monotonic()
             try:
@@ -438,7 +426,6 @@ class TritonStream:
             except EngineError as exc:
                 self._error = exc
                 raise
-            self._sequence_samples += len(samples)
             self._note(samples, answer)
             return self._take_held() + answer
 
