@@ -23,8 +23,8 @@ the first one finished, so ramp-up and the end-of-stream flush are left out:
   window. A chunk that completes a frame waits for the next tick: the clock adds at most one
   80 ms period plus the step to it; chunks that complete none are answered at once.
 
-Usage: ``python -m bench.kyutai_clock [--streams 16 64] [--seconds 12] [--chunk-ms 20]``.
-Writes ``bench/reports/kyutai_clock.md``.
+Usage: ``python -m bench.kyutai_clock [--streams 16 64] [--seconds 12] [--chunk-ms 20]
+[--engines clocked unclocked triton]``. Writes ``bench/reports/kyutai_clock.md``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from earshot.events import Recognition
 from tests import triton_server
 
 REPORT = Path(__file__).parent / "reports" / "kyutai_clock.md"
+ENGINES = ("clocked", "unclocked", "triton")
 MODEL = "kyutai_stt"
 
 # (steps, streams advanced, live streams, seconds in steps), read at any moment.
@@ -229,7 +230,7 @@ def _decoder(
 async def in_process_rows(checkpoint: Path, args: argparse.Namespace) -> list[Row]:
     """The clocked and the unclocked in-process engines."""
     rows: list[Row] = []
-    for n in args.streams:
+    for n in args.streams if "clocked" in args.engines else []:
         clocked = SteppingRecognizer(_decoder(checkpoint, n))
 
         def clock_counters(
@@ -247,7 +248,7 @@ async def in_process_rows(checkpoint: Path, args: argparse.Namespace) -> list[Ro
         finally:
             await clocked.aclose()
         print(row(rows[-1]), flush=True)
-    for n in args.streams:
+    for n in args.streams if "unclocked" in args.engines else []:
         unclocked = BatchingRecognizer(
             _decoder(checkpoint, n, CountingDecoder), workers=1, max_batch=n
         )
@@ -332,7 +333,7 @@ def report(rows: Sequence[Row], args: argparse.Namespace, load: str) -> str:
     """The Markdown report."""
     command = (
         f"python -m bench.kyutai_clock --streams {' '.join(map(str, args.streams))} "
-        f"--seconds {args.seconds:g} --chunk-ms {args.chunk_ms:g}"
+        f"--seconds {args.seconds:g} --chunk-ms {args.chunk_ms:g} --engines {' '.join(args.engines)}"
     )
     lines = [
         "# Kyutai decoding clock: steps per 80 ms of audio and live slots advanced per step",
@@ -378,7 +379,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="earshot-tiny-kyutai-") as scratch:
         checkpoint = tiny_kyutai.ensure_tiny_checkpoint(Path(scratch))
         rows = await in_process_rows(checkpoint, args)
-        if not args.no_triton:
+        if "triton" in args.engines:
             rows += await triton_rows(checkpoint, args)
     return rows
 
@@ -389,7 +390,13 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--chunk-ms", type=float, default=20.0)
-    parser.add_argument("--no-triton", action="store_true")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        default=list(ENGINES),
+        help="clocked: in process; unclocked: the in-process baseline; triton: clocked in Triton",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
     torch.set_num_threads(1)
