@@ -459,6 +459,24 @@ def in_process(decoder: BatchDecoder[Any], pieces: Sequence[Samples]) -> list[Re
     return said
 
 
+def thinned(said: Sequence[Recognition], expected: Sequence[Recognition]) -> bool:
+    """Whether ``said`` is ``expected`` less some partials, every final kept in order.
+
+    What a clocked stream is told when its client fell behind real time (earshot.engines.clocking:
+    a late stream's early answers carry its finals but no partial); exactly ``expected`` otherwise.
+    """
+    at = 0
+    for recognition in said:
+        while at < len(expected) and expected[at] != recognition:
+            if expected[at].is_final:
+                return False
+            at += 1
+        if at == len(expected):
+            return False
+        at += 1
+    return not any(r.is_final for r in expected[at:])
+
+
 async def recognised(
     recognizer: Recognizer, pieces: Sequence[Samples], *, pause_after: int = -1, pause: float = 0
 ) -> list[Recognition]:

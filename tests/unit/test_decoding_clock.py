@@ -68,7 +68,19 @@ async def test_clocked_streams_say_what_the_unclocked_decoder_says_chunk_by_chun
         await recognizer.aclose()
 
     assert all(any(r.is_final for r in e) for e in expected)
-    assert said == expected
+    assert all(map(triton_server.thinned, said, expected))
+
+
+def test_a_thinned_answer_keeps_every_final_in_order_and_only_drops_partials() -> None:
+    partial_a, partial_b = Recognition("a", False), Recognition("a b", False)
+    final, later = Recognition("a b c", True), Recognition("d", True)
+    expected = [partial_a, partial_b, final, later]
+    assert triton_server.thinned(expected, expected)
+    assert triton_server.thinned([partial_b, final, later], expected)
+    assert not triton_server.thinned([partial_a, partial_b, later], expected)  # a final lost
+    assert not triton_server.thinned([partial_a, partial_b, final], expected)
+    assert not triton_server.thinned([partial_b, partial_a, final, later], expected)  # reordered
+    assert not triton_server.thinned([Recognition("x", False), final, later], expected)
 
 
 def _slowed(factor: float) -> Callable[[], float]:

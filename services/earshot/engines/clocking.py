@@ -38,8 +38,10 @@ whole process (client included) looks like a pause and is forgiven; a stall of t
 Triton model while its clients go on, is caught up. A stream further behind that clock than
 waiting for its ticks explains (one period more than its burst) has its chunks answered at once,
 frame or not: its client then sends its backlog without waiting, the frames pile up in the clock,
-and the ticks' catch-up steps advance them. What those steps make the model say comes with the
-stream's next answer (or its last, when it ends).
+and the ticks' catch-up steps advance them. The finals those steps make the model say come with
+the stream's next answer (or its last, when it ends); partials only with an answer that leaves no
+frame waiting, so what a late stream is told is what the unclocked ``decode`` says, less some
+partials.
 
 Ticks keep to a grid of ``step_seconds``; a late tick runs at once and the grid moves on from it,
 so a slow step delays the streams but never makes a burst of steps.
@@ -264,7 +266,7 @@ class DecodingClock(Generic[StreamT]):
             # Its client holds a backlog and sends one chunk per answer: answered now, it sends
             # the backlog at once, whose frames the next ticks catch up (with every other stream
             # holding frames). What the steps of this frame say comes with a later answer.
-            self._answer(stream, None)
+            self._answer(stream, None, early=True)
 
     def _tick(self, *, catch_up_until: float) -> None:
         """One step of every stream behind; catch-up steps while a stream lags and time is left."""
@@ -289,7 +291,7 @@ class DecodingClock(Generic[StreamT]):
                 del self._live[id(stream)]
                 self._answer(stream, None)
             elif stream.replies and self._late(stream, now):
-                self._answer(stream, None)
+                self._answer(stream, None, early=True)
 
     def _holding_frames(self) -> list[ClockedStream[StreamT]]:
         return [s for s in self._live.values() if self._decoder.frames(s.state)]
@@ -336,7 +338,12 @@ class DecodingClock(Generic[StreamT]):
         if self._observe is not None:
             self._observe(advanced, live, seconds)
 
-    def _answer(self, stream: ClockedStream[StreamT], error: EngineError | None) -> None:
+    def _answer(
+        self, stream: ClockedStream[StreamT], error: EngineError | None, *, early: bool = False
+    ) -> None:
+        """Answer the stream's waiting chunks with what it said (finals), and its partial unless
+        ``early``: a stream answered with frames still waiting is mid-way through a chunk, whose
+        partial would be one its unclocked decoding never says."""
         if error is not None or stream.ended:
             self._open.discard(stream)
         if not stream.replies:
@@ -347,7 +354,7 @@ class DecodingClock(Generic[StreamT]):
         stream.answered_at = self._clock()
         replies, stream.replies = stream.replies, []
         said, stream.said = stream.said, []
-        if error is None:
+        if error is None and not early:
             said.extend(self._decoder.report(stream.state))
         # Several chunks answered together: the last one carries what they made the model say.
         for position, reply in enumerate(replies, start=1):
