@@ -1,4 +1,4 @@
-"""Gathering a stream's audio into whole frames of a model that steps by fixed frames.
+"""Gathering a stream's audio until the model's next step can use it (a :class:`DecodingWindow`).
 
 May do: hold audio of one stream. Must not: call a model, use asyncio or threads.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from earshot.engines.recognizers import Samples
+from earshot.engines.windowing import DecodingWindow
 
 _EMPTY = np.zeros(0, dtype=np.float32)
 
@@ -23,9 +24,9 @@ _EMPTY = np.zeros(0, dtype=np.float32)
 class FrameGatherer:
     """The audio of one stream not yet handed over, and how much of a frame the model holds."""
 
-    def __init__(self, frame_samples: int) -> None:
-        """Gather for a model stepping ``frame_samples`` (0: hand every chunk over at once)."""
-        self._frame = frame_samples
+    def __init__(self, window: DecodingWindow | None) -> None:
+        """Gather for a model stepping by ``window`` (None: hand every chunk over at once)."""
+        self._window = window
         self._held: list[Samples] = []
         self._held_samples = 0
         self._handed_samples = 0
@@ -34,9 +35,10 @@ class FrameGatherer:
         """Hold a chunk; True when what is held should be handed over now (:meth:`take`)."""
         self._held.append(np.asarray(samples, dtype=np.float32))
         self._held_samples += len(samples)
-        if not self._frame:
+        if self._window is None:
             return True
-        return self._handed_samples % self._frame + self._held_samples >= self._frame
+        handed = self._handed_samples
+        return handed + self._held_samples >= self._window.ready_at(handed)
 
     def take(self) -> Samples:
         """What is held, counted as handed over (also when it is nothing)."""

@@ -19,6 +19,7 @@ from earshot import metrics
 from earshot.engines.clocking import ClockedStream, DecodingClock
 from earshot.engines.gathering import FrameGatherer
 from earshot.engines.recognizers import EngineError, Samples, SteppedDecoder, StreamT
+from earshot.engines.windowing import DecodingWindow
 from earshot.events import Recognition
 
 
@@ -77,7 +78,8 @@ class SteppingStream(Generic[StreamT]):
         self._stream: ClockedStream[StreamT] | None = None
         self._finished = False
         decoder = clock.decoder
-        self._gathered = FrameGatherer(round(decoder.step_seconds * decoder.sample_rate))
+        frame = round(decoder.step_seconds * decoder.sample_rate)
+        self._gathered = FrameGatherer(DecodingWindow(first=frame, step=frame))
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Feed audio; see :meth:`RecognizerStream.accept`.

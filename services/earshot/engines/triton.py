@@ -34,9 +34,11 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 
+from earshot.engines import windowing
 from earshot.engines.gathering import FrameGatherer
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Samples
 from earshot.engines.sequencing import OVERLOADED_MARK
+from earshot.engines.windowing import DecodingWindow
 from earshot.events import Recognition
 
 _log = logging.getLogger(__name__)
@@ -60,22 +62,21 @@ RECONNECTS = Counter(
 
 @dataclass(frozen=True, slots=True)
 class TritonModel:
-    """A Triton model serving an engine, the audio rate it takes and the frame it steps by.
+    """A Triton model serving an engine, the audio rate it takes and the window it steps by.
 
-    ``frame_samples``: the audio one step of the model consumes (0: any length is decoded as it
-    comes). A stream sends its audio only when it completes such a frame (and its first chunk at
-    once, which opens the sequence): see :mod:`earshot.engines.gathering`.
+    ``window``: when the model's next step can use a stream's audio (None: send every chunk). A
+    stream sends its audio only when that step is ready (and its first chunk at once, which opens
+    the sequence): see :mod:`earshot.engines.gathering`.
     """
 
     name: str
     sample_rate: int
-    frame_samples: int = 0
+    window: DecodingWindow | None = None
 
 
 MODELS = {
     "paraformer": TritonModel("paraformer_streaming", 16_000),
-    # Kyutai steps 80 ms frames at 24 kHz (earshot.engines.kyutai.FRAME_SAMPLES, checked by a test).
-    "kyutai": TritonModel("kyutai_stt", 24_000, frame_samples=1920),
+    "kyutai": TritonModel("kyutai_stt", 24_000, windowing.KYUTAI),
 }
 
 _CHANNEL_OPTIONS = [
@@ -170,9 +171,9 @@ class TritonRecognizer:
         return self._model
 
     @property
-    def frame_samples(self) -> int:
-        """The audio a stream gathers before it sends (0: every chunk is sent)."""
-        return MODELS[self._engine].frame_samples
+    def window(self) -> DecodingWindow | None:
+        """When the model's next step can use a stream's audio (None: every chunk is sent)."""
+        return MODELS[self._engine].window
 
     def open_stream(self) -> TritonStream:
         """Start a stream; its sequence starts with its first chunk."""
@@ -344,7 +345,7 @@ class TritonStream:
         self._partial = ""
         self._unfinal_samples = 0
         # Audio gathered until it completes one of the model's frames.
-        self._gathered = FrameGatherer(owner.frame_samples)
+        self._gathered = FrameGatherer(owner.window)
         self._error: EngineError | None = None
         self._finished = False
 
