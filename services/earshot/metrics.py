@@ -55,6 +55,11 @@ ENGINE_STREAMS_ADVANCED = Counter(
     "Streams a clocked engine's steps advanced by one frame, summed over its steps.",
     ["engine"],
 )
+ENGINE_STEP_SECONDS = Counter(
+    "earshot_engine_step_seconds_total",
+    "Seconds a clocked engine spent in model steps (over its steps: the mean step time).",
+    ["engine"],
+)
 ENGINE_STREAMS_LIVE = Counter(
     "earshot_engine_streams_live_total",
     "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
