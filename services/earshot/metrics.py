@@ -60,6 +60,12 @@ ENGINE_STREAMS_LIVE = Counter(
     "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
     ["engine"],
 )
+GATEWAY_LAG = Gauge(
+    "earshot_gateway_lag_seconds",
+    "How far behind real time the gateway process is, sustained over the last second: the larger "
+    "of its event loop's lateness and the age of the oldest audio waiting for the recogniser.",
+    ["gateway"],
+)
 ACTIVE_STREAMS = Gauge(
     "earshot_active_streams", "Audio streams being recognised now.", ["gateway", "engine"]
 )

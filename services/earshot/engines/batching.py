@@ -51,6 +51,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Recognition]]
     holds_slot: bool
+    submitted: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False, slots=True)
@@ -101,6 +102,8 @@ class BatchingRecognizer(Generic[StreamT]):
         self._slots = asyncio.Semaphore(queue_size)
         self._lock = threading.Condition()
         self._runnable: deque[_Work[StreamT]] = deque()
+        # Jobs not yet answered, oldest first (event-loop side only): the backlog's age.
+        self._pending: deque[_Job] = deque()
         self._closing = False
         self._exits: list[asyncio.Future[None]] = []
         self._threads = [
@@ -175,6 +178,7 @@ class BatchingRecognizer(Generic[StreamT]):
             await self._take_slot()
         loop = asyncio.get_running_loop()
         job = _Job(samples, ends, loop, loop.create_future(), holds_slot)
+        self._pending.append(job)
         with self._lock:
             closing = self._closing
             if not closing:
@@ -183,6 +187,16 @@ class BatchingRecognizer(Generic[StreamT]):
         if closing:
             self._settle(job, None, EngineError("the recogniser is closed"))
         return await job.future
+
+    def backlog_seconds(self) -> float:
+        """Seconds since the oldest audio not yet answered was handed over; 0 when none waits."""
+        self._forget_answered()
+        return time.monotonic() - self._pending[0].submitted if self._pending else 0.0
+
+    def _forget_answered(self) -> None:
+        pending = self._pending
+        while pending and pending[0].future.done():
+            pending.popleft()
 
     async def _take_slot(self) -> None:
         if not self._slots.locked():
@@ -278,12 +292,12 @@ class BatchingRecognizer(Generic[StreamT]):
         if job.holds_slot:
             self._slots.release()
             self._inflight.dec()
-        if job.future.done():  # the caller was cancelled
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(recognitions or [])
+        if not job.future.done():  # else the caller was cancelled
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(recognitions or [])
+        self._forget_answered()
 
 
 class BatchedStream(Generic[StreamT]):
