@@ -55,6 +55,11 @@ ENGINE_STREAMS_ADVANCED = Counter(
     "Streams a clocked engine's steps advanced by one frame, summed over its steps.",
     ["engine"],
 )
+ENGINE_STEP_SECONDS = Counter(
+    "earshot_engine_step_seconds_total",
+    "Seconds a clocked engine spent in model steps (over its steps: the mean step time).",
+    ["engine"],
+)
 ENGINE_STREAMS_LIVE = Counter(
     "earshot_engine_streams_live_total",
     "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
@@ -310,6 +315,30 @@ def initialise_gateway(gateway: str, engine: str) -> None:
     SPOOL_FULL_REJECTIONS.labels(gateway)
     for store in GATEWAY_STORES:
         STORAGE_ERRORS.labels(store)
+
+
+#: Label values of the Talk counters that the code counts by name: created at 0 with the gateway.
+TALK_CAPTION_KINDS = ("partial", "final")
+TALK_TRANSLATION_OUTCOMES = ("sent", "failed", "dropped")
+TALK_TRANSCRIPT_OUTCOMES = ("kept", "failed", "dropped")
+
+
+def initialise_talk(engine: str, *, signaling_codes: tuple[str, ...]) -> None:
+    """Create at 0 the labelled counters and caption-latency series of a Talk gateway.
+
+    ``signaling_codes`` are the HPB error codes the signaling client handles by name (a server may
+    send others: those appear with their first occurrence).
+    """
+    for kind in TALK_CAPTION_KINDS:
+        TALK_CAPTIONS_SENT.labels(kind)
+    for outcome in TALK_TRANSLATION_OUTCOMES:
+        TALK_TRANSLATIONS.labels(outcome)
+    for outcome in TALK_TRANSCRIPT_OUTCOMES:
+        TALK_TRANSCRIPT_FINALS.labels(outcome)
+    for code in signaling_codes:
+        TALK_SIGNALING_ERRORS.labels(code)
+    for histogram in (TALK_FIRST_CAPTION_LATENCY, TALK_FINAL_CAPTION_LATENCY):
+        histogram.labels(engine)
 
 
 #: The stores a persister writes (the ``store`` label of its retries).

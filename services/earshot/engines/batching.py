@@ -164,6 +164,9 @@ class BatchingRecognizer(Generic[StreamT]):
         await asyncio.gather(*self._exits)
         for thread in self._threads:
             thread.join()
+        # A closed pool has no workers and no slots (a process may open another after it).
+        metrics.INFERENCE_WORKERS.labels(self._decoder.name).set(0)
+        metrics.INFERENCE_QUEUE_SLOTS.labels(self._decoder.name).set(0)
         while self._runnable:
             work = self._runnable.popleft()
             self._post(work.jobs, None, EngineError("the recogniser was closed"))
