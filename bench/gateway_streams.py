@@ -63,7 +63,7 @@ SIDECAR_STREAMS = (100, 120, 150)
 WORKERS_STREAMS = (150, 200, 300)
 # Streams start spread over this many seconds, so N connections do not arrive at one instant.
 RAMP_SECONDS = 2.0
-TAIL_WAIT_SECONDS = 30.0
+TAIL_WAIT_SECONDS = 10.0
 SERVICES = Path(__file__).resolve().parent.parent / "services"
 
 
