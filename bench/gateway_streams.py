@@ -379,6 +379,24 @@ def bucket_median_ms(after: dict[float, float], before: dict[float, float]) -> f
     return lower * 1000
 
 
+async def settle(gateway: Gateway, scrapes: int = 6, limit: float = 120.0) -> float:
+    """Wait until the previous round is over: no stream left and no lag (on every process the
+    scrapes reach). Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        busy = False
+        for _ in range(scrapes):
+            async with httpx.AsyncClient() as h:  # a new connection: any worker may answer
+                text = (await h.get(f"{gateway.http}/metrics")).text
+            for line in text.splitlines():
+                if line.startswith(("earshot_gateway_lag_seconds{", "earshot_active_streams{")):
+                    busy = busy or float(line.rsplit(" ", 1)[1]) > 0.05
+        if not busy:
+            break
+        await asyncio.sleep(1.0)
+    return time.monotonic() - started
+
+
 async def round_of(
     label: str,
     gateway: Gateway,
@@ -505,6 +523,7 @@ async def series(
     expected = replies_offline(frames, count, Path(env["EARSHOT_CACHE_DIR"]))
     rows = []
     async with running(env, source) as gateway:
+        await settle(gateway)
         live, slowest = await calibrate(gateway.ws, frames, count)
         if [(e.kind, e.text) for e in live] != [(e.kind, e.text) for e in expected]:
             raise SystemExit(f"{label}: the gateway's replies differ from the recogniser's")
@@ -514,12 +533,14 @@ async def series(
             f"{agree} of them to the same chunk (slowest reply {slowest * 1000:.1f} ms)"
         )
         print("-> " + check, flush=True)
+        await settle(gateway)
         for n in streams:
             row = await round_of(
                 label, gateway, n, args.seconds, frames, expected, server_histogram=server_histogram
             )
             rows.append(row)
-            await asyncio.sleep(2.0)  # let the previous round's streams finish and store
+            waited = await settle(gateway)
+            print(f"   (caught up after {waited:.0f} s)", flush=True)
     return rows, check
 
 
@@ -580,8 +601,9 @@ def report(rows: list[Row], args: argparse.Namespace, notes: list[str], loads: l
             f"{platform.python_version()}; load average {'; '.join(loads)}. Engine: in-process "
             f"tiny random-weight Paraformer, 1 inference worker, queue {args.queue_size}. Each "
             f"stream: the bundled sample as 20 ms A-law frames in real time for "
-            f"{args.seconds:.0f} s, streams starting over {RAMP_SECONDS:.0f} s. The load client "
-            "runs in a second process on the same machine. Stores: embedded (SQLite segments, "
+            f"{args.seconds:.0f} s, streams starting over {RAMP_SECONDS:.0f} s; each round "
+            "starts once the gateway has no stream and no lag left from the one before. The load "
+            "client runs in a second process on the same machine. Stores: embedded (SQLite segments, "
             "memory partials, embedded persister) unless the row says otherwise.",
             "",
             "Latency is client side, from sending the chunk that caused a reply (the model is "
