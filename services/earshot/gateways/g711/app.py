@@ -28,7 +28,7 @@ from earshot.audio.framing import duration_seconds
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
 from earshot.gateways import lagging
-from earshot.gateways.g711 import dumping, messages, releasing
+from earshot.gateways.g711 import dumping, messages, registrations, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
 from earshot.persistence import leasing
@@ -129,9 +129,13 @@ class _Occupant:
     receiving: bool = False
     # When stop() was called (monotonic seconds).
     stopped_at: float = 0.0
+    # Why stop() ends the stream: the gateway shutting down, or the session ending (pools).
+    reason: Refusal = SHUTTING_DOWN
 
-    def stop(self) -> None:
-        """Ask the stream to end as the gateway shuts down."""
+    def stop(self, reason: Refusal = SHUTTING_DOWN) -> None:
+        """Ask the stream to end (after its last finals) as the gateway shuts down, or for
+        ``reason``."""
+        self.reason = reason
         self.stopping = True
         self.stopped_at = time.monotonic()
         if self.receiving and self.task is not None:
@@ -155,19 +159,39 @@ class LiveSessions:
             occupant.stop()
         await asyncio.gather(*(occupant.ended.wait() for occupant in occupants))
 
+    def end(self, session_id: SessionId, why: str) -> None:
+        """End a session's stream, if it has one here, as a drain does: its client hears its last
+        finals and then that the session ended (``why``)."""
+        occupant = self.by_id.get(session_id)
+        if occupant is not None and not occupant.stopping:
+            log.info("session %s: ending its stream: %s", session_id, why)
+            occupant.stop(session_ended(session_id, why))
+
+
+def session_ended(session_id: SessionId, why: str) -> Refusal:
+    """The end of a pooled session's stream because the session itself ended."""
+    return Refusal(
+        "session_ended",
+        f"session {session_id} has ended ({why}): the stream ends after its last final",
+        CloseCode.NORMAL,
+        reason="session ended",
+    )
+
 
 def create_app(
     settings: Settings,
     services: Services,
     live_sessions: LiveSessions | None = None,
     lag: lagging.LagMonitor | None = None,
+    registry: registrations.Registry | None = None,
 ) -> FastAPI:
     """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
 
     ``/health`` answers 503 once the spool writer or the embedded drainer stopped working, so a
     liveness probe restarts the process. ``live_sessions`` lets the server drain the streams
     before it shuts down. While ``lag`` (run by the server) says the process is behind real time,
-    new streams are refused with 1013.
+    new streams are refused with 1013. A pool gateway (``settings.pool``) admits the sessions of
+    its ``registry``, each with its own token and settings.
     """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
@@ -209,8 +233,13 @@ def create_app(
         )
         if refusal is None and lag is not None and lag.lagging():
             refusal = OVERLOADED  # behind real time: the streams it holds keep their latency
+        own = settings
+        if refusal is None and registry is not None:
+            own, refusal = await _pool_admission(websocket, sid, registry, settings)
         if refusal is None:
             refusal = await _capacity(live, sid, settings, engine)
+        if refusal is None and registry is not None and registry.find(sid) is None:
+            refusal = session_ended(sid, "it was unregistered while this connection waited")
         if refusal is None and sessions.draining:  # the drain began while this one waited
             refusal = SHUTTING_DOWN
         if refusal is not None:
@@ -220,7 +249,7 @@ def create_app(
         # No await since _capacity's last check: two connections cannot both pass it.
         occupant = live[sid] = _Occupant(websocket)
         try:
-            await _stream(occupant, sid, settings, services)
+            await _stream(occupant, sid, own, services)
         finally:
             occupant.ended.set()
             del live[sid]
@@ -285,6 +314,23 @@ def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) ->
     return None
 
 
+async def _pool_admission(
+    websocket: WebSocket,
+    session_id: SessionId,
+    registry: registrations.Registry,
+    settings: Settings,
+) -> tuple[Settings, Refusal | None]:
+    """A pool gateway's admission: the session is registered and the client has its token; then
+    the session's own settings."""
+    try:
+        registration = await registry.admit(
+            session_id, _offered(websocket), wait=settings.registration_wait_seconds
+        )
+    except registrations.NotAdmitted as refused:
+        return settings, Refusal(refused.code, str(refused), CloseCode.POLICY_VIOLATION)
+    return registration.settings, None
+
+
 async def _capacity(
     live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings, engine: str
 ) -> Refusal | None:
@@ -328,10 +374,14 @@ def _in_use(session_id: SessionId, where: str) -> Refusal:
 
 
 def _authorized(websocket: WebSocket, token: str) -> bool:
+    return hmac.compare_digest(_offered(websocket).encode(), token.encode())
+
+
+def _offered(websocket: WebSocket) -> str:
+    """The token the client sent (Bearer header, else the ``token`` query parameter)."""
     header = websocket.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
-    offered = credentials if scheme.lower() == "bearer" else websocket.query_params.get("token", "")
-    return hmac.compare_digest(offered.encode(), token.encode())
+    return credentials if scheme.lower() == "bearer" else websocket.query_params.get("token", "")
 
 
 async def _stream(
@@ -362,7 +412,7 @@ async def _stream(
     finished = False
     try:
         refusal = await _pump(occupant, transcription, settings)
-        if refusal is SHUTTING_DOWN:
+        if occupant.stopping and refusal is occupant.reason:
             # The client is still there: it hears its last finals, then why the stream ends.
             finished = True
             await _send(websocket, await _finish(transcription, engine), settings)
@@ -440,7 +490,7 @@ async def _pump_frames(
             try:
                 event = await _receive(occupant, idle)
             except TimeoutError:
-                return SHUTTING_DOWN if occupant.stopping else _idle(settings)
+                return occupant.reason if occupant.stopping else _idle(settings)
             if event is None:
                 continue  # stop() interrupted a long wait: wait again, briefly
             arrived = time.perf_counter()
@@ -606,8 +656,8 @@ async def _close(websocket: WebSocket, refusal: Refusal) -> None:
 
 
 def _count(refusal: Refusal, engine: str) -> None:
-    if refusal is SHUTTING_DOWN:
-        return  # the process ending, not the stream failing
+    if refusal is SHUTTING_DOWN or refusal.code == "session_ended":
+        return  # the process or the session ending, not the stream failing
     if refusal is OVERLOADED:
         metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, engine).inc()
     elif refusal is SPOOL_FULL:
