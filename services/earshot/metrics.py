@@ -392,6 +392,21 @@ class _Samples:
         ]
         return sum(values) if values else None
 
+    def label_values(self, name: str, label: str, **labels: str) -> list[str]:
+        """The values ``label`` takes in ``name``'s samples whose labels include ``labels``."""
+        return sorted(
+            {
+                s["labels"][label]
+                for s in self._samples.get(name, [])
+                if label in s["labels"] and all(s["labels"].get(k) == v for k, v in labels.items())
+            }
+        )
+
+    def pool(self, name: str, engines: list[str]) -> float | None:
+        """:meth:`total` of an inference-pool series over ``engines``; None when none exists."""
+        values = [v for engine in engines if (v := self.total(name, engine=engine)) is not None]
+        return sum(values) if values else None
+
     def count(self, name: str, **labels: str) -> int:
         """:meth:`total` as a count (0 when no sample exists yet)."""
         return int(self.total(name, **labels) or 0)
@@ -413,21 +428,24 @@ def legacy_groups(samples: _Samples) -> dict[str, Any]:
     ``cpu_latency_seconds``) are null where the engine has no in-process pool (Triton, Kyutai).
     """
     g711 = {"gateway": "g711"}
+    # The engine this gateway serves (its series exist from the start); other recognisers this
+    # process may have made (tests) are not its pool.
+    engines = samples.label_values("earshot_overload_rejections_total", "engine", **g711)
     overloaded = samples.count("earshot_overload_rejections_total", **g711)
-    timed_out = samples.count("earshot_inference_queue_timeouts_total")
+    timed_out = int(samples.pool("earshot_inference_queue_timeouts_total", engines) or 0)
     closed = samples.count("earshot_stream_duration_seconds_count", **g711)
     at_end = samples.count("earshot_finals_at_stream_end_total", **g711)
     return {
         # This process answers only once its recogniser is open.
         "model_loaded": True,
         "inference": {
-            "max_workers": _whole(samples.total("earshot_inference_workers")),
-            "queue_size": _whole(samples.total("earshot_inference_queue_slots")),
-            "inflight": _whole(samples.total("earshot_inference_inflight")),
+            "max_workers": _whole(samples.pool("earshot_inference_workers", engines)),
+            "queue_size": _whole(samples.pool("earshot_inference_queue_slots", engines)),
+            "inflight": _whole(samples.pool("earshot_inference_inflight", engines)),
             "completed": samples.count("earshot_chunk_processing_seconds_count", **g711),
             "rejected_overloaded": max(0, overloaded - timed_out),
             "timed_out": timed_out,
-            "cpu_latency_seconds": samples.total("earshot_inference_decode_seconds_total"),
+            "cpu_latency_seconds": samples.pool("earshot_inference_decode_seconds_total", engines),
             "total_latency_seconds": samples.seconds(
                 "earshot_chunk_processing_seconds_sum", **g711
             ),
