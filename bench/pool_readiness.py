@@ -59,6 +59,8 @@ FRAME_SECONDS = 0.02
 POLL_SECONDS = 0.05
 POOL_LABEL = "app.kubernetes.io/component=pool-default"
 DEDICATED_LABEL = "earshot.dev/kind=tsess"
+OPERATOR_METRICS_PORT = 8080
+RECONCILE = "earshot_operator_reconcile_duration_seconds"
 
 
 @dataclass
@@ -155,6 +157,45 @@ async def _send(ws: Any, frames: list[bytes]) -> None:
     await ws.close()
 
 
+def _reconciles(release: Release) -> dict[str, float]:
+    """The operator's reconcile-duration histogram for TranscriptionSessions, from its /metrics."""
+    pod = release.get("pods", "-l", "app.kubernetes.io/component=operator")["items"][0]
+    sock = release.cluster.connect(pod["status"]["podIP"], OPERATOR_METRICS_PORT)
+    with sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    series: dict[str, float] = {}
+    for line in b"".join(chunks).decode().splitlines():
+        if line.startswith(RECONCILE) and 'kind="TranscriptionSession"' in line:
+            key, value = line.rsplit(" ", 1)
+            series[key] = float(value)
+    return series
+
+
+def _reconcile_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Count, mean and bucket bounds of p50/p99 of the reconciles between two scrapes."""
+    delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    count = next((v for k, v in delta.items() if k.startswith(f"{RECONCILE}_count")), 0.0)
+    total = next((v for k, v in delta.items() if k.startswith(f"{RECONCILE}_sum")), 0.0)
+    buckets = sorted(
+        (float(k.split('le="', 1)[1].split('"', 1)[0]), v)
+        for k, v in delta.items()
+        if k.startswith(f"{RECONCILE}_bucket")
+    )
+
+    def bound(share: float) -> float:
+        return next((le for le, n in buckets if count and n >= share * count), float("nan"))
+
+    return {
+        "count": count,
+        "mean_ms": 1000 * total / count if count else float("nan"),
+        "p50_le_ms": 1000 * bound(0.5),
+        "p99_le_ms": 1000 * bound(0.99),
+    }
+
+
 def _memory(release: Release, label: str) -> tuple[int, float]:
     pods = release.get("pods", "-l", label)["items"]
     return len(pods), sum(_pod_memory(release.cluster, pod)["pod"] for pod in pods)
@@ -169,6 +210,7 @@ async def measure(
     timings = {f"{mode}-{i:03d}": Timing() for i in range(sessions)}
     frames = _frames(stream_seconds)
     rss: tuple[int, float] = (0, 0.0)
+    before = await asyncio.to_thread(_reconciles, release)
     async with KubeClient.connect(release.cluster.connection_info()) as api:
         follower = asyncio.create_task(_follow(api, release.namespace, timings))
         streams = []
@@ -188,12 +230,13 @@ async def measure(
                 raise RuntimeError("not every stream got a first reply in time")
             await asyncio.sleep(0.5)
         rss = await asyncio.to_thread(_memory, release, label)
+        reconciles = _reconcile_summary(before, await asyncio.to_thread(_reconciles, release))
         await asyncio.wait_for(asyncio.gather(*streams), stream_seconds + 120.0)
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
     release.kubectl("delete", "transcriptionsessions", "--all", "--wait=true", "--timeout=600s")
-    return _summary(mode, sessions, timings, rss)
+    return {**_summary(mode, sessions, timings, rss), "reconciles": reconciles}
 
 
 def _summary(
@@ -265,6 +308,21 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
             f"| {cell(r['connect_ms'])} | {cell(r['reply_ms'])} | **{cell(r['total_ms'])}** "
             f"| {r['pods']} | {r['rss_mib']:.0f} MiB "
             f"| {len(r['refused'])} {sorted(set(r['refused']))} | {r['load']} |"
+        )
+    lines += [
+        "",
+        "The operator's own reconcile time over the same window, from the delta of its "
+        f"`{RECONCILE}` histogram (kind TranscriptionSession; a bound is the histogram bucket "
+        "that holds the quantile; drift passes, if any fell in the window, are included):",
+        "",
+        "| mode | reconciles | mean | p50 <= | p99 <= |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        rec = r["reconciles"]
+        lines.append(
+            f"| {r['mode']} | {rec['count']:.0f} | {rec['mean_ms']:.0f} ms "
+            f"| {rec['p50_le_ms']:.0f} ms | {rec['p99_le_ms']:.0f} ms |"
         )
     lines.append("")
     return "\n".join(lines)
