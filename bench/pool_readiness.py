@@ -32,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -57,6 +58,7 @@ API = "earshot.dev/v1alpha1"
 READY_TIMEOUT_S = 900.0
 FRAME_SECONDS = 0.02
 POLL_SECONDS = 0.05
+CONNECT_RETRY_S = 60.0
 POOL_LABEL = "app.kubernetes.io/component=pool-default"
 DEDICATED_LABEL = "earshot.dev/kind=tsess"
 OPERATOR_METRICS_PORT = 8080
@@ -124,7 +126,7 @@ async def _stream(
     found = await api.get(path_of("v1", "Service", namespace=namespace, name=service))
     assert found is not None
     port = int(endpoint.split(":")[2].split("/")[0])
-    sock = await asyncio.to_thread(release.cluster.connect, found["spec"]["clusterIP"], port)
+    sock = await _connect(release, found["spec"]["clusterIP"], port)
     headers = {"Authorization": f"Bearer {token}"}
     async with connect(endpoint, sock=sock, additional_headers=headers, max_size=None) as ws:
         timing.connected = time.monotonic()
@@ -145,6 +147,19 @@ async def _stream(
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await sender
+
+
+async def _connect(release: Release, host: str, port: int) -> socket.socket:
+    """A socket to a Service, retried while refused: a dedicated gateway's Service may lag its
+    Ready (Endpoints, then kube-proxy's rules); the wait counts in Ready -> connected."""
+    deadline = time.monotonic() + CONNECT_RETRY_S
+    while True:
+        try:
+            return await asyncio.to_thread(release.cluster.connect, host, port)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(POLL_SECONDS)
 
 
 async def _send(ws: Any, frames: list[bytes]) -> None:
@@ -290,7 +305,8 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
         "apply -> Ready splits into the POST (the API server's answer) and the rest (the "
         "operator's watch delivery, reconcile and status write, plus up to 50 ms of polling); "
         "Ready -> first reply into Ready -> connected (token Secret read, TCP connect from the "
-        "node's namespace, WebSocket handshake) and connected -> first reply (admission: the "
+        "node's namespace, retried while refused, WebSocket handshake) and connected -> first "
+        "reply (admission: the "
         "pool gateway's own watch must have delivered the registration; then the engine's "
         "first decoding window). Each cell is p50 / p99 over the sessions that got a reply.",
         "",
@@ -361,7 +377,7 @@ def main(argv: list[str]) -> int:
                 result = asyncio.run(measure(release, mode, count, args.rate, args.stream_seconds))
                 print(json.dumps(result), flush=True)
                 results.append(result)
-    REPORT.write_text(_report(results, command, " ".join(load)))
+                REPORT.write_text(_report(results, command, " ".join(load)))
     print(REPORT.read_text())
     return 0
 
