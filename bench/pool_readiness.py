@@ -29,6 +29,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import errno
 import json
 import os
 import platform
@@ -59,6 +60,7 @@ READY_TIMEOUT_S = 900.0
 FRAME_SECONDS = 0.02
 POLL_SECONDS = 0.05
 CONNECT_RETRY_S = 60.0
+_NOT_YET = (errno.ECONNREFUSED, errno.EHOSTUNREACH)
 POOL_LABEL = "app.kubernetes.io/component=pool-default"
 DEDICATED_LABEL = "earshot.dev/kind=tsess"
 OPERATOR_METRICS_PORT = 8080
@@ -151,13 +153,14 @@ async def _stream(
 
 async def _connect(release: Release, host: str, port: int) -> socket.socket:
     """A socket to a Service, retried while refused: a dedicated gateway's Service may lag its
-    Ready (Endpoints, then kube-proxy's rules); the wait counts in Ready -> connected."""
+    Ready (Endpoints, then kube-proxy's rules; until then kube-proxy rejects with "no route to
+    host"); the wait counts in Ready -> connected."""
     deadline = time.monotonic() + CONNECT_RETRY_S
     while True:
         try:
             return await asyncio.to_thread(release.cluster.connect, host, port)
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
+        except OSError as error:
+            if error.errno not in _NOT_YET or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(POLL_SECONDS)
 
