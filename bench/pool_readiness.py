@@ -50,9 +50,8 @@ from earshot.audio.codecs import Codec
 from earshot.cli import demoing
 from earshot.gateways.g711 import client
 from earshot_operator.clients import KubeClient, path_of
-from tests.chart.charts import CHART
-from tests.cluster.harness import Cluster, running_cluster
-from tests.cluster.release import RELEASE, Release, installed_release, wait_all_ready
+from tests.cluster.harness import running_cluster
+from tests.cluster.release import Release, installed_release
 
 REPORT = Path(__file__).parent / "reports" / "pool_readiness.md"
 API = "earshot.dev/v1alpha1"
@@ -63,6 +62,7 @@ CONNECT_RETRY_S = 60.0
 _NOT_YET = (errno.ECONNREFUSED, errno.EHOSTUNREACH)
 POOL_LABEL = "app.kubernetes.io/component=pool-default"
 DEDICATED_LABEL = "earshot.dev/kind=tsess"
+POOL_STREAMS = 100
 OPERATOR_METRICS_PORT = 8080
 RECONCILE = "earshot_operator_reconcile_duration_seconds"
 
@@ -349,18 +349,10 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
 
 @contextlib.contextmanager
 def _release() -> Iterator[Release]:
-    with running_cluster() as cluster, installed_release(cluster) as release:
-        _allow_streams(release, cluster)
+    # installed with the streams allowed (no upgrade: a rollout races kubectl wait's pod list)
+    values = {"pools": {"gateways": {"default": {"maxConnections": POOL_STREAMS}}}}
+    with running_cluster() as cluster, installed_release(cluster, values=values) as release:
         yield release
-
-
-def _allow_streams(release: Release, cluster: Cluster) -> None:
-    values = [arg for path in release.values for arg in ("--values", str(path))]
-    release.helm(
-        "upgrade", RELEASE, str(CHART), *values,
-        "--set", "pools.gateways.default.maxConnections=100",
-    )  # fmt: skip
-    wait_all_ready(release)
 
 
 def main(argv: list[str]) -> int:
