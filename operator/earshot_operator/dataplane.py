@@ -100,7 +100,8 @@ USER_ID_MAX_LENGTH: Final = 64
 
 #: What ``EARSHOT_LANGUAGE`` may say per engine. Neither engine can be steered to a language:
 #: the bilingual Paraformer and Kyutai's stt-1b-en_fr recognise both of theirs as they come
-#: (moshi builds STT models without a language condition), so a value only declares what the
-#: session's speech is, and one the engine cannot recognise is refused.
+#: (moshi builds STT models without a language condition), so a value declares what the
+#: session's speech is (the data plane stores it as ``sessions.language``), and one the engine
+#: cannot recognise is refused.
 AUTO_LANGUAGE: Final = "auto"
 ENGINE_LANGUAGES: Final = {"paraformer": ("zh", "en"), "kyutai": ("en", "fr")}

@@ -27,7 +27,8 @@ from earshot.events import InvalidSessionId, parse_session_id
 SOURCE_RATES = (8000, 16000)
 #: A copy of ``earshot_operator.dataplane.ENGINE_LANGUAGES`` (checked equal by a test): what
 #: ``EARSHOT_LANGUAGE`` may say per engine besides ``auto``. Neither engine can be steered to one
-#: language; both recognise theirs as they come, so the value declares, and others are refused.
+#: language; both recognise theirs as they come, so the value declares (it is stored as
+#: ``sessions.language``), and others are refused.
 ENGINE_LANGUAGES = {"paraformer": ("zh", "en"), "kyutai": ("en", "fr")}
 AUTO_LANGUAGE = "auto"
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0
@@ -378,7 +379,8 @@ class Settings(BaseSettings):
     language: str = Field(
         AUTO_LANGUAGE,
         validation_alias=_env("LANGUAGE"),
-        description="auto, or a language the engine recognises (paraformer: zh, en; kyutai: en, fr).",
+        description="auto, or a language the engine recognises (paraformer: zh, en; kyutai: en, fr); "
+        "stored as sessions.language of the sessions this gateway opens (NULL for auto).",
     )
     idle_timeout_seconds: float = Field(
         DEFAULT_IDLE_TIMEOUT_SECONDS,

@@ -25,7 +25,7 @@ from earshot.persistence import leasing, quarantining, resuming
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.persistence.records import SessionOpened
 from earshot.persistence.writing import SpoolWriter
-from earshot.settings import Settings
+from earshot.settings import AUTO_LANGUAGE, Settings
 from earshot.storage.ports import PartialStore, SegmentStore
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,14 @@ class Journal:
         store_wait_seconds: float,
         leases: leasing.Leases,
         draining: asyncio.Task[None] | None = None,
+        language: str | None = None,
     ) -> None:
-        """Wrap an opened writer; prefer :func:`open_journal`."""
+        """Wrap an opened writer; prefer :func:`open_journal`.
+
+        ``language``: what every session of this gateway is declared to speak (None: not said).
+        """
         self._draining = draining
+        self._language = language
         self.leases = leases
         self._writer = writer
         self._index = index
@@ -86,7 +91,8 @@ class Journal:
         except BaseException:
             await self.leases.release(session_id, last_seq=released)
             raise
-        self._append_nowait(SessionOpened(session_id, user_id, datetime.now(UTC)))
+        opened = SessionOpened(session_id, user_id, datetime.now(UTC), language=self._language)
+        self._append_nowait(opened)
         return max(seq, released + 1)
 
     async def close_session(self, session_id: SessionId, *, last_seq: int) -> None:
@@ -169,7 +175,13 @@ async def open_journal(
             store_wait_seconds=settings.final_store_wait_seconds,
             leases=leases,
             draining=task,
+            language=declared_language(settings),
         )
+
+
+def declared_language(settings: Settings) -> str | None:
+    """The language the settings declare sessions to speak, None for ``auto`` (not declared)."""
+    return None if settings.language == AUTO_LANGUAGE else settings.language
 
 
 async def _finish(drainer: Drainer, task: asyncio.Task[None], deadline: float) -> None:
