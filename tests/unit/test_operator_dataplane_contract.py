@@ -19,6 +19,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from earshot.gateways.talk.configuration import TalkSettings
+from earshot.persistence import journaling
 from earshot.settings import Settings
 from earshot_operator import dataplane, gateways, manifests, resources
 from earshot_operator.dataplane import Env
@@ -284,7 +285,8 @@ SESSION_FIELDS: dict[str, Effect] = {
     "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
     "audio.codec": Effect("pcm16le", lambda b: str(b.settings.audio_codec), "pcm16le"),
     "audio.rate": Effect(16000, lambda b: b.settings.audio_rate, 16000),
-    "language": Effect("zh", lambda b: b.settings.language, "zh"),
+    # what the gateway's journal stores as sessions.language (tests/unit/test_session_language.py)
+    "language": Effect("zh", lambda b: journaling.declared_language(b.settings), "zh"),
     "returnTranscription": Effect(False, lambda b: b.settings.return_transcription, False),
     "idleTimeoutSeconds": Effect(42, lambda b: b.settings.idle_timeout_seconds, 42),
     "auth": Effect("none", lambda b: b.settings.required_token(), None),
