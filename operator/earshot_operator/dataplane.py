@@ -69,6 +69,34 @@ class Env:
     TALK_INTERNAL_SECRET: Final = "EARSHOT_TALK_INTERNAL_SECRET"
     TALK_NAMESPACE: Final = "EARSHOT_TALK_NAMESPACE"
     TALK_TALKROOM_NAME: Final = "EARSHOT_TALK_TALKROOM_NAME"
+    #: A pool gateway: the pool it serves (the chart sets it; the operator names the pool in
+    #: each registration).
+    POOL: Final = "EARSHOT_POOL"
+
+
+#: The settings of one session: the dedicated gateway gets them in its ConfigMap, a pool's
+#: gateways read them from the session's ``status.registration.settings`` (keyed by the same
+#: names) and apply them to that session's streams only.
+SESSION_SETTINGS: Final = (
+    Env.SESSION_ID,
+    Env.USER_ID,
+    Env.AUDIO_CODEC,
+    Env.AUDIO_RATE,
+    Env.LANGUAGE,
+    Env.RETURN_TRANSCRIPTION,
+    Env.IDLE_TIMEOUT_SECONDS,
+    Env.AUTH,
+)
+
+#: ``status.registration`` of a pooled TranscriptionSession, which the pool's gateways follow
+#: (list/watch on TranscriptionSessions): the pool, the session id, the SHA-256 (hex) of the
+#: session's token (absent with ``auth: none``) and the session's settings. No registration: the
+#: session is not (or no longer) admitted, and a live stream of it ends.
+REGISTRATION: Final = "registration"
+REGISTRATION_POOL: Final = "pool"
+REGISTRATION_SESSION_ID: Final = "sessionId"
+REGISTRATION_TOKEN_SHA256: Final = "tokenSha256"
+REGISTRATION_SETTINGS: Final = "settings"
 
 
 #: Which container gets which variable: the one table the pod's environment is split by. The

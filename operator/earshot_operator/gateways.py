@@ -76,16 +76,7 @@ def for_session(
 ) -> Gateway:
     """The G.711 gateway that serves one TranscriptionSession."""
     name = object_name(owner.kind, owner.name)
-    config = {
-        Env.SESSION_ID: spec.session_id,
-        Env.USER_ID: spec.user_id,
-        Env.AUDIO_CODEC: spec.codec,
-        Env.AUDIO_RATE: str(spec.rate),
-        Env.LANGUAGE: spec.language,
-        Env.RETURN_TRANSCRIPTION: _flag(spec.return_transcription),
-        Env.IDLE_TIMEOUT_SECONDS: str(spec.idle_timeout_seconds),
-        Env.AUTH: spec.auth,
-    }
+    config = session_config(spec)
     path = dataplane.SESSION_WS_PATH.format(session_id=spec.session_id)
     gateway = _gateway(
         owner,
@@ -107,6 +98,21 @@ def for_session(
     scheme = "wss" if settings.gateway_ingress_tls_secret else "ws"
     external = f"{scheme}://{settings.gateway_ingress_host}{path}"
     return dataclasses.replace(gateway, ingress_path=path, external_endpoint=external)
+
+
+def session_config(spec: specs.SessionSpec) -> dict[str, str]:
+    """The settings of one session (``dataplane.SESSION_SETTINGS``), as the gateway reads them."""
+    config = {
+        Env.SESSION_ID: spec.session_id,
+        Env.USER_ID: spec.user_id,
+        Env.AUDIO_CODEC: spec.codec,
+        Env.AUDIO_RATE: str(spec.rate),
+        Env.LANGUAGE: spec.language,
+        Env.RETURN_TRANSCRIPTION: _flag(spec.return_transcription),
+        Env.IDLE_TIMEOUT_SECONDS: str(spec.idle_timeout_seconds),
+        Env.AUTH: spec.auth,
+    }
+    return config
 
 
 def for_room(owner: specs.Owner, spec: specs.RoomSpec, *, settings: OperatorSettings) -> Gateway:

@@ -7,6 +7,7 @@ the operator changes nothing that is already right.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import enum
@@ -15,9 +16,19 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from earshot_operator import diagnosing, events, gateways, manifests, resources, specs, statuses
+from earshot_operator import (
+    dataplane,
+    diagnosing,
+    events,
+    gateways,
+    manifests,
+    pools,
+    resources,
+    specs,
+    statuses,
+)
 from earshot_operator.clients import ApiError, ConflictError, KubeClient, path_of, path_of_object
-from earshot_operator.settings import OperatorSettings
+from earshot_operator.settings import OperatorSettings, Pool
 
 logger = logging.getLogger("earshot_operator.reconciling")
 
@@ -55,9 +66,12 @@ async def reconcile(
     """
     try:
         gateway = gateways.build(body, settings)
+        placement = _placement(body, settings)
     except specs.SpecError as error:
         observation = statuses.failed("InvalidSpec", str(error))
         return await write_status(client, body, gateway=None, observation=observation)
+    if placement is not None and placement.pool is not None:
+        return await reconcile_pooled(client, body, gateway=gateway, pool=placement.pool)
     token = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
     wanted = [
         *manifests.build_access(gateway),
@@ -82,6 +96,56 @@ async def reconcile(
         created=[_name_of(m) for change, m in changes if change is Change.CREATED],
         updated=[_name_of(m) for change, m in changes if change is Change.UPDATED],
         drift=drift,
+        placement=None if placement is None else placement.name,
+    )
+
+
+def _placement(body: Mapping[str, Any], settings: OperatorSettings) -> pools.Placement | None:
+    """A session's placement (None for a room)."""
+    if body.get("kind") != resources.SESSION.kind:
+        return None
+    return pools.place(specs.parse_session(body), body, settings=settings)
+
+
+async def reconcile_pooled(
+    client: KubeClient, body: Mapping[str, Any], *, gateway: gateways.Gateway, pool: Pool
+) -> Outcome:
+    """Mint a pooled session's token and register it: Ready at once, no pod of its own.
+
+    Inactive, the session is Completed and unregistered, so the pool's gateways end its stream.
+    """
+    spec = specs.parse_session(body)
+    created: list[str] = []
+    token: str | None = None
+    pooled: dict[str, Any] = {"endpoint": pools.endpoint(pool, spec)}
+    if spec.auth == "token":
+        secret = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
+        change, actual = await ensure(client, secret, update=False)
+        if change is Change.CREATED:
+            created.append(_name_of(secret))
+        token = base64.b64decode(actual["data"][dataplane.TOKEN_KEY]).decode()
+        pooled["tokenSecret"] = gateway.token_secret
+    if spec.active:
+        pooled["registration"] = pools.build_registration(pool, spec, token=token)
+        observation = statuses.Observation(
+            statuses.Phase.READY,
+            "Registered",
+            f"registered with gateway pool {pool.name}: its gateways admit the session",
+            True,
+        )
+    else:
+        del pooled["endpoint"]
+        observation = statuses.Observation(
+            statuses.Phase.COMPLETED, "Inactive", "the session was ended", False
+        )
+    return await write_status(
+        client,
+        body,
+        gateway=gateway,
+        observation=observation,
+        created=created,
+        placement=pools.Placement(pool).name,
+        pooled=pooled,
     )
 
 
@@ -222,9 +286,11 @@ async def write_status(
     created: Sequence[str] = (),
     updated: Sequence[str] = (),
     drift: bool = False,
+    placement: str | None = None,
+    pooled: Mapping[str, Any] | None = None,
 ) -> Outcome:
     """Patch the status subresource if anything in it differs; count changing reconciles; post
-    the events of what changed."""
+    the events of what changed (``placement`` and ``pooled``: see ``statuses.build_status``)."""
     previous = body.get("status") or {}
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     wanted = statuses.build_status(
@@ -233,6 +299,8 @@ async def write_status(
         generation=int(body["metadata"].get("generation", 1)),
         previous=previous,
         now=now,
+        placement=placement,
+        pooled=pooled,
     )
     patch = statuses.status_patch(previous, wanted)
     changes = len(created) + len(updated)

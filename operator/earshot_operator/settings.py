@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Engines a session or room may ask for (the CRD enum carries the same values).
@@ -33,6 +33,26 @@ class Resources(BaseModel):
     memory_request: str = "128Mi"
     cpu_limit: str | None = None
     memory_limit: str | None = "512Mi"
+
+
+class Pool(BaseModel):
+    """A pool of shared G.711 gateways the chart runs: where its sessions stream, on which engine.
+
+    A pool is capacity sized with the release (its Deployment, Service and autoscaler come from
+    the chart and change at Helm's pace), not a resource of its own: the operator only registers
+    sessions with it, so it learns the pools it may place sessions on from its settings.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    #: host:port of the pool's Service, e.g. ``earshot-pool-default.earshot.svc:8000``.
+    address: str
+    engine: Literal["paraformer", "kyutai"] = "paraformer"
+
+
+#: ``default_placement`` (and ``spec.placement``) value for a gateway of the session's own.
+DEDICATED = "dedicated"
 
 
 class OperatorSettings(BaseSettings):
@@ -118,12 +138,38 @@ class OperatorSettings(BaseSettings):
         {}, description="Annotations of the sessions' Ingresses (JSON object)."
     )
 
+    # Gateway pools (the chart's ``pools``): sessions placed on one stream through its Service
+    # and are Ready once registered, without a pod of their own.
+    pools: tuple[Pool, ...] = Field(
+        (), description="The gateway pools sessions may be placed on (JSON list of objects)."
+    )
+    default_placement: str = Field(
+        DEDICATED,
+        description="Placement of a session whose spec names none: a pool's name or 'dedicated'.",
+    )
+
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _default_placement_exists(self) -> OperatorSettings:
+        names = [pool.name for pool in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique: {names}")
+        if self.default_placement not in (DEDICATED, *names):
+            raise ValueError(
+                f"default placement {self.default_placement!r} is neither 'dedicated' nor one of "
+                f"the pools {names}"
+            )
+        return self
+
+    def pool(self, name: str) -> Pool | None:
+        """The pool named ``name`` (None: no such pool)."""
+        return next((pool for pool in self.pools if pool.name == name), None)
 
     def triton_url(self, engine: str) -> str:
         """The Triton endpoint serving ``engine``.

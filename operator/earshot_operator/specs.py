@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from earshot_operator import dataplane, resources
-from earshot_operator.settings import SecretKeyRef
+from earshot_operator.settings import DEDICATED, SecretKeyRef
 
 
 class SpecError(ValueError):
@@ -53,6 +53,8 @@ class SessionSpec:
     auth: str
     active: bool
     storage: Storage
+    #: ``spec.placement``: a pool's name, :data:`DEDICATED`, or None (the operator's default).
+    placement: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +111,21 @@ def parse_session(body: Mapping[str, Any]) -> SessionSpec:
         auth=spec.get("auth", "token"),
         active=bool(spec.get("active", True)),
         storage=_parse_storage(spec.get("storage") or {}),
+        placement=_parse_placement(spec.get("placement") or {}),
     )
     _check_session(parsed, named=not spec.get("sessionId"))
     return parsed
+
+
+def _parse_placement(placement: Mapping[str, Any]) -> str | None:
+    pool, dedicated = placement.get("pool"), placement.get("dedicated")
+    if pool and dedicated:
+        raise SpecError(
+            f"spec.placement names pool {pool!r} and dedicated: true; choose one of them"
+        )
+    if dedicated:
+        return DEDICATED
+    return str(pool) if pool else None
 
 
 def _check_session(spec: SessionSpec, *, named: bool) -> None:

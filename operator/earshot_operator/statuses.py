@@ -106,9 +106,16 @@ def build_status(
     generation: int,
     previous: Mapping[str, Any],
     now: str,
+    placement: str | None = None,
+    pooled: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status to write; transition times stay put for conditions that did not change."""
-    exists = gateway is not None and observation.phase is not Phase.PENDING
+    """The status to write; transition times stay put for conditions that did not change.
+
+    ``placement`` is a session's (``pools.Placement.name``); ``pooled`` what a pooled session's
+    status says in place of a gateway's (endpoint, token Secret, registration).
+    """
+    made = gateway is not None or pooled is not None
+    exists = made and observation.phase is not Phase.PENDING
     wanted = [
         ("Provisioned", exists, "ObjectsCreated" if exists else observation.reason),
         ("Available", observation.available, observation.reason),
@@ -128,6 +135,11 @@ def build_status(
         ]
         + theirs,
     }
+    if placement is not None:
+        status["placement"] = placement
+    if pooled is not None:
+        status.update(pooled)
+        return status
     if gateway is not None:
         status["tokenSecret"] = gateway.token_secret
     if observation.phase is Phase.READY and gateway is not None:
@@ -143,7 +155,7 @@ def status_patch(previous: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict
     Counters are left alone: they are patched separately when something changes.
     """
     patch: dict[str, Any] = {k: v for k, v in wanted.items() if previous.get(k) != v}
-    for key in ("endpoint", "externalEndpoint", "tokenSecret"):
+    for key in ("endpoint", "externalEndpoint", "tokenSecret", "registration"):
         if key in previous and key not in wanted:
             patch[key] = None
     return patch

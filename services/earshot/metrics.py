@@ -33,6 +33,12 @@ CHUNK_LATENCY = Histogram(
     ["gateway", "engine"],
     buckets=CHUNK_BUCKETS,
 )
+REPLY_LATENCY = Histogram(
+    "earshot_reply_latency_seconds",
+    "From the audio chunk that made the recogniser say something arriving to the reply being sent.",
+    ["gateway", "engine"],
+    buckets=CHUNK_BUCKETS,
+)
 REAL_TIME_FACTOR = Histogram(
     "earshot_real_time_factor",
     "Processing time of a chunk divided by the duration of its audio.",
@@ -53,6 +59,12 @@ ENGINE_STREAMS_LIVE = Counter(
     "earshot_engine_streams_live_total",
     "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
     ["engine"],
+)
+GATEWAY_LAG = Gauge(
+    "earshot_gateway_lag_seconds",
+    "How far behind real time the gateway process is, sustained over the last second: the larger "
+    "of its event loop's lateness and the age of the oldest audio waiting for the recogniser.",
+    ["gateway"],
 )
 ACTIVE_STREAMS = Gauge(
     "earshot_active_streams", "Audio streams being recognised now.", ["gateway", "engine"]

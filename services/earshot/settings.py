@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -162,6 +169,15 @@ class Settings(BaseSettings):
         validation_alias=_env("MAX_CONNECTIONS"),
         description="WebSocket streams one gateway process serves at once; more are refused "
         "(1013 too_many_connections).",
+    )
+    max_lag_seconds: float = Field(
+        0.5,
+        ge=0,
+        validation_alias=_env("MAX_LAG_SECONDS"),
+        description="While the gateway process is further behind real time than this (event-loop "
+        "lag or the age of audio waiting for the recogniser, sustained over 1 s), new streams are "
+        "refused (1013 inference_overloaded) so that the streams it holds keep their latency; "
+        "0: never refuse for lag.",
     )
     handshake_timeout_seconds: float = Field(
         10.0,
@@ -395,6 +411,31 @@ class Settings(BaseSettings):
         "unset: a token is needed when one is set.",
     )
 
+    # A pool gateway (the chart's pools): it serves every session registered with its pool.
+    pool: str | None = Field(
+        None,
+        validation_alias=_env("POOL"),
+        description="When set, serve the TranscriptionSessions registered with this gateway pool "
+        "(followed through the Kubernetes API), each with its own token and settings.",
+    )
+    kube_api_url: str = Field(
+        "https://kubernetes.default.svc",
+        validation_alias=_env("KUBE_API_URL"),
+        description="Pool mode: the Kubernetes API server (in a pod: the default Service).",
+    )
+    service_account_dir: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        validation_alias=_env("SERVICE_ACCOUNT_DIR"),
+        description="Pool mode: folder holding the service account's token and ca.crt.",
+    )
+    registration_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        validation_alias=_env("REGISTRATION_WAIT_SECONDS"),
+        description="Pool mode: how long a connection of a session the gateway has not yet heard "
+        "of waits for its registration before it is refused (1008 session_not_registered).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -479,6 +520,15 @@ class Settings(BaseSettings):
         if value not in SOURCE_RATES:
             raise ValueError(f"unsupported audio rate {value} Hz; use 8000 or 16000")
         return value
+
+    @model_validator(mode="after")
+    def _pool_serves_many_sessions(self) -> Settings:
+        if self.pool is not None and (self.session_id is not None or self.access_token):
+            raise ValueError(
+                "a pool gateway (EARSHOT_POOL) serves many sessions, each with its own token: "
+                "unset EARSHOT_SESSION_ID and EARSHOT_ACCESS_TOKEN"
+            )
+        return self
 
     def required_token(self) -> str | None:
         """The token clients must send, or None when this gateway admits clients without one."""

@@ -21,9 +21,9 @@ from pydantic_settings import BaseSettings
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.persistence import journaling
 from earshot.settings import Settings
-from earshot_operator import dataplane, gateways, manifests, resources
+from earshot_operator import dataplane, gateways, manifests, pools, resources, specs
 from earshot_operator.dataplane import Env
-from earshot_operator.settings import OperatorSettings
+from earshot_operator.settings import OperatorSettings, Pool
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -94,6 +94,8 @@ class Built:
     settings: Settings
     talk: TalkSettings | None
     persister: Settings
+    #: Where an operator with two pools (``default`` its default) places a session.
+    placement: str
 
     def container(self, name: str) -> dict[str, Any]:
         """One container of the pod template."""
@@ -156,7 +158,22 @@ def build(body: dict[str, Any]) -> Built:
     )
     data_plane = next(m for m in made if isinstance(m, Settings))
     talk = next((m for m in made if isinstance(m, TalkSettings)), None)
-    return Built(deployment, configmap, data_plane, talk, persister_settings)
+    return Built(deployment, configmap, data_plane, talk, persister_settings, _placement(body))
+
+
+POOLS = OperatorSettings(
+    pools=(Pool(name="default", address="p:8000"), Pool(name="other", address="o:8000")),
+    default_placement="default",
+)
+
+
+def _placement(body: dict[str, Any]) -> str:
+    if body["kind"] != resources.SESSION.kind:
+        return "none"
+    try:
+        return pools.place(specs.parse_session(body), body, settings=POOLS).name
+    except specs.SpecError as refused:
+        return f"refused: {refused}"
 
 
 # --- from the operator's side: every variable it sets is read ---------------------------------
@@ -291,6 +308,8 @@ SESSION_FIELDS: dict[str, Effect] = {
     "idleTimeoutSeconds": Effect(42, lambda b: b.settings.idle_timeout_seconds, 42),
     "auth": Effect("none", lambda b: b.settings.required_token(), None),
     "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
+    "placement.pool": Effect("other", lambda b: b.placement, "pool/other"),
+    "placement.dedicated": Effect(True, lambda b: b.placement, "dedicated"),
     **_storage("redisUrlSecretRef", _partials),
     **_storage("mysqlUrlSecretRef", _segments),
 }

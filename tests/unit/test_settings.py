@@ -56,3 +56,12 @@ def test_embedded_default_keeps_segments_in_sqlite_under_the_cache_dir(tmp_path:
     settings = Settings(cache_dir=tmp_path)
     assert settings.resolved_segments_url() == f"sqlite:///{tmp_path}/earshot.sqlite3"
     assert settings.partials_url == "memory://"
+
+
+def test_the_lag_limit_is_read_and_a_negative_one_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().max_lag_seconds == 0.5
+    monkeypatch.setenv("EARSHOT_MAX_LAG_SECONDS", "0.2")
+    assert Settings().max_lag_seconds == 0.2
+    monkeypatch.setenv("EARSHOT_MAX_LAG_SECONDS", "-1")
+    with pytest.raises(ValidationError, match="EARSHOT_MAX_LAG_SECONDS"):
+        Settings()

@@ -246,6 +246,16 @@ def overview() -> dashboard.Dashboard:
         .with_row(dashboard.Row("Trouble"))
         .with_panel(
             graph(
+                "Gateway lag behind real time",
+                "s",
+                Query("max by (pod) (earshot_gateway_lag_seconds)", "{{pod}}"),
+                description="How far each gateway process is behind real time (event-loop lag or "
+                "audio waiting for the recogniser); above EARSHOT_MAX_LAG_SECONDS (0.5 s) it "
+                "refuses new streams with 1013.",
+            )
+        )
+        .with_panel(
+            graph(
                 "Overload and spool-full rejections",
                 "ops",
                 rate("earshot_overload_rejections_total", "engine", "overload {{engine}}"),

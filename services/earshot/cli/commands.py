@@ -142,10 +142,16 @@ def serve(
 async def _serving(work: Coroutine[Any, Any, T], settings: Settings) -> T:
     """Translate a server's start-up failures into one line each."""
     from earshot.engines.tiny_paraformer import ModelFilesMissing
+    from earshot.gateways.g711.following import FollowError
     from earshot.storage.ports import StorageError
 
     try:
         return await work
+    except FollowError as exc:
+        raise CliError(
+            f"pool {settings.pool}: cannot follow its sessions: {exc}",
+            "the pool's service account needs list and watch on transcriptionsessions",
+        ) from None
     except ModelFilesMissing as exc:
         raise CliError(
             f"the model in {settings.model_dir} is incomplete: {exc}",

@@ -9,6 +9,10 @@ timeout, then :class:`EngineOverloaded`), appends a job to its stream and marks 
 runnable; a free worker takes every runnable stream (up to ``max_batch``), feeds each its jobs,
 decodes them all in one batch and hands each job's result back to its event loop, which frees the
 slot. A stream is runnable or on a worker, never both, so no stream decodes on two threads at once.
+
+Given the decoder's :class:`~earshot.engines.windowing.DecodingWindow`, a stream holds its audio on
+the event loop until the decoder's next step is ready and hands it over in one job: a 20 ms frame
+that cannot make the decoder say anything costs no slot, no worker wake-up and no thread hand-off.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic
+
+import numpy as np
 
 from earshot.engines.recognizers import (
     BatchDecoder,
@@ -27,6 +34,7 @@ from earshot.engines.recognizers import (
     Samples,
     StreamT,
 )
+from earshot.engines.windowing import DecodingWindow
 from earshot.events import Recognition
 from earshot.settings import Settings
 
@@ -42,6 +50,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Recognition]]
     holds_slot: bool
+    submitted: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False, slots=True)
@@ -71,6 +80,7 @@ class BatchingRecognizer(Generic[StreamT]):
         queue_size: int = 256,
         queue_timeout: float = 2.0,
         max_batch: int = DEFAULT_MAX_BATCH,
+        window: DecodingWindow | None = None,
     ) -> None:
         """Start the workers.
 
@@ -81,13 +91,18 @@ class BatchingRecognizer(Generic[StreamT]):
             queue_size: audio chunks waiting or being decoded, all streams together.
             queue_timeout: how long, in seconds, ``accept`` waits for a free slot.
             max_batch: the most streams one worker decodes in one call.
+            window: when the decoder has a step to do; audio is then handed over once per step
+                (None: every call's audio is handed over at once).
         """
         self._decoder = decoder
+        self.window = window
         self._queue_timeout = queue_timeout
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(queue_size)
         self._lock = threading.Condition()
         self._runnable: deque[_Work[StreamT]] = deque()
+        # Jobs not yet answered, oldest first (event-loop side only): the backlog's age.
+        self._pending: deque[_Job] = deque()
         self._closing = False
         self._exits: list[asyncio.Future[None]] = []
         self._threads = [
@@ -101,7 +116,11 @@ class BatchingRecognizer(Generic[StreamT]):
 
     @classmethod
     def from_settings(
-        cls, decoder: BatchDecoder[StreamT], settings: Settings
+        cls,
+        decoder: BatchDecoder[StreamT],
+        settings: Settings,
+        *,
+        window: DecodingWindow | None = None,
     ) -> BatchingRecognizer[StreamT]:
         """Start a recogniser sized by ``inference_workers`` and the ``inference_queue_*`` settings."""
         return cls(
@@ -109,6 +128,7 @@ class BatchingRecognizer(Generic[StreamT]):
             workers=settings.inference_workers,
             queue_size=settings.inference_queue_size,
             queue_timeout=settings.inference_queue_timeout_seconds,
+            window=window,
         )
 
     @property
@@ -151,6 +171,7 @@ class BatchingRecognizer(Generic[StreamT]):
             await self._take_slot()
         loop = asyncio.get_running_loop()
         job = _Job(samples, ends, loop, loop.create_future(), holds_slot)
+        self._pending.append(job)
         with self._lock:
             closing = self._closing
             if not closing:
@@ -159,6 +180,16 @@ class BatchingRecognizer(Generic[StreamT]):
         if closing:
             self._settle(job, None, EngineError("the recogniser is closed"))
         return await job.future
+
+    def backlog_seconds(self) -> float:
+        """Seconds since the oldest audio not yet answered was handed over; 0 when none waits."""
+        self._forget_answered()
+        return time.monotonic() - self._pending[0].submitted if self._pending else 0.0
+
+    def _forget_answered(self) -> None:
+        pending = self._pending
+        while pending and pending[0].future.done():
+            pending.popleft()
 
     async def _take_slot(self) -> None:
         if not self._slots.locked():
@@ -243,12 +274,12 @@ class BatchingRecognizer(Generic[StreamT]):
     ) -> None:
         if job.holds_slot:
             self._slots.release()
-        if job.future.done():  # the caller was cancelled
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(recognitions or [])
+        if not job.future.done():  # else the caller was cancelled
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(recognitions or [])
+        self._forget_answered()
 
 
 class BatchedStream(Generic[StreamT]):
@@ -258,20 +289,52 @@ class BatchedStream(Generic[StreamT]):
         self._recognizer = recognizer
         self._work = work
         self._finished = False
+        # Audio held on the event loop until the decoder's next step is ready (with a window).
+        self._held: list[Samples] = []
+        self._held_samples = 0
+        self._fed = 0
+        self._ready_at = 0 if recognizer.window is None else recognizer.window.first
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Feed audio; see :meth:`RecognizerStream.accept`."""
         if self._finished:
             raise EngineError("audio arrived after the stream was finished")
-        return await self._recognizer._submit(self._work, samples)
+        window = self._recognizer.window
+        if window is None:
+            return await self._recognizer._submit(self._work, samples)
+        self._held.append(samples)
+        self._held_samples += samples.size
+        if self._fed + self._held_samples < self._ready_at:
+            return []  # the decoder could not say anything yet: no hand-off
+        audio = self._take_held()
+        try:
+            recognitions = await self._recognizer._submit(self._work, audio)
+        except EngineOverloaded:
+            # Not taken: hold what came before this call again, as if it had not been made.
+            self._held = [audio[: audio.size - samples.size]]
+            self._held_samples = audio.size - samples.size
+            raise
+        self._fed += audio.size
+        self._ready_at = window.ready_at(self._fed)
+        return recognitions
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
         """End the stream; see :meth:`RecognizerStream.finish`. A second call returns nothing."""
         if self._finished:
             return []
         self._finished = True
-        last = tail if tail is not None and tail.size else None
+        if tail is not None and tail.size:
+            self._held.append(tail)
+            self._held_samples += tail.size
+        last = self._take_held() if self._held_samples else None
         return await self._recognizer._submit(self._work, last, ends=True)
+
+    def _take_held(self) -> Samples:
+        held = self._held
+        audio = held[0] if len(held) == 1 else np.concatenate(held)
+        self._held = []
+        self._held_samples = 0
+        return audio
 
 
 def _as_engine_error(error: Exception) -> EngineError:

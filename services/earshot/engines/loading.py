@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from earshot.engines import batching, paraformer, stepping
+from earshot.engines import batching, paraformer, stepping, windowing
 from earshot.engines.recognizers import Recognizer
 from earshot.settings import Settings
 
@@ -36,7 +36,10 @@ def require_model(settings: Settings) -> None:
 async def _in_process_paraformer(settings: Settings) -> Recognizer:
     # Loading builds the tiny model on first use and parses ONNX files: keep it off the event loop.
     decoder = await asyncio.to_thread(paraformer.load_paraformer, settings)
-    return batching.BatchingRecognizer.from_settings(decoder, settings)
+    # sherpa decodes 0.6 s windows: audio goes to the workers once per window, not per frame.
+    return batching.BatchingRecognizer.from_settings(
+        decoder, settings, window=windowing.SHERPA_PARAFORMER
+    )
 
 
 async def _in_process_kyutai(settings: Settings) -> Recognizer:

@@ -28,6 +28,9 @@ from tests.e2e.controlplane.cluster import REPO, ControlPlane, ControlPlaneError
 RBAC = REPO / "operator" / "deploy" / "rbac.yaml"
 NAMESPACE = "earshot-system"
 SERVICE_ACCOUNT = "earshot-operator"
+#: The gateway pool the e2e operator knows, and its Service's address.
+POOL = "e2e"
+POOL_ADDRESS = "earshot-pool-e2e.earshot-system.svc:8000"
 
 
 def operator_kubeconfig(plane: ControlPlane) -> Path:
@@ -99,6 +102,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "EARSHOT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(self._drift_interval_s),
             "EARSHOT_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            # a pool sessions may ask for (tests/e2e/test_pools.py); the default stays dedicated
+            "EARSHOT_OPERATOR_POOLS": json.dumps([{"name": POOL, "address": POOL_ADDRESS}]),
             "PYTHONPATH": str(REPO / "operator"),
         }
         env.pop("EARSHOT_OPERATOR_NAMESPACES", None)

@@ -27,7 +27,8 @@ from earshot.audio.codecs import InvalidAudio
 from earshot.audio.framing import duration_seconds
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
-from earshot.gateways.g711 import dumping, messages, releasing
+from earshot.gateways import lagging
+from earshot.gateways.g711 import dumping, messages, registrations, releasing
 from earshot.gateways.g711.messages import CloseCode
 from earshot.gateways.g711.transcribing import GATEWAY, SpoolFull, Stores, Transcription
 from earshot.persistence import leasing
@@ -128,9 +129,13 @@ class _Occupant:
     receiving: bool = False
     # When stop() was called (monotonic seconds).
     stopped_at: float = 0.0
+    # Why stop() ends the stream: the gateway shutting down, or the session ending (pools).
+    reason: Refusal = SHUTTING_DOWN
 
-    def stop(self) -> None:
-        """Ask the stream to end as the gateway shuts down."""
+    def stop(self, reason: Refusal = SHUTTING_DOWN) -> None:
+        """Ask the stream to end (after its last finals) as the gateway shuts down, or for
+        ``reason``."""
+        self.reason = reason
         self.stopping = True
         self.stopped_at = time.monotonic()
         if self.receiving and self.task is not None:
@@ -154,15 +159,39 @@ class LiveSessions:
             occupant.stop()
         await asyncio.gather(*(occupant.ended.wait() for occupant in occupants))
 
+    def end(self, session_id: SessionId, why: str) -> None:
+        """End a session's stream, if it has one here, as a drain does: its client hears its last
+        finals and then that the session ended (``why``)."""
+        occupant = self.by_id.get(session_id)
+        if occupant is not None and not occupant.stopping:
+            log.info("session %s: ending its stream: %s", session_id, why)
+            occupant.stop(session_ended(session_id, why))
+
+
+def session_ended(session_id: SessionId, why: str) -> Refusal:
+    """The end of a pooled session's stream because the session itself ended."""
+    return Refusal(
+        "session_ended",
+        f"session {session_id} has ended ({why}): the stream ends after its last final",
+        CloseCode.NORMAL,
+        reason="session ended",
+    )
+
 
 def create_app(
-    settings: Settings, services: Services, live_sessions: LiveSessions | None = None
+    settings: Settings,
+    services: Services,
+    live_sessions: LiveSessions | None = None,
+    lag: lagging.LagMonitor | None = None,
+    registry: registrations.Registry | None = None,
 ) -> FastAPI:
     """Build the gateway app around opened services (see :func:`earshot.gateways.g711.serving`).
 
     ``/health`` answers 503 once the spool writer or the embedded drainer stopped working, so a
     liveness probe restarts the process. ``live_sessions`` lets the server drain the streams
-    before it shuts down.
+    before it shuts down. While ``lag`` (run by the server) says the process is behind real time,
+    new streams are refused with 1013. A pool gateway (``settings.pool``) admits the sessions of
+    its ``registry``, each with its own token and settings.
     """
     app = FastAPI(title="earshot telephony gateway")
     engine = services.recognizer.name
@@ -202,8 +231,15 @@ def create_app(
         refusal = (
             SHUTTING_DOWN if sessions.draining else _admission(websocket, session_id, settings)
         )
+        if refusal is None and lag is not None and lag.lagging():
+            refusal = OVERLOADED  # behind real time: the streams it holds keep their latency
+        own = settings
+        if refusal is None and registry is not None:
+            own, refusal = await _pool_admission(websocket, sid, registry, settings)
         if refusal is None:
             refusal = await _capacity(live, sid, settings, engine)
+        if refusal is None and registry is not None and registry.find(sid) is None:
+            refusal = session_ended(sid, "it was unregistered while this connection waited")
         if refusal is None and sessions.draining:  # the drain began while this one waited
             refusal = SHUTTING_DOWN
         if refusal is not None:
@@ -213,7 +249,7 @@ def create_app(
         # No await since _capacity's last check: two connections cannot both pass it.
         occupant = live[sid] = _Occupant(websocket)
         try:
-            await _stream(occupant, sid, settings, services)
+            await _stream(occupant, sid, own, services)
         finally:
             occupant.ended.set()
             del live[sid]
@@ -278,6 +314,23 @@ def _admission(websocket: WebSocket, raw_session_id: str, settings: Settings) ->
     return None
 
 
+async def _pool_admission(
+    websocket: WebSocket,
+    session_id: SessionId,
+    registry: registrations.Registry,
+    settings: Settings,
+) -> tuple[Settings, Refusal | None]:
+    """A pool gateway's admission: the session is registered and the client has its token; then
+    the session's own settings."""
+    try:
+        registration = await registry.admit(
+            session_id, _offered(websocket), wait=settings.registration_wait_seconds
+        )
+    except registrations.NotAdmitted as refused:
+        return settings, Refusal(refused.code, str(refused), CloseCode.POLICY_VIOLATION)
+    return registration.settings, None
+
+
 async def _capacity(
     live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings, engine: str
 ) -> Refusal | None:
@@ -321,10 +374,14 @@ def _in_use(session_id: SessionId, where: str) -> Refusal:
 
 
 def _authorized(websocket: WebSocket, token: str) -> bool:
+    return hmac.compare_digest(_offered(websocket).encode(), token.encode())
+
+
+def _offered(websocket: WebSocket) -> str:
+    """The token the client sent (Bearer header, else the ``token`` query parameter)."""
     header = websocket.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
-    offered = credentials if scheme.lower() == "bearer" else websocket.query_params.get("token", "")
-    return hmac.compare_digest(offered.encode(), token.encode())
+    return credentials if scheme.lower() == "bearer" else websocket.query_params.get("token", "")
 
 
 async def _stream(
@@ -355,7 +412,7 @@ async def _stream(
     finished = False
     try:
         refusal = await _pump(occupant, transcription, settings)
-        if refusal is SHUTTING_DOWN:
+        if occupant.stopping and refusal is occupant.reason:
             # The client is still there: it hears its last finals, then why the stream ends.
             finished = True
             await _send(websocket, await _finish(transcription, engine), settings)
@@ -424,89 +481,147 @@ async def _pump_frames(
     dump: dumping.AudioDump | None,
 ) -> Refusal | None:
     websocket = occupant.websocket
+    meters = transcription.meters
+    leases = transcription.stores.journal.leases
     listening = True
-    while True:
-        try:
-            event = await _receive(occupant, settings)
-        except TimeoutError:
-            return SHUTTING_DOWN if occupant.stopping else _idle(settings)
-        if event is None:
-            continue  # stop() interrupted a long wait: wait again, briefly
-        if event["type"] == "websocket.disconnect":
-            return None
-        chunk: bytes | None = event.get("bytes")
-        if chunk is None:
-            return Refusal(
-                "text_frame_not_supported",
-                "text frames are not part of the protocol: send audio as binary frames",
-                CloseCode.UNSUPPORTED_DATA,
+    idle = _IdleWatch(occupant, settings.idle_timeout_seconds)
+    try:
+        while True:
+            try:
+                event = await _receive(occupant, idle)
+            except TimeoutError:
+                return occupant.reason if occupant.stopping else _idle(settings)
+            if event is None:
+                continue  # stop() interrupted a long wait: wait again, briefly
+            arrived = time.perf_counter()
+            idle.heard()
+            if event["type"] == "websocket.disconnect":
+                return None
+            chunk: bytes | None = event.get("bytes")
+            if chunk is None:
+                return Refusal(
+                    "text_frame_not_supported",
+                    "text frames are not part of the protocol: send audio as binary frames",
+                    CloseCode.UNSUPPORTED_DATA,
+                )
+            if len(chunk) > settings.max_frame_bytes:
+                return Refusal(
+                    "frame_too_large",
+                    f"audio frame of {len(chunk)} bytes exceeds the limit of "
+                    f"{settings.max_frame_bytes} bytes",
+                    CloseCode.MESSAGE_TOO_BIG,
+                )
+            if leases.lost(transcription.session_id):
+                return LEASE_LOST
+            meters.frames.inc()
+            meters.audio_bytes.inc(len(chunk))
+            meters.audio_seconds.inc(
+                duration_seconds(len(chunk), settings.audio_codec, settings.audio_rate)
             )
-        if len(chunk) > settings.max_frame_bytes:
-            return Refusal(
-                "frame_too_large",
-                f"audio frame of {len(chunk)} bytes exceeds the limit of "
-                f"{settings.max_frame_bytes} bytes",
-                CloseCode.MESSAGE_TOO_BIG,
-            )
-        if transcription.stores.journal.leases.lost(transcription.session_id):
-            return LEASE_LOST
-        metrics.FRAMES_RECEIVED.labels(GATEWAY).inc()
-        metrics.AUDIO_BYTES_RECEIVED.labels(GATEWAY).inc(len(chunk))
-        metrics.AUDIO_SECONDS_RECEIVED.labels(GATEWAY).inc(
-            duration_seconds(len(chunk), settings.audio_codec, settings.audio_rate)
-        )
-        try:
-            out = await transcription.feed(chunk)
-        except InvalidAudio as exc:
-            if settings.bad_frame_policy == "refuse":
-                return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
-            # The older server's way: drop the frame, keep the stream.
-            metrics.FRAMES_SKIPPED.labels(GATEWAY, "invalid_audio").inc()
-            log.debug("session %s: frame skipped: %s", transcription.session_id, exc)
-            continue
-        except EngineOverloaded:
-            return OVERLOADED
-        except SpoolFull:
-            return SPOOL_FULL
-        except EngineError as exc:
-            return Refusal(
-                "engine_error",
-                f"recognition failed: {exc}",
-                CloseCode.INTERNAL_ERROR,
-                retryable=True,
-            )
-        except (StorageError, SpoolError) as exc:
-            return _storage_refusal(exc)
-        except OutOfRange as exc:
-            return Refusal(
-                "result_out_of_range",
-                f"a result cannot be stored: {exc}",
-                CloseCode.INTERNAL_ERROR,
-            )
-        if dump is not None:
-            dump.write(chunk)
-        if listening:
-            listening = await _send(websocket, out, settings)
+            try:
+                out = await transcription.feed(chunk)
+            except InvalidAudio as exc:
+                if settings.bad_frame_policy == "refuse":
+                    return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
+                # The older server's way: drop the frame, keep the stream.
+                metrics.FRAMES_SKIPPED.labels(GATEWAY, "invalid_audio").inc()
+                log.debug("session %s: frame skipped: %s", transcription.session_id, exc)
+                continue
+            except EngineOverloaded:
+                return OVERLOADED
+            except SpoolFull:
+                return SPOOL_FULL
+            except EngineError as exc:
+                return Refusal(
+                    "engine_error",
+                    f"recognition failed: {exc}",
+                    CloseCode.INTERNAL_ERROR,
+                    retryable=True,
+                )
+            except (StorageError, SpoolError) as exc:
+                return _storage_refusal(exc)
+            except OutOfRange as exc:
+                return Refusal(
+                    "result_out_of_range",
+                    f"a result cannot be stored: {exc}",
+                    CloseCode.INTERNAL_ERROR,
+                )
+            if dump is not None:
+                dump.write(chunk)
+            if listening and out:
+                listening = await _send(websocket, out, settings)
+                meters.reply_latency.observe(time.perf_counter() - arrived)
+    finally:
+        idle.close()
 
 
-async def _receive(occupant: _Occupant, settings: Settings) -> Message | None:
+class _IdleWatch:
+    """A stream's idle timeout: one timer per timeout period, not one per frame.
+
+    It counts from the last frame heard and, once that is ``seconds`` ago, interrupts the stream's
+    task only while it waits for a frame (as :meth:`_Occupant.stop` does); :func:`_receive` then
+    raises ``TimeoutError``.
+    """
+
+    def __init__(self, occupant: _Occupant, seconds: float) -> None:
+        """Start watching ``occupant``'s task."""
+        self._occupant = occupant
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._heard = self._loop.time()
+        self.fired = False
+        self._timer = self._loop.call_at(self._heard + seconds, self._check)
+
+    def heard(self) -> None:
+        """A frame came (the only per-frame cost: no timer is touched)."""
+        self._heard = self._loop.time()
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        due = self._heard + self._seconds
+        task = self._occupant.task
+        if now < due or task is None:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        if not self._occupant.receiving or self._occupant.stopping or task.cancelling():
+            # Busy with the last frame, or shutting down (which has its own bounds): look again
+            # shortly; a frame that comes meanwhile moves the deadline.
+            self._timer = self._loop.call_at(now + _IDLE_RECHECK_SECONDS, self._check)
+            return
+        self.fired = True
+        task.cancel()
+
+
+_IDLE_RECHECK_SECONDS = 0.05
+
+
+async def _receive(occupant: _Occupant, idle: _IdleWatch) -> Message | None:
     """The next message; None when stop() interrupted the wait for it.
 
     Raises:
         TimeoutError: none within the idle timeout or, once stopping, the shutdown bounds.
     """
-    timeout = settings.idle_timeout_seconds
-    if occupant.stopping:
+    occupant.receiving = True
+    try:
+        if not occupant.stopping:
+            return await occupant.websocket.receive()
         left = occupant.stopped_at + SHUTDOWN_READ_SECONDS - time.monotonic()
         if left <= 0:
             raise TimeoutError
-        timeout = min(SHUTDOWN_GAP_SECONDS, left)
-    occupant.receiving = True
-    try:
-        return await asyncio.wait_for(occupant.websocket.receive(), timeout)
+        async with asyncio.timeout(min(SHUTDOWN_GAP_SECONDS, left)):
+            return await occupant.websocket.receive()
     except asyncio.CancelledError:
         task = asyncio.current_task()
-        if not occupant.stopping or task is None:
+        if task is None:
+            raise
+        if idle.fired:
+            task.uncancel()  # the idle watch interrupted the wait for a frame, nothing else
+            raise TimeoutError from None
+        if not occupant.stopping:
             raise
         task.uncancel()  # stop() cancelled the wait for a frame, nothing else
         return None
@@ -541,8 +656,8 @@ async def _close(websocket: WebSocket, refusal: Refusal) -> None:
 
 
 def _count(refusal: Refusal, engine: str) -> None:
-    if refusal is SHUTTING_DOWN:
-        return  # the process ending, not the stream failing
+    if refusal is SHUTTING_DOWN or refusal.code == "session_ended":
+        return  # the process or the session ending, not the stream failing
     if refusal is OVERLOADED:
         metrics.OVERLOAD_REJECTIONS.labels(GATEWAY, engine).inc()
     elif refusal is SPOOL_FULL:

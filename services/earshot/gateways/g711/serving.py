@@ -10,10 +10,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import uvicorn
 
 from earshot.engines import loading
-from earshot.gateways import stopping
-from earshot.gateways.g711 import handshaking
+from earshot.gateways import lagging, stopping
+from earshot.gateways.g711 import following, handshaking
 from earshot.gateways.g711.app import LiveSessions, Services, create_app
-from earshot.gateways.g711.transcribing import Stores
+from earshot.gateways.g711.registrations import Registry
+from earshot.gateways.g711.transcribing import GATEWAY, Stores
 from earshot.persistence import journaling
 from earshot.settings import Settings
 from earshot.storage import backends
@@ -50,33 +51,49 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 class GatewayServer(stopping.Server):
     """uvicorn, but on shutdown (SIGTERM) the streams end first, each telling its client its last
     finals and closing with 1012; uvicorn's own shutdown would close them at once, and a final
-    recognised after that would be stored without ever being told."""
+    recognised after that would be stored without ever being told. While it serves, its lag
+    monitor ticks."""
 
-    def __init__(self, config: uvicorn.Config, sessions: LiveSessions) -> None:
-        """Serve ``config``, whose app streams the ``sessions``."""
+    def __init__(
+        self, config: uvicorn.Config, sessions: LiveSessions, lag: lagging.LagMonitor
+    ) -> None:
+        """Serve ``config``, whose app streams the ``sessions`` and refuses by ``lag``."""
         super().__init__(config)
-        self._sessions = sessions
+        self.sessions = sessions
+        self.lag = lag
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve with the lag monitor running."""
+        async with self.lag.running():
+            await super().serve(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Stop accepting, drain the streams, then shut down as uvicorn does."""
         for server in self.servers:
             server.close()
-        await self._sessions.drain()
+        await self.sessions.drain()
         await super().shutdown(sockets)
 
 
-def gateway_server(settings: Settings, services: Services) -> GatewayServer:
-    """The uvicorn server of a gateway around opened services."""
+def gateway_server(
+    settings: Settings, services: Services, registry: Registry | None = None
+) -> GatewayServer:
+    """The uvicorn server of a gateway around opened services (a pool's: with its registry)."""
     sessions = LiveSessions()
-    return GatewayServer(uvicorn_config(settings, services, sessions), sessions)
+    lag = lagging.for_gateway(GATEWAY, settings.max_lag_seconds, services.recognizer)
+    return GatewayServer(uvicorn_config(settings, services, sessions, lag, registry), sessions, lag)
 
 
 def uvicorn_config(
-    settings: Settings, services: Services, sessions: LiveSessions | None = None
+    settings: Settings,
+    services: Services,
+    sessions: LiveSessions | None = None,
+    lag: lagging.LagMonitor | None = None,
+    registry: Registry | None = None,
 ) -> uvicorn.Config:
     """The uvicorn configuration of a gateway around opened services."""
     return uvicorn.Config(
-        create_app(settings, services, sessions),
+        create_app(settings, services, sessions, lag, registry),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -110,8 +127,12 @@ async def serve(settings: Settings) -> int | None:
 
 
 async def _serve_on(sock: socket.socket, settings: Settings) -> int | None:
-    async with open_services(settings) as services:
-        server = gateway_server(settings, services)
+    async with open_services(settings) as services, AsyncExitStack() as stack:
+        registry = Registry() if settings.pool is not None else None
+        server = gateway_server(settings, services, registry)
+        if registry is not None:  # a pool's gateway knows its sessions before it admits any
+            ending = server.sessions.end
+            await stack.enter_async_context(following.follow(settings, registry, ending))
         log.info(
             "earshot gateway on ws://%s:%d/ws/transcribe/{session_id} (engine %s, spool %s, "
             "%s persister, segments in %s)",

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from prometheus_client import Counter, Histogram
+
 from earshot import metrics
 from earshot.audio import codecs
 from earshot.audio.framing import duration_seconds
@@ -38,6 +40,36 @@ class Stores:
     journal: Journal
 
 
+@dataclass(frozen=True, slots=True)
+class Meters:
+    """A stream's metric children, looked up once per stream rather than once per frame."""
+
+    frames: Counter
+    audio_bytes: Counter
+    audio_seconds: Counter
+    chunk_latency: Histogram
+    reply_latency: Histogram
+    real_time_factor: Histogram
+    first_partial_latency: Histogram
+    final_latency: Histogram
+    segments: Counter
+
+    @classmethod
+    def for_engine(cls, engine: str) -> Meters:
+        """The children of the gateway's metrics for ``engine``."""
+        return cls(
+            frames=metrics.FRAMES_RECEIVED.labels(GATEWAY),
+            audio_bytes=metrics.AUDIO_BYTES_RECEIVED.labels(GATEWAY),
+            audio_seconds=metrics.AUDIO_SECONDS_RECEIVED.labels(GATEWAY),
+            chunk_latency=metrics.CHUNK_LATENCY.labels(GATEWAY, engine),
+            reply_latency=metrics.REPLY_LATENCY.labels(GATEWAY, engine),
+            real_time_factor=metrics.REAL_TIME_FACTOR.labels(GATEWAY, engine),
+            first_partial_latency=metrics.FIRST_PARTIAL_LATENCY.labels(GATEWAY, engine),
+            final_latency=metrics.FINAL_LATENCY.labels(GATEWAY, engine),
+            segments=metrics.SEGMENTS_FINALISED.labels(GATEWAY, engine),
+        )
+
+
 @dataclass(slots=True)
 class _Timing:
     """Arrival times that the latency metrics are measured from."""
@@ -58,6 +90,7 @@ class Transcription:
     stores: Stores
     engine: str
     next_seq: int
+    meters: Meters
     _timing: _Timing = field(default_factory=_Timing)
 
     @classmethod
@@ -87,6 +120,7 @@ class Transcription:
             stores=stores,
             engine=recognizer.name,
             next_seq=next_seq,
+            meters=Meters.for_engine(recognizer.name),
         )
 
     async def feed(self, chunk: bytes) -> list[messages.ServerMessage]:
@@ -141,7 +175,7 @@ class Transcription:
         self.stores.journal.partial(partial)
         if not self._timing.first_partial_sent and self._timing.segment_started is not None:
             self._timing.first_partial_sent = True
-            metrics.FIRST_PARTIAL_LATENCY.labels(GATEWAY, self.engine).observe(
+            self.meters.first_partial_latency.observe(
                 time.perf_counter() - self._timing.segment_started
             )
         return messages.partial(text, self.next_seq)
@@ -152,12 +186,12 @@ class Transcription:
         await self.stores.journal.final(segment)
         self.next_seq = seq + 1
         self._timing = _Timing()
-        metrics.FINAL_LATENCY.labels(GATEWAY, self.engine).observe(time.perf_counter() - arrived)
-        metrics.SEGMENTS_FINALISED.labels(GATEWAY, self.engine).inc()
+        self.meters.final_latency.observe(time.perf_counter() - arrived)
+        self.meters.segments.inc()
         return messages.final(text, seq)
 
     def _observe_chunk(self, arrived: float, audio_seconds: float) -> None:
         elapsed = time.perf_counter() - arrived
-        metrics.CHUNK_LATENCY.labels(GATEWAY, self.engine).observe(elapsed)
+        self.meters.chunk_latency.observe(elapsed)
         if audio_seconds > 0:
-            metrics.REAL_TIME_FACTOR.labels(GATEWAY, self.engine).observe(elapsed / audio_seconds)
+            self.meters.real_time_factor.observe(elapsed / audio_seconds)

@@ -1,0 +1,50 @@
+"""When a chunk-wise streaming decoder has its next decode step, counted in samples fed.
+
+A streaming decoder such as sherpa-onnx's Paraformer decodes fixed windows of feature frames: audio
+handed to it between two windows only waits in its stream. :class:`DecodingWindow` predicts, from
+the number of samples a stream was fed, at which total the next window is complete, so that a
+caller can hold audio and hand it over once per window instead of once per 20 ms frame (one thread
+hand-off per window, bench/reports/gateway_streams.md).
+
+May do: arithmetic. Must not: import an engine, use asyncio or threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DecodingWindow:
+    """A decoder's first step is ready after ``first`` samples, each further one ``step`` later.
+
+    Assumes the stream is decoded whenever a step is ready, as every caller here does (a decode
+    runs every ready step); resetting a segment at an endpoint does not move the windows.
+    """
+
+    first: int
+    step: int
+
+    def __post_init__(self) -> None:
+        if self.first <= 0 or self.step <= 0:
+            raise ValueError(f"a decoding window needs positive sizes, not {self}")
+
+    def ready_at(self, fed: int) -> int:
+        """The total of samples fed at which the step after those ``fed`` samples allow is ready."""
+        if fed < self.first:
+            return self.first
+        return self.first + ((fed - self.first) // self.step + 1) * self.step
+
+
+# sherpa-onnx's streaming Paraformer (online-recognizer-paraformer-impl.h): 80-dim fbank frames of
+# 400 samples every 160 (16 kHz); a stream is ready while processed + 61 < frames ready, and each
+# decode advances the processed frames by 61 - 1. Checked against sherpa's own is_ready by
+# tests/unit/test_decoding_window.py.
+_FBANK_WINDOW = 400
+_FBANK_SHIFT = 160
+_PARAFORMER_CHUNK_FRAMES = 61
+
+SHERPA_PARAFORMER = DecodingWindow(
+    first=_FBANK_WINDOW + _PARAFORMER_CHUNK_FRAMES * _FBANK_SHIFT,
+    step=(_PARAFORMER_CHUNK_FRAMES - 1) * _FBANK_SHIFT,
+)

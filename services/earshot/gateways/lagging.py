@@ -1,0 +1,121 @@
+"""How far behind real time a gateway process is, so that it refuses new streams instead of lagging.
+
+Two signals, the larger counts:
+
+* event-loop lag: a tick scheduled every :data:`TICK_SECONDS` measures how late it runs; a loop
+  that is late by 300 ms delays every frame of every stream by as much;
+* backlog age: how long the oldest piece of audio handed to the recogniser has waited for it
+  (``Backlogged``, e.g. :class:`earshot.engines.batching.BatchingRecognizer`); a loop can be
+  punctual while the inference worker falls behind.
+
+Over the last :data:`WINDOW_SECONDS`, the loop's lag is its smallest sample (a loop that is behind is
+late at every tick, while one late tick, a collection or a burst of connections, says little) and
+the backlog's is its largest (it drops to nothing whenever the worker has just answered everything,
+so its peaks are what the streams wait). The larger of the two is the lag, exported as
+``earshot_gateway_lag_seconds``. While it exceeds the limit
+(``EARSHOT_MAX_LAG_SECONDS``) the gateway refuses new streams with 1013; the streams it holds go on.
+
+May do: run one owned task on the event loop. Must not: know about WebSockets or sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import Gauge
+
+from earshot import metrics
+
+TICK_SECONDS = 0.05
+WINDOW_SECONDS = 1.0
+
+
+@runtime_checkable
+class Backlogged(Protocol):
+    """A recogniser that can say how long its oldest pending audio has waited."""
+
+    def backlog_seconds(self) -> float:
+        """Seconds since the oldest audio not yet recognised was handed over; 0 when none is."""
+        ...
+
+
+class LagMonitor:
+    """Measures a process's lag on its event loop; :meth:`lagging` says whether to refuse."""
+
+    def __init__(
+        self,
+        max_lag_seconds: float,
+        *,
+        backlog: Callable[[], float] | None = None,
+        gauge: Gauge | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Watch against ``max_lag_seconds`` (0: measure, never refuse).
+
+        Args:
+            max_lag_seconds: the lag above which :meth:`lagging` is true.
+            backlog: the recogniser's backlog age, when it has one.
+            gauge: where the lag is exported (``earshot_gateway_lag_seconds`` of one gateway).
+            clock: monotonic seconds (tests pass their own).
+        """
+        self.max_lag_seconds = max_lag_seconds
+        self._backlog = backlog
+        self._gauge = gauge
+        self._clock = clock
+        # (when, loop lag, backlog age) of the ticks of the last WINDOW_SECONDS.
+        self._samples: deque[tuple[float, float, float]] = deque()
+
+    @property
+    def lag_seconds(self) -> float:
+        """How far behind the process has been over the last :data:`WINDOW_SECONDS`."""
+        if not self._samples:
+            return 0.0
+        loop = min(lag for _, lag, _ in self._samples)
+        backlog = max(age for _, _, age in self._samples)
+        return max(loop, backlog)
+
+    def lagging(self) -> bool:
+        """Whether the process is further behind real time than it may be to take a new stream."""
+        return self.max_lag_seconds > 0 and self.lag_seconds > self.max_lag_seconds
+
+    def sample(self, loop_lag: float) -> None:
+        """Record one tick's lateness together with the backlog age at this moment."""
+        now = self._clock()
+        self._samples.append((now, loop_lag, self._backlog_now()))
+        while self._samples and self._samples[0][0] < now - WINDOW_SECONDS:
+            self._samples.popleft()
+        if self._gauge is not None:
+            self._gauge.set(self.lag_seconds)
+
+    def _backlog_now(self) -> float:
+        return self._backlog() if self._backlog is not None else 0.0
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + TICK_SECONDS
+            await asyncio.sleep(TICK_SECONDS)
+            self.sample(max(0.0, loop.time() - due))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[LagMonitor]:
+        """Tick in a task owned by the block."""
+        task = asyncio.create_task(self.run(), name="earshot-lag-monitor")
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def for_gateway(gateway: str, max_lag_seconds: float, recognizer: object) -> LagMonitor:
+    """The monitor of one gateway process: its loop plus the recogniser's backlog when it has one."""
+    backlog = recognizer.backlog_seconds if isinstance(recognizer, Backlogged) else None
+    return LagMonitor(max_lag_seconds, backlog=backlog, gauge=metrics.GATEWAY_LAG.labels(gateway))

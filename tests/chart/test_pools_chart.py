@@ -1,0 +1,127 @@
+"""The chart's gateway pools, checked from both sides of each contract they are part of.
+
+Chart -> pool gateways: every variable the chart sets in a pool pod is read by the data plane, and
+the pod's settings build (the gateway as a pool, the persister as its sidecar). Chart -> operator:
+the pools the operator is told of are the pools the chart runs, at their Services' addresses, and
+the pool name the operator registers sessions under is the one the pool's gateways follow. The
+pool's role is read-only and the HPA scales on the gateway's own metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from earshot import metrics
+from earshot.settings import Settings
+from earshot_operator.settings import OperatorSettings
+from tests.chart.charts import CHART, find, helm_binary, template
+from tests.unit.test_operator_dataplane_contract import READ_BY_THE_DATA_PLANE, SECRET_VALUES
+
+SESSION_COMMAND = ("earshot", "serve")
+STORAGE = {"EARSHOT_PARTIALS_URL": "redis://r:6379/0", "EARSHOT_SEGMENTS_URL": "sqlite:///x.db"}
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {
+        e["name"]: e["value"] if "value" in e else STORAGE.get(e["name"], "")
+        for e in container["env"]
+    }
+
+
+def _operator_settings(manifests: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Any:
+    operator = find(manifests, "Deployment", "-operator")
+    for entry in operator["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if entry["name"].startswith("EARSHOT_OPERATOR_"):
+            monkeypatch.setenv(entry["name"], entry["value"])
+    return OperatorSettings()
+
+
+def test_every_variable_of_a_pool_pod_is_read_and_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = find(template(), "Deployment", "-pool-default")
+    read = READ_BY_THE_DATA_PLANE[SESSION_COMMAND]
+    for container in pool["spec"]["template"]["spec"]["containers"]:
+        env = _env(container)
+        assert set(env) - read == set(), container["name"]
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            settings = Settings()
+        assert settings.pool == "default"
+        assert settings.persister == "sidecar"
+    assert set(SECRET_VALUES) >= set(STORAGE)
+
+
+def test_the_operator_is_told_of_each_pool_at_its_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    manifests = template(sets={"pools.gateways.default.port": "9000"})
+    settings = _operator_settings(manifests, monkeypatch)
+    (pool,) = settings.pools
+    service = find(manifests, "Service", "-pool-default")
+    host, _, port = pool.address.partition(":")
+    assert host == f"{service['metadata']['name']}.earshot.svc"
+    assert int(port) == 9000
+    assert [p["port"] for p in service["spec"]["ports"] if p["name"] == "http"] == [9000]
+    assert settings.default_placement == "default"
+    deployment = find(manifests, "Deployment", "-pool-default")
+    gateway = deployment["spec"]["template"]["spec"]["containers"][0]
+    # the pool name the operator registers sessions under is the one its gateways follow
+    assert _env(gateway)["EARSHOT_POOL"] == pool.name
+    assert _env(gateway)["EARSHOT_ENGINE"] == pool.engine
+
+
+def test_a_disabled_pool_is_neither_run_nor_told_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    manifests = template(
+        sets={"pools.gateways.default.enabled": "false", "pools.defaultPlacement": "dedicated"}
+    )
+    assert not [m for m in manifests if "-pool-" in m["metadata"]["name"]]
+    assert _operator_settings(manifests, monkeypatch).pools == ()
+
+
+def test_a_default_placement_on_no_enabled_pool_fails_the_render() -> None:
+    done = subprocess.run(
+        [helm_binary(), "template", "rel", str(CHART), "--set", "pools.defaultPlacement=gpu"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert 'pools.defaultPlacement "gpu" is neither dedicated nor an enabled pool' in done.stderr
+
+
+def test_the_pool_role_only_follows_transcription_sessions() -> None:
+    manifests = template()
+    role = find(manifests, "ClusterRole", "-pool-default")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["earshot.dev"],
+            "resources": ["transcriptionsessions"],
+            "verbs": ["list", "watch"],
+        }
+    ]
+    binding = find(manifests, "ClusterRoleBinding", "-pool-default")
+    pod = find(manifests, "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+
+
+def test_a_pool_pod_has_time_to_drain() -> None:
+    pod = find(template(), "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    # streams end within 2 s of reading on plus their last finals; the persister's own
+    # shutdown deadline (10 s by default) must fit inside the grace period
+    assert pod["terminationGracePeriodSeconds"] > Settings().persister_shutdown_seconds
+
+
+def test_the_autoscaler_scales_on_active_streams_and_lag_per_pod() -> None:
+    manifests = template(sets={"pools.gateways.default.autoscaling.enabled": "true"})
+    hpa = find(manifests, "HorizontalPodAutoscaler", "-pool-default")
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
+    assert names == ["earshot_active_streams", "earshot_gateway_lag_seconds"]
+    assert metrics.ACTIVE_STREAMS._name == "earshot_active_streams"
+    deployment = find(manifests, "Deployment", "-pool-default")
+    assert "replicas" not in deployment["spec"]  # the HPA owns it
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert json.dumps(hpa["spec"]["behavior"]["scaleDown"]["policies"]) == json.dumps(
+        [{"type": "Pods", "value": 1, "periodSeconds": 60}]
+    )

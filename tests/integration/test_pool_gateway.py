@@ -1,0 +1,201 @@
+"""A pool gateway over a real uvicorn server and real WebSocket clients: many sessions, each with
+its own token and settings, admitted from registrations the operator's code builds; a session
+that loses its registration has its live stream ended (its finals told and stored).
+
+The registrations are put into the registry here as the follower would (the follower against a
+real API server is tested in tests/e2e/test_pools.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from earshot.audio.codecs import Codec
+from earshot.cli import demoing
+from earshot.events import SessionId
+from earshot.gateways.g711 import client, registrations, serving
+from earshot.gateways.g711.app import Services
+from earshot.gateways.g711.registrations import Registry
+from earshot.settings import Settings
+from earshot_operator import pools, specs
+from earshot_operator.settings import Pool
+from tests.gateway import session_url, until_closed
+from tests.integration.test_g711_gateway import FRAME_SECONDS, speech_frames
+
+POOL = Pool(name="default", address="unused:0")
+
+
+@dataclass
+class RunningPool:
+    """A pool gateway serving on loopback, its registry and its server."""
+
+    base: str
+    registry: Registry
+    server: serving.GatewayServer
+    settings: Settings
+
+    def register(self, name: str, *, token: str | None = "t0ken", **spec: Any) -> str:
+        """Register a session as the operator would; the resource key."""
+        body: dict[str, Any] = {
+            "kind": "TranscriptionSession",
+            "metadata": {"name": name, "namespace": "tel", "uid": "u"},
+            "spec": spec,
+        }
+        parsed = specs.parse_session(body)
+        body["status"] = {"registration": pools.build_registration(POOL, parsed, token=token)}
+        registration = registrations.parse(body, pool="default", base=self.settings)
+        assert registration is not None
+        self.registry.put(registration.resource, registration)
+        return registration.resource
+
+    def unregister(self, resource: str, why: str) -> None:
+        """Drop a registration and end its stream, as the follower does."""
+        ended = self.registry.put(resource, None)
+        assert ended is not None
+        self.server.sessions.end(ended, why)
+
+
+@asynccontextmanager
+async def running_pool(settings: Settings, services: Services) -> AsyncIterator[RunningPool]:
+    pool_settings = settings.model_copy(
+        update={"pool": "default", "registration_wait_seconds": 0.3}
+    )
+    sock = serving.bind_socket(pool_settings.model_copy(update={"host": "127.0.0.1", "port": 0}))
+    registry = Registry()
+    server = serving.gateway_server(pool_settings, services, registry)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield RunningPool(
+            f"ws://127.0.0.1:{sock.getsockname()[1]}", registry, server, pool_settings
+        )
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_a_registered_session_streams_with_its_own_token(
+    settings: Settings, services: Services
+) -> None:
+    async with running_pool(settings, services) as pool:
+        pool.register("call-a")
+        result = await client.stream(
+            session_url(pool.base, "call-a"),
+            speech_frames(),
+            frame_seconds=FRAME_SECONDS,
+            speed=0,
+            linger=5.0,
+            token="t0ken",
+        )
+    assert result.finals, "the registered session was not recognised"
+    assert result.errors == []
+
+
+async def test_a_session_is_refused_with_another_sessions_token(
+    settings: Settings, services: Services
+) -> None:
+    async with running_pool(settings, services) as pool:
+        pool.register("call-a", token="token-of-a")
+        pool.register("call-b", token="token-of-b", idleTimeoutSeconds=1)
+        received, code, _ = await until_closed(
+            session_url(pool.base, "call-a"), [b"\xd5" * 160], token="token-of-b"
+        )
+        no_token, no_token_code, _ = await until_closed(
+            session_url(pool.base, "call-a"), [b"\xd5" * 160]
+        )
+        own, own_code, _ = await until_closed(
+            session_url(pool.base, "call-b"), [b"\xd5" * 160], token="token-of-b"
+        )
+    assert code == no_token_code == 1008
+    assert received[0]["code"] == no_token[0]["code"] == "unauthorized"
+    # its own token: admitted, then closed for idling after its own 1 s
+    assert own_code == 1000
+    assert [m["code"] for m in own if m.get("type") == "error"] == ["idle_timeout"]
+
+
+async def test_a_session_not_registered_is_refused(settings: Settings, services: Services) -> None:
+    async with running_pool(settings, services) as pool:
+        pool.register("call-a")
+        received, code, _ = await until_closed(
+            session_url(pool.base, "call-z"), [b"\xd5" * 160], token="t0ken"
+        )
+    assert code == 1008
+    assert received[0]["code"] == "session_not_registered"
+    assert "call-z is not registered with this gateway pool" in str(received[0]["message"])
+
+
+async def test_a_session_registered_while_its_client_connects_is_admitted(
+    settings: Settings, services: Services
+) -> None:
+    async with running_pool(settings, services) as pool:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, lambda: pool.register("call-late", idleTimeoutSeconds=1))
+        received, code, _ = await until_closed(
+            session_url(pool.base, "call-late"), [b"\xd5" * 160], token="t0ken"
+        )
+    assert code == 1000
+    assert [m["code"] for m in received if m.get("type") == "error"] == ["idle_timeout"]
+
+
+async def test_each_session_streams_with_its_own_settings(
+    settings: Settings, services: Services
+) -> None:
+    async with running_pool(settings, services) as pool:
+        pool.register("quiet", returnTranscription=False)
+        pool.register("loud")
+        quiet, loud = await asyncio.gather(
+            *(
+                client.stream(
+                    session_url(pool.base, name),
+                    speech_frames(),
+                    frame_seconds=FRAME_SECONDS,
+                    speed=0,
+                    linger=3.0,
+                    token="t0ken",
+                )
+                for name in ("quiet", "loud")
+            )
+        )
+    assert loud.finals
+    assert (quiet.partials, quiet.finals) == ([], [])  # stored, not sent: its own setting
+    stored = await services.stores.segments.segments(SessionId("quiet"))
+    assert stored, "the quiet session's text was not stored"
+
+
+async def test_an_unregistered_session_has_its_live_stream_ended_and_its_finals_kept(
+    settings: Settings, services: Services
+) -> None:
+    audio = demoing.sample_audio()
+    frames = client.frames_of(audio * 20, codec=Codec.ALAW, rate=8000, frame_ms=20)
+    async with running_pool(settings, services) as pool:
+        resource = pool.register("call-end")
+        got_final = asyncio.Event()
+        streaming = asyncio.create_task(
+            client.stream(
+                session_url(pool.base, "call-end"),
+                frames,
+                frame_seconds=FRAME_SECONDS,
+                speed=1.0,
+                token="t0ken",
+                on_message=lambda m: got_final.set() if m["type"] == "final" else None,
+            )
+        )
+        await asyncio.wait_for(got_final.wait(), 30.0)
+        ended_at = time.monotonic()
+        pool.unregister(resource, "its TranscriptionSession was deleted")
+        result = await asyncio.wait_for(streaming, 15.0)
+        took = time.monotonic() - ended_at
+    assert result.close_code == 1000
+    assert result.close_reason == "session ended"
+    [error] = result.errors
+    assert error["code"] == "session_ended"
+    assert "its TranscriptionSession was deleted" in error["message"]
+    assert took < 10.0, f"the stream ended {took:.1f} s after its session"
+    stored = await services.stores.segments.segments(SessionId("call-end"))
+    assert [(s.seq, s.text) for s in stored][: len(result.finals)] == [
+        (f["seq"], f["text"]) for f in result.finals
+    ]

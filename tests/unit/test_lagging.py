@@ -1,0 +1,133 @@
+"""LagMonitor: when a gateway process counts as behind real time, and the signals it reads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import prometheus_client
+import pytest
+
+from earshot.engines.batching import BatchingRecognizer
+from earshot.engines.recognizers import Samples
+from earshot.events import Recognition
+from earshot.gateways import lagging
+from earshot.gateways.lagging import LagMonitor
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ticks(monitor: LagMonitor, clock: Clock, lags: Sequence[float], every: float = 0.05) -> None:
+    for lag in lags:
+        clock.now += every
+        monitor.sample(lag)
+
+
+def test_a_loop_late_at_every_tick_for_a_second_is_lagging() -> None:
+    clock = Clock()
+    monitor = LagMonitor(0.5, clock=clock)
+    ticks(monitor, clock, [0.6] * 25)
+    assert monitor.lagging()
+    assert monitor.lag_seconds == pytest.approx(0.6)
+
+
+def test_one_late_tick_is_not_lagging_and_the_lag_recovers() -> None:
+    clock = Clock()
+    monitor = LagMonitor(0.5, clock=clock)
+    ticks(monitor, clock, [0.0] * 10 + [2.0] + [0.0] * 10)
+    assert not monitor.lagging()
+    ticks(monitor, clock, [0.7] * 30)
+    assert monitor.lagging()
+    ticks(monitor, clock, [0.01] * 2)  # the loop caught up: the window's least lag is small
+    assert not monitor.lagging()
+
+
+def test_the_recognisers_backlog_counts_at_its_peak() -> None:
+    clock = Clock()
+    backlog = [0.0]
+    monitor = LagMonitor(0.5, backlog=lambda: backlog[0], clock=clock)
+    ticks(monitor, clock, [0.0] * 5)
+    backlog[0] = 0.8
+    ticks(monitor, clock, [0.0])
+    backlog[0] = 0.0  # the worker answered everything for a moment
+    ticks(monitor, clock, [0.0] * 5)
+    assert monitor.lagging()
+    ticks(monitor, clock, [0.0] * 25)  # a second without a backlog
+    assert not monitor.lagging()
+
+
+def test_no_limit_never_refuses_but_still_measures() -> None:
+    clock = Clock()
+    gauge = prometheus_client.Gauge("test_lag_seconds", "lag", registry=None)
+    monitor = LagMonitor(0.0, clock=clock, gauge=gauge)
+    ticks(monitor, clock, [3.0] * 25)
+    assert not monitor.lagging()
+    assert gauge._value.get() == pytest.approx(3.0)
+
+
+@pytest.mark.asyncio
+async def test_it_measures_a_blocked_event_loop() -> None:
+    monitor = LagMonitor(0.1)
+    async with monitor.running():
+        await asyncio.sleep(0.1)
+        for _ in range(6):
+            time.sleep(0.3)  # noqa: ASYNC251 (the loop is blocked, as by a gateway that cannot keep up)
+            await asyncio.sleep(0)
+        assert monitor.lag_seconds >= 0.2
+        assert monitor.lagging()
+
+
+@dataclass(eq=False)
+class Plain:
+    pass
+
+
+class HeldDecoder:
+    name = "held"
+    sample_rate = 16_000
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def open(self) -> Plain:
+        return Plain()
+
+    def accept(self, stream: Plain, samples: Samples) -> None:
+        pass
+
+    def finish(self, stream: Plain) -> None:
+        pass
+
+    def decode(self, streams: Sequence[Plain]) -> list[list[Recognition]]:
+        self.release.wait()
+        return [[] for _ in streams]
+
+
+@pytest.mark.asyncio
+async def test_the_batching_recognisers_backlog_is_the_age_of_its_oldest_unanswered_audio() -> None:
+    decoder = HeldDecoder()
+    recognizer = BatchingRecognizer(decoder)
+    monitor = lagging.for_gateway("test", 0.5, recognizer)
+    try:
+        assert recognizer.backlog_seconds() == 0.0
+        waiting = asyncio.create_task(recognizer.open_stream().accept(np.zeros(160, np.float32)))
+        await asyncio.sleep(0.3)
+        assert 0.25 <= recognizer.backlog_seconds() < 5
+        monitor.sample(0.0)
+        assert monitor.lagging() is False  # 0.3 s, under the limit of 0.5 s
+        decoder.release.set()
+        await waiting
+        assert recognizer.backlog_seconds() == 0.0
+    finally:
+        decoder.release.set()
+        await recognizer.aclose()
