@@ -536,6 +536,11 @@ class Settings(BaseSettings):
             return None
         return self.access_token.get_secret_value()
 
+    def declared_language(self) -> str | None:
+        """The language sessions are declared to speak (stored as ``sessions.language``); None
+        for ``auto``, which declares nothing."""
+        return None if self.language == AUTO_LANGUAGE else self.language
+
     def resolved_spool_dir(self) -> Path:
         """The spool directory, defaulting to ``spool`` in the cache directory."""
         return self.spool_dir or self.cache_dir / "spool"

@@ -19,7 +19,6 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from earshot.gateways.talk.configuration import TalkSettings
-from earshot.persistence import journaling
 from earshot.settings import Settings
 from earshot_operator import dataplane, gateways, manifests, pools, resources, specs
 from earshot_operator.dataplane import Env
@@ -35,16 +34,19 @@ COMMAND_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
 }
 
 
+#: What the Secrets hold, as stand-ins that name the Secret and key they come from, so a changed
+#: reference changes what the container reads.
+SECRET_VALUES = {
+    Env.ACCESS_TOKEN: "token-of-{secret}-{key}",
+    Env.PARTIALS_URL: "redis://{secret}-{key}:6379/0",
+    Env.SEGMENTS_URL: "mysql+aiomysql://u:p@{secret}-{key}/earshot",
+    Env.TALK_INTERNAL_SECRET: "hpb-{secret}-{key}",
+}
+
+
 def secret_value(env: str, secret: str, key: str) -> str:
-    """A stand-in for what Secret ``secret`` holds under ``key``: it names the Secret, so a
-    changed reference changes what the container reads."""
-    values = {
-        Env.ACCESS_TOKEN: f"token-of-{secret}-{key}",
-        Env.PARTIALS_URL: f"redis://{secret}-{key}:6379/0",
-        Env.SEGMENTS_URL: f"mysql+aiomysql://u:p@{secret}-{key}/earshot",
-        Env.TALK_INTERNAL_SECRET: f"hpb-{secret}-{key}",
-    }
-    return values[env]
+    """The stand-in value of ``env`` taken from key ``key`` of Secret ``secret``."""
+    return SECRET_VALUES[env].format(secret=secret, key=key)
 
 
 def _aliases(model: type[BaseSettings]) -> set[str]:
@@ -302,8 +304,8 @@ SESSION_FIELDS: dict[str, Effect] = {
     "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
     "audio.codec": Effect("pcm16le", lambda b: str(b.settings.audio_codec), "pcm16le"),
     "audio.rate": Effect(16000, lambda b: b.settings.audio_rate, 16000),
-    # what the gateway's journal stores as sessions.language (tests/unit/test_session_language.py)
-    "language": Effect("zh", lambda b: journaling.declared_language(b.settings), "zh"),
+    # what the gateway stores as sessions.language (tests/unit/test_session_language.py)
+    "language": Effect("zh", lambda b: b.settings.declared_language(), "zh"),
     "returnTranscription": Effect(False, lambda b: b.settings.return_transcription, False),
     "idleTimeoutSeconds": Effect(42, lambda b: b.settings.idle_timeout_seconds, 42),
     "auth": Effect("none", lambda b: b.settings.required_token(), None),

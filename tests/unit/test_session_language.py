@@ -4,7 +4,9 @@ Neither engine can be steered to a language: the tests at the end show it on the
 libraries. So the value is a declaration: one the engine cannot recognise is refused (here, the
 CRD and the operator: tests/e2e/test_session_fields.py), and a declared one is stored as the
 session's ``sessions.language`` (NULL for ``auto``), through the spool and the persister like the
-user id. tests/integration/test_session_pod.py follows it from the operator to MariaDB.
+user id. The gateways store it per session: tests/integration/test_session_gateway.py (a
+dedicated gateway), test_pool_gateway.py (each pooled session its own) and test_session_pod.py
+(from the operator's spec to MariaDB).
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ from earshot.storage.memory import MemoryPartialStore
 T0 = datetime(2026, 12, 3, 4, 5, 6, tzinfo=UTC)
 
 
-async def _one_session(settings: Settings, session: str) -> None:
-    """A gateway's journal (embedded persister) keeps one final of ``session``."""
+async def _one_session(settings: Settings, session: str, language: str | None) -> None:
+    """A gateway's journal (embedded persister) keeps one final of a session declared so."""
     segments = await backends.open_segment_store(settings.resolved_segments_url())
     try:
         async with journaling.open_journal(
             settings, partials=MemoryPartialStore(ttl_seconds=60), segments=segments
         ) as journal:
-            seq = await journal.open_session(SessionId(session), "alice")
+            seq = await journal.open_session(SessionId(session), "alice", language)
             await journal.final(Segment(SessionId(session), seq, "hello", T0))
             await journal.close_session(SessionId(session), last_seq=seq)
     finally:
@@ -48,34 +50,28 @@ def _languages(path: Path) -> list[tuple[str, str | None]]:
 
 
 @pytest.mark.parametrize(
-    ("engine", "language", "stored"),
+    ("engine", "language", "declared"),
     [("paraformer", "zh", "zh"), ("kyutai", "fr", "fr"), ("paraformer", "auto", None)],
 )
-async def test_a_declared_language_is_stored_as_the_sessions_language(
-    tmp_path: Path, engine: str, language: str, stored: str | None
+def test_the_settings_declare_a_language_except_auto(
+    engine: str, language: str, declared: str | None
 ) -> None:
-    settings = Settings(
-        engine=engine,
-        language=language,
-        cache_dir=tmp_path,
-        spool_dir=tmp_path / "spool",
-        segments_url=f"sqlite:///{tmp_path / 'seg.db'}",
-    )
-    await _one_session(settings, "call-1")
-    assert _languages(tmp_path / "seg.db") == [("call-1", stored)]
+    settings = Settings(engine=engine, language=language)
+    assert settings.declared_language() == declared
 
 
 async def test_a_language_declared_on_a_later_connection_fills_in_a_row_without_one(
     tmp_path: Path,
 ) -> None:
-    common = {
-        "cache_dir": tmp_path,
-        "spool_dir": tmp_path / "spool",
-        "segments_url": f"sqlite:///{tmp_path / 'seg.db'}",
-    }
-    await _one_session(Settings(language="auto", **common), "call-1")  # type: ignore[arg-type]
-    await _one_session(Settings(language="en", **common), "call-1")  # type: ignore[arg-type]
-    await _one_session(Settings(language="zh", **common), "call-1")  # type: ignore[arg-type]
+    settings = Settings(
+        cache_dir=tmp_path,
+        spool_dir=tmp_path / "spool",
+        segments_url=f"sqlite:///{tmp_path / 'seg.db'}",
+    )
+    await _one_session(settings, "call-1", None)
+    assert _languages(tmp_path / "seg.db") == [("call-1", None)]
+    await _one_session(settings, "call-1", "en")
+    await _one_session(settings, "call-1", "zh")
     assert _languages(tmp_path / "seg.db") == [("call-1", "en")]  # a stored value stays
 
 

@@ -25,7 +25,7 @@ from earshot.persistence import leasing, quarantining, resuming
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.persistence.records import SessionOpened
 from earshot.persistence.writing import SpoolWriter
-from earshot.settings import AUTO_LANGUAGE, Settings
+from earshot.settings import Settings
 from earshot.storage.ports import PartialStore, SegmentStore
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,9 @@ class Journal:
         store_wait_seconds: float,
         leases: leasing.Leases,
         draining: asyncio.Task[None] | None = None,
-        language: str | None = None,
     ) -> None:
-        """Wrap an opened writer; prefer :func:`open_journal`.
-
-        ``language``: what every session of this gateway is declared to speak (None: not said).
-        """
+        """Wrap an opened writer; prefer :func:`open_journal`."""
         self._draining = draining
-        self._language = language
         self.leases = leases
         self._writer = writer
         self._index = index
@@ -75,9 +70,12 @@ class Journal:
         """Whether the spool is over its bound: new audio must be refused (finals still go in)."""
         return self._writer.full
 
-    async def open_session(self, session_id: SessionId, user_id: str | None = None) -> int:
+    async def open_session(
+        self, session_id: SessionId, user_id: str | None = None, language: str | None = None
+    ) -> int:
         """Take the session's lease, record a (re)connection and return the number its next final
-        gets; :meth:`close_session` gives the lease back.
+        gets; :meth:`close_session` gives the lease back. ``user_id`` and ``language`` (the one the
+        session is declared to speak) fill the session's row.
 
         Raises:
             leasing.SessionInUse: another gateway process streams the session.
@@ -91,7 +89,7 @@ class Journal:
         except BaseException:
             await self.leases.release(session_id, last_seq=released)
             raise
-        opened = SessionOpened(session_id, user_id, datetime.now(UTC), language=self._language)
+        opened = SessionOpened(session_id, user_id, datetime.now(UTC), language=language)
         self._append_nowait(opened)
         return max(seq, released + 1)
 
@@ -175,13 +173,7 @@ async def open_journal(
             store_wait_seconds=settings.final_store_wait_seconds,
             leases=leases,
             draining=task,
-            language=declared_language(settings),
         )
-
-
-def declared_language(settings: Settings) -> str | None:
-    """The language the settings declare sessions to speak, None for ``auto`` (not declared)."""
-    return None if settings.language == AUTO_LANGUAGE else settings.language
 
 
 async def _finish(drainer: Drainer, task: asyncio.Task[None], deadline: float) -> None:

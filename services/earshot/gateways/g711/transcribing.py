@@ -103,6 +103,7 @@ class Transcription:
         source_rate: int,
         stores: Stores,
         user_id: str | None = None,
+        language: str | None = None,
     ) -> Transcription:
         """Start (or resume) a session: numbering continues after its highest final (spooled or
         stored).
@@ -110,7 +111,7 @@ class Transcription:
         Raises:
             StorageError: a store cannot be read to continue the numbering.
         """
-        next_seq = await stores.journal.open_session(session_id, user_id)
+        next_seq = await stores.journal.open_session(session_id, user_id, language)
         return cls(
             session_id=session_id,
             codec=codec,
