@@ -23,8 +23,8 @@ the first one finished, so ramp-up and the end-of-stream flush are left out:
   window. A chunk that completes a frame waits for the next tick: the clock adds at most one
   80 ms period plus the step to it; chunks that complete none are answered at once.
 
-Usage: ``python -m bench.kyutai_clock [--streams 16 64] [--seconds 12] [--chunk-ms 20]``.
-Writes ``bench/reports/kyutai_clock.md``.
+Usage: ``python -m bench.kyutai_clock [--streams 16 64] [--seconds 12] [--chunk-ms 20]
+[--engines clocked unclocked triton]``. Writes ``bench/reports/kyutai_clock.md``.
 """
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ from earshot.events import Recognition
 from tests import triton_server
 
 REPORT = Path(__file__).parent / "reports" / "kyutai_clock.md"
+ENGINES = ("clocked", "unclocked", "triton")
 MODEL = "kyutai_stt"
 
-# (steps, streams advanced, live streams), read at any moment.
-Counters = Callable[[], tuple[float, float, float]]
+# (steps, streams advanced, live streams, seconds in steps), read at any moment.
+Counters = Callable[[], tuple[float, float, float, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class Row:
     steps: float
     advanced: float
     live: float
+    step_seconds: float
     latencies: list[float]
 
     @property
@@ -90,17 +92,30 @@ class Row:
         """Share of the live streams each step advanced."""
         return self.advanced / self.live if self.live else float("nan")
 
+    @property
+    def mean_step_ms(self) -> float:
+        """The mean time of one model step."""
+        return 1000 * self.step_seconds / self.steps if self.steps else float("nan")
+
+    @property
+    def busy(self) -> float:
+        """Share of the window the model spent stepping (near 1: the steps alone fill the time)."""
+        return self.step_seconds / self.window_seconds
+
 
 class CountingDecoder(KyutaiDecoder):
     """The unclocked baseline's decoder, counting its model steps and the streams in each."""
 
     steps = 0
     advanced = 0
+    seconds = 0.0
 
     def _step(self, ready: list[tuple[KyutaiStream, list[Recognition]]]) -> None:
+        started = time.monotonic()
+        super()._step(ready)
         CountingDecoder.steps += 1
         CountingDecoder.advanced += len(ready)
-        super()._step(ready)
+        CountingDecoder.seconds += time.monotonic() - started
 
 
 def speechlike(seed: int, seconds: float) -> Samples:
@@ -124,8 +139,8 @@ class Window:
     started: int = 0
     opened_at: float = 0.0
     closed_at: float = 0.0
-    at_open: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    at_close: tuple[float, float, float] | None = None
+    at_open: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    at_close: tuple[float, float, float, float] | None = None
 
     def stream_started(self) -> None:
         self.started += 1
@@ -197,8 +212,12 @@ async def run_round(
         for sent, latency in chunks
         if window.opened_at <= sent < window.closed_at
     ]
-    steps, advanced, live = (b - a for a, b in zip(window.at_open, window.at_close, strict=True))
-    return Row(engine, streams, window.closed_at - window.opened_at, steps, advanced, live, inside)
+    steps, advanced, live, seconds = (
+        b - a for a, b in zip(window.at_open, window.at_close, strict=True)
+    )
+    return Row(
+        engine, streams, window.closed_at - window.opened_at, steps, advanced, live, seconds, inside
+    )
 
 
 def _decoder(
@@ -211,14 +230,14 @@ def _decoder(
 async def in_process_rows(checkpoint: Path, args: argparse.Namespace) -> list[Row]:
     """The clocked and the unclocked in-process engines."""
     rows: list[Row] = []
-    for n in args.streams:
+    for n in args.streams if "clocked" in args.engines else []:
         clocked = SteppingRecognizer(_decoder(checkpoint, n))
 
         def clock_counters(
             r: SteppingRecognizer[KyutaiStream] = clocked,
-        ) -> tuple[float, float, float]:
+        ) -> tuple[float, float, float, float]:
             stats = r.clock.stats
-            return float(stats.steps), float(stats.advanced), float(stats.live)
+            return float(stats.steps), float(stats.advanced), float(stats.live), stats.step_seconds
 
         try:
             rows.append(
@@ -229,14 +248,14 @@ async def in_process_rows(checkpoint: Path, args: argparse.Namespace) -> list[Ro
         finally:
             await clocked.aclose()
         print(row(rows[-1]), flush=True)
-    for n in args.streams:
+    for n in args.streams if "unclocked" in args.engines else []:
         unclocked = BatchingRecognizer(
             _decoder(checkpoint, n, CountingDecoder), workers=1, max_batch=n
         )
 
-        def step_counters(n: int = n) -> tuple[float, float, float]:
+        def step_counters(n: int = n) -> tuple[float, float, float, float]:
             steps = float(CountingDecoder.steps)
-            return steps, float(CountingDecoder.advanced), steps * n
+            return steps, float(CountingDecoder.advanced), steps * n, CountingDecoder.seconds
 
         try:
             rows.append(
@@ -262,7 +281,7 @@ async def triton_rows(checkpoint: Path, args: argparse.Namespace) -> list[Row]:
         repository = triton_server.build_model_repository(workdir / "models", install, [spec])
         with triton_server.TritonServer(install, repository, workdir, config_name="cpu") as server:
 
-            def counters() -> tuple[float, float, float]:
+            def counters() -> tuple[float, float, float, float]:
                 text = server.metrics()
                 return (
                     triton_server.metric_total(text, "earshot_engine_steps_total", model=MODEL),
@@ -271,6 +290,9 @@ async def triton_rows(checkpoint: Path, args: argparse.Namespace) -> list[Row]:
                     ),
                     triton_server.metric_total(
                         text, "earshot_engine_streams_live_total", model=MODEL
+                    ),
+                    triton_server.metric_total(
+                        text, "earshot_engine_step_seconds_total", model=MODEL
                     ),
                 )
 
@@ -290,8 +312,9 @@ async def triton_rows(checkpoint: Path, args: argparse.Namespace) -> list[Row]:
 
 HEADER = (
     "| engine | streams | window s | steps per 80 ms of audio | steps per 80 ms of time "
-    "| fill % | chunks | chunk p50 ms | p99 ms | max ms |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| fill % | mean step ms | steps' share of time % | chunks | chunk p50 ms | p99 ms "
+    "| max ms |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -300,7 +323,8 @@ def row(r: Row) -> str:
     p50, p99, top = percentiles_ms(r.latencies, (50, 99, 100))
     return (
         f"| {r.engine} | {r.streams} | {r.window_seconds:.1f} | {r.steps_per_frame:.3f} "
-        f"| {r.steps_per_tick:.3f} | {100 * r.fill:.1f} | {len(r.latencies)} | {p50:.1f} "
+        f"| {r.steps_per_tick:.3f} | {100 * r.fill:.1f} | {r.mean_step_ms:.1f} "
+        f"| {100 * r.busy:.0f} | {len(r.latencies)} | {p50:.1f} "
         f"| {p99:.1f} | {top:.1f} |"
     )
 
@@ -309,14 +333,14 @@ def report(rows: Sequence[Row], args: argparse.Namespace, load: str) -> str:
     """The Markdown report."""
     command = (
         f"python -m bench.kyutai_clock --streams {' '.join(map(str, args.streams))} "
-        f"--seconds {args.seconds:g} --chunk-ms {args.chunk_ms:g}"
+        f"--seconds {args.seconds:g} --chunk-ms {args.chunk_ms:g} --engines {' '.join(args.engines)}"
     )
     lines = [
         "# Kyutai decoding clock: steps per 80 ms of audio and live slots advanced per step",
         "",
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), `{command}`; "
-        f"load average before the run: {load}. Tiny random-weight Kyutai model on CPU, one torch "
+        f"load average before and after the run: {load}. Tiny random-weight Kyutai model on CPU, one torch "
         f"thread; every stream sends {args.seconds:g} s of speech-like audio in "
         f"{args.chunk_ms:g} ms chunks in real time, starting at a random offset within 80 ms.",
         "",
@@ -332,6 +356,10 @@ def report(rows: Sequence[Row], args: argparse.Namespace, load: str) -> str:
         "(below 1: the streams fell behind real time, the machine being too busy); steps: the "
         "clock's counters (for Triton `earshot_engine_steps_total` from its metrics endpoint), "
         "unclocked: calls of `KyutaiDecoder._step`;",
+        "* mean step: time in model steps over the steps (the clock's `step_seconds`, for Triton "
+        "`earshot_engine_step_seconds_total`; unclocked: `KyutaiDecoder._step` timed); steps' "
+        "share of time: time in steps over the window (near 100 %: the model alone takes all the "
+        "time, the machine is too slow for these streams whatever the scheduling);",
         "* fill: streams advanced over live streams, summed over the window's steps "
         "(`earshot_engine_streams_advanced_total / earshot_engine_streams_live_total`; unclocked: "
         "the streams in each step over N);",
@@ -351,7 +379,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="earshot-tiny-kyutai-") as scratch:
         checkpoint = tiny_kyutai.ensure_tiny_checkpoint(Path(scratch))
         rows = await in_process_rows(checkpoint, args)
-        if not args.no_triton:
+        if "triton" in args.engines:
             rows += await triton_rows(checkpoint, args)
     return rows
 
@@ -362,14 +390,21 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--chunk-ms", type=float, default=20.0)
-    parser.add_argument("--no-triton", action="store_true")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        default=list(ENGINES),
+        help="clocked: in process; unclocked: the in-process baseline; triton: clocked in Triton",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    before = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(HEADER)
     rows = asyncio.run(run(args))
-    args.report.write_text(report(rows, args, load))
+    after = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    args.report.write_text(report(rows, args, f"{before} / {after}"))
     print(f"wrote {args.report}")
 
 

@@ -37,6 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -76,6 +77,7 @@ class Sample:
     at: float
     gateway_pid: int | None
     gateway_rss: int
+    persister_pid: int | None
     persister_rss: int
     spool_bytes: int
     drain_lag: float
@@ -223,12 +225,15 @@ async def sampler(
     started: float,
 ) -> None:
     while True:
+        gateway_pid = gateway.process.pid if gateway.process else None
+        persister_pid = persister._process.pid if persister._process else None
         samples.append(
             Sample(
                 at=time.monotonic() - started,
-                gateway_pid=gateway.process.pid if gateway.process else None,
-                gateway_rss=rss(gateway.process.pid if gateway.process else None),
-                persister_rss=rss(persister._process.pid if persister._process else None),
+                gateway_pid=gateway_pid,
+                gateway_rss=rss(gateway_pid),
+                persister_pid=persister_pid,
+                persister_rss=rss(persister_pid),
                 spool_bytes=spool_bytes(spool_dir),
                 drain_lag=await drain_lag(persister),
                 load=os.getloadavg()[0],
@@ -415,30 +420,32 @@ def report(
         )
     high = max((s.spool_bytes for s in samples), default=0)
     lag = max((s.drain_lag for s in samples if s.drain_lag == s.drain_lag), default=0.0)
-    flatness = rss_flatness(samples)
+    flatness = rss_flatness(samples, "gateway") + rss_flatness(samples, "persister")
     ok = ok and bool(flatness) and all(f.flat for f in flatness)
     lines += [
         "",
         f"Spool high-water mark: {high / 2**20:.2f} MiB. Largest drain lag: {lag:.1f} s "
         "(drain lag is not measured while the persister is down: its /metrics is gone).",
         "",
-        "## Gateway RSS: flat?",
+        "## RSS: flat?",
         "",
-        f"Per gateway process (a SIGKILL starts a new one), the median RSS of its last "
+        f"Per process (a SIGKILL starts a new one), the median RSS of its last "
         f"{FLAT_WINDOW_S:.0f} s against that of the {FLAT_WINDOW_S:.0f} s after its first "
         f"{WARMUP_S:.0f} s of warm-up; flat when it grew by at most {FLAT_GROWTH:.0%}.",
         "",
-        "| gateway process | lived s | RSS after warm-up MiB | RSS at the end MiB | growth | flat |",
+        f"A process that lived less than {WARMUP_S + 2 * FLAT_WINDOW_S:.0f} s is not judged.",
+        "",
+        "| process | lived s | RSS after warm-up MiB | RSS at the end MiB | growth | flat |",
         "|---|---|---|---|---|---|",
         *[
-            f"| {n} | {f.lived:.0f} | {f.early / 2**20:.0f} | {f.late / 2**20:.0f} | "
+            f"| {f.name} | {f.lived:.0f} | {f.early / 2**20:.0f} | {f.late / 2**20:.0f} | "
             f"{f.growth:+.1%} | {'yes' if f.flat else 'NO'} |"
-            for n, f in enumerate(flatness, 1)
+            for f in flatness
         ],
         "",
     ]
     if not flatness:
-        lines += ["No gateway process lived long enough to judge.", ""]
+        lines += ["No process lived long enough to judge.", ""]
     return "\n".join(lines), ok
 
 
@@ -450,8 +457,9 @@ FLAT_GROWTH = 0.10
 
 @dataclass
 class Flatness:
-    """One gateway process's RSS after warm-up and at its end."""
+    """One process's RSS after warm-up and at its end."""
 
+    name: str
     lived: float
     early: float
     late: float
@@ -465,23 +473,30 @@ class Flatness:
         return self.growth <= FLAT_GROWTH
 
 
-def rss_flatness(samples: list[Sample]) -> list[Flatness]:
-    """Each gateway process that lived past warm-up and two windows, in the order they ran."""
+def rss_flatness(samples: list[Sample], role: Literal["gateway", "persister"]) -> list[Flatness]:
+    """Each process of ``role`` that lived past warm-up and two windows, in the order they ran."""
+    seen = [(s.at, *_process(s, role)) for s in samples]
+    pids = dict.fromkeys(pid for _, pid, size in seen if pid and size)
     found: list[Flatness] = []
-    pids = list(dict.fromkeys(s.gateway_pid for s in samples if s.gateway_pid and s.gateway_rss))
-    for pid in pids:
-        mine = [s for s in samples if s.gateway_pid == pid and s.gateway_rss]
-        start, end = mine[0].at, mine[-1].at
+    for n, pid in enumerate(pids, 1):
+        mine = [(at, size) for at, p, size in seen if p == pid and size]
+        start, end = mine[0][0], mine[-1][0]
         if end - start < WARMUP_S + 2 * FLAT_WINDOW_S:
             continue
-        early = [
-            s.gateway_rss
-            for s in mine
-            if start + WARMUP_S <= s.at < start + WARMUP_S + FLAT_WINDOW_S
-        ]
-        late = [s.gateway_rss for s in mine if s.at > end - FLAT_WINDOW_S]
-        found.append(Flatness(end - start, statistics.median(early), statistics.median(late)))
+        warm = start + WARMUP_S
+        early = [size for at, size in mine if warm <= at < warm + FLAT_WINDOW_S]
+        late = [size for at, size in mine if at > end - FLAT_WINDOW_S]
+        found.append(
+            Flatness(f"{role} {n}", end - start, statistics.median(early), statistics.median(late))
+        )
     return found
+
+
+def _process(sample: Sample, role: Literal["gateway", "persister"]) -> tuple[int | None, int]:
+    """The pid and RSS of ``role`` in one sample."""
+    if role == "gateway":
+        return sample.gateway_pid, sample.gateway_rss
+    return sample.persister_pid, sample.persister_rss
 
 
 def main() -> None:

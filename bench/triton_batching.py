@@ -13,8 +13,7 @@ worker thread) on the same model. For each engine and N it reports:
   benchmark process running the in-process engine) and, for Triton, the client side (this process).
 
 Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 200]
-[--quick]``.
-Writes ``bench/reports/triton_batching.md``.
+[--queue-delay-us N] [--quick]``. Writes ``bench/reports/triton_batching.md``.
 """
 
 from __future__ import annotations
@@ -190,14 +189,20 @@ async def measured(
     )
 
 
-async def run_rounds(counts: list[int], seconds: float, chunk_seconds: float) -> list[Round]:
+async def run_rounds(
+    counts: list[int], seconds: float, chunk_seconds: float, queue_delay_us: int | None = None
+) -> list[Round]:
     """Every round, Triton and in-process, on one tiny model."""
     audio = speech()
     with tempfile.TemporaryDirectory(prefix="earshot-bench-") as scratch:
         workdir = Path(scratch)
         files = tiny_paraformer.build_tiny_paraformer(workdir / "tiny")
         install = triton_server.prepare()
-        spec = triton_server.ModelSpec(MODEL, {"model_dir": str(files.encoder.parent)})
+        spec = triton_server.ModelSpec(
+            MODEL,
+            {"model_dir": str(files.encoder.parent)},
+            queue_delay_microseconds=queue_delay_us,
+        )
         repository = triton_server.build_model_repository(workdir / "models", install, [spec])
         rounds: list[Round] = []
         with triton_server.TritonServer(install, repository, workdir) as server:
@@ -278,26 +283,54 @@ def row(r: Round) -> str:
     )
 
 
-def report(rounds: list[Round], seconds: float, chunk_seconds: float = CHUNK_SECONDS) -> str:
+def overheads(rounds: list[Round]) -> list[str]:
+    """Per N: Triton's p99 chunk latency over the in-process engine's, and Triton's batch."""
+    lines = []
+    for triton in (r for r in rounds if "in process" not in r.engine):
+        local = next(
+            (r for r in rounds if "in process" in r.engine and r.streams == triton.streams), None
+        )
+        if local is None:
+            continue
+        (p99_triton,) = percentiles_ms(triton.latencies, (99,))
+        (p99_local,) = percentiles_ms(local.latencies, (99,))
+        lines.append(
+            f"* {triton.streams} streams: Triton's p99 is {p99_triton - p99_local:+.1f} ms over in "
+            f"process, average batch {triton.batch:.2f} (targets at 64 streams: under 20 ms, at "
+            "least 16)."
+        )
+    return lines
+
+
+def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
     """The Markdown report."""
+    chunk_seconds = args.chunk_ms / 1000
+    delay = (
+        f"{args.queue_delay_us} µs (set by the run)"
+        if args.queue_delay_us is not None
+        else "as in `model-repo/paraformer_streaming/config.pbtxt`"
+    )
     lines = [
         "# Triton batching: concurrent real-time streams, Triton vs in process",
         "",
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
-        f"`python -m bench.triton_batching`, {seconds:g} s of audio per stream, "
-        f"{chunk_seconds * 1000:.0f} ms chunks sent in real time.",
+        f"`{command(args)}`: {args.seconds:g} s of audio per stream, "
+        f"{args.chunk_ms:g} ms chunks sent in real time, each stream starting at a random offset "
+        f"within one chunk; load average before and after the run: {load}.",
         "",
         "Model: the tiny random-weight streaming Paraformer (sherpa-onnx), one ONNX thread; Triton: "
         "tritonserver 2.51 (nvidia-pytriton 0.7.0), `paraformer_streaming` with one CPU instance, "
-        "sequence batching `oldest`; in process: `BatchingRecognizer` with one worker thread.",
+        f"sequence batching `oldest`, `max_queue_delay_microseconds` {delay}; in process: "
+        "`BatchingRecognizer` with one worker thread.",
         "",
         HEADER,
         *(row(r) for r in rounds),
         "",
+        *overheads(rounds),
+        "",
         f"* latency: `accept()` called to returned, per {chunk_seconds * 1000:.0f} ms chunk "
-        "(client side; for Triton it "
-        "includes gRPC and the sequence batcher's queue delay of up to 5 ms);",
+        "(client side; for Triton it includes gRPC and the sequence batcher's queue delay);",
         "* late: chunks sent after their real-time slot because the previous one was still out;",
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
         "process, streams per `decode` call;",
@@ -306,17 +339,22 @@ def report(rounds: list[Round], seconds: float, chunk_seconds: float = CHUNK_SEC
         "",
         "The tiny model costs far less than the real one, so these numbers show the overhead and "
         "the batching of the two paths, not the capacity of a real deployment. The machine's two "
-        "cores were shared with other work: treat the numbers as indicative.",
-        "",
-        "How to read it: Triton's per-chunk latency is mostly fixed cost (the batcher's "
-        "`max_queue_delay_microseconds`, gRPC, the Python backend's shared-memory hop), so it "
-        "hardly grows with N while the model is cheap. Batches grow with N because chunks of "
-        "different streams arrive while an execute call runs; with a real model, whose decode takes "
-        "milliseconds instead of microseconds, more chunks queue per call and batches grow larger. "
-        "Per stream, Triton's serving side costs more CPU than the in-process engine here because "
-        "per-request overhead dominates a model this small; that share falls as N grows.",
+        "cores were shared with other work (see the load average): treat the numbers as "
+        "indicative.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line of the run."""
+    words = [
+        "python -m bench.triton_batching --streams",
+        *map(str, args.streams),
+        f"--seconds {args.seconds:g} --chunk-ms {args.chunk_ms:g}",
+    ]
+    if args.queue_delay_us is not None:
+        words.append(f"--queue-delay-us {args.queue_delay_us}")
+    return " ".join(words)
 
 
 def main() -> None:
@@ -328,12 +366,24 @@ def main() -> None:
     parser.add_argument(
         "--chunk-ms", type=float, default=CHUNK_SECONDS * 1000, help="audio per request"
     )
+    parser.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=None,
+        help="the model's max_queue_delay_microseconds (default: its config's)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
-    counts, seconds = ([1, 8], 4.0) if args.quick else (args.streams, args.seconds)
+    if args.quick:
+        args.streams, args.seconds = [1, 8], 4.0
+    before = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(HEADER)
-    rounds = asyncio.run(run_rounds(counts, seconds, args.chunk_ms / 1000))
-    args.report.write_text(report(rounds, seconds, args.chunk_ms / 1000))
+    rounds = asyncio.run(
+        run_rounds(args.streams, args.seconds, args.chunk_ms / 1000, args.queue_delay_us)
+    )
+    after = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    args.report.write_text(report(rounds, args, f"{before} / {after}"))
+    print("\n".join(overheads(rounds)))
     print(f"wrote {args.report}")
 
 

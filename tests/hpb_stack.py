@@ -238,8 +238,12 @@ class _Process:
 class HpbStack:
     """nats-server, Janus and the signaling server in a private namespace, plus the backend double."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, ice_interfaces: tuple[str, ...] = ()) -> None:
+        """``ice_interfaces``: more interfaces of the stack's namespace Janus offers candidates on
+        (made later, say a link to a cluster's pod network: Janus sends from a candidate's own
+        interface, whatever the routes say)."""
         self.workdir = workdir
+        self.ice_interfaces = ice_interfaces
         suffix = os.getpid() % 10_000
         subnet = 10 + os.getpid() % 240
         self.netns = NetworkNamespace(
@@ -396,7 +400,7 @@ media: {{
 }}
 nat: {{
   full_trickle = true
-  ice_enforce_list = "{self.netns.inner_if}"
+  ice_enforce_list = "{",".join((self.netns.inner_if, *self.ice_interfaces))}"
 }}
 plugins: {{
   disable = "{_DISABLED_PLUGINS}"

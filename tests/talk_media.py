@@ -1,14 +1,21 @@
-"""Media for Talk tests: a real-time aiortc audio track playing given samples, speech-like audio."""
+"""Media for Talk tests: a real-time aiortc audio track playing given samples, speech-like audio,
+espeak-ng speech."""
 
 from __future__ import annotations
 
 import asyncio
 import fractions
+import shutil
+import subprocess
 import time
+import wave
+from pathlib import Path
 
 import av
 import numpy as np
 import numpy.typing as npt
+import pytest
+import soxr
 from aiortc import MediaStreamTrack
 
 RATE = 48_000
@@ -20,6 +27,19 @@ def syllables(seconds: float, *, rate: int = RATE, pitch: float = 120.0) -> npt.
     t = np.arange(int(seconds * rate)) / rate
     voice = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 20))
     return (0.1 * voice * np.sin(4 * np.pi * t) ** 2).astype(np.float32)
+
+
+def espeak(text: str, workdir: Path, *, voice: str) -> npt.NDArray[np.float32]:
+    """``text`` spoken by espeak-ng (150 words a minute) as float32 samples at 48 kHz."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: apt-get install espeak-ng", pytrace=False)
+    path = workdir / f"{voice}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True)
+    with wave.open(str(path)) as wav:
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    samples: npt.NDArray[np.float32] = soxr.resample(pcm.astype(np.float32) / 32768, rate, RATE)
+    return samples.astype(np.float32)
 
 
 class PlayedTrack(MediaStreamTrack):

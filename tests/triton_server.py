@@ -201,6 +201,15 @@ def with_idle_timeout(config: str, microseconds: int) -> str:
     )
 
 
+def with_queue_delay(config: str, microseconds: int) -> str:
+    """A ``config.pbtxt`` text with another ``max_queue_delay_microseconds``."""
+    return re.sub(
+        r"max_queue_delay_microseconds:\s*\d+",
+        f"max_queue_delay_microseconds: {microseconds}",
+        config,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model to serve: a folder of ``model-repo/`` under a name, with changed parameters."""
@@ -209,6 +218,7 @@ class ModelSpec:
     parameters: Mapping[str, str]
     name: str = ""
     idle_timeout_microseconds: int | None = None
+    queue_delay_microseconds: int | None = None
 
     @property
     def served_name(self) -> str:
@@ -252,6 +262,8 @@ def build_model_repository(target: Path, install: TritonInstall, models: list[Mo
             config = re.sub(r'^name:\s*"[^"]*"', f'name: "{spec.served_name}"', config, flags=re.M)
             if spec.idle_timeout_microseconds is not None:
                 config = with_idle_timeout(config, spec.idle_timeout_microseconds)
+            if spec.queue_delay_microseconds is not None:
+                config = with_queue_delay(config, spec.queue_delay_microseconds)
             path.write_text(with_parameters(config, parameters))
     return target
 
@@ -445,6 +457,24 @@ def in_process(decoder: BatchDecoder[Any], pieces: Sequence[Samples]) -> list[Re
     decoder.finish(stream)
     said.extend(decoder.decode([stream])[0])
     return said
+
+
+def thinned(said: Sequence[Recognition], expected: Sequence[Recognition]) -> bool:
+    """Whether ``said`` is ``expected`` less some partials, every final kept in order.
+
+    What a clocked stream is told when its client fell behind real time (earshot.engines.clocking:
+    a late stream's early answers carry its finals but no partial); exactly ``expected`` otherwise.
+    """
+    at = 0
+    for recognition in said:
+        while at < len(expected) and expected[at] != recognition:
+            if expected[at].is_final:
+                return False
+            at += 1
+        if at == len(expected):
+            return False
+        at += 1
+    return not any(r.is_final for r in expected[at:])
 
 
 async def recognised(

@@ -55,6 +55,11 @@ ENGINE_STREAMS_ADVANCED = Counter(
     "Streams a clocked engine's steps advanced by one frame, summed over its steps.",
     ["engine"],
 )
+ENGINE_STEP_SECONDS = Counter(
+    "earshot_engine_step_seconds_total",
+    "Seconds a clocked engine spent in model steps (over its steps: the mean step time).",
+    ["engine"],
+)
 ENGINE_STREAMS_LIVE = Counter(
     "earshot_engine_streams_live_total",
     "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
@@ -101,6 +106,60 @@ SEGMENTS_FINALISED = Counter(
 )
 STORAGE_ERRORS = Counter(
     "earshot_storage_errors_total", "Writes to a store that failed.", ["store"]
+)
+STREAM_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0)
+STREAM_DURATION = Histogram(
+    "earshot_stream_duration_seconds",
+    "Served streams by how they ended (client: the client closed or left; else the refusal's "
+    "code; error: an unexpected failure), from being admitted to ending.",
+    ["gateway", "end"],
+    buckets=STREAM_BUCKETS,
+)
+STREAMS_OPENED = Counter(
+    "earshot_streams_opened_total",
+    "Streams admitted and opened (their session resumed).",
+    ["gateway"],
+)
+AUDIO_DECODE_SECONDS = Counter(
+    "earshot_audio_decode_seconds_total",
+    "Time spent decoding and resampling received audio (before recognition).",
+    ["gateway"],
+)
+PARTIALS = Counter("earshot_partials_total", "Partial results made.", ["gateway", "engine"])
+CHUNKS_WITHOUT_TEXT = Counter(
+    "earshot_chunks_without_text_total",
+    "Audio chunks recognised that made no text (no partial, no final).",
+    ["gateway", "engine"],
+)
+FINALS_AT_STREAM_END = Counter(
+    "earshot_finals_at_stream_end_total",
+    "Finals made when a stream ended (its pending segment finalised), included in "
+    "earshot_segments_finalised_total.",
+    ["gateway", "engine"],
+)
+# The in-process inference pool (earshot.engines.batching); Triton and clocked engines have none.
+INFERENCE_WORKERS = Gauge(
+    "earshot_inference_workers", "Worker threads of the in-process inference pool.", ["engine"]
+)
+INFERENCE_QUEUE_SLOTS = Gauge(
+    "earshot_inference_queue_slots",
+    "Chunks the in-process inference pool holds at most, waiting or being decoded.",
+    ["engine"],
+)
+INFERENCE_INFLIGHT = Gauge(
+    "earshot_inference_inflight",
+    "Chunks in the in-process inference pool now, waiting or being decoded.",
+    ["engine"],
+)
+INFERENCE_QUEUE_TIMEOUTS = Counter(
+    "earshot_inference_queue_timeouts_total",
+    "Chunks refused because no inference queue slot came free within the queue timeout.",
+    ["engine"],
+)
+INFERENCE_DECODE_SECONDS = Counter(
+    "earshot_inference_decode_seconds_total",
+    "Time the in-process inference pool's workers spent decoding (all workers together).",
+    ["engine"],
 )
 FRAMES_SKIPPED = Counter(
     "earshot_frames_skipped_total",
@@ -269,11 +328,13 @@ def initialise_persister() -> None:
 
 
 def snapshot(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
-    """Every sample of ``registry`` as JSON-ready data, for clients that read a JSON ``/metrics``.
+    """The JSON ``/metrics`` of the older telephony server, then every sample of ``registry``.
 
     Returns:
-        ``{"metrics": {name: [{"labels": {...}, "value": float}, ...]}}``: the sample names of the
-        Prometheus text format (``_total``, ``_bucket``, ``_sum``, ``_count``, ...).
+        The older server's groups (:func:`legacy_groups`: ``model_loaded``, ``inference``,
+        ``connections``, ``websocket``, ``audio``, ``transcription``, ``storage``), and under
+        ``metrics`` every sample: ``{name: [{"labels": {...}, "value": float}, ...]}`` with the
+        sample names of the Prometheus text format (``_total``, ``_bucket``, ``_sum``, ...).
     """
     samples: dict[str, list[dict[str, Any]]] = {}
     for family in registry.collect():
@@ -283,9 +344,116 @@ def snapshot(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:
             samples.setdefault(sample.name, []).append(
                 {"labels": dict(sample.labels), "value": _json_number(sample.value)}
             )
-    return {"metrics": samples}
+    return {**legacy_groups(_Samples(samples)), "metrics": samples}
 
 
 def _json_number(value: float) -> float | str:
     # JSON has no NaN or infinity; say them as Prometheus's text format does.
     return value if math.isfinite(value) else str(value)
+
+
+class _Samples:
+    """Sums of samples by name and labels (the snapshot's own ``metrics`` data)."""
+
+    def __init__(self, samples: dict[str, list[dict[str, Any]]]) -> None:
+        self._samples = samples
+
+    def total(self, name: str, **labels: str) -> float | None:
+        """The sum of ``name``'s samples whose labels include ``labels``; None when none exists."""
+        values = [
+            s["value"]
+            for s in self._samples.get(name, [])
+            if all(s["labels"].get(k) == v for k, v in labels.items())
+            and isinstance(s["value"], float)
+        ]
+        return sum(values) if values else None
+
+    def count(self, name: str, **labels: str) -> int:
+        """:meth:`total` as a count (0 when no sample exists yet)."""
+        return int(self.total(name, **labels) or 0)
+
+    def seconds(self, name: str, **labels: str) -> float:
+        """:meth:`total` as seconds (0.0 when no sample exists yet)."""
+        return float(self.total(name, **labels) or 0.0)
+
+
+#: Ends of a stream that the older server counted as errors (its handler failing).
+_ERROR_ENDS = ("error", "engine_error", "storage_unavailable")
+
+
+def legacy_groups(samples: _Samples) -> dict[str, Any]:
+    """The groups and keys of the older telephony server's JSON ``/metrics``, from our metrics.
+
+    Every value is a process-wide total of this gateway (``gateway="g711"``) since it started,
+    as there. ``inference``'s pool keys (``max_workers``, ``queue_size``, ``inflight``,
+    ``cpu_latency_seconds``) are null where the engine has no in-process pool (Triton, Kyutai).
+    """
+    g711 = {"gateway": "g711"}
+    overloaded = samples.count("earshot_overload_rejections_total", **g711)
+    timed_out = samples.count("earshot_inference_queue_timeouts_total")
+    closed = samples.count("earshot_stream_duration_seconds_count", **g711)
+    at_end = samples.count("earshot_finals_at_stream_end_total", **g711)
+    return {
+        # This process answers only once its recogniser is open.
+        "model_loaded": True,
+        "inference": {
+            "max_workers": _whole(samples.total("earshot_inference_workers")),
+            "queue_size": _whole(samples.total("earshot_inference_queue_slots")),
+            "inflight": _whole(samples.total("earshot_inference_inflight")),
+            "completed": samples.count("earshot_chunk_processing_seconds_count", **g711),
+            "rejected_overloaded": max(0, overloaded - timed_out),
+            "timed_out": timed_out,
+            "cpu_latency_seconds": samples.total("earshot_inference_decode_seconds_total"),
+            "total_latency_seconds": samples.seconds(
+                "earshot_chunk_processing_seconds_sum", **g711
+            ),
+        },
+        "connections": {
+            "active": samples.count("earshot_active_streams", **g711),
+            "opened": samples.count("earshot_streams_opened_total", **g711),
+            "closed": closed,
+            "disconnected": samples.count(
+                "earshot_stream_duration_seconds_count", **g711, end="client"
+            ),
+            "errors": sum(
+                samples.count("earshot_stream_duration_seconds_count", **g711, end=end)
+                for end in _ERROR_ENDS
+            ),
+            "duration_seconds": samples.seconds("earshot_stream_duration_seconds_sum", **g711),
+        },
+        "websocket": {
+            "chunks_received": samples.count("earshot_frames_received_total", **g711),
+            "bytes_received": samples.count("earshot_audio_bytes_received_total", **g711),
+            "receive_errors": samples.count("earshot_protocol_errors_total", **g711),
+            "overload_closes": overloaded,
+        },
+        "audio": {
+            "processed_chunks": samples.count("earshot_chunk_processing_seconds_count", **g711),
+            "processing_errors": samples.count("earshot_frames_skipped_total", **g711)
+            + samples.count("earshot_protocol_errors_total", **g711, reason="invalid_audio"),
+            "processing_seconds": samples.seconds("earshot_audio_decode_seconds_total", **g711),
+        },
+        "transcription": {
+            "partials": samples.count("earshot_partials_total", **g711),
+            # There, finals at a stream's end were counted apart, as auto_finalized.
+            "finals": max(0, samples.count("earshot_segments_finalised_total", **g711) - at_end),
+            "empty_results": samples.count("earshot_chunks_without_text_total", **g711),
+            "auto_finalized": at_end,
+        },
+        "storage": {
+            "partial_saves": samples.count("earshot_persister_writes_total", kind="partial"),
+            "final_saves": samples.count("earshot_persister_writes_total", kind="final"),
+            "save_errors": samples.count("earshot_storage_errors_total")
+            + samples.count("earshot_persister_retries_total"),
+            "partial_seconds": samples.seconds(
+                "earshot_persister_write_seconds_sum", store="partials"
+            ),
+            "final_seconds": samples.seconds(
+                "earshot_persister_write_seconds_sum", store="segments"
+            ),
+        },
+    }
+
+
+def _whole(value: float | None) -> int | None:
+    return None if value is None else int(value)

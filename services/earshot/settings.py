@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import (
     AliasChoices,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_validator,
@@ -82,6 +84,36 @@ LEGACY_NAMES = (
     "PROJECT_NAME",
     "APP_WORKERS",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOnly:
+    """A setting only one engine reads, and only in process: through Triton the model reads its
+    own ``parameters`` in ``model-repo/<model>/config.pbtxt`` (``triton_parameter``; None where
+    Triton's own scheduling takes the setting's place)."""
+
+    engine: str
+    triton_parameter: str | None
+
+
+#: Every setting one engine path reads and the others would ignore. Given for another engine, or
+#: with EARSHOT_TRITON_URL, it is refused at start-up: a setting is honoured or refused, never
+#: silently dropped.
+ENGINE_ONLY: Mapping[str, EngineOnly] = {
+    "endpoint_silence_without_text_seconds": EngineOnly("paraformer", "rule1_min_trailing_silence"),
+    "endpoint_silence_after_text_seconds": EngineOnly("paraformer", "rule2_min_trailing_silence"),
+    "endpoint_max_segment_seconds": EngineOnly("paraformer", "rule3_min_utterance_length"),
+    "inference_threads": EngineOnly("paraformer", "num_threads"),
+    "inference_workers": EngineOnly("paraformer", None),
+    "inference_queue_size": EngineOnly("paraformer", None),
+    "inference_queue_timeout_seconds": EngineOnly("paraformer", None),
+    "kyutai_device": EngineOnly("kyutai", "device"),
+    "kyutai_max_streams": EngineOnly("kyutai", "max_streams"),
+    "kyutai_pause_seconds": EngineOnly("kyutai", "pause_seconds"),
+    "kyutai_pause_threshold": EngineOnly("kyutai", "pause_threshold"),
+}
+#: The key under which :class:`_LegacyDefaults` tells validation which fields it filled.
+_LEGACY_FILLED = "earshot_legacy_defaults_filled"
 
 
 def _env(name: str, *aliases: str) -> AliasChoices:
@@ -449,6 +481,51 @@ class Settings(BaseSettings):
         legacy = _LegacyDefaults(settings_cls, env_settings, dotenv_settings)
         return init_settings, env_settings, dotenv_settings, file_secret_settings, legacy
 
+    _legacy_filled: frozenset[str] = PrivateAttr(frozenset())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _engine_settings_reach_the_engine(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        filled: frozenset[str] = frozenset()
+        if isinstance(data, dict) and _LEGACY_FILLED in data:
+            data = dict(data)
+            filled = frozenset(data.pop(_LEGACY_FILLED))
+        settings = handler(data)
+        settings._legacy_filled = filled
+        ignored = [name for name in sorted(settings.given()) if settings._ignores(name)]
+        if ignored:
+            raise ValueError(settings._not_read(ignored))
+        return settings
+
+    def given(self) -> frozenset[str]:
+        """The fields the environment, ``.env`` or the caller set (not a default, old or new)."""
+        return frozenset(self.model_fields_set) - self._legacy_filled
+
+    def _ignores(self, name: str) -> bool:
+        only = ENGINE_ONLY.get(name)
+        return only is not None and (bool(self.triton_url) or only.engine != self.engine)
+
+    def _not_read(self, names: list[str]) -> str:
+        """Why the settings ``names`` would do nothing here, and what to do instead."""
+        variables = ", ".join(_variables(name) for name in names)
+        it = "it" if len(names) == 1 else "them"
+        engines = " and ".join(sorted({ENGINE_ONLY[name].engine for name in names}))
+        if not self.triton_url:
+            return (
+                f"{variables} would do nothing: only the {engines} engine in process reads "
+                f"{it}, and this process runs {self.engine}; unset {it}"
+            )
+        parameters = [p for name in names if (p := ENGINE_ONLY[name].triton_parameter)]
+        instead = (
+            f"; in the model's config.pbtxt, set {', '.join(parameters)}" if parameters else ""
+        )
+        return (
+            f"{variables} would do nothing: only the {engines} engine in process reads {it}, and "
+            f"this process recognises through Triton (EARSHOT_TRITON_URL); unset {it}{instead}"
+        )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _any_case_level(cls, value: object) -> object:
@@ -568,8 +645,15 @@ class _LegacyDefaults(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         if not self._old_names_used():
             return {}
-        # Keyed like the environment source, so that a value from the environment wins.
-        return {f"EARSHOT_{name.upper()}": d.legacy for name, d in DEFAULTS.items()}
+        # Keyed like the environment source; only what no other source gave, and the validation
+        # learns which fields these were (a default is not a setting the user gave).
+        filled = {
+            name: d.legacy
+            for name, d in DEFAULTS.items()
+            if f"EARSHOT_{name.upper()}" not in self.current_state
+        }
+        values: dict[str, Any] = {f"EARSHOT_{name.upper()}": v for name, v in filled.items()}
+        return {**values, _LEGACY_FILLED: sorted(filled)}
 
     def _old_names_used(self) -> bool:
         seen: set[str] = set()
@@ -577,3 +661,10 @@ class _LegacyDefaults(PydanticBaseSettingsSource):
             if isinstance(source, EnvSettingsSource | DotEnvSettingsSource):
                 seen.update(name.upper() for name in source.env_vars)
         return any(name in seen for name in LEGACY_NAMES)
+
+
+def _variables(name: str) -> str:
+    """A field's variable, with the older server's name where it has one: ``EARSHOT_X (OLD)``."""
+    alias = Settings.model_fields[name].validation_alias
+    names = [str(n) for n in alias.choices] if isinstance(alias, AliasChoices) else [name]
+    return names[0] if len(names) == 1 else f"{names[0]} ({', '.join(names[1:])})"

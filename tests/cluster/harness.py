@@ -58,7 +58,8 @@ NODE_NAME: Final = "earshot-node"
 POD_CIDR: Final = "10.244.0.0/24"
 SERVICE_CIDR: Final = "10.0.0.0/24"
 BRIDGE: Final = "cni0"
-#: The sandbox image containerd gives every pod, made here from the pause binary build.sh compiles.
+#: The sandbox image containerd gives every pod: :func:`pause_archive` of the pause binary that
+#: tests/e2e/controlplane/build.sh compiles (gcc -static) from the Kubernetes source it builds.
 PAUSE_IMAGE: Final = "localhost/earshot/pause:1.20.2"
 READY_TIMEOUT_S: Final = 120.0
 _CGROUP_V1: Final = Path("/sys/fs/cgroup")
@@ -292,7 +293,7 @@ def _start_node(
     servers.start("containerd", ["containerd", f"--config={config}"])
     stack.callback(_clean_containers, cluster)
     _wait(lambda: cluster.ctr("version"), "containerd", folder)
-    cluster.import_image(_pause_archive(binaries / "pause", folder))
+    cluster.import_image(pause_archive(binaries / "pause", folder))
     stack.enter_context(
         dns.service_dns(
             netns.nsenter_argv(cluster.netns, []),
@@ -484,8 +485,11 @@ def _write_kubelet_config(folder: Path, cgroup_root: str) -> Path:
     return path
 
 
-def _pause_archive(binary: Path, folder: Path) -> Path:
-    """A docker-archive of a FROM-scratch image holding only the pause binary."""
+def pause_archive(binary: Path, folder: Path) -> Path:
+    """:data:`PAUSE_IMAGE`: a docker-archive of a FROM-scratch image holding only ``binary``.
+
+    Written into ``folder`` as ``pause.tar``; nothing else builds a pause image.
+    """
     layer_buffer = io.BytesIO()
     with tarfile.open(fileobj=layer_buffer, mode="w") as layer_tar:
         info = layer_tar.gettarinfo(str(binary), arcname="pause")

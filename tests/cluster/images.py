@@ -6,8 +6,10 @@ No registry can be reached from these machines (../shared/CLUSTER.md), so the ba
   with a virtual environment at ``/usr/local``, ``localhost/earshot-base/python`` (passed as the
   services and operator Dockerfiles' ``PYTHON_IMAGE``);
 * ``triton-base.Containerfile``: a stand-in for the NGC tritonserver image carrying the
-  ``tritonserver`` of the nvidia-pytriton wheel (passed as model-repo/Dockerfile's ``TRITON_IMAGE``);
-* the pod sandbox image, ``gcc -static`` of Kubernetes' ``pause.c`` ``FROM scratch``.
+  ``tritonserver`` of the nvidia-pytriton wheel (passed as model-repo/Dockerfile's ``TRITON_IMAGE``).
+
+The pod sandbox ("pause") image is not made here: tests/cluster/harness.py makes it from the pause
+binary tests/e2e/controlplane/build.sh compiles with the Kubernetes binaries (one build of it).
 
 Every image is tagged with the chart's appVersion under the repository its values name, and kept as
 a ``docker-archive`` (what ``ctr images import`` loads) under ``~/.cache/earshot/images``, keyed on
@@ -30,7 +32,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,21 +43,16 @@ import yaml
 REPO: Final = Path(__file__).resolve().parents[2]
 HERE: Final = Path(__file__).resolve().parent
 BASE_SCRIPT: Final = HERE / "base_image.sh"
-PAUSE_SOURCE_SCRIPT: Final = HERE / "pause_source.sh"
 TRITON_BASE_FILE: Final = HERE / "triton-base.Containerfile"
 STANDINS: Final = HERE / "standins"
 DEBIAN_BASE: Final = "localhost/earshot-base/debian:bookworm"
 PYTHON_BASE: Final = "localhost/earshot-base/python:3.11-bookworm"
 TRITON_BASE: Final = "localhost/earshot-base/tritonserver:pytriton-0.7.0"
-PAUSE_VERSION: Final = "3.4"  # build/pause/Makefile's TAG in Kubernetes 1.20.2
-PAUSE_IMAGE: Final[str] = f"localhost/earshot/pause:{PAUSE_VERSION}"
-"""The pod sandbox image: containerd's ``sandbox_image`` must name it."""
 REDIS_IMAGE: Final = "localhost/earshot-test/redis:bookworm"
 """Stand-in for the chart's evaluation Redis image (Debian's redis-server)."""
 MARIADB_IMAGE: Final = "localhost/earshot-test/mariadb:bookworm"
 """Stand-in for the chart's evaluation MariaDB image (Debian's mariadb-server)."""
 _BASE_KEY_ANNOTATION = "earshot.base-key"
-_PAUSE_CONTAINERFILE = 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n'
 # Never part of an image (also in .dockerignore, which buildah honours): byte code of test runs.
 _IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 _IGNORED_SUFFIXES = (".pyc", ".pyo")
@@ -268,11 +264,9 @@ def _run(command: list[str], log: Path, *, capture: bool = False) -> str:
 
 
 def _require_tools() -> None:
-    missing = [t for t in ("buildah", "debootstrap", "gcc") if shutil.which(t) is None]
+    missing = [t for t in ("buildah", "debootstrap") if shutil.which(t) is None]
     if missing:
-        raise ImageBuildError(
-            f"{', '.join(missing)} missing: apt-get install buildah debootstrap gcc libc6-dev"
-        )
+        raise ImageBuildError(f"{', '.join(missing)} missing: apt-get install buildah debootstrap")
 
 
 def _annotation(image: str) -> str | None:
@@ -355,44 +349,16 @@ def build_image(spec: ImageSpec, bases: Bases, tag: str, progress: Progress) -> 
     return Built(reference, archive, time.monotonic() - started, cached=False)
 
 
-def build_pause(progress: Progress) -> Built:
-    """The pod sandbox image: Kubernetes' pause.c compiled statically, ``FROM scratch``."""
-    started = time.monotonic()
-    log = cache_dir() / "pause.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    source = Path(_run(["bash", str(PAUSE_SOURCE_SCRIPT)], log, capture=True).split()[-1])
-    tag = (source / "TAG").read_text().strip()
-    if tag != PAUSE_VERSION:
-        raise ImageBuildError(f"pause.c is version {tag}, PAUSE_IMAGE says {PAUSE_VERSION}")
-    key = _sha256((source / "pause.c").read_bytes(), _PAUSE_CONTAINERFILE.encode(), tag.encode())
-    archive = cache_dir() / f"pause-{key}.tar"
-    with _locked(cache_dir() / ".pause.lock"):
-        if archive.exists():
-            archive.touch()  # used: pruning keeps it
-            return Built(PAUSE_IMAGE, archive, time.monotonic() - started, cached=True)
-        progress(f"building {PAUSE_IMAGE} (gcc -static pause.c)")
-        with tempfile.TemporaryDirectory(prefix="earshot-pause-") as work:
-            context = Path(work)
-            (context / "Containerfile").write_text(_PAUSE_CONTAINERFILE)
-            _run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{tag}-earshot",
-                  "-o", str(context / "pause"), str(source / "pause.c")], log)  # fmt: skip
-            _run(["buildah", "bud", "--force-rm", "--pull-never", "--layers=false",
-                  "-f", str(context / "Containerfile"), "-t", PAUSE_IMAGE, str(context)], log)  # fmt: skip
-        _export(PAUSE_IMAGE, archive, log)
-    return Built(PAUSE_IMAGE, archive, time.monotonic() - started, cached=False)
-
-
 def build_all(
     specs: list[ImageSpec], *, progress: Progress = print, bases: Bases | None = None
 ) -> list[Built]:
-    """Build ``specs`` (tagged with the chart's appVersion) and the pause image, each unless cached."""
+    """Build ``specs`` (tagged with the chart's appVersion), each unless cached."""
     _require_tools()
     started = time.monotonic()
     bases = bases or local_bases(progress, triton=any(spec.base == "triton" for spec in specs))
     base_seconds = time.monotonic() - started
     tag = app_version()
     built = [build_image(spec, bases, tag, progress) for spec in specs]
-    built.append(build_pause(progress))
     progress(f"bases ready in {base_seconds:.1f} s")
     return built
 
@@ -402,7 +368,7 @@ def build_images(*, progress: Callable[[str], None] = print) -> dict[str, Path]:
 
     Returns:
         ``{image reference: docker-archive path}`` for the services, operator and Triton CPU pool
-        images (tagged with the chart's appVersion), :data:`PAUSE_IMAGE`, and the stand-ins
+        images (tagged with the chart's appVersion) and the stand-ins
         :data:`REDIS_IMAGE` and :data:`MARIADB_IMAGE` (:func:`local_values` points the chart at all
         of them); load each with ``ctr -n k8s.io images import PATH``.
 

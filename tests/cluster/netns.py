@@ -29,6 +29,9 @@ _CLONE_NEWNET: Final = 0x40000000
 _NETNS_DIR: Final = Path("/run/netns")
 _ETC_NETNS: Final = Path("/etc/netns")
 _T = TypeVar("_T")
+#: The two ends of :func:`link`'s veth pair (each in its own namespace).
+LINK_HERE: Final = "eslink0"
+LINK_THERE: Final = "eslink1"
 
 
 class NetnsError(RuntimeError):
@@ -208,3 +211,35 @@ class PortForward:
                 if sock in self._sockets:
                     self._sockets.remove(sock)
                 sock.close()
+
+
+@contextlib.contextmanager
+def link(
+    name: str, other: str, *, routes_here: list[str], routes_there: list[str], subnet: str
+) -> Iterator[tuple[str, str]]:
+    """A veth pair between namespaces ``name`` and ``other``, with routes both ways.
+
+    ``subnet`` is a /30 (``10.98.0.0``: ``.1`` here, ``.2`` there); ``routes_here`` are the
+    destinations (CIDRs) namespace ``name`` reaches through ``other``, ``routes_there`` those
+    ``other`` reaches through ``name`` (say, the pod network behind the cluster's bridge). Both ends
+    are made inside their namespaces, so nothing appears on the machine's own interfaces. Yields
+    the two addresses; the pair is deleted afterwards (deleting one end deletes both).
+    """
+    prefix = subnet.rsplit(".", 1)[0]
+    last = int(subnet.rsplit(".", 1)[1])
+    here, there = f"{prefix}.{last + 1}", f"{prefix}.{last + 2}"
+    end_here, end_there = LINK_HERE, LINK_THERE
+    ip("link", "add", end_here, "netns", name, "type", "veth", "peer", "name", end_there,
+       "netns", other)  # fmt: skip
+    try:
+        for namespace, end, address in ((name, end_here, here), (other, end_there, there)):
+            ip("-n", namespace, "addr", "add", f"{address}/30", "dev", end)
+            ip("-n", namespace, "link", "set", end, "up")
+        for destination in routes_here:
+            ip("-n", name, "route", "add", destination, "via", there, "dev", end_here)
+        for destination in routes_there:
+            ip("-n", other, "route", "add", destination, "via", here, "dev", end_there)
+        yield here, there
+    finally:
+        with contextlib.suppress(NetnsError):
+            ip("-n", name, "link", "delete", end_here)

@@ -77,6 +77,15 @@ class Release:
         """Run ``argv`` in a container of a pod (kubelet's exec, through the apiserver)."""
         return self.kubectl("exec", pod, "-c", container, "--", *argv)
 
+    def mysql(self, query: str) -> list[list[str]]:
+        """The rows ``query`` gives in the evaluation MariaDB, as earshot's user, each a list."""
+        password = self.secret_value(f"{RELEASE}-storage", "mysql-password")
+        out = self.exec(
+            self.pod_of("mysql"), "mariadb", "mariadb", "-uearshot", f"-p{password}", "earshot",
+            "--batch", "--skip-column-names", "-e", query,
+        )  # fmt: skip
+        return [line.split("\t") for line in out.splitlines()]
+
     def pod_of(self, component: str) -> str:
         """The name of the one running pod of a chart component (redis, mysql, operator, ...)."""
         pods = self.get("pods", "-l", f"app.kubernetes.io/component={component}")["items"]
@@ -97,16 +106,27 @@ def load_images(cluster: Cluster, progress: Callable[[str], None] = print) -> di
 
 
 @contextlib.contextmanager
-def installed_release(cluster: Cluster) -> Iterator[Release]:
-    """Install the chart into namespace ``earshot`` and wait for every pod to be Ready."""
+def installed_release(
+    cluster: Cluster, *, namespace: str = NAMESPACE, values: dict[str, Any] | None = None
+) -> Iterator[Release]:
+    """Install the chart into ``namespace`` and wait for every pod to be Ready.
+
+    ``values`` go on top of the test values (each namespace gets its own volumes, so a second
+    release in the same cluster finds its own empty MariaDB).
+    """
     if not (TINY_PARAFORMER / "tokens.txt").exists():
         raise ClusterError(f"{TINY_PARAFORMER} is missing: run make prerequisites")
     load_images(cluster)
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    _provide_volumes(cluster)
-    local = cluster.folder / "local-images.yaml"
+    cluster.kubectl("create", "namespace", namespace)
+    _provide_volumes(cluster, namespace)
+    local = cluster.folder / f"local-images-{namespace}.yaml"
     local.write_text(json.dumps(images.local_values(), indent=2))
-    release = Release(cluster=cluster, namespace=NAMESPACE, values=(local, VALUES))
+    files = [local, VALUES]
+    if values:
+        extra = cluster.folder / f"values-{namespace}.yaml"
+        extra.write_text(json.dumps(values, indent=2))
+        files.append(extra)
+    release = Release(cluster=cluster, namespace=namespace, values=tuple(files))
     values_args = [arg for path in release.values for arg in ("--values", str(path))]
     release.helm("install", RELEASE, str(CHART), *values_args)
     wait_all_ready(release)
@@ -123,9 +143,9 @@ def wait_all_ready(release: Release, timeout_s: float = INSTALL_TIMEOUT_S) -> No
     release.kubectl("wait", "--for=condition=Ready", "pod", "--all", f"--timeout={timeout_s}s")
 
 
-def _provide_volumes(cluster: Cluster) -> None:
+def _provide_volumes(cluster: Cluster, namespace: str) -> None:
     """hostPath PersistentVolumes for the models (pre-filled) and MariaDB's data."""
-    volumes = cluster.folder / "volumes"
+    volumes = cluster.folder / "volumes" / namespace
     models = volumes / "models"
     shutil.copytree(TINY_PARAFORMER, models / "paraformer")
     mysql = volumes / "mysql"
@@ -134,16 +154,16 @@ def _provide_volumes(cluster: Cluster) -> None:
     for path in (models, models / "paraformer"):
         path.chmod(0o755)
     claims: list[dict[str, Any]] = [
-        _volume("earshot-models", models, "1Gi", claim=(NAMESPACE, MODELS_CLAIM)),
-        _volume("earshot-mysql", mysql, "2Gi", claim=None),
+        _volume(f"{namespace}-models", models, "1Gi", claim=(namespace, MODELS_CLAIM)),
+        _volume(f"{namespace}-mysql", mysql, "2Gi", claim=None),
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": MODELS_CLAIM, "namespace": NAMESPACE},
+            "metadata": {"name": MODELS_CLAIM, "namespace": namespace},
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
                 "storageClassName": "",
-                "volumeName": "earshot-models",
+                "volumeName": f"{namespace}-models",
                 "resources": {"requests": {"storage": "1Gi"}},
             },
         },

@@ -21,7 +21,7 @@ import pytest
 
 from tests.cluster.harness import Cluster
 from tests.cluster.release import RELEASE, Release, client_argv, installed_release, run_client
-from tests.cluster.test_sre_path import _closes, _mysql, _session, _wait_phase
+from tests.cluster.test_sre_path import _closes, _session, _wait_phase
 
 POOL = {"placement": {"pool": "default"}}
 POOL_LABEL = "app.kubernetes.io/component=pool-default"
@@ -29,8 +29,11 @@ POOL_LABEL = "app.kubernetes.io/component=pool-default"
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[Release]:
-    """The chart installed with the local images; every pod Ready; uninstalled afterwards."""
-    with installed_release(cluster) as installed:
+    """The chart installed with the local images; every pod Ready; uninstalled afterwards.
+
+    In a namespace of its own: the other modules' releases (and volumes) may be in the cluster.
+    """
+    with installed_release(cluster, namespace="earshot-pools") as installed:
         yield installed
         installed.helm("uninstall", RELEASE, "--wait")
 
@@ -51,7 +54,7 @@ def _stored(release: Release, session: str, count: int) -> list[list[str]]:
         f"WHERE session_id = '{session}' ORDER BY segment_seq"
     )
     deadline = time.monotonic() + 30.0  # the sidecar stores a final shortly after it is told
-    while len(rows := _mysql(release, query)) < count and time.monotonic() < deadline:
+    while len(rows := release.mysql(query)) < count and time.monotonic() < deadline:
         time.sleep(0.5)
     return rows
 

@@ -6,7 +6,8 @@ the chart's model provisioning) are pods a real kubelet made Ready; sessions get
 the operator running in the cluster with the chart's RBAC. The client runs in the node's network
 namespace and finds the gateway through the cluster's DNS, as a caller's system would.
 
-Left out: the TalkRoom-in-cluster test (it needs the Talk room work filed beside issue 10).
+Talk on the cluster (the ExApp pod, a room's gateway pod in an HPB call):
+tests/cluster/test_talk_path.py.
 The tests share one release and run in file order; the last one uninstalls it.
 """
 
@@ -70,23 +71,6 @@ def _apply_ready(release: Release, name: str, **spec: Any) -> tuple[str, str]:
     status = _wait_phase(release, name, "Ready")
     token = release.secret_value(status["tokenSecret"], "token")
     return status["endpoint"], token
-
-
-def _mysql(release: Release, query: str) -> list[list[str]]:
-    password = release.secret_value(f"{RELEASE}-storage", "mysql-password")
-    out = release.exec(
-        release.pod_of("mysql"),
-        "mariadb",
-        "mariadb",
-        "-uearshot",
-        f"-p{password}",
-        "earshot",
-        "--batch",
-        "--skip-column-names",
-        "-e",
-        query,
-    )
-    return [line.split("\t") for line in out.splitlines()]
 
 
 def _closes(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -163,8 +147,7 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
     assert partials, messages
     assert finals, messages
     assert [f["seq"] for f in finals] == list(range(1, len(finals) + 1))
-    rows = _mysql(
-        release,
+    rows = release.mysql(
         "SELECT segment_seq, content FROM segments WHERE session_id = 'demo' ORDER BY segment_seq",
     )
     assert rows == [[str(f["seq"]), f["text"]] for f in finals]
@@ -177,7 +160,7 @@ def test_a_sample_session_streams_partials_and_finals_that_are_stored_in_cluster
 def test_the_stored_session_carries_the_user_id_of_its_resource(release: Release) -> None:
     endpoint, token = _apply_ready(release, "demo")
     run_client(release.cluster, endpoint, f"--token={token}", "--speed", "0")
-    assert _mysql(release, "SELECT user_id FROM sessions WHERE id = 'demo'") == [["alice"]]
+    assert release.mysql("SELECT user_id FROM sessions WHERE id = 'demo'") == [["alice"]]
 
 
 def test_a_client_without_the_token_or_with_another_sessions_token_is_refused(
@@ -249,7 +232,7 @@ def test_deleting_the_gateway_pod_mid_stream_loses_and_repeats_no_final(release:
         "SELECT segment_seq, content FROM segments WHERE session_id = 'moving' ORDER BY segment_seq"
     )
     deadline = time.monotonic() + 30.0  # the sidecar stores a final shortly after it is told
-    while len(rows := _mysql(release, query)) < len(finals) and time.monotonic() < deadline:
+    while len(rows := release.mysql(query)) < len(finals) and time.monotonic() < deadline:
         time.sleep(0.5)
     # Every final the client was told is stored, once; nothing is stored that it was not told.
     assert rows == [[str(f["seq"]), f["text"]] for f in finals]

@@ -20,10 +20,7 @@ import asyncio
 import base64
 import contextlib
 import json
-import shutil
 import ssl
-import subprocess
-import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import pytest_asyncio
-import soxr
 
 from earshot.engines import loading
 from earshot.events import Segment
@@ -54,11 +50,11 @@ from tests.e2e.kubelets import (
 from tests.hpb_stack import HpbStack, StackUnavailable
 from tests.servers import free_port
 from tests.talk_exapp import APP_SECRET, appapi_headers
+from tests.talk_media import RATE, espeak
 from tests.talk_participants import Participant
 
 ROOM = "e2eroom7"
 TALKROOM = "talk-e2eroom7"
-RATE = 48_000
 IN_CALL = 1
 IN_CALL_WITH_AUDIO = IN_CALL | 2
 TARGETS = "earshot.dev/caption-targets"
@@ -94,16 +90,7 @@ async def model_cache(tiny_model_cache: Path) -> Path:
 
 def speech(voice: str, workdir: Path, *, repeats: int) -> npt.NDArray[np.float32]:
     """espeak-ng speech at 48 kHz: the sentence ``repeats`` times, each followed by 2 s of silence."""
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is missing: apt-get install espeak-ng", pytrace=False)
-    path = workdir / f"{voice}.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), SENTENCES[voice]], check=True
-    )
-    with wave.open(str(path)) as wav:
-        rate = wav.getframerate()
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
-    sentence = soxr.resample(pcm.astype(np.float32) / 32768, rate, RATE).astype(np.float32)
+    sentence = espeak(SENTENCES[voice], workdir, voice=voice)
     pause = np.zeros(2 * RATE, np.float32)
     return np.concatenate([part for _ in range(repeats) for part in (sentence, pause)])
 

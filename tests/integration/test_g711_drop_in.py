@@ -166,6 +166,121 @@ async def test_metrics_are_a_json_snapshot_where_json_is_asked_for(
     assert [s["value"] for s in frames if s["labels"] == {"gateway": "g711"}] == [expected]
 
 
+#: The JSON ``/metrics`` of the older server (AirSodaz/PyStreamASR, ``main.py`` ``metrics()``, its
+#: ``core/metrics.py`` and ``BoundedInferenceExecutor.snapshot()``): each group's keys, and whether
+#: a key is a count (int) or seconds (float).
+OLDER_SERVER_METRICS: dict[str, dict[str, type]] = {
+    "inference": {
+        "max_workers": int,
+        "queue_size": int,
+        "inflight": int,
+        "completed": int,
+        "rejected_overloaded": int,
+        "timed_out": int,
+        "cpu_latency_seconds": float,
+        "total_latency_seconds": float,
+    },
+    "connections": {
+        "active": int,
+        "opened": int,
+        "closed": int,
+        "disconnected": int,
+        "errors": int,
+        "duration_seconds": float,
+    },
+    "websocket": {
+        "chunks_received": int,
+        "bytes_received": int,
+        "receive_errors": int,
+        "overload_closes": int,
+    },
+    "audio": {"processed_chunks": int, "processing_errors": int, "processing_seconds": float},
+    "transcription": {"partials": int, "finals": int, "empty_results": int, "auto_finalized": int},
+    "storage": {
+        "partial_saves": int,
+        "final_saves": int,
+        "save_errors": int,
+        "partial_seconds": float,
+        "final_seconds": float,
+    },
+}
+
+
+def _older_layout(body: dict[str, object]) -> dict[str, dict[str, float]]:
+    """The older server's groups of a JSON snapshot, checked key by key and type by type."""
+    assert set(body) == {"model_loaded", "metrics", *OLDER_SERVER_METRICS}
+    assert body["model_loaded"] is True
+    groups: dict[str, dict[str, float]] = {}
+    for group, keys in OLDER_SERVER_METRICS.items():
+        values = body[group]
+        assert isinstance(values, dict)
+        assert set(values) == set(keys), group
+        for key, kind in keys.items():
+            assert type(values[key]) is kind, (group, key, values[key])
+            assert values[key] >= 0, (group, key)
+        groups[group] = values
+    return groups
+
+
+def _finals_made(groups: dict[str, dict[str, float]]) -> float:
+    return groups["transcription"]["finals"] + groups["transcription"]["auto_finalized"]
+
+
+async def test_json_metrics_have_the_older_servers_layout_and_count_a_call(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_cache: Path
+) -> None:
+    settings = legacy_settings(monkeypatch, tmp_path)
+    wav = sample_wav(tmp_path / "in.wav")
+    with wave.open(str(wav), "rb") as audio:
+        samples = audio.getnframes()
+    chunk = int(8000 * SIMULATOR_CHUNK_SECONDS)
+    async with (
+        gateway(settings, tiny_model_cache, tmp_path / "spool") as (ws, http),
+        httpx.AsyncClient(base_url=http) as web,
+    ):
+        before = _older_layout((await web.get("/metrics/json")).json())
+        received = await simulator(session_url(ws, "metered"), wav)
+        after = before
+        for _ in range(100):  # the stream ends and its last final is stored after the client left
+            after = _older_layout((await web.get("/metrics/json")).json())
+            ended = after["connections"]["closed"] > before["connections"]["closed"]
+            if ended and _finals_made(after) - _finals_made(before) == (
+                after["storage"]["final_saves"] - before["storage"]["final_saves"]
+            ):
+                break
+            await asyncio.sleep(0.1)
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        (stored,) = db.execute("SELECT COUNT(*) FROM segments").fetchone()
+
+    def grew(group: str, key: str) -> float:
+        return after[group][key] - before[group][key]
+
+    chunks = -(-samples // chunk)  # 600 ms chunks, the last one shorter
+    told = [m for m in received if m["type"] == "final"]
+    assert (grew("connections", "opened"), grew("connections", "closed")) == (1, 1)
+    assert (grew("connections", "disconnected"), grew("connections", "errors")) == (1, 0)
+    assert after["connections"]["active"] == 0
+    assert grew("connections", "duration_seconds") > 0
+    assert (grew("websocket", "chunks_received"), grew("websocket", "bytes_received")) == (
+        chunks,
+        samples,  # one A-law byte per sample
+    )
+    assert grew("audio", "processed_chunks") == grew("inference", "completed") == chunks
+    assert grew("audio", "processing_seconds") > 0
+    assert grew("inference", "total_latency_seconds") > 0
+    assert grew("inference", "cpu_latency_seconds") > 0
+    assert (after["inference"]["max_workers"], after["inference"]["queue_size"]) == (1, 256)
+    assert after["inference"]["inflight"] == 0
+    assert grew("transcription", "partials") >= len([m for m in received if m["type"] == "partial"])
+    assert grew("transcription", "finals") >= len(told) > 0
+    assert grew("transcription", "finals") + grew("transcription", "auto_finalized") == stored
+    assert 0 < grew("transcription", "empty_results") < chunks
+    assert grew("storage", "final_saves") == stored
+    # The drainer writes the latest partial of a session, when a final has not superseded it yet.
+    assert grew("storage", "partial_saves") <= grew("transcription", "partials")
+    assert grew("storage", "final_seconds") > 0
+
+
 async def test_prometheus_keeps_its_text_format(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_cache: Path
 ) -> None:

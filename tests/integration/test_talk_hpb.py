@@ -15,10 +15,8 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
-import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import pytest_asyncio
-import soxr
 
 from earshot.engines import loading
 from earshot.engines.recognizers import Recognizer
@@ -41,13 +38,13 @@ from earshot.settings import Settings
 from tests.hpb_double import eventually
 from tests.hpb_stack import HpbStack, StackUnavailable
 from tests.talk_exapp import APP_SECRET, NextcloudDouble, appapi_headers, running_exapp
+from tests.talk_media import RATE, espeak
 from tests.talk_participants import Participant
 from tests.taskprocessing_double import TaskProcessingDouble, translated
 
 pytestmark = pytest.mark.integration
 
 ROOM = "talkroom1"
-RATE = 48_000
 IN_CALL_WITH_AUDIO = 1 | 2
 
 
@@ -66,15 +63,7 @@ def hpb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HpbStack]:
 
 def speech(text: str, workdir: Path, *, voice: str) -> npt.NDArray[np.float32]:
     """espeak-ng speech at 48 kHz, followed by 3 s of silence (so a segment ends)."""
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is missing: apt-get install espeak-ng", pytrace=False)
-    path = workdir / f"{voice}.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True)
-    with wave.open(str(path)) as wav:
-        rate = wav.getframerate()
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
-    samples = soxr.resample(pcm.astype(np.float32) / 32768, rate, RATE).astype(np.float32)
-    return np.concatenate([samples, np.zeros(3 * RATE, np.float32)])
+    return np.concatenate([espeak(text, workdir, voice=voice), np.zeros(3 * RATE, np.float32)])
 
 
 @pytest_asyncio.fixture

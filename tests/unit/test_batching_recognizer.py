@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from earshot.engines import paraformer, tiny_paraformer
 from earshot.engines.batching import BatchingRecognizer
@@ -220,6 +221,25 @@ async def test_close_joins_every_worker_and_later_calls_fail() -> None:
     with pytest.raises(EngineError, match="closed"):
         await stream.accept(chunk(2))
     await recognizer.aclose()  # a second close is harmless
+
+
+async def test_a_closed_pool_reports_no_workers_and_no_slots() -> None:
+    # The older server's JSON metrics add these up over engines: a pool that is gone must not
+    # count in a process that opened another one after it.
+    decoder = FakeDecoder(asyncio.get_running_loop())
+    recognizer = BatchingRecognizer(decoder, workers=3, queue_size=7)
+
+    def pool() -> list[float | None]:
+        return [
+            REGISTRY.get_sample_value(name, {"engine": decoder.name})
+            for name in ("earshot_inference_workers", "earshot_inference_queue_slots")
+        ]
+
+    assert pool() == [3, 7]
+
+    await recognizer.aclose()
+
+    assert pool() == [0, 0]
 
 
 async def test_close_lets_the_running_batch_finish_and_fails_calls_still_queued() -> None:

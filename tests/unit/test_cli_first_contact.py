@@ -211,6 +211,32 @@ def test_invalid_configuration_is_one_line_per_problem_with_exit_2(tmp_path: Pat
     assert one_line(done.stderr).startswith("earshot: error: invalid configuration: EARSHOT_PORT")
 
 
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [
+        (["serve", "--demo-model", "--port", "0"], "check EARSHOT_SEGMENTS_URL and"),
+        (["transcripts", "show", "call-1"], "check EARSHOT_SEGMENTS_URL"),
+    ],
+)
+def test_a_store_that_cannot_be_reached_is_one_line_with_exit_1(
+    command: list[str], hint: str, tmp_path: Path
+) -> None:
+    port = _free_port()  # nothing listens there: a real refused connection
+    done = earshot_run(
+        *command,
+        cwd=tmp_path,
+        EARSHOT_CACHE_DIR=str(tmp_path),
+        EARSHOT_SEGMENTS_URL=f"mysql://earshot:pw@127.0.0.1:{port}/earshot",
+    )
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith("earshot: error: ")
+    assert "segment store at mysql+aiomysql://earshot:***@" in line  # no password shown
+    assert "Can't connect to MySQL server" in line
+    assert "sqlalche.me" not in line
+    assert f"(hint: {hint}" in line
+
+
 def test_a_refused_connection_is_one_line_with_exit_1(speech: Path, tmp_path: Path) -> None:
     port = _free_port()
     done = earshot_run("stream", str(speech), "--url", f"ws://127.0.0.1:{port}", cwd=tmp_path)
@@ -458,3 +484,10 @@ def test_ctrl_c_during_the_demo_shows_the_transcript_so_far_and_exits_130(tmp_pa
     assert "transcript" in shown
     assert " ERROR " not in shown
     assert "Traceback" not in shown
+
+
+def test_a_cause_quoted_over_several_lines_is_printed_on_one() -> None:
+    error = CliError("the driver said:\n  (2003) refused\n\n(see its docs)", "check the URL")
+    assert error.line() == (
+        "earshot: error: the driver said: (2003) refused (see its docs) (hint: check the URL)"
+    )

@@ -243,6 +243,19 @@ def overview() -> dashboard.Dashboard:
                 "decoder when every live stream keeps up; more when streams catch up.",
             )
         )
+        .with_panel(
+            graph(
+                "Model step time (mean)",
+                "s",
+                Query(
+                    "sum by (engine) (rate(earshot_engine_step_seconds_total[5m]))"
+                    " / sum by (engine) (rate(earshot_engine_steps_total[5m]))",
+                    "{{engine}}",
+                ),
+                description="Mean time of one model step of a clocked engine; near the 80 ms "
+                "period the device is too slow for its streams, whatever the batching.",
+            )
+        )
         .with_row(dashboard.Row("Trouble"))
         .with_panel(
             graph(

@@ -26,6 +26,10 @@ _COUNTERS = (
         "earshot_engine_streams_live_total",
         "Live streams (sending, not yet flushed) at each step of a clocked engine, summed over steps.",
     ),
+    (
+        "earshot_engine_step_seconds_total",
+        "Seconds a clocked engine spent in model steps (over its steps: the mean step time).",
+    ),
 )
 
 
@@ -41,7 +45,9 @@ class TritonPythonModel:
             pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
             for name, text in _COUNTERS
         ]
-        self.steps, self.advanced, self.live = (family.Metric(labels=labels) for family in self.families)
+        self.steps, self.advanced, self.live, self.busy = (
+            family.Metric(labels=labels) for family in self.families
+        )
         self.sequences = clocked_sequencing.ClockedSequences(
             decoder, idle_seconds=sequencing.idle_seconds(config), observe=self._observe
         )
@@ -55,10 +61,11 @@ class TritonPythonModel:
     def finalize(self):
         self.sequences.close()
 
-    def _observe(self, advanced, live):
+    def _observe(self, advanced, live, seconds):
         self.steps.increment(1)
         self.advanced.increment(advanced)
         self.live.increment(live)
+        self.busy.increment(seconds)
 
 
 def _answer(sender, outcome):
@@ -69,9 +76,15 @@ def _answer(sender, outcome):
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
         return
-    for said in outcome.said:
+    # Each send is a round trip to the server: the last recognition carries the final flag.
+    *first, last = outcome.said or [None]
+    for said in first:
         sender.send(_response(said))
-    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    if last is None:
+        sender.send(flags=final)
+    else:
+        sender.send(_response(last), flags=final)
 
 
 def _chunk(request):

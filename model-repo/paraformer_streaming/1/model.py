@@ -30,9 +30,15 @@ class TritonPythonModel:
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
                 )
                 continue
-            for said in outcome.said:
+            # Each send is a round trip to the server: the last recognition carries the final flag.
+            *first, last = outcome.said or [None]
+            for said in first:
                 sender.send(_response(said))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            if last is None:
+                sender.send(flags=final)
+            else:
+                sender.send(_response(last), flags=final)
         return None
 
 

@@ -83,8 +83,10 @@ def load_settings(**overrides: Any) -> Settings:
 def _print_problems(exc: ValidationError, what: str) -> None:
     """One line per invalid setting: the variable and why."""
     for problem in exc.errors():
-        field = ".".join(str(p) for p in problem["loc"]) or "settings"
-        err.print(f"earshot: error: {what}: {field}: {problem['msg']}", markup=False)
+        # A check across settings has no field: its message names the variables itself.
+        where = [".".join(str(p) for p in problem["loc"])] if problem["loc"] else []
+        cause = problem.get("ctx", {}).get("error", problem["msg"])
+        err.print(": ".join(["earshot: error", what, *where, str(cause)]), markup=False)
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
@@ -92,7 +94,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(work)
     except CliError as exc:
-        err.print(exc.line())
+        err.print(exc.line(), markup=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("earshot: interrupted")
@@ -100,7 +102,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
 
 
 def _fail(exc: CliError) -> typer.Exit:
-    err.print(exc.line())
+    err.print(exc.line(), markup=False)
     return typer.Exit(exc.exit_code)
 
 
@@ -373,9 +375,12 @@ def transcripts_show(
     settings = load_settings()
     try:
         loaded = asyncio.run(transcripts.load(settings, parse_session_id(session)))
-    except (InvalidSessionId, transcripts.UnknownTranscript, StorageError) as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+    except InvalidSessionId as exc:
+        raise _fail(CliError(str(exc), exit_code=USAGE)) from None
+    except transcripts.UnknownTranscript as exc:
+        raise _fail(CliError(str(exc), "check the session id")) from None
+    except StorageError as exc:
+        raise _fail(CliError(str(exc), "check EARSHOT_SEGMENTS_URL")) from None
     out = Console(soft_wrap=True, highlight=False)
     for text in transcripts.render(loaded):
         out.print(text, markup=False)

@@ -23,4 +23,6 @@ class CliError(Exception):
     def line(self) -> str:
         """The one line printed on stderr."""
         hint = f" (hint: {self.hint})" if self.hint else ""
-        return f"earshot: error: {self.cause}{hint}"
+        # A cause quoted from a library may span lines; the error is one line all the same.
+        cause = " ".join(line.strip() for line in self.cause.splitlines() if line.strip())
+        return f"earshot: error: {cause}{hint}"

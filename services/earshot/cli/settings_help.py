@@ -46,5 +46,13 @@ def effective(settings: Settings) -> Iterator[str]:
         shown = "***" if isinstance(value, SecretStr) else ("" if value is None else str(value))
         if "://" in shown:
             shown = redacted(shown)  # a store URL's password
-        origin = "" if name in settings.model_fields_set else "  (default)"
+        origin = _origin(settings, name)
         yield f"{' | '.join(variables(name))} = {shown}{origin}"
+
+
+def _origin(settings: Settings, name: str) -> str:
+    if name in settings.given():
+        return ""
+    if name in settings.model_fields_set:  # filled in because the older server's names are used
+        return "  (the older server's default)"
+    return "  (default)"

@@ -27,6 +27,7 @@ from typing import Generic
 
 import numpy as np
 
+from earshot import metrics
 from earshot.engines.recognizers import (
     BatchDecoder,
     EngineError,
@@ -113,6 +114,12 @@ class BatchingRecognizer(Generic[StreamT]):
         ]
         for thread in self._threads:
             thread.start()
+        metrics.INFERENCE_WORKERS.labels(decoder.name).set(workers)
+        metrics.INFERENCE_QUEUE_SLOTS.labels(decoder.name).set(queue_size)
+        # Looked up once (per chunk is costly), and so at 0 before the first chunk.
+        self._inflight = metrics.INFERENCE_INFLIGHT.labels(decoder.name)
+        self._queue_timeouts = metrics.INFERENCE_QUEUE_TIMEOUTS.labels(decoder.name)
+        self._decode_seconds = metrics.INFERENCE_DECODE_SECONDS.labels(decoder.name)
 
     @classmethod
     def from_settings(
@@ -157,6 +164,9 @@ class BatchingRecognizer(Generic[StreamT]):
         await asyncio.gather(*self._exits)
         for thread in self._threads:
             thread.join()
+        # A closed pool has no workers and no slots (a process may open another after it).
+        metrics.INFERENCE_WORKERS.labels(self._decoder.name).set(0)
+        metrics.INFERENCE_QUEUE_SLOTS.labels(self._decoder.name).set(0)
         while self._runnable:
             work = self._runnable.popleft()
             self._post(work.jobs, None, EngineError("the recogniser was closed"))
@@ -195,10 +205,13 @@ class BatchingRecognizer(Generic[StreamT]):
         if not self._slots.locked():
             # A free slot is taken without suspending, so jobs queue in the order of the calls.
             await self._slots.acquire()
+            self._inflight.inc()
             return
         try:
             await asyncio.wait_for(self._slots.acquire(), self._queue_timeout)
+            self._inflight.inc()
         except TimeoutError:
+            self._queue_timeouts.inc()
             raise EngineOverloaded(
                 f"the {self.name} inference queue stayed full for {self._queue_timeout:g} s"
             ) from None
@@ -233,6 +246,13 @@ class BatchingRecognizer(Generic[StreamT]):
             return batch
 
     def _run(self, batch: _Batch[StreamT]) -> None:
+        started = time.perf_counter()
+        try:
+            self._decode(batch)
+        finally:
+            self._decode_seconds.inc(time.perf_counter() - started)
+
+    def _decode(self, batch: _Batch[StreamT]) -> None:
         fed: _Batch[StreamT] = []
         for work, jobs in batch:
             try:
@@ -274,6 +294,7 @@ class BatchingRecognizer(Generic[StreamT]):
     ) -> None:
         if job.holds_slot:
             self._slots.release()
+            self._inflight.dec()
         if not job.future.done():  # else the caller was cancelled
             if error is not None:
                 job.future.set_exception(error)

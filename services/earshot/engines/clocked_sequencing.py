@@ -51,7 +51,8 @@ class ClockedSequences(Generic[StreamT]):
             decoder: the engine's synchronous core.
             idle_seconds: the model's ``max_sequence_idle_microseconds`` in seconds: Triton forgets
                 a sequence idle this long without telling the model, so it is ended here too.
-            observe: called after each step with the streams advanced and the live streams.
+            observe: called after each step with the streams advanced, the live streams and the
+                seconds the step took.
             clock: seconds, monotonic (tests pass their own).
         """
         self._outbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -60,9 +61,9 @@ class ClockedSequences(Generic[StreamT]):
         )
         self._sender.start()
 
-        def observed(advanced: int, live: int) -> None:
+        def observed(advanced: int, live: int, seconds: float) -> None:
             if observe is not None:
-                self._outbox.put(lambda: observe(advanced, live))
+                self._outbox.put(lambda: observe(advanced, live, seconds))
 
         self._clock = DecodingClock(decoder, observe=observed)
         self._idle_seconds = idle_seconds

@@ -14,30 +14,37 @@ Work flows like this: :meth:`DecodingClock.submit` hands audio (or the end of a 
 to the clock's thread, which feeds it to the decoder at once. A stream that has no full frame
 waiting is answered at once (with its partial if its text changed); one that has is answered after
 the tick that leaves it without one, so a chunk's answer holds exactly what its audio made the model
-say, as the unclocked ``decode`` would. A chunk that completes one frame waits for at most one
-tick.
+say, as the unclocked ``decode`` would (unless the stream is late, see below). A chunk that
+completes one frame waits for at most one tick.
 
-Lag: a client sends its next chunk only once the last is answered, so a stream that fell behind
-(the model's silence prefix before its first audio, ticks delayed by a slow step, a client that
-sent a burst) would stay behind for good at one frame per tick. After each tick's step, while a
-stream holds more frames than its largest chunk brought (its own burst: 1 for 20 ms chunks, 3 for
-200 ms ones), the tick runs catch-up steps, each advancing every stream that holds a frame; so
-bursts of a client's usual size are spread over the ticks and never cost a step of their own, and
-a stream joining or falling behind catches up within the tick. A finished stream is flushed one
-frame per tick, then answered with its last final (its flush is not lag: nobody sends after it).
+Steps happen only at ticks. A tick runs one step of every stream with a frame waiting; a step
+costs the same whatever the streams in it (a fixed slot batch), so any step besides that one
+advances only the streams that need it and lowers the share of live streams each step advances.
+Such catch-up steps exist for streams that fell behind: after the tick's step, while a stream
+holds more frames than its largest chunk brought (its own burst: 1 for 20 ms chunks, 3 for 200 ms
+ones), the tick runs catch-up steps, each advancing every stream holding a frame, as long as one
+more step ends before the next tick is due (a step is assumed to cost what the tick's step did).
+So bursts of a client's usual size are spread over the ticks and never cost a step of their own,
+streams that fell behind together (a stall) catch up together, and catching up never delays a
+tick; a model step longer than the period makes ticks run back to back and leaves no time to
+catch up (the streams then fall behind real time: the machine is too slow for them).
 
 A client that fell behind real time (a stall of the process, a slow step) holds its backlog on
 its own side and sends it one chunk per answer, so the frames it makes the clock hold never show
-it. Each stream therefore also keeps an audio clock: the time its audio started (re-based whenever
-the client took longer than a period to send after an answer, as a real-time client does) plus
-the audio it sent. A stall of the whole process (client included) looks like a pause and is
-forgiven; a stall of the clock, or of a Triton model while its clients go on, is caught up. A
-stream further behind that clock than waiting for its ticks explains (one period more than its
-burst) is stepped as soon as its frame arrives, in a catch-up step with every stream holding a
-frame, until it is back on time.
+it, and waiting for a tick per frame it would never catch up. Each stream therefore also keeps an
+audio clock: the time its audio started (re-based whenever the client took longer than a period
+to send after an answer, as a real-time client does) plus the audio it sent. A stall of the
+whole process (client included) looks like a pause and is forgiven; a stall of the clock, or of a
+Triton model while its clients go on, is caught up. A stream further behind that clock than
+waiting for its ticks explains (one period more than its burst) has its chunks answered at once,
+frame or not: its client then sends its backlog without waiting, the frames pile up in the clock,
+and the ticks' catch-up steps advance them. The finals those steps make the model say come with
+the stream's next answer (or its last, when it ends); partials only with an answer that leaves no
+frame waiting, so what a late stream is told is what the unclocked ``decode`` says, less some
+partials.
 
-Ticks keep to a grid of ``step_seconds`` while some stream is behind; a late tick runs at once
-and the grid moves on from it, so a slow step delays the streams but never makes a burst of steps.
+Ticks keep to a grid of ``step_seconds``; a late tick runs at once and the grid moves on from it,
+so a slow step delays the streams but never makes a burst of steps.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic
 
 from earshot.engines.recognizers import EngineError, Samples, SteppedDecoder, StreamT
@@ -66,6 +73,8 @@ class StepStats:
         live: the live streams (audio sent, not finished and flushed, not failed) at each step,
             summed: ``advanced / live`` is the share of live streams a step advances.
         audio_seconds: seconds of audio the steps consumed per stream (``steps * step_seconds``).
+        step_seconds: time spent in model steps (``step_seconds / steps``: the mean step; over the
+            time passed: the share of the clock's thread the model takes).
     """
 
     ticks: int = 0
@@ -73,6 +82,7 @@ class StepStats:
     advanced: int = 0
     live: int = 0
     audio_seconds: float = 0.0
+    step_seconds: float = 0.0
 
 
 @dataclass(eq=False, slots=True, weakref_slot=True)
@@ -90,6 +100,8 @@ class ClockedStream(Generic[StreamT]):
     anchor: float | None = None
     sent_seconds: float = 0.0
     answered_at: float = 0.0
+    # A step failed while none of its chunks waited: the next one is answered with this.
+    error: EngineError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +113,8 @@ class _Submission(Generic[StreamT]):
     at: float
 
 
-StepObserver = Callable[[int, int], None]
+# (streams advanced, live streams, seconds the step took)
+StepObserver = Callable[[int, int, float], None]
 
 
 class DecodingClock(Generic[StreamT]):
@@ -118,8 +131,8 @@ class DecodingClock(Generic[StreamT]):
 
         Args:
             decoder: the engine's synchronous core; only the clock's thread calls it after this.
-            observe: called on the clock's thread after each step with the streams it advanced and
-                the live streams (for metrics).
+            observe: called on the clock's thread after each step with the streams it advanced, the
+                live streams and the seconds it took (for metrics).
             clock: seconds, monotonic.
         """
         self._decoder = decoder
@@ -193,14 +206,13 @@ class DecodingClock(Generic[StreamT]):
                 self._take(submission)
             now = self._clock()
             if now >= next_tick and self._live:
-                self._tick()
                 # A tick more than a period late moves the grid: the next one is a period later,
-                # never a burst of ticks (streams that fell behind catch up in steps of their own).
+                # never a burst of ticks (streams that fell behind catch up in this tick's spare
+                # time, in steps of their own).
                 next_tick += self._period
                 if next_tick <= now:
                     next_tick = now + self._period
-            elif any(self._late(stream, now) for stream in self._live.values()):
-                self._advance(self._holding_frames())
+                self._tick(catch_up_until=next_tick)
             elif not self._live:
                 next_tick = max(next_tick, now)
 
@@ -222,6 +234,9 @@ class DecodingClock(Generic[StreamT]):
     def _take(self, submission: _Submission[StreamT]) -> None:
         stream = submission.stream
         stream.replies.append(submission.reply)
+        if stream.error is not None:  # it failed in a step while no chunk of it waited
+            self._answer(stream, stream.error)
+            return
         self._open.add(stream)
         stream.ended = stream.ended or submission.ends
         # When the client sent it (not when this thread got to it): a stalled clock is no pause.
@@ -243,27 +258,40 @@ class DecodingClock(Generic[StreamT]):
             self._live.pop(id(stream), None)
             self._answer(stream, _as_engine_error(error))
             return
-        if self._decoder.behind(stream.state):
-            self._live[id(stream)] = stream
-        else:
+        if not self._decoder.behind(stream.state):
             self._answer(stream, None)
+            return
+        self._live[id(stream)] = stream
+        if self._late(stream, self._clock()):
+            # Its client holds a backlog and sends one chunk per answer: answered now, it sends
+            # the backlog at once, whose frames the next ticks catch up (with every other stream
+            # holding frames). What the steps of this frame say comes with a later answer.
+            self._answer(stream, None, early=True)
 
-    def _tick(self) -> None:
+    def _tick(self, *, catch_up_until: float) -> None:
+        """One step of every stream behind; catch-up steps while a stream lags and time is left."""
         old = self._stats
-        self._stats = StepStats(old.ticks + 1, old.steps, old.advanced, old.live, old.audio_seconds)
-        self._advance([s for s in self._live.values() if self._decoder.behind(s.state)])
-
-    def _advance(self, streams: list[ClockedStream[StreamT]]) -> None:
-        """Step ``streams``, then catch up while a stream lags; answer the streams caught up."""
-        while streams and self._step(streams):
-            # A step costs the same for one stream as for all: a catch-up step advances every
-            # stream with a frame, so streams that all lag (a slow step) catch up together.
-            now = self._clock()
-            lagging = any(self._lagging(s) or self._late(s, now) for s in self._live.values())
-            streams = self._holding_frames() if lagging else []
-        for stream in [s for s in self._live.values() if not self._decoder.behind(s.state)]:
-            del self._live[id(stream)]
-            self._answer(stream, None)
+        self._stats = replace(old, ticks=old.ticks + 1)
+        started = self._clock()
+        streams = [s for s in self._live.values() if self._decoder.behind(s.state)]
+        if streams and self._step(streams):
+            # Every step costs about the same (a fixed batch): a catch-up step is taken only when
+            # it ends before the next tick is due, so catching up never delays a tick.
+            cost = self._clock() - started
+            while any(self._lagging(s) for s in self._live.values()):
+                if self._clock() + cost > catch_up_until:
+                    break
+                # A catch-up step advances every stream holding a frame: streams that all lag
+                # (after a stall) catch up together.
+                if not self._step(self._holding_frames()):
+                    break
+        now = self._clock()
+        for stream in list(self._live.values()):
+            if not self._decoder.behind(stream.state):
+                del self._live[id(stream)]
+                self._answer(stream, None)
+            elif stream.replies and self._late(stream, now):
+                self._answer(stream, None, early=True)
 
     def _holding_frames(self) -> list[ClockedStream[StreamT]]:
         return [s for s in self._live.values() if self._decoder.frames(s.state)]
@@ -280,6 +308,7 @@ class DecodingClock(Generic[StreamT]):
 
     def _step(self, streams: list[ClockedStream[StreamT]]) -> bool:
         """One model step of ``streams``; False when it failed (they are answered with the error)."""
+        started = self._clock()
         try:
             results = self._decoder.step([stream.state for stream in streams])
         except Exception as error:
@@ -287,12 +316,16 @@ class DecodingClock(Generic[StreamT]):
                 del self._live[id(stream)]
                 self._answer(stream, _as_engine_error(error))
             return False
-        self._count(advanced=len(streams), live=max(len(self._open), len(streams)))
+        self._count(
+            advanced=len(streams),
+            live=max(len(self._open), len(streams)),
+            seconds=self._clock() - started,
+        )
         for stream, said in zip(streams, results, strict=True):
             stream.said.extend(said)
         return True
 
-    def _count(self, *, advanced: int, live: int) -> None:
+    def _count(self, *, advanced: int, live: int, seconds: float) -> None:
         old = self._stats
         self._stats = StepStats(
             ticks=old.ticks,
@@ -300,17 +333,28 @@ class DecodingClock(Generic[StreamT]):
             advanced=old.advanced + advanced,
             live=old.live + live,
             audio_seconds=old.audio_seconds + self._period,
+            step_seconds=old.step_seconds + seconds,
         )
         if self._observe is not None:
-            self._observe(advanced, live)
+            self._observe(advanced, live, seconds)
 
-    def _answer(self, stream: ClockedStream[StreamT], error: EngineError | None) -> None:
+    def _answer(
+        self, stream: ClockedStream[StreamT], error: EngineError | None, *, early: bool = False
+    ) -> None:
+        """Answer the stream's waiting chunks with what it said (finals), and its partial unless
+        ``early``: a stream answered with frames still waiting is mid-way through a chunk, whose
+        partial would be one its unclocked decoding never says."""
         if error is not None or stream.ended:
             self._open.discard(stream)
+        if not stream.replies:
+            # Nobody waits (its chunks were answered early): what it said waits for the next one.
+            if error is not None:
+                stream.error = error
+            return
         stream.answered_at = self._clock()
         replies, stream.replies = stream.replies, []
         said, stream.said = stream.said, []
-        if error is None:
+        if error is None and not early:
             said.extend(self._decoder.report(stream.state))
         # Several chunks answered together: the last one carries what they made the model say.
         for position, reply in enumerate(replies, start=1):

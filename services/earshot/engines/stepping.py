@@ -5,7 +5,8 @@ steps in the engine metrics. Must not: run inference on the event loop, know whi
 
 A stream takes its decoder slot with its first audio, so a stream beyond the decoder's slots is
 refused by ``accept`` at once with :class:`EngineOverloaded`, like a Triton sequence whose START is
-refused, never queued behind the others.
+refused, never queued behind the others. After its first chunk a stream hands audio to the clock
+only when it completes one of the decoder's frames (:mod:`earshot.engines.gathering`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Generic
 
 from earshot import metrics
 from earshot.engines.clocking import ClockedStream, DecodingClock
+from earshot.engines.gathering import FrameGatherer
 from earshot.engines.recognizers import EngineError, Samples, SteppedDecoder, StreamT
+from earshot.engines.windowing import DecodingWindow
 from earshot.events import Recognition
 
 
@@ -28,11 +31,13 @@ class SteppingRecognizer(Generic[StreamT]):
         steps = metrics.ENGINE_STEPS.labels(decoder.name)
         advanced = metrics.ENGINE_STREAMS_ADVANCED.labels(decoder.name)
         live = metrics.ENGINE_STREAMS_LIVE.labels(decoder.name)
+        busy = metrics.ENGINE_STEP_SECONDS.labels(decoder.name)
 
-        def observe(stepped: int, alive: int) -> None:
+        def observe(stepped: int, alive: int, seconds: float) -> None:
             steps.inc()
             advanced.inc(stepped)
             live.inc(alive)
+            busy.inc(seconds)
 
         self._clock = DecodingClock(decoder, observe=observe)
         self._closed = False
@@ -72,6 +77,9 @@ class SteppingStream(Generic[StreamT]):
         self._clock = clock
         self._stream: ClockedStream[StreamT] | None = None
         self._finished = False
+        decoder = clock.decoder
+        frame = round(decoder.step_seconds * decoder.sample_rate)
+        self._gathered = FrameGatherer(DecodingWindow(first=frame, step=frame))
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Feed audio; see :meth:`RecognizerStream.accept`.
@@ -81,9 +89,12 @@ class SteppingStream(Generic[StreamT]):
         """
         if self._finished:
             raise EngineError("audio arrived after the stream was finished")
+        first = self._stream is None
         if self._stream is None:
             self._stream = self._clock.open()
-        return await self._submit(self._stream, samples, ends=False)
+        if self._gathered.add(samples) or first:
+            return await self._submit(self._stream, self._gathered.take(), ends=False)
+        return []  # it completes no frame: the model has nothing new to say
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
         """End the stream; see :meth:`RecognizerStream.finish`. A second call returns nothing."""
@@ -92,8 +103,10 @@ class SteppingStream(Generic[StreamT]):
         self._finished = True
         if self._stream is None:
             return []  # it never had a slot: nothing was recognised, nothing is pending
-        last = tail if tail is not None and tail.size else None
-        return await self._submit(self._stream, last, ends=True)
+        if tail is not None and tail.size:
+            self._gathered.add(tail)
+        last = self._gathered.take()
+        return await self._submit(self._stream, last if last.size else None, ends=True)
 
     async def _submit(
         self, stream: ClockedStream[StreamT], samples: Samples | None, *, ends: bool

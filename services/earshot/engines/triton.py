@@ -34,8 +34,11 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 
+from earshot.engines import windowing
+from earshot.engines.gathering import FrameGatherer
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Samples
 from earshot.engines.sequencing import OVERLOADED_MARK
+from earshot.engines.windowing import DecodingWindow
 from earshot.events import Recognition
 
 _log = logging.getLogger(__name__)
@@ -59,15 +62,21 @@ RECONNECTS = Counter(
 
 @dataclass(frozen=True, slots=True)
 class TritonModel:
-    """A Triton model serving an engine, and the audio rate it takes."""
+    """A Triton model serving an engine, the audio rate it takes and the window it steps by.
+
+    ``window``: when the model's next step can use a stream's audio (None: send every chunk). A
+    stream sends its audio only when that step is ready (and its first chunk at once, which opens
+    the sequence): see :mod:`earshot.engines.gathering`.
+    """
 
     name: str
     sample_rate: int
+    window: DecodingWindow | None = None
 
 
 MODELS = {
     "paraformer": TritonModel("paraformer_streaming", 16_000),
-    "kyutai": TritonModel("kyutai_stt", 24_000),
+    "kyutai": TritonModel("kyutai_stt", 24_000, windowing.KYUTAI),
 }
 
 _CHANNEL_OPTIONS = [
@@ -160,6 +169,11 @@ class TritonRecognizer:
     def model(self) -> str:
         """The Triton model the streams go to."""
         return self._model
+
+    @property
+    def window(self) -> DecodingWindow | None:
+        """When the model's next step can use a stream's audio (None: every chunk is sent)."""
+        return MODELS[self._engine].window
 
     def open_stream(self) -> TritonStream:
         """Start a stream; its sequence starts with its first chunk."""
@@ -330,6 +344,8 @@ class TritonStream:
         self._held: list[Recognition] = []
         self._partial = ""
         self._unfinal_samples = 0
+        # Audio gathered until it completes one of the model's frames.
+        self._gathered = FrameGatherer(owner.window)
         self._error: EngineError | None = None
         self._finished = False
 
@@ -346,7 +362,9 @@ class TritonStream:
             if self._error is not None:
                 raise self._error
             said = self._take_held()
-            said.extend(await self._send(np.asarray(samples, dtype=np.float32), end=False))
+            # The first chunk goes at once: its START is refused at once when the model is full.
+            if self._gathered.add(samples) or self._sequence_id is None:
+                said.extend(await self._send(self._gathered.take(), end=False))
             return said
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
@@ -370,9 +388,10 @@ class TritonStream:
             self._finished = True
             try:
                 said = self._take_held()
+                unsent = self._gathered.take()
                 if self._sequence_id is None or self._error is not None:
                     return said + self._salvage()
-                said.extend(await self._send(_EMPTY, end=True))
+                said.extend(await self._send(unsent, end=True))
                 return said
             finally:
                 self._owner._forget(self)
@@ -393,6 +412,7 @@ class TritonStream:
                     return self._take_held()
             if start:
                 self._sequence_id, self._generation = owner._next_sequence_id(), generation
+                self._gathered.restart(len(samples))
             assert self._sequence_id is not None
             self._last_sent = time.monotonic()
             try:

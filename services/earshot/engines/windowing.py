@@ -36,6 +36,11 @@ class DecodingWindow:
         return self.first + ((fed - self.first) // self.step + 1) * self.step
 
 
+# Kyutai (moshi's Mimi) steps 80 ms frames at 24 kHz: earshot.engines.kyutai.FRAME_SAMPLES, checked
+# by tests/unit/test_frame_gathering.py (this module must not import the engine, which needs torch).
+KYUTAI_FRAME_SAMPLES = 1920
+KYUTAI = DecodingWindow(first=KYUTAI_FRAME_SAMPLES, step=KYUTAI_FRAME_SAMPLES)
+
 # sherpa-onnx's streaming Paraformer (online-recognizer-paraformer-impl.h): 80-dim fbank frames of
 # 400 samples every 160 (16 kHz); a stream is ready while processed + 61 < frames ready, and each
 # decode advances the processed frames by 61 - 1. Checked against sherpa's own is_ready by

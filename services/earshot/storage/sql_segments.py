@@ -171,6 +171,16 @@ def _create_engine(url: URL) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, pool_recycle=3600)
 
 
+def _cause(exc: BaseException) -> str:
+    """The first line of a database error: the driver's own message.
+
+    SQLAlchemy adds lines for the statement, its parameters (a transcript's text) and a link to its
+    docs; a store error is one line in a log and on the command line.
+    """
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class SqlSegmentStore:
     """Sessions and segments in SQLite or MySQL/MariaDB."""
 
@@ -217,7 +227,7 @@ class SqlSegmentStore:
                     message = (
                         f"segment store at {self._where} cannot be opened (connect, create tables)"
                     )
-                    raise StorageError(f"{message}: {exc}") from exc
+                    raise StorageError(f"{message}: {_cause(exc)}") from exc
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -225,7 +235,7 @@ class SqlSegmentStore:
             async with self._engine.begin() as conn:
                 yield conn
         except (SQLAlchemyError, OSError) as exc:
-            raise StorageError(f"segment store at {self._where} failed: {exc}") from exc
+            raise StorageError(f"segment store at {self._where} failed: {_cause(exc)}") from exc
 
     async def ensure_session(self, session_id: SessionId, user_id: str | None) -> None:
         """Create the session's row if missing; fill in its user when it was stored without one."""

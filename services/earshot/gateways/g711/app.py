@@ -411,8 +411,10 @@ async def _stream(
     active = metrics.ACTIVE_STREAMS.labels(GATEWAY, engine)
     active.inc()
     finished = False
+    started, end = time.monotonic(), "error"
     try:
         refusal = await _pump(occupant, transcription, settings)
+        end = "client" if refusal is None else refusal.code
         if occupant.stopping and refusal is occupant.reason:
             # The client is still there: it hears its last finals, then why the stream ends.
             finished = True
@@ -430,6 +432,7 @@ async def _stream(
                 await _finish(transcription, engine)
         finally:
             active.dec()
+            metrics.STREAM_DURATION.labels(GATEWAY, end).observe(time.monotonic() - started)
             last_seq = transcription.next_seq - 1
             await services.stores.journal.close_session(session_id, last_seq=last_seq)
 

@@ -53,6 +53,10 @@ class Meters:
     first_partial_latency: Histogram
     final_latency: Histogram
     segments: Counter
+    decode_seconds: Counter
+    without_text: Counter
+    partials: Counter
+    finals_at_end: Counter
 
     @classmethod
     def for_engine(cls, engine: str) -> Meters:
@@ -67,6 +71,10 @@ class Meters:
             first_partial_latency=metrics.FIRST_PARTIAL_LATENCY.labels(GATEWAY, engine),
             final_latency=metrics.FINAL_LATENCY.labels(GATEWAY, engine),
             segments=metrics.SEGMENTS_FINALISED.labels(GATEWAY, engine),
+            decode_seconds=metrics.AUDIO_DECODE_SECONDS.labels(GATEWAY),
+            without_text=metrics.CHUNKS_WITHOUT_TEXT.labels(GATEWAY, engine),
+            partials=metrics.PARTIALS.labels(GATEWAY, engine),
+            finals_at_end=metrics.FINALS_AT_STREAM_END.labels(GATEWAY, engine),
         )
 
 
@@ -112,6 +120,7 @@ class Transcription:
             StorageError: a store cannot be read to continue the numbering.
         """
         next_seq = await stores.journal.open_session(session_id, user_id, language)
+        metrics.STREAMS_OPENED.labels(GATEWAY).inc()
         return cls(
             session_id=session_id,
             codec=codec,
@@ -136,10 +145,13 @@ class Transcription:
             raise SpoolFull
         arrived = time.perf_counter()
         samples = self.resampler.process(codecs.decode(chunk, self.codec))
+        self.meters.decode_seconds.inc(time.perf_counter() - arrived)
         if self._timing.segment_started is None:
             self._timing.segment_started = arrived
         recognitions = await self.stream.accept(samples)
         self._observe_chunk(arrived, duration_seconds(len(chunk), self.codec, self.source_rate))
+        if not any(r.text for r in recognitions):
+            self.meters.without_text.inc()
         return await self._publish(recognitions, arrived)
 
     async def finish(self) -> list[messages.ServerMessage]:
@@ -156,7 +168,10 @@ class Transcription:
         arrived = time.perf_counter()
         tail: Samples = self.resampler.flush()
         recognitions: list[Recognition] = await self.stream.finish(tail)
-        return await self._publish(recognitions, arrived)
+        said = await self._publish(recognitions, arrived)
+        finals = sum(message["type"] == "final" for message in said)
+        self.meters.finals_at_end.inc(finals)
+        return said
 
     async def _publish(
         self, recognitions: list[Recognition], arrived: float
@@ -174,6 +189,7 @@ class Transcription:
     async def _store_partial(self, text: str, arrived: float) -> messages.PartialMessage:
         partial = Partial(self.session_id, self.next_seq, text, datetime.now(UTC))
         self.stores.journal.partial(partial)
+        self.meters.partials.inc()
         if not self._timing.first_partial_sent and self._timing.segment_started is not None:
             self._timing.first_partial_sent = True
             self.meters.first_partial_latency.observe(
