@@ -108,7 +108,8 @@ def _session_settings(values: Mapping[str, str], base: Settings) -> Settings:
         if not name.startswith(_PREFIX) or field not in Settings.model_fields:
             raise ValueError(f"unknown session setting {name}")
         fields[field] = value
-    return Settings.model_validate({**base.model_dump(exclude_unset=False), **fields})
+    # only what the pool was given: a default passed on would count as given (and refused)
+    return Settings.model_validate({**base.model_dump(exclude_unset=True), **fields})
 
 
 class Registry:
