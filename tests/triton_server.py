@@ -7,10 +7,11 @@ cached under ``~/.cache/earshot/triton`` (DESIGN.md, "Real components for tests"
   libraries (``nvidia_pytriton.libs``, put on ``LD_LIBRARY_PATH``) and the Python backend, whose stub
   is copied next to ``libtriton_python.so`` where the backend looks for it;
 * a virtual environment made with the system ``python3.11`` (the stub embeds Debian's
-  ``libpython3.11``) holding earshot's engine dependencies with ``numpy<2`` (numpy 2 makes every
-  tensor arrive empty). Each model repository gets a small overlay environment that adds the
-  prepared packages and this checkout's ``services/`` (the stub ignores ``PYTHONPATH``); models find
-  it through their ``EXECUTION_ENV_PATH`` parameter.
+  ``libpython3.11``) holding earshot's engine dependencies at the releases of
+  ``model-repo/constraints.txt``, with ``numpy<2`` (numpy 2 makes every tensor arrive empty). Each
+  model repository gets a small overlay environment that adds the prepared packages and this
+  checkout's ``services/`` (the stub ignores ``PYTHONPATH``); models find it through their
+  ``EXECUTION_ENV_PATH`` parameter.
 
 Needs Debian ``python3.11``, ``python3.11-venv`` and ``libpython3.11`` and access to a package index.
 CI prepares the cache up front with ``python -m tests.triton_server prepare``.
@@ -44,6 +45,8 @@ from earshot.events import Recognition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPO = REPO_ROOT / "model-repo"
+#: The releases the tests ran with, numpy<2 for the backend (the pool images install with it too).
+BACKEND_CONSTRAINTS = MODEL_REPO / "constraints.txt"
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 INSTALL_HINT = "apt-get install python3.11 python3.11-venv libpython3.11"
@@ -154,7 +157,8 @@ def backend_requirements(engines: tuple[str, ...]) -> list[str]:
 def _prepare_python_env(cache: Path, engines: tuple[str, ...]) -> Path:
     requirements = backend_requirements(engines)
     no_deps = [r for engine in engines for r in _NO_DEPS.get(engine, ())]
-    key = hashlib.sha256("\n".join([*requirements, *no_deps]).encode()).hexdigest()[:12]
+    pins = BACKEND_CONSTRAINTS.read_text()  # a changed pin makes a new environment
+    key = hashlib.sha256("\n".join([*requirements, *no_deps, pins]).encode()).hexdigest()[:12]
     env = cache / f"python-env-{key}"
     if (env / ".prepared").exists():
         return env
@@ -162,7 +166,8 @@ def _prepare_python_env(cache: Path, engines: tuple[str, ...]) -> Path:
         raise TritonUnavailable(f"{SYSTEM_PYTHON} is missing: {INSTALL_HINT}")
     shutil.rmtree(env, ignore_errors=True)
     _run([str(SYSTEM_PYTHON), "-m", "venv", str(env)])
-    _run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements])
+    _run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet",
+          "--constraint", str(BACKEND_CONSTRAINTS), *requirements])  # fmt: skip
     if no_deps:
         _run(
             [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", *no_deps]

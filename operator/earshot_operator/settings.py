@@ -98,6 +98,11 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(
         8080, ge=0, le=65535, description="Port of the operator's /metrics (0: off)."
     )
+    uninstall_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long the uninstall hook waits for the sessions and rooms to be gone.",
+    )
     namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Namespaces to watch, comma-separated; empty: the whole cluster."
     )

@@ -49,13 +49,12 @@ async def remaining(client: KubeClient, settings: OperatorSettings) -> list[str]
     return found
 
 
-async def delete_all(
-    client: KubeClient, settings: OperatorSettings, *, timeout_s: float = 120.0
-) -> int:
+async def delete_all(client: KubeClient, settings: OperatorSettings) -> int:
     """Delete every session and room, wait until none is left; how many there were.
 
     Raises:
-        UninstallError: some are still there after ``timeout_s`` (a finalizer of someone else).
+        UninstallError: some are still there after ``settings.uninstall_timeout_seconds`` (a
+            finalizer of someone else).
     """
     deleted = 0
     for path in collections(settings):
@@ -69,6 +68,7 @@ async def delete_all(
                 )
             )
             deleted += 1
+    timeout_s = settings.uninstall_timeout_seconds
     deadline = time.monotonic() + timeout_s
     while left := await remaining(client, settings):
         if time.monotonic() > deadline:

@@ -317,6 +317,30 @@ def initialise_gateway(gateway: str, engine: str) -> None:
         STORAGE_ERRORS.labels(store)
 
 
+#: Label values of the Talk counters that the code counts by name: created at 0 with the gateway.
+TALK_CAPTION_KINDS = ("partial", "final")
+TALK_TRANSLATION_OUTCOMES = ("sent", "failed", "dropped")
+TALK_TRANSCRIPT_OUTCOMES = ("kept", "failed", "dropped")
+
+
+def initialise_talk(engine: str, *, signaling_codes: tuple[str, ...]) -> None:
+    """Create at 0 the labelled counters and caption-latency series of a Talk gateway.
+
+    ``signaling_codes`` are the HPB error codes the signaling client handles by name (a server may
+    send others: those appear with their first occurrence).
+    """
+    for kind in TALK_CAPTION_KINDS:
+        TALK_CAPTIONS_SENT.labels(kind)
+    for outcome in TALK_TRANSLATION_OUTCOMES:
+        TALK_TRANSLATIONS.labels(outcome)
+    for outcome in TALK_TRANSCRIPT_OUTCOMES:
+        TALK_TRANSCRIPT_FINALS.labels(outcome)
+    for code in signaling_codes:
+        TALK_SIGNALING_ERRORS.labels(code)
+    for histogram in (TALK_FIRST_CAPTION_LATENCY, TALK_FINAL_CAPTION_LATENCY):
+        histogram.labels(engine)
+
+
 #: The stores a persister writes (the ``store`` label of its retries).
 PERSISTER_STORES = ("partials", "segments")
 
@@ -368,6 +392,21 @@ class _Samples:
         ]
         return sum(values) if values else None
 
+    def label_values(self, name: str, label: str, **labels: str) -> list[str]:
+        """The values ``label`` takes in ``name``'s samples whose labels include ``labels``."""
+        return sorted(
+            {
+                s["labels"][label]
+                for s in self._samples.get(name, [])
+                if label in s["labels"] and all(s["labels"].get(k) == v for k, v in labels.items())
+            }
+        )
+
+    def pool(self, name: str, engines: list[str]) -> float | None:
+        """:meth:`total` of an inference-pool series over ``engines``; None when none exists."""
+        values = [v for engine in engines if (v := self.total(name, engine=engine)) is not None]
+        return sum(values) if values else None
+
     def count(self, name: str, **labels: str) -> int:
         """:meth:`total` as a count (0 when no sample exists yet)."""
         return int(self.total(name, **labels) or 0)
@@ -389,21 +428,24 @@ def legacy_groups(samples: _Samples) -> dict[str, Any]:
     ``cpu_latency_seconds``) are null where the engine has no in-process pool (Triton, Kyutai).
     """
     g711 = {"gateway": "g711"}
+    # The engine this gateway serves (its series exist from the start); other recognisers this
+    # process may have made (tests) are not its pool.
+    engines = samples.label_values("earshot_overload_rejections_total", "engine", **g711)
     overloaded = samples.count("earshot_overload_rejections_total", **g711)
-    timed_out = samples.count("earshot_inference_queue_timeouts_total")
+    timed_out = int(samples.pool("earshot_inference_queue_timeouts_total", engines) or 0)
     closed = samples.count("earshot_stream_duration_seconds_count", **g711)
     at_end = samples.count("earshot_finals_at_stream_end_total", **g711)
     return {
         # This process answers only once its recogniser is open.
         "model_loaded": True,
         "inference": {
-            "max_workers": _whole(samples.total("earshot_inference_workers")),
-            "queue_size": _whole(samples.total("earshot_inference_queue_slots")),
-            "inflight": _whole(samples.total("earshot_inference_inflight")),
+            "max_workers": _whole(samples.pool("earshot_inference_workers", engines)),
+            "queue_size": _whole(samples.pool("earshot_inference_queue_slots", engines)),
+            "inflight": _whole(samples.pool("earshot_inference_inflight", engines)),
             "completed": samples.count("earshot_chunk_processing_seconds_count", **g711),
             "rejected_overloaded": max(0, overloaded - timed_out),
             "timed_out": timed_out,
-            "cpu_latency_seconds": samples.total("earshot_inference_decode_seconds_total"),
+            "cpu_latency_seconds": samples.pool("earshot_inference_decode_seconds_total", engines),
             "total_latency_seconds": samples.seconds(
                 "earshot_chunk_processing_seconds_sum", **g711
             ),

@@ -158,8 +158,17 @@ class Settings(BaseSettings):
     )
     workers: int = Field(
         1,
+        ge=1,
         validation_alias=_env("WORKERS", "APP_WORKERS"),
-        description="Server processes; only 1 (scale with replicas and EARSHOT_INFERENCE_WORKERS).",
+        description="Telephony gateway processes sharing one port (SO_REUSEPORT), each with its "
+        "own recogniser and event loop: one pod then uses that many cores. The Talk ExApp runs "
+        "one.",
+    )
+    reuse_port: bool = Field(
+        False,
+        validation_alias=_env("REUSE_PORT"),
+        description="Listen with SO_REUSEPORT, so that several processes share the port "
+        "(EARSHOT_WORKERS sets it for its workers).",
     )
 
     access_token: SecretStr | None = Field(
@@ -531,17 +540,6 @@ class Settings(BaseSettings):
     def _any_case_level(cls, value: object) -> object:
         # The older server's .env says LOG_LEVEL=INFO.
         return value.lower() if isinstance(value, str) else value
-
-    @field_validator("workers")
-    @classmethod
-    def _one_worker(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(
-                f"{value} server processes asked for, but a gateway runs as one process (its "
-                "sessions and spool are per process): use 1, and scale with more replicas and "
-                "EARSHOT_INFERENCE_WORKERS"
-            )
-        return value
 
     @field_validator("session_id")
     @classmethod

@@ -399,3 +399,40 @@ def test_pod_monitor_selects_the_operators_gateway_pods(everything: list[Manifes
     }
     ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
     assert ports == {dataplane.PORT_NAME, dataplane.PERSISTER_PORT_NAME}
+
+
+def _scrapes(manifests: list[Manifest]) -> list[dict[str, Any]]:
+    monitors = [m for m in manifests if m["kind"] in ("ServiceMonitor", "PodMonitor")]
+    return [
+        endpoint
+        for monitor in monitors
+        for endpoint in monitor["spec"].get("endpoints") or monitor["spec"]["podMetricsEndpoints"]
+    ]
+
+
+def _added_labels(endpoint: dict[str, Any]) -> dict[str, str]:
+    # a replace without source labels sets the target label on every series of the scrape
+    return {
+        r["targetLabel"]: r["replacement"]
+        for r in endpoint.get("relabelings") or ()
+        if r.get("action", "replace") == "replace" and not r.get("sourceLabels")
+    }
+
+
+def test_every_scrape_labels_its_series_with_the_release_the_dashboards_choose(
+    everything: list[Manifest],
+) -> None:
+    scrapes = _scrapes(everything)
+    # operator, both Triton pools, Talk, the gateway pools (and their persisters), gateways and
+    # their persisters
+    assert len(scrapes) >= 6
+    assert all(_added_labels(endpoint) == {"release": "rel"} for endpoint in scrapes)
+
+
+def test_a_cluster_value_labels_every_scraped_series_with_it() -> None:
+    sets = {**EVERYTHING_ON, "monitoring.serviceMonitor.cluster": "eu-1"}
+    scrapes = _scrapes(template(sets=sets, api_versions=(MONITORING_API,)))
+    assert scrapes
+    assert all(
+        _added_labels(endpoint) == {"release": "rel", "cluster": "eu-1"} for endpoint in scrapes
+    )

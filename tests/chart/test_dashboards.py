@@ -1,8 +1,9 @@
-"""The generated dashboards: scoped to a namespace and pod, SLOs drawn, GPU panels, linked, and
-every query valid PromQL (promtool parses each as a recording rule)."""
+"""The generated dashboards: scoped to a cluster, namespace, release and pod, SLOs drawn, GPU
+panels, linked, and every query valid PromQL (promtool parses each as a recording rule)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -17,6 +18,8 @@ from tests.chart.promql import metric_names
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 IDS = [path.stem for path in DASHBOARDS]
+#: The labels every dashboard is narrowed by, in the order they narrow each other.
+SCOPES = ("cluster", "namespace", "release", "pod")
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -33,28 +36,33 @@ def _exprs(board: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=IDS)
-def test_every_dashboard_chooses_data_source_namespace_and_pod(path: Path) -> None:
+def test_every_dashboard_chooses_data_source_cluster_namespace_release_and_pod(path: Path) -> None:
     board = _load(path)
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert list(variables) == ["datasource", "namespace", "pod"]
-    for name in ("namespace", "pod"):
-        assert variables[name]["multi"] is True
-        assert variables[name]["includeAll"] is True
-        assert variables[name]["query"].startswith("label_values(")
+    assert list(variables) == ["datasource", *SCOPES]
+    for index, name in enumerate(SCOPES):
+        variable = variables[name]
+        assert variable["multi"] is True
+        assert variable["includeAll"] is True
+        assert variable["allValue"] == ".*"  # also matches a series without the label
+        assert variable["query"].startswith("label_values({")
+        assert variable["query"].endswith(f"}}, {name})")
+        for before in SCOPES[:index]:  # narrowed by the choices made before it
+            assert f'{before}=~"${before}"' in variable["query"], variable["query"]
+        for after in SCOPES[index:]:
+            assert f"${after}" not in variable["query"], variable["query"]
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=IDS)
-def test_every_metric_of_every_query_is_narrowed_to_the_chosen_namespace_and_pod(
-    path: Path,
-) -> None:
+def test_every_metric_of_every_query_is_narrowed_to_every_chosen_scope(path: Path) -> None:
     for expr in _exprs(_load(path)):
         for name in metric_names(expr):
             selectors = re.findall(rf"\b{name}\{{([^}}]*)\}}", expr)
             occurrences = re.findall(rf"\b{name}\b", expr)
             assert len(selectors) == len(occurrences), expr
             for selector in selectors:
-                assert 'namespace=~"$namespace"' in selector, expr
-                assert 'pod=~"$pod"' in selector, expr
+                for scope in SCOPES:
+                    assert f'{scope}=~"${scope}"' in selector, expr
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=IDS)
@@ -88,7 +96,7 @@ def test_every_query_parses_as_promql(tmp_path: Path) -> None:
     rules = [
         {
             "record": f"dashboard:query_{index}",
-            "expr": expr.replace("$namespace", ".*").replace("$pod", ".*"),
+            "expr": functools.reduce(lambda e, s: e.replace(f"${s}", ".*"), SCOPES, expr),
         }
         for index, expr in enumerate(e for path in DASHBOARDS for e in _exprs(_load(path)))
     ]

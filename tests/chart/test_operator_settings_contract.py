@@ -158,3 +158,24 @@ def test_chart_ingress_values_give_each_session_an_ingress_rule(
         ],
     }
     assert gateway.external_endpoint == "wss://stt.example.com/ws/transcribe/call-7"
+
+
+@pytest.mark.parametrize("timeout", ["120", "600"])
+def test_the_uninstall_hook_waits_the_charts_timeout_within_its_jobs_deadline(
+    timeout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = find(template(sets={"uninstall.timeoutSeconds": timeout}), "Job", "-uninstall")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    fields = {PREFIX + name.upper() for name in OperatorSettings.model_fields}
+    assert set(env) <= fields
+    settings = _settings(env, monkeypatch)
+    assert settings.uninstall_timeout_seconds == float(timeout)
+    # the hook must outlive its wait to say what is left
+    assert job["spec"]["activeDeadlineSeconds"] == int(timeout) + 60
+
+
+def test_the_uninstall_timeout_defaults_agree_between_chart_and_operator() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    default = OperatorSettings.model_fields["uninstall_timeout_seconds"].default
+    assert values["uninstall"]["timeoutSeconds"] == default

@@ -75,9 +75,11 @@ def test_a_pooled_session_streams_without_any_pod_start(release: Release) -> Non
 def test_a_pooled_session_refuses_another_sessions_token(release: Release) -> None:
     endpoint, _ = _apply_pooled(release, "pool-a")
     _, other = _apply_pooled(release, "pool-b")
-    messages = run_client(release.cluster, endpoint, f"--token={other}", "--speed", "0")
-    (closed,) = _closes(messages)
-    assert (closed["code"], closed["reason"]) == (1008, "unauthorized"), messages
+    # paced: a client sending flat out may hit the reset of the refused connection mid-send
+    messages = run_client(release.cluster, endpoint, f"--token={other}", "--speed", "1")
+    closes = _closes(messages)
+    assert len(closes) == 1, messages
+    assert (closes[0]["code"], closes[0]["reason"]) == (1008, "unauthorized"), messages
     assert not [m for m in messages if m["type"] in ("partial", "final")]
 
 
@@ -116,8 +118,9 @@ def test_ending_a_pooled_session_ends_its_live_stream(release: Release, ending: 
         release.kubectl("apply", "-f", "-", stdin=_session(name, **POOL, active=False))
     messages = _rest(client, messages)
     took = time.monotonic() - started
-    (closed,) = _closes(messages)
-    assert (closed["code"], closed["reason"]) == (1000, "session ended"), messages
+    closes = _closes(messages)
+    assert len(closes) == 1, messages
+    assert (closes[0]["code"], closes[0]["reason"]) == (1000, "session ended"), messages
     (error,) = [m for m in messages if m["type"] == "error"]
     assert error["code"] == "session_ended"
     assert took < 15.0, f"the stream ran on {took:.1f} s after its session ended"

@@ -1,5 +1,9 @@
 """``helm install`` of charts/earshot into a real kube-apiserver 1.20, then a sample session.
 
+The apiserver enforces Pod Security "restricted" with its PodSecurityPolicy admission plugin
+(tests/e2e/controlplane/restricted-psp.yaml, the only policy): every pod the chart's workloads, the
+operator's gateways and the uninstall hook make must be admitted by it.
+
 This module runs its own control plane: it deletes the CRDs the shared fixture applies, so the
 chart's copies are what get installed (helm skips CRDs that already exist). No kubelet runs, so the
 operator runs as a local process with the installed Deployment's settings and the token of the
@@ -45,6 +49,9 @@ VALUES = {
     "triton.cpu.autoscaling.enabled": "true",
     "triton.cpu.podDisruptionBudget.enabled": "true",
     "triton.gpu.podDisruptionBudget.enabled": "true",
+    # the sample session gets a gateway of its own, as on the SRE path (tests/cluster/values.yaml);
+    # the default pool still runs, so its pods are admitted too
+    "pools.defaultPlacement": "dedicated",
 }
 
 
@@ -71,7 +78,7 @@ def _sets() -> list[str]:
 @pytest.fixture(scope="module")
 def installed() -> Iterator[Installation]:
     """A fresh control plane without CRDs, and the chart installed into it."""
-    with running_control_plane() as plane:
+    with running_control_plane(pod_security_policy=True) as plane:
         plane.kubectl("delete", "crd", "--all", "--wait=true")
         output = helm(
             "install",
@@ -210,6 +217,153 @@ def test_chart_operator_ran_with_the_charts_settings(chart_operator: OperatorPro
     names = {item.split(b"=", 1)[0].decode() for item in environment if b"=" in item}
     assert "EARSHOT_OPERATOR_REDIS_URL_SECRET" in names
     assert os.environ.get("EARSHOT_OPERATOR_REDIS_URL_SECRET") is None  # not left to other tests
+
+
+#: What Pod Security "restricted" asks of a pod and its containers: the policy must find these as
+#: the chart or the operator wrote them (PodSecurity admission, unlike a policy, fills nothing in).
+RESTRICTED_POD_FIELDS = ("runAsNonRoot", "runAsUser", "seccompProfile")
+RESTRICTED_CONTAINER_FIELDS = (
+    "allowPrivilegeEscalation",
+    "capabilities",
+    "privileged",
+    "runAsNonRoot",
+    "runAsUser",
+    "seccompProfile",
+)
+WORKLOADS = ("deployments", "statefulsets", "jobs")
+
+
+def _restricted_fields(pod: dict[str, Any]) -> dict[str, Any]:
+    spec = pod["spec"]
+    return {
+        "pod": {
+            k: v
+            for k, v in (spec.get("securityContext") or {}).items()
+            if k in RESTRICTED_POD_FIELDS
+        },
+        "containers": {
+            c["name"]: {
+                k: v
+                for k, v in (c.get("securityContext") or {}).items()
+                if k in RESTRICTED_CONTAINER_FIELDS
+            }
+            for c in [*spec.get("initContainers", []), *spec["containers"]]
+        },
+    }
+
+
+def _refusals(installed: Installation) -> list[str]:
+    events = installed.get("events")["items"]
+    return [
+        f"{e['involvedObject']['kind']} {e['involvedObject']['name']}: {e['message']}"
+        for e in events
+        if e["reason"] in ("FailedCreate", "FailedCreatePodSandBox")
+        or "security policy" in e["message"]
+    ]
+
+
+def _pods_of(installed: Installation, workload: dict[str, Any]) -> list[dict[str, Any]]:
+    labels = workload["spec"]["selector"]["matchLabels"]
+    selector = ",".join(f"{key}={value}" for key, value in labels.items())
+    pods: list[dict[str, Any]] = installed.get("pods", "-l", selector)["items"]
+    return pods
+
+
+def _apply_hooks(installed: Installation) -> list[dict[str, Any]]:
+    """Create the release's hooks (the uninstall Job and its account) as helm would run them."""
+    hooks: list[dict[str, Any]] = [
+        doc for doc in yaml.safe_load_all(installed.helm("get", "hooks", RELEASE)) if doc
+    ]
+    hooks.sort(key=lambda hook: hook["kind"] == "Job")  # the Job's account first (hook weights)
+    for hook in hooks:
+        installed.plane.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(hook))
+    return hooks
+
+
+def _bare_pod(name: str, *, pod: dict[str, Any], container: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "securityContext": pod,
+                "containers": [
+                    {"name": "c", "image": "busybox:1.36", "securityContext": container}
+                ],
+            },
+        }
+    )
+
+
+def test_a_pod_that_is_not_restricted_is_refused_by_the_apiserver(installed: Installation) -> None:
+    as_root = _bare_pod("as-root", pod={}, container={"runAsUser": 0})
+    with pytest.raises(ControlPlaneError, match="PodSecurityPolicy: unable to admit pod") as root:
+        installed.plane.kubectl("create", "-f", "-", stdin=as_root)
+    assert "runAsUser: Invalid value: 0: running with the root UID is forbidden" in str(root.value)
+    # no seccomp profile: the policy gives none by default, so this is refused as well
+    unconfined = _bare_pod(
+        "unconfined",
+        pod={"runAsNonRoot": True, "runAsUser": 1000},
+        container={"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    )
+    with pytest.raises(ControlPlaneError, match="is not an allowed seccomp profile") as seccomp:
+        installed.plane.kubectl("create", "-f", "-", stdin=unconfined)
+    assert "root UID" not in str(seccomp.value)
+    restricted = _bare_pod(
+        "restricted",
+        pod={"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        container={"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    )
+    installed.plane.kubectl("create", "-f", "-", stdin=restricted)
+    admitted = installed.get("pod", "restricted")
+    assert admitted["metadata"]["annotations"]["kubernetes.io/psp"] == "restricted"
+    installed.plane.kubectl("delete", "pod", "-n", NAMESPACE, "restricted", "--wait=false")
+
+
+def test_every_pod_of_the_chart_and_the_operator_passes_restricted_admission_unchanged(
+    installed: Installation, chart_operator: OperatorProcess
+) -> None:
+    bodies = [helpers.session_body("admitted", NAMESPACE), helpers.room_body("admitted", NAMESPACE)]
+    for body in bodies:
+        installed.plane.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+    hooks = _apply_hooks(installed)
+    [job] = [hook["metadata"]["name"] for hook in hooks if hook["kind"] == "Job"]
+    expected = {"tsess-admitted", "troom-admitted", job}
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            workloads = [
+                w
+                for kind in WORKLOADS
+                for w in installed.get(kind)["items"]
+                if w["spec"].get("replicas", 1) > 0  # a Job has none: it runs one pod
+            ]
+            names = {w["metadata"]["name"] for w in workloads}
+            unpodded = [w["metadata"]["name"] for w in workloads if not _pods_of(installed, w)]
+            if expected <= names and not unpodded:
+                break
+            assert time.monotonic() < deadline, (
+                f"no pod for {unpodded or sorted(expected - names)}; refusals: {_refusals(installed)}"
+            )
+            time.sleep(1.0)
+        assert {w["kind"] for w in workloads} == {"Deployment", "StatefulSet", "Job"}
+        assert _refusals(installed) == []
+        for workload in workloads:
+            template = {"spec": workload["spec"]["template"]["spec"]}
+            for pod in _pods_of(installed, workload):
+                where = f"{workload['kind']} {workload['metadata']['name']}"
+                assert pod["metadata"]["annotations"]["kubernetes.io/psp"] == "restricted", where
+                assert _restricted_fields(pod) == _restricted_fields(template), where
+    finally:
+        for body in bodies:
+            installed.plane.kubectl(
+                "delete", body["kind"], "-n", NAMESPACE, "admitted", "--wait=false"
+            )
+        for hook in hooks:
+            installed.plane.kubectl(
+                "delete", hook["kind"], "-n", NAMESPACE, hook["metadata"]["name"], "--wait=false"
+            )
 
 
 def test_a_reinstall_finds_the_password_the_kept_database_was_made_with(

@@ -34,7 +34,7 @@ from tests.persister import speech_frames
 
 FRAME_SECONDS = 0.02
 WINDOW_COST_SECONDS = 0.2
-CALLERS = 24
+CALLERS = 32
 ARRIVAL_SECONDS = 0.2
 CALL_FRAMES = 120  # 2.4 s of audio each
 

@@ -136,10 +136,10 @@ class Pod:
                 await process.wait()
 
 
-@pytest_asyncio.fixture
-async def pod(
+def pod_environments(
     tmp_path: Path, tiny_model_cache: Path, redis_url: str, mysql_url: str
-) -> AsyncIterator[Pod]:
+) -> dict[str, dict[str, str]]:
+    """Each container's environment as the operator gives it, with this machine's local parts."""
     secrets = {Env.ACCESS_TOKEN: TOKEN, Env.PARTIALS_URL: redis_url, Env.SEGMENTS_URL: mysql_url}
     # what the pod decides differently from this machine: addresses, ports, paths, and the
     # Triton pool (none runs here: the same engine runs in process)
@@ -162,6 +162,14 @@ async def pod(
             "EARSHOT_CACHE_DIR": str(tiny_model_cache),
         }
     )
+    return environments
+
+
+@pytest_asyncio.fixture
+async def pod(
+    tmp_path: Path, tiny_model_cache: Path, redis_url: str, mysql_url: str
+) -> AsyncIterator[Pod]:
+    environments = pod_environments(tmp_path, tiny_model_cache, redis_url, mysql_url)
     started = Pod(tmp_path, environments)
     try:
         await started.start()

@@ -9,12 +9,15 @@ audio in the same chunks.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata as metadata
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from prometheus_client import REGISTRY
 
 from earshot.engines import paraformer, tiny_paraformer
@@ -222,3 +225,25 @@ def test_model_parameters_in_the_repository_copy_point_at_the_tiny_model(
     assert f'string_value: "{model_files.encoder.parent}"' in config
     assert config.count('key: "model_dir"') == 1
     assert Path(triton.model_repository / SHORT_IDLE_MODEL / "1" / "model.py").exists()
+
+
+def test_the_backend_environment_holds_the_constrained_releases_with_numpy_below_2(
+    triton: triton_server.TritonServer,
+) -> None:
+    # the server above runs its models in this environment: the pins are the ones that served
+    pins: dict[str, str] = {}
+    for line in triton_server.BACKEND_CONSTRAINTS.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    (site_packages,) = (triton_server.prepare().python_env / "lib").glob("python3*/site-packages")
+    installed: dict[str, Version] = {
+        canonicalize_name(dist.metadata["Name"]): Version(dist.version)
+        for dist in metadata.distributions(path=[str(site_packages)])
+    }
+    assert Version("1") <= installed["numpy"] < Version("2")
+    # pip and setuptools come with the venv (ensurepip), not from the install that is constrained
+    seeded = {"pip", "setuptools"}
+    constrained = {n: v for n, v in installed.items() if n in pins and n not in seeded}
+    assert len(constrained) >= 10, sorted(installed)  # sherpa-onnx, soxr, grpcio, ...
+    assert {n: str(v) for n, v in constrained.items() if v.public != pins[n]} == {}

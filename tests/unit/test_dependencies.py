@@ -4,6 +4,7 @@ floors, and the one install that bypasses the resolver (moshi) still needs to an
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import re
 import tomllib
 
 import pytest
@@ -91,3 +92,27 @@ def test_the_kyutai_extra_brings_moshis_runtime_imports_with_moshis_own_ranges()
     theirs = _moshi_requires()
     for name in MOSHI_RUNTIME:
         assert ours[name].specifier == theirs[name].specifier, name
+
+
+# --- Triton's Python backend: the same pins, numpy<2 (model-repo/constraints.txt) ----------------
+
+
+def test_the_triton_constraints_are_the_tested_pins_with_numpy_below_2() -> None:
+    text = constraints.TRITON_PATH.read_text()
+    assert text == constraints.render_triton(constraints.closure()), (
+        "stale: run python -m tests.constraints --write"
+    )
+    ours = [line for line in text.splitlines() if not line.startswith("#")]
+    tested = [
+        line for line in constraints.PATH.read_text().splitlines() if not line.startswith("#")
+    ]
+    assert [a for a, b in zip(ours, tested, strict=True) if a != b] == ["numpy<2"]
+
+
+def test_every_install_of_the_triton_images_uses_the_triton_constraints() -> None:
+    dockerfile = (constraints.REPO / "model-repo" / "Dockerfile").read_text()
+    assert "COPY model-repo/constraints.txt /tmp/constraints.txt" in dockerfile
+    commands = re.split(r"\n|&&", dockerfile.replace("\\\n", " "))
+    resolving = [c for c in commands if "pip wheel" in c and "--no-deps" not in c]
+    assert len(resolving) == 2  # the CPU and the GPU wheel sets
+    assert all("--constraint /tmp/constraints.txt" in line for line in resolving)

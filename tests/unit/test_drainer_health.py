@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,3 +161,35 @@ async def test_the_persister_process_ends_with_its_drainers_error(
     # Not a process that answers 503 forever: it exits, so its container restarts.
     with pytest.raises(RuntimeError, match="a bug in the drainer"):
         await asyncio.wait_for(sidecar.run(settings), 10.0)
+
+
+async def test_a_spool_writer_whose_disk_stops_answering_is_not_alive_until_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answering = threading.Event()
+    entered = threading.Event()
+    real_fsync = os.fsync
+
+    def hanging_fsync(fd: int) -> None:
+        entered.set()
+        answering.wait()
+        real_fsync(fd)
+
+    writer = SpoolWriter(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 30, stall_seconds=1.0)
+    writer.start()
+    monkeypatch.setattr(os, "fsync", hanging_fsync)
+    final = asyncio.create_task(writer.append(Segment(SessionId("call-1"), 1, "hello", T0)))
+    try:
+        await asyncio.to_thread(entered.wait, 5.0)
+        assert writer.alive  # a slow disk is not a dead one
+        await asyncio.sleep(1.2)
+        assert not writer.alive
+    finally:
+        answering.set()
+    await asyncio.wait_for(final, 5.0)
+    for _ in range(100):  # the final is told before the writer thread ends its batch
+        if writer.alive:
+            break
+        await asyncio.sleep(0.01)
+    assert writer.alive
+    await writer.close()

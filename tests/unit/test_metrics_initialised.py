@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import prometheus_client
+import pytest_asyncio
 
 from earshot import metrics
+from earshot.engines import loading
+from earshot.engines.recognizers import Recognizer
+from earshot.gateways.talk import signaling
+from earshot.gateways.talk.hosting import Rooms
 from earshot.persistence.draining import Drainer, DrainPolicy
+from earshot.settings import Settings
 from earshot.storage import backends
 from earshot.storage.memory import MemoryPartialStore
+from tests.hpb_double import SignalingDouble
+from tests.unit.test_talk_rooms import double as double
+from tests.unit.test_talk_rooms import talk_settings
+
+TALK_CODE = Path(metrics.__file__).parent / "gateways" / "talk"
 
 
 def _exposition() -> str:
@@ -60,3 +73,74 @@ async def test_a_drainers_retry_counters_start_at_zero(tmp_path: Path) -> None:
     lines = _exposition().splitlines()
     for store in ("partials", "segments"):
         assert f'earshot_persister_retries_total{{store="{store}"}} 0.0' in lines
+
+
+TALK_LABELLED = {
+    "TALK_CAPTIONS_SENT": metrics.TALK_CAPTIONS_SENT,
+    "TALK_TRANSLATIONS": metrics.TALK_TRANSLATIONS,
+    "TALK_TRANSCRIPT_FINALS": metrics.TALK_TRANSCRIPT_FINALS,
+    "TALK_SIGNALING_ERRORS": metrics.TALK_SIGNALING_ERRORS,
+}
+
+
+@pytest_asyncio.fixture
+async def recognizer(tiny_model_cache: Path) -> AsyncIterator[Recognizer]:
+    engine = await loading.open_recognizer(Settings(cache_dir=tiny_model_cache))
+    yield engine
+    await engine.aclose()
+
+
+async def test_a_talk_gateways_counters_start_at_zero(
+    double: SignalingDouble, recognizer: Recognizer
+) -> None:
+    for counter in TALK_LABELLED.values():
+        counter.clear()
+    assert 'earshot_talk_transcript_finals_total{outcome="failed"}' not in _exposition()
+
+    Rooms(talk_settings(double), recognizer)
+
+    lines = _exposition().splitlines()
+    expected = [
+        *(f'earshot_talk_captions_sent_total{{kind="{k}"}} 0.0' for k in ("partial", "final")),
+        *(
+            f'earshot_talk_translations_total{{outcome="{o}"}} 0.0'
+            for o in ("sent", "failed", "dropped")
+        ),
+        *(
+            f'earshot_talk_transcript_finals_total{{outcome="{o}"}} 0.0'
+            for o in ("kept", "failed", "dropped")
+        ),
+        *(
+            f'earshot_talk_signaling_errors_total{{code="{c}"}} 0.0'
+            for c in ("malformed", "no_such_session", "invalid_token", "room_join_failed")
+        ),
+    ]
+    for line in expected:
+        assert line in lines, line
+    engine = recognizer.name
+    for name in ("first", "final"):
+        assert any(
+            line.startswith(
+                f'earshot_talk_{name}_caption_latency_seconds_count{{engine="{engine}"}}'
+            )
+            for line in lines
+        ), name
+
+
+def test_every_talk_label_the_code_counts_by_name_is_initialised() -> None:
+    # the other side of the contract: a new literal label in the Talk code must be created at 0
+    counted = re.compile(r"metrics\.(TALK_[A-Z_]+)\.labels\(\"([^\"]+)\"\)")
+    found = {
+        match.groups()
+        for path in TALK_CODE.glob("*.py")
+        for match in counted.finditer(path.read_text())
+    }
+    assert found, "no labelled Talk counter found: the pattern is out of date"
+    initialised = {
+        "TALK_CAPTIONS_SENT": set(metrics.TALK_CAPTION_KINDS),
+        "TALK_TRANSLATIONS": set(metrics.TALK_TRANSLATION_OUTCOMES),
+        "TALK_TRANSCRIPT_FINALS": set(metrics.TALK_TRANSCRIPT_OUTCOMES),
+        "TALK_SIGNALING_ERRORS": set(signaling.ERROR_CODES),
+    }
+    missing = sorted((name, label) for name, label in found if label not in initialised[name])
+    assert missing == []

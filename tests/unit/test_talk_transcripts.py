@@ -122,7 +122,10 @@ async def test_the_cli_prints_a_stored_transcript_with_speakers_and_times(tmp_pa
     assert code == 0, output
     assert output.splitlines()[1:] == ["#1 [04:05:06.000] a phone call"]
     assert "(user carol, started" in output
-    assert await show("nobody", settings) == (1, "no stored session 'nobody'\n")
+    assert await show("nobody", settings) == (
+        1,
+        "earshot: error: no stored session 'nobody' (hint: check the session id)\n",
+    )
 
 
 @pytest_asyncio.fixture

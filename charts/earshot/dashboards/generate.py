@@ -24,9 +24,19 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 HERE = Path(__file__).resolve().parent
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
-#: Every query is narrowed to the chosen namespaces and pods (releases live in namespaces; a
-#: gateway pod is one session or room), so two releases or clusters in one Prometheus never mix.
-SCOPE = 'namespace=~"$namespace", pod=~"$pod"'
+#: The labels a dashboard is narrowed by, in the order they narrow each other. ``cluster`` is the
+#: Prometheus external label (or ``monitoring.serviceMonitor.cluster``); ``release`` is added by the
+#: chart's ServiceMonitors and PodMonitor; a gateway pod is one session or room. Each variable's
+#: "All" is ``.*``, which also matches a series without the label (one cluster, no chart monitors).
+SCOPES = (
+    ("cluster", "Cluster"),
+    ("namespace", "Namespace"),
+    ("release", "Release"),
+    ("pod", "Pod"),
+)
+#: Every query is narrowed to the chosen values, so two releases or clusters in one Prometheus
+#: never mix.
+SCOPE = ", ".join(f'{label}=~"${label}"' for label, _ in SCOPES)
 _METRIC = re.compile(r"\b((?:earshot|nv)_[a-zA-Z0-9_]+)(\{)?")
 #: The latency SLOs of DESIGN.md (and of the burn-rate alerts): drawn as threshold lines.
 FIRST_PARTIAL_SLO_S = 1.0
@@ -126,8 +136,10 @@ def _base(uid: str, title: str, description: str) -> dashboard.Dashboard:
         .with_variable(
             dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
         )
-        .with_variable(_label_variable("namespace", "Namespace"))
-        .with_variable(_label_variable("pod", "Pod"))
+        .with_variable(_label_variable(0))
+        .with_variable(_label_variable(1))
+        .with_variable(_label_variable(2))
+        .with_variable(_label_variable(3))
         .link(
             dashboard.DashboardLink("earshot")
             .type(models.DashboardLinkType.DASHBOARDS)
@@ -139,14 +151,17 @@ def _base(uid: str, title: str, description: str) -> dashboard.Dashboard:
     )
 
 
-def _label_variable(label: str, title: str) -> dashboard.QueryVariable:
+def _label_variable(index: int) -> dashboard.QueryVariable:
     # values of the label on any earshot or Triton series, narrowed by the variables before it
-    where = '{__name__=~"(earshot|nv)_.+"' + (', namespace=~"$namespace"' if label == "pod" else "")
+    label, title = SCOPES[index]
+    where = ", ".join(
+        ['__name__=~"(earshot|nv)_.+"', *(f'{name}=~"${name}"' for name, _ in SCOPES[:index])]
+    )
     return (
         dashboard.QueryVariable(label)
         .label(title)
         .datasource(DATASOURCE)
-        .query(f"label_values({where}}}, {label})")
+        .query(f"label_values({{{where}}}, {label})")
         .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .multi(True)
         .include_all(True)

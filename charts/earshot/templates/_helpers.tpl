@@ -119,3 +119,19 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/*
+Relabelings of every scrape of the chart's monitors: a `release` label on every series (the
+dashboards' Release variable) and, when monitoring.serviceMonitor.cluster is set, a `cluster` label
+(for a Prometheus without that external label).
+*/}}
+{{- define "earshot.scrapeRelabelings" -}}
+- action: replace
+  targetLabel: release
+  replacement: {{ .Release.Name | quote }}
+{{- with .Values.monitoring.serviceMonitor.cluster }}
+- action: replace
+  targetLabel: cluster
+  replacement: {{ . | quote }}
+{{- end }}
+{{- end }}

@@ -132,11 +132,16 @@ def serve(
     port: Annotated[int | None, typer.Option(help=_help("port", "Port to listen on."))] = None,
     demo_model: DemoModel = None,
     log_format: LogFormat = None,
+    workers: Annotated[
+        int | None, typer.Option(help=_help("workers", "Gateway processes on the port."))
+    ] = None,
 ) -> None:
     """Run the telephony gateway (embedded default: in-process engine, SQLite, memory)."""
     from earshot.gateways.g711 import serving
 
-    settings = load_settings(host=host, port=port, demo_model=demo_model, log_format=log_format)
+    settings = load_settings(
+        host=host, port=port, demo_model=demo_model, log_format=log_format, workers=workers
+    )
     _start_server(settings)
     _stopped_by(_run(_serving(serving.serve(settings), settings)))
 
@@ -210,6 +215,11 @@ def talk(
     hands_rooms_on = talk_settings.in_cluster and not talk_settings.room_mode
     _start_server(settings, needs_model=not hands_rooms_on)
     refusal = talk_settings.refusal()
+    if refusal is None and settings.workers != 1:
+        refusal = (
+            f"EARSHOT_WORKERS={settings.workers}: the Talk ExApp runs as one process (its rooms "
+            "are per process); use 1, and EARSHOT_INFERENCE_WORKERS for more recogniser threads"
+        )
     if refusal:
         raise _fail(CliError(refusal, exit_code=USAGE))
     _run(talk_serving.serve(settings, talk_settings))

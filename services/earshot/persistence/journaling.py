@@ -148,7 +148,9 @@ async def open_journal(
         stack.push_async_callback(writer.close)
         await asyncio.to_thread(quarantining.tidy, spool_dir)
         index = await asyncio.to_thread(resuming.scan, spool_dir, skip=writer.stream)
-        leases = leasing.Leases(partials, holder=leasing.process_holder())
+        # Worker processes (EARSHOT_WORKERS) share this spool: lock files keep a session on one.
+        lock_dir = spool_dir / ".sessions" if settings.workers > 1 or settings.reuse_port else None
+        leases = leasing.Leases(partials, holder=leasing.process_holder(), lock_dir=lock_dir)
         renewing = asyncio.create_task(leases.run(), name="earshot-session-leases")
         stack.push_async_callback(_cancel, renewing)
         drainer, task = None, None

@@ -17,16 +17,20 @@ a Deployment during a replacement, two gateways sharing one MySQL) the partial s
 
 The partial store being unreachable does not keep sessions from streaming (as for the numbering):
 the claim is then logged as unchecked. With the in-process memory store the lease only guards
-this process, which is all that store is shared with.
+this process; the processes of ``EARSHOT_WORKERS`` share a spool directory, so there a lock file
+per session (``<spool>/.sessions/<id>.lock``, flock) keeps a session on one of them at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import platform
 import uuid
+from pathlib import Path
 
 from earshot import metrics
 from earshot.events import SessionId
@@ -59,12 +63,23 @@ class Leases:
     """The leases of the sessions this process streams, and the task that renews them."""
 
     def __init__(
-        self, partials: PartialStore, *, holder: str, lease_seconds: float = LEASE_SECONDS
+        self,
+        partials: PartialStore,
+        *,
+        holder: str,
+        lease_seconds: float = LEASE_SECONDS,
+        lock_dir: Path | None = None,
     ) -> None:
-        """Hold nothing yet; :meth:`run` renews what :meth:`claim` takes."""
+        """Hold nothing yet; :meth:`run` renews what :meth:`claim` takes.
+
+        ``lock_dir``: where the per-session lock files of processes sharing one host live (None:
+        the partial store alone arbitrates).
+        """
         self._partials = partials
         self.holder = holder
         self._lease_seconds = lease_seconds
+        self._lock_dir = lock_dir
+        self._locks: dict[SessionId, int] = {}
         self._held: set[SessionId] = set()
         self._lost: set[SessionId] = set()
 
@@ -74,6 +89,35 @@ class Leases:
         Raises:
             SessionInUse: another live process streams the session.
         """
+        self._lock(session_id)
+        try:
+            claim = await self._claim(session_id)
+        except BaseException:
+            self._unlock(session_id)
+            raise
+        self._held.add(session_id)
+        self._lost.discard(session_id)
+        return claim
+
+    def _lock(self, session_id: SessionId) -> None:
+        if self._lock_dir is None:
+            return
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_dir / f"{session_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SessionInUse(session_id, "another process on this host") from None
+        self._locks[session_id] = fd
+
+    def _unlock(self, session_id: SessionId) -> None:
+        fd = self._locks.pop(session_id, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor releases the lock
+
+    async def _claim(self, session_id: SessionId) -> int:
         try:
             claim = await self._partials.claim_session(
                 session_id, self.holder, ttl_seconds=self._lease_seconds
@@ -86,8 +130,6 @@ class Leases:
             claim = LeaseClaim(True, self.holder)
         if not claim.granted:
             raise SessionInUse(session_id, claim.holder)
-        self._held.add(session_id)
-        self._lost.discard(session_id)
         return claim.released_seq
 
     def lost(self, session_id: SessionId) -> bool:
@@ -97,6 +139,7 @@ class Leases:
     async def release(self, session_id: SessionId, *, last_seq: int) -> None:
         """Let the session go, remembering its last final number for the next holder."""
         self._held.discard(session_id)
+        self._unlock(session_id)
         if session_id in self._lost:
             self._lost.discard(session_id)
             return  # another process holds it: nothing of ours to release

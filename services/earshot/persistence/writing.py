@@ -17,7 +17,10 @@ accepted is always written.
 Failure: should the writer thread ever stop on an unexpected error, it fails every waiting and
 later append with :class:`SpoolError` (no final waits forever), says so in the log and in
 ``earshot_persistence_up{component="spool_writer"}``, and :attr:`SpoolWriter.alive` turns False,
-which fails the gateway's ``/health``.
+which fails the gateway's ``/health``. A writer whose disk stopped answering (a write or fsync that
+has not returned for ``stall_seconds``, :data:`STALL_SECONDS` by default, as on a hung NFS server)
+is not alive either, though its thread still runs: the liveness probe restarts the gateway instead
+of leaving every final waiting on it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ log = logging.getLogger(__name__)
 
 # How often the writer thread re-reads the acknowledgement to refresh its depth.
 _REFRESH_SECONDS = 0.2
+#: How long one batch's I/O may take before the writer counts as stalled (not alive). Far above a
+#: slow fsync (seconds on a busy disk), far below a human noticing that finals stopped.
+STALL_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -62,7 +68,14 @@ class _Append:
 class SpoolWriter:
     """Appends records to a new stream of a spool from one dedicated thread."""
 
-    def __init__(self, spool_dir: Path, *, segment_bytes: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        spool_dir: Path,
+        *,
+        segment_bytes: int,
+        max_bytes: int,
+        stall_seconds: float = STALL_SECONDS,
+    ) -> None:
         """Create this incarnation's stream and take its writer lock; call :meth:`start` next.
 
         Raises:
@@ -71,6 +84,7 @@ class SpoolWriter:
         self.spool_dir = spool_dir
         self._segment_bytes = segment_bytes
         self._max_bytes = max_bytes
+        self._stall_seconds = stall_seconds
         try:
             spool_dir.mkdir(parents=True, exist_ok=True)
             self.stream = self._new_stream()
@@ -92,6 +106,7 @@ class SpoolWriter:
         self._state = threading.Lock()
         self._failure: SpoolError | None = None
         self._in_flight: list[_Append] = []
+        self._busy_since: float | None = None  # monotonic start of the batch being written
 
     def _new_stream(self) -> Path:
         # Build it under a hidden name and rename it into place once locked, so that a drainer
@@ -122,8 +137,10 @@ class SpoolWriter:
 
     @property
     def alive(self) -> bool:
-        """Whether the writer thread runs and can take appends."""
-        return self._failure is None and self._thread.is_alive()
+        """Whether the writer thread runs, can take appends and is not stalled on its disk."""
+        busy_since = self._busy_since
+        stalled = busy_since is not None and time.monotonic() - busy_since > self._stall_seconds
+        return self._failure is None and self._thread.is_alive() and not stalled
 
     def start(self) -> None:
         """Start the writer thread (from the event loop that will await appends)."""
@@ -202,6 +219,7 @@ class SpoolWriter:
                 while batch[-1] is not None:
                     batch.append(self._queue.get_nowait())
             appends = self._in_flight = [a for a in batch if a is not None]
+            self._busy_since = time.monotonic()
             try:
                 self._commit(appends)
             except OSError as exc:
@@ -212,6 +230,7 @@ class SpoolWriter:
                 with contextlib.suppress(OSError):
                     self._roll()
             self._in_flight = []
+            self._busy_since = None
             if batch[-1] is None:
                 return
             if time.monotonic() - self._last_refresh > _REFRESH_SECONDS:

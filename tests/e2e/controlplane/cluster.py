@@ -29,6 +29,7 @@ from tests.e2e.controlplane import certificates
 REPO = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 CRDS = REPO / "crds"
+RESTRICTED_POLICY = Path(__file__).with_name("restricted-psp.yaml")
 BUILD_TIMEOUT_S = 40 * 60  # cold build on a busy 2-core machine
 READY_TIMEOUT_S = 90.0
 
@@ -90,8 +91,13 @@ def build_binaries() -> Path:
 
 
 @contextlib.contextmanager
-def running_control_plane() -> Iterator[ControlPlane]:
-    """Build (once), start and yield a control plane with crds/ applied; stop it afterwards."""
+def running_control_plane(*, pod_security_policy: bool = False) -> Iterator[ControlPlane]:
+    """Build (once), start and yield a control plane with crds/ applied; stop it afterwards.
+
+    With ``pod_security_policy`` the apiserver runs the PodSecurityPolicy admission plugin with
+    restricted-psp.yaml as its only policy, and the controllers create pods with their own
+    service accounts: a pod that is not "restricted" is refused.
+    """
     binaries = build_binaries()
     etcd = shutil.which("etcd")
     if etcd is None:
@@ -112,9 +118,14 @@ def running_control_plane() -> Iterator[ControlPlane]:
             admin_key=pki / "admin.key",
         )
         write_kubeconfig(plane.kubeconfig, server=plane.server, ca=plane.ca, user=_admin(plane))
-        _start_apiserver(stack, binaries, plane, etcd_url=etcd_url, port=port, pki=pki)
+        _start_apiserver(
+            stack, binaries, plane, etcd_url=etcd_url, port=port, pki=pki,
+            admission=["PodSecurityPolicy"] if pod_security_policy else [],
+        )  # fmt: skip
         _wait_ready(plane)
-        _start_controller_manager(stack, binaries, plane, pki=pki)
+        if pod_security_policy:
+            plane.kubectl("apply", "-f", str(RESTRICTED_POLICY))
+        _start_controller_manager(stack, binaries, plane, pki=pki, own_accounts=pod_security_policy)
         plane.kubectl("apply", "-f", str(CRDS))
         plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         _wait_published(plane)
@@ -193,11 +204,14 @@ def _start_apiserver(
     etcd_url: str,
     port: int,
     pki: Path,
+    admission: list[str],
 ) -> None:
+    plugins = [f"--enable-admission-plugins={','.join(admission)}"] if admission else []
     _spawn(
         stack,
         [
             str(binaries / "kube-apiserver"),
+            *plugins,
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
@@ -219,9 +233,17 @@ def _start_apiserver(
 
 
 def _start_controller_manager(
-    stack: contextlib.ExitStack, binaries: Path, plane: ControlPlane, *, pki: Path
+    stack: contextlib.ExitStack,
+    binaries: Path,
+    plane: ControlPlane,
+    *,
+    pki: Path,
+    own_accounts: bool,
 ) -> None:
-    # the garbage collector lives here: without it owner references are never collected
+    # the garbage collector lives here: without it owner references are never collected; with
+    # own_accounts each controller acts as its own service account, so pods are admitted through
+    # the policy's RBAC as in a real cluster, not through the administrator's rights
+    accounts = ["--use-service-account-credentials"] if own_accounts else []
     _spawn(
         stack,
         [
@@ -233,6 +255,7 @@ def _start_controller_manager(
             "--port=0",
             "--secure-port=0",
             "--controllers=*",
+            *accounts,
             "--v=1",
         ],
         plane.folder / "kube-controller-manager.log",

@@ -91,6 +91,11 @@ class OperatorProcess:
         return self._process.pid
 
     @property
+    def running(self) -> bool:
+        """Whether the process is started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def metrics_url(self) -> str:
         """Where the operator serves Prometheus metrics."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -98,12 +103,13 @@ class OperatorProcess:
     def start(self, timeout_s: float = 60.0) -> None:
         """Start the operator and wait for its metrics endpoint."""
         env = {
+            # a pool sessions may ask for (tests/e2e/test_pools.py); the default stays dedicated.
+            # An operator run with the chart's environment (test_helm_install.py) keeps its pools.
+            "EARSHOT_OPERATOR_POOLS": json.dumps([{"name": POOL, "address": POOL_ADDRESS}]),
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "EARSHOT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(self._drift_interval_s),
             "EARSHOT_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            # a pool sessions may ask for (tests/e2e/test_pools.py); the default stays dedicated
-            "EARSHOT_OPERATOR_POOLS": json.dumps([{"name": POOL, "address": POOL_ADDRESS}]),
             "PYTHONPATH": str(REPO / "operator"),
         }
         env.pop("EARSHOT_OPERATOR_NAMESPACES", None)

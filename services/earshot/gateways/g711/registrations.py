@@ -108,7 +108,8 @@ def _session_settings(values: Mapping[str, str], base: Settings) -> Settings:
         if not name.startswith(_PREFIX) or field not in Settings.model_fields:
             raise ValueError(f"unknown session setting {name}")
         fields[field] = value
-    # only what the pool was given: a default passed on would count as given (and refused)
+    # Only what the pool itself was given is carried over: defaults stay defaults (a setting
+    # counts as set, and is checked against the engine, only when someone set it).
     return Settings.model_validate({**base.model_dump(exclude_unset=True), **fields})
 
 

@@ -11,7 +11,7 @@ import uvicorn
 
 from earshot.engines import loading
 from earshot.gateways import lagging, stopping
-from earshot.gateways.g711 import following, handshaking
+from earshot.gateways.g711 import following, handshaking, workers
 from earshot.gateways.g711.app import LiveSessions, Services, create_app
 from earshot.gateways.g711.registrations import Registry
 from earshot.gateways.g711.transcribing import GATEWAY, Stores
@@ -110,7 +110,9 @@ def uvicorn_config(
 def bind_socket(settings: Settings) -> socket.socket:
     """Bind and listen before serving, so the port (also a free one, port 0) is known up front and
     connections made before uvicorn starts wait in the backlog instead of being refused."""
-    sock = socket.create_server((settings.host, settings.port), backlog=2048, reuse_port=False)
+    sock = socket.create_server(
+        (settings.host, settings.port), backlog=2048, reuse_port=settings.reuse_port
+    )
     sock.set_inheritable(True)
     return sock
 
@@ -118,9 +120,14 @@ def bind_socket(settings: Settings) -> socket.socket:
 async def serve(settings: Settings) -> int | None:
     """Serve until interrupted (SIGINT/SIGTERM), then close the services.
 
+    With ``settings.workers`` above one, this process runs that many gateway processes on the port
+    instead (:mod:`earshot.gateways.g711.workers`).
+
     Returns:
         The signal that stopped the server, or None when it stopped by itself.
     """
+    if settings.workers > 1:
+        return await workers.supervise(settings)
     # Bound first: a port in use fails before the model is loaded.
     with bind_socket(settings) as sock:
         return await _serve_on(sock, settings)

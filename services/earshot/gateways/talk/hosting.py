@@ -76,6 +76,7 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
+        metrics.initialise_talk(recognizer.name, signaling_codes=signaling.ERROR_CODES)
 
     def __contains__(self, token: object) -> bool:
         return token in self._rooms

@@ -34,6 +34,8 @@ VERSIONS = ("2.0", "1.0")
 _VERSION_REFUSED = "invalid_hello_version"
 _FATAL = frozenset({"invalid_token", "auth-failed", "no_such_room", "invalid_backend"})
 _RETRY_JOIN = frozenset({"room_join_failed", "too_many_requests", "duplicate_session"})
+#: The error codes this client handles by name, and its own ``malformed`` (a bad frame).
+ERROR_CODES = ("malformed", "no_such_session", _VERSION_REFUSED, *sorted(_FATAL | _RETRY_JOIN))
 _MAX_JOIN_ATTEMPTS = 5
 _REMEMBERED_RECIPIENTS = 256
 
