@@ -99,6 +99,24 @@ REGISTRATION_TOKEN_SHA256: Final = "tokenSha256"
 REGISTRATION_SETTINGS: Final = "settings"
 
 
+#: Which container gets which variable: the one table the pod's environment is split by. The
+#: persister sidecar (``earshot persister``) gets only what it reads: its address, the spool and
+#: the stores, never the access token or the HPB secret. The gateway gets every variable but those
+#: only the persister reads.
+PERSISTER_ENV: Final = frozenset(
+    {Env.HOST, Env.PERSISTER_PORT, Env.SPOOL_DIR, Env.PARTIALS_URL, Env.SEGMENTS_URL}
+)
+PERSISTER_ONLY_ENV: Final = frozenset({Env.PERSISTER_PORT})
+
+
+def gets(container: str, variable: str) -> bool:
+    """Whether ``container`` (:data:`GATEWAY_CONTAINER` or :data:`PERSISTER_CONTAINER`) is given
+    ``variable``."""
+    if container == PERSISTER_CONTAINER:
+        return variable in PERSISTER_ENV
+    return variable not in PERSISTER_ONLY_ENV
+
+
 #: The session-id rule both sides apply: the gateway to the WebSocket path and its
 #: ``EARSHOT_SESSION_ID``, the operator to ``spec.sessionId`` (or the resource name). The
 #: ``sessions.id`` column is VARCHAR(64). The CRD's ``sessionId`` pattern is this string and its
@@ -110,7 +128,8 @@ USER_ID_MAX_LENGTH: Final = 64
 
 #: What ``EARSHOT_LANGUAGE`` may say per engine. Neither engine can be steered to a language:
 #: the bilingual Paraformer and Kyutai's stt-1b-en_fr recognise both of theirs as they come
-#: (moshi builds STT models without a language condition), so a value only declares what the
-#: session's speech is, and one the engine cannot recognise is refused.
+#: (moshi builds STT models without a language condition), so a value declares what the
+#: session's speech is (the data plane stores it as ``sessions.language``), and one the engine
+#: cannot recognise is refused.
 AUTO_LANGUAGE: Final = "auto"
 ENGINE_LANGUAGES: Final = {"paraformer": ("zh", "en"), "kyutai": ("en", "fr")}

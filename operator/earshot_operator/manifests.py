@@ -75,7 +75,7 @@ def build_access(gateway: Gateway) -> list[Manifest]:
 
 
 def build_configmap(gateway: Gateway) -> Manifest:
-    """The ConfigMap of the gateway's non-secret settings, read by both containers."""
+    """The ConfigMap of the gateway's non-secret settings; each container takes its own keys."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -267,11 +267,7 @@ def _container(
         "image": settings.gateway_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(command),
-        "envFrom": [{"configMapRef": {"name": gateway.name}}],
-        "env": [
-            {"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-            for env, ref in gateway.secret_env
-        ],
+        "env": _environment(gateway, name),
         "volumeMounts": [{"name": dataplane.SPOOL_VOLUME, "mountPath": dataplane.SPOOL_PATH}],
         "resources": _resources(requests),
         "securityContext": {
@@ -282,6 +278,22 @@ def _container(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+
+
+def _environment(gateway: Gateway, container: str) -> list[Manifest]:
+    """The variables ``container`` reads, by name from the ConfigMap or a Secret (the table of
+    which container gets which is ``dataplane.gets``)."""
+    config = [
+        {"name": env, "valueFrom": {"configMapKeyRef": {"name": gateway.name, "key": env}}}
+        for env in sorted(gateway.config)
+        if dataplane.gets(container, env)
+    ]
+    secrets = [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        for env, ref in gateway.secret_env
+        if dataplane.gets(container, env)
+    ]
+    return config + secrets
 
 
 def _resources(values: Resources) -> Manifest:

@@ -36,7 +36,8 @@ from earshot.events import InvalidSessionId, parse_session_id
 SOURCE_RATES = (8000, 16000)
 #: A copy of ``earshot_operator.dataplane.ENGINE_LANGUAGES`` (checked equal by a test): what
 #: ``EARSHOT_LANGUAGE`` may say per engine besides ``auto``. Neither engine can be steered to one
-#: language; both recognise theirs as they come, so the value declares, and others are refused.
+#: language; both recognise theirs as they come, so the value declares (it is stored as
+#: ``sessions.language``), and others are refused.
 ENGINE_LANGUAGES = {"paraformer": ("zh", "en"), "kyutai": ("en", "fr")}
 AUTO_LANGUAGE = "auto"
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0
@@ -435,7 +436,8 @@ class Settings(BaseSettings):
     language: str = Field(
         AUTO_LANGUAGE,
         validation_alias=_env("LANGUAGE"),
-        description="auto, or a language the engine recognises (paraformer: zh, en; kyutai: en, fr).",
+        description="auto, or a language the engine recognises (paraformer: zh, en; kyutai: en, fr); "
+        "stored as sessions.language of the sessions this gateway opens (NULL for auto).",
     )
     idle_timeout_seconds: float = Field(
         DEFAULT_IDLE_TIMEOUT_SECONDS,
@@ -608,6 +610,11 @@ class Settings(BaseSettings):
         if self.auth == "none" or self.access_token is None:
             return None
         return self.access_token.get_secret_value()
+
+    def declared_language(self) -> str | None:
+        """The language sessions are declared to speak (stored as ``sessions.language``); None
+        for ``auto``, which declares nothing."""
+        return None if self.language == AUTO_LANGUAGE else self.language
 
     def resolved_spool_dir(self) -> Path:
         """The spool directory, defaulting to ``spool`` in the cache directory."""

@@ -17,6 +17,7 @@ import pytest
 
 from earshot import metrics
 from earshot.settings import Settings
+from earshot_operator import dataplane
 from earshot_operator.settings import OperatorSettings
 from tests.chart.charts import CHART, find, helm_binary, template
 from tests.unit.test_operator_dataplane_contract import READ_BY_THE_DATA_PLANE, SECRET_VALUES
@@ -43,16 +44,26 @@ def _operator_settings(manifests: list[dict[str, Any]], monkeypatch: pytest.Monk
 def test_every_variable_of_a_pool_pod_is_read_and_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = find(template(), "Deployment", "-pool-default")
     read = READ_BY_THE_DATA_PLANE[SESSION_COMMAND]
-    for container in pool["spec"]["template"]["spec"]["containers"]:
-        env = _env(container)
-        assert set(env) - read == set(), container["name"]
+    containers = {c["name"]: _env(c) for c in pool["spec"]["template"]["spec"]["containers"]}
+    for name, env in containers.items():
+        assert set(env) - read == set(), name
         with monkeypatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            settings = Settings()
-        assert settings.pool == "default"
-        assert settings.persister == "sidecar"
+            for variable, value in env.items():
+                patch.setenv(variable, value)
+            Settings()  # raises if refused
+    gateway = containers[dataplane.GATEWAY_CONTAINER]
+    assert (gateway["EARSHOT_POOL"], gateway["EARSHOT_PERSISTER"]) == ("default", "sidecar")
     assert set(SECRET_VALUES) >= set(STORAGE)
+
+
+def test_each_container_of_a_pool_pod_gets_what_the_operators_pods_give_it() -> None:
+    pool = find(template(), "Deployment", "-pool-default")
+    containers = {c["name"]: set(_env(c)) for c in pool["spec"]["template"]["spec"]["containers"]}
+    # the persister exactly its table (tests/unit/test_persister_environment.py: what it reads)
+    assert containers[dataplane.PERSISTER_CONTAINER] == dataplane.PERSISTER_ENV
+    gateway = containers[dataplane.GATEWAY_CONTAINER]
+    assert gateway & dataplane.PERSISTER_ONLY_ENV == set()
+    assert dataplane.Env.SPOOL_DIR in gateway
 
 
 def test_the_operator_is_told_of_each_pool_at_its_service(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,19 +48,18 @@ async def container_of(api: KubeClient, namespace: str, deployment: str, *, name
     [container] = [c for c in pod["containers"] if c["name"] == name]
     env: dict[str, str] = {}
     for source in container.get("envFrom") or ():
-        config = await api.get(
-            path_of("v1", "ConfigMap", namespace=namespace, name=source["configMapRef"]["name"])
-        )
-        assert config is not None, f"the ConfigMap of {deployment} is missing"
-        env.update(config.get("data") or {})
+        env.update(await _config_data(api, namespace, source["configMapRef"]["name"]))
     for item in container.get("env") or ():
         if "value" in item:
             env[item["name"]] = item["value"]
-            continue
-        ref = item["valueFrom"]["secretKeyRef"]
-        secret = await api.get(path_of("v1", "Secret", namespace=namespace, name=ref["name"]))
-        assert secret is not None, f"Secret {ref['name']} (for {item['name']}) is missing"
-        env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        elif "configMapKeyRef" in item["valueFrom"]:
+            ref = item["valueFrom"]["configMapKeyRef"]
+            env[item["name"]] = (await _config_data(api, namespace, ref["name"]))[ref["key"]]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            secret = await api.get(path_of("v1", "Secret", namespace=namespace, name=ref["name"]))
+            assert secret is not None, f"Secret {ref['name']} (for {item['name']}) is missing"
+            env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
     mounted = pod.get("serviceAccountName") if pod.get("automountServiceAccountToken") else None
     return Container(
         command=list(container["command"]),
@@ -68,6 +67,13 @@ async def container_of(api: KubeClient, namespace: str, deployment: str, *, name
         service_account=mounted,
         readiness_path=container["readinessProbe"]["httpGet"]["path"],
     )
+
+
+async def _config_data(api: KubeClient, namespace: str, name: str) -> dict[str, str]:
+    config = await api.get(path_of("v1", "ConfigMap", namespace=namespace, name=name))
+    assert config is not None, f"ConfigMap {name} is missing"
+    data: dict[str, str] = config.get("data") or {}
+    return data
 
 
 async def mount_token(

@@ -38,6 +38,7 @@ from earshot.persistence.reading import StreamReader
 from earshot.settings import Settings
 from earshot_operator.clients import KubeClient, path_of
 from tests.e2e.controlplane.cluster import REPO, ControlPlane
+from tests.e2e.controlplane.operators import OperatorProcess
 from tests.e2e.helpers import eventually, make_pods_ready
 from tests.e2e.kubelets import (
     ContainerProcess,
@@ -54,10 +55,13 @@ from tests.talk_participants import Participant
 
 ROOM = "e2eroom7"
 TALKROOM = "talk-e2eroom7"
-IN_CALL_WITH_AUDIO = 1 | 2
+IN_CALL = 1
+IN_CALL_WITH_AUDIO = IN_CALL | 2
 TARGETS = "earshot.dev/caption-targets"
 MERGE = {"Content-Type": "application/merge-patch+json"}
 EXAPP_ROLE = REPO / "charts/earshot/templates/talk/exapp.yaml"
+#: How long a request must stay unanswered while nothing can accept its TalkRoom.
+UNANSWERED_S = 3.0
 SENTENCES = {
     "en-us": "hello there, this is alice speaking about the quarterly numbers",
     "en-gb": "good morning, bob here with the weather for the week ahead",
@@ -249,16 +253,23 @@ async def start_room_gateway(
     return gateway, f"http://127.0.0.1:{port}{pod.readiness_path}"
 
 
+async def _created(api: KubeClient, namespace: str) -> dict[str, Any] | None:
+    path = path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=TALKROOM)
+    return await api.get(path)
+
+
 async def _with_token_secret(api: KubeClient, namespace: str, name: str) -> dict[str, Any] | None:
     body = await talkroom(api, namespace, name)
     return body if (body.get("status") or {}).get("tokenSecret") else None
 
 
-async def events_of(api: KubeClient, namespace: str) -> list[tuple[str, str]]:
+async def events_of(
+    api: KubeClient, namespace: str, *, name: str = TALKROOM
+) -> list[tuple[str, str]]:
     answer = await api.request(
         "GET",
         f"/api/v1/namespaces/{namespace}/events",
-        params={"fieldSelector": f"involvedObject.name={TALKROOM}"},
+        params={"fieldSelector": f"involvedObject.name={name}"},
     )
     return [(e["type"], e["reason"]) for e in answer["items"]]
 
@@ -293,6 +304,7 @@ async def participants(hpb: HpbStack) -> AsyncIterator[tuple[Participant, Partic
 
 async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_its_talkroom(
     control_plane: ControlPlane,
+    operator_process: OperatorProcess,
     api: KubeClient,
     namespace: str,
     hpb: HpbStack,
@@ -314,6 +326,8 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         "EARSHOT_TALK_ENGINE": "paraformer",
         "EARSHOT_TALK_IN_CLUSTER": "true",
         "EARSHOT_TALK_NAMESPACE": namespace,
+        # longer than the test holds the operator frozen (UNANSWERED_S) and lets it catch up
+        "EARSHOT_TALK_ACCEPT_TIMEOUT_SECONDS": "60",
         "EARSHOT_TALK_INTERNAL_SECRET_REF": "hpb",
         "EARSHOT_CACHE_DIR": str(model_cache),
         # what the kubelet and the cluster give a pod
@@ -339,14 +353,25 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         await eventually(
             lambda: _answers(exapp, f"{url}/heartbeat"), timeout_s=120, what="the ExApp"
         )
-        async with httpx.AsyncClient(base_url=url, headers=appapi_headers(), timeout=30) as http:
+        async with httpx.AsyncClient(base_url=url, headers=appapi_headers(), timeout=60) as http:
             body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": True, "langId": "en"}
-            response = await http.post("/api/v1/call/transcribe", json=body)
+            # The gate held shut: the operator is frozen, so nothing can accept the TalkRoom.
+            with operator_process.paused():
+                asking = asyncio.create_task(http.post("/api/v1/call/transcribe", json=body))
+                waiting = await eventually(
+                    lambda: _created(api, namespace), what="the ExApp to write the TalkRoom"
+                )
+                assert "observedGeneration" not in (waiting.get("status") or {})
+                done, _ = await asyncio.wait({asking}, timeout=UNANSWERED_S)
+                assert not done, (
+                    f"Talk was answered before the TalkRoom was accepted: {exapp.tail()}"
+                )
+            # The gate opened: the operator accepts the TalkRoom, and only then Talk hears 200.
+            response = await asking
             assert (response.status_code, response.json()) == (
                 200,
                 {"message": "transcription enabled"},
             ), exapp.tail()
-            # Talk heard 200 only once the operator had taken the TalkRoom.
             accepted = await talkroom(api, namespace)
             assert accepted["status"]["observedGeneration"] >= accepted["metadata"]["generation"]
 
@@ -543,6 +568,58 @@ async def test_a_room_gateway_leaves_an_ended_call_and_joins_again_only_for_a_ne
         await eventually(
             lambda: _ready(gateway, ready_url), timeout_s=60, what="the gateway to join again"
         )
+
+
+async def test_a_room_gateway_in_a_call_where_nobody_speaks_is_idle_until_somebody_does(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    participants: tuple[Participant, Participant],
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    alice, _ = participants
+    room = f"{ROOM}c"
+    name = f"talk-{room}"
+    await alice.connect(room)
+    # alice is in the call without audio: she only wants to read captions
+    listening = {**user_entry(alice), "inCall": IN_CALL}
+    await asyncio.to_thread(hpb.post_in_call, room, [listening], [listening])
+    await arrange_room_secrets(api, namespace, internal_secret=hpb.internal_secret)
+    await create(api, room_body(namespace, hpb, targets="nc-alice", token=room))
+    gateway, ready_url = await start_room_gateway(
+        api, namespace, control_plane, model_cache=model_cache, folder=tmp_path, name=name
+    )
+    with gateway:
+        await eventually(
+            lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
+        )
+        idle = await eventually(
+            lambda: room_is(api, namespace, "Idle", name=name), what="the TalkRoom to say Idle"
+        )
+        assert idle["room"]["speakers"] == 0
+        assert idle["room"]["message"].startswith("in the call with nobody speaking yet"), idle
+        condition = next(c for c in idle["conditions"] if c["type"] == "InCall")
+        assert (condition["status"], condition["reason"]) == ("True", "Idle")
+        assert ("Normal", "Idle") in await events_of(api, namespace, name=name)
+        # Idle is in the call: the probe answers, the pod is Ready, and so is the TalkRoom
+        status, body = gateway.probe(ready_url)
+        assert (status, json.loads(body)["state"]) == (200, "Idle")
+        await eventually(
+            lambda: make_pods_ready(api, namespace, gateway.deployment), what="the gateway's pod"
+        )
+        await eventually(lambda: _phase(api, namespace, "Ready", name=name), what="the room Ready")
+
+        # alice turns her microphone on: one speaker, and the TalkRoom says InCall
+        await alice.publish(speech("en-us", tmp_path, repeats=2))
+        speaking = user_entry(alice)
+        await asyncio.to_thread(hpb.post_in_call, room, [speaking], [speaking])
+        in_call = await eventually(
+            lambda: room_is(api, namespace, "InCall", name=name), what="the TalkRoom to say InCall"
+        )
+        assert in_call["room"]["speakers"] == 1
+        assert ("Normal", "InCall") in await events_of(api, namespace, name=name)
 
 
 async def _answers(process: ContainerProcess, url: str) -> bool:

@@ -9,10 +9,13 @@ real API server is tested in tests/e2e/test_pools.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from earshot.audio.codecs import Codec
@@ -164,6 +167,31 @@ async def test_each_session_streams_with_its_own_settings(
     assert (quiet.partials, quiet.finals) == ([], [])  # stored, not sent: its own setting
     stored = await services.stores.segments.segments(SessionId("quiet"))
     assert stored, "the quiet session's text was not stored"
+
+
+async def test_each_pooled_session_is_stored_with_its_own_language(
+    settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    async with running_pool(settings, services) as pool:
+        pool.register("chinese", language="zh")
+        pool.register("english", language="en")
+        pool.register("unsaid")
+        await asyncio.gather(
+            *(
+                client.stream(
+                    session_url(pool.base, name),
+                    speech_frames(),
+                    frame_seconds=FRAME_SECONDS,
+                    speed=0,
+                    linger=1.0,
+                    token="t0ken",
+                )
+                for name in ("chinese", "english", "unsaid")
+            )
+        )
+    with contextlib.closing(sqlite3.connect(tmp_path / "seg.db")) as db:
+        stored = db.execute("SELECT id, language FROM sessions ORDER BY id").fetchall()
+    assert stored == [("chinese", "zh"), ("english", "en"), ("unsaid", None)]
 
 
 async def test_an_unregistered_session_has_its_live_stream_ended_and_its_finals_kept(

@@ -98,6 +98,19 @@ async def test_the_user_id_is_stored_as_the_sessions_user(
     assert rows == [("owned", "alice")]
 
 
+async def test_the_declared_language_is_stored_as_the_sessions_language(
+    settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    for language, session in (("zh", "declared"), ("auto", "undeclared")):
+        declaring = settings.model_copy(update={"language": language})
+        async with running_gateway(declaring, services) as base:
+            result = await stream_sample(session_url(base, session))
+        assert result.finals
+    with contextlib.closing(sqlite3.connect(tmp_path / "seg.db")) as db:
+        rows = db.execute("SELECT id, language FROM sessions ORDER BY id").fetchall()
+    assert rows == [("declared", "zh"), ("undeclared", None)]
+
+
 async def test_a_stream_without_audio_for_the_idle_timeout_is_finalised_stored_and_closed(
     settings: Settings, services: Services
 ) -> None:

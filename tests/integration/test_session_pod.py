@@ -43,7 +43,12 @@ SESSION = {
     "apiVersion": resources.API_VERSION,
     "kind": "TranscriptionSession",
     "metadata": {"name": "call-42", "namespace": "tel", "uid": "u", "generation": 1},
-    "spec": {"sessionId": "pbx:call-42", "userId": "alice", "idleTimeoutSeconds": 1},
+    "spec": {
+        "sessionId": "pbx:call-42",
+        "userId": "alice",
+        "idleTimeoutSeconds": 1,
+        "language": "zh",
+    },
 }
 
 
@@ -55,8 +60,11 @@ def _container_environments(body: Mapping[str, Any]) -> dict[str, dict[str, str]
     deployment = manifests.build_deployment(gateway, settings=settings)
     environments: dict[str, dict[str, str]] = {}
     for container in deployment["spec"]["template"]["spec"]["containers"]:
-        env = dict(configmap)
-        env.update({e["name"]: f"<secret {e['name']}>" for e in container["env"]})
+        env: dict[str, str] = {}
+        for entry in container["env"]:
+            config = entry["valueFrom"].get("configMapKeyRef")
+            value = configmap[config["key"]] if config else f"<secret {entry['name']}>"
+            env[entry["name"]] = value
         environments[container["name"]] = env
     return environments
 
@@ -136,19 +144,24 @@ def pod_environments(
     # what the pod decides differently from this machine: addresses, ports, paths, and the
     # Triton pool (none runs here: the same engine runs in process)
     local = {
-        Env.TRITON_URL: "",
-        "EARSHOT_DEMO_MODEL": "true",
         Env.HOST: "127.0.0.1",
         Env.PORT: str(free_port()),
         Env.PERSISTER_PORT: str(free_port()),
         Env.SPOOL_DIR: str(tmp_path / "spool"),
-        "EARSHOT_CACHE_DIR": str(tiny_model_cache),
     }
     environments = _container_environments(SESSION)
-    for env in environments.values():
-        assert {name for name, value in env.items() if value.startswith("<secret")} == set(secrets)
-        env.update(secrets)
-        env.update(local)
+    for name, env in environments.items():
+        given = {variable for variable, value in env.items() if value.startswith("<secret")}
+        assert given <= set(secrets), name
+        env.update({variable: secrets[variable] for variable in given})
+        env.update({variable: value for variable, value in local.items() if variable in env})
+    environments[dataplane.GATEWAY_CONTAINER].update(
+        {
+            Env.TRITON_URL: "",
+            "EARSHOT_DEMO_MODEL": "true",
+            "EARSHOT_CACHE_DIR": str(tiny_model_cache),
+        }
+    )
     return environments
 
 
@@ -196,8 +209,9 @@ async def test_the_sessions_pod_serves_its_session_for_its_user_and_refuses_the_
     assert stored[: len(finals)] == finals
     assert stored[-1][0] == pending["seq"]
     assert stored[-1][1].startswith(str(pending["text"]))
-    users = await rows(mysql_url, "SELECT id, user_id FROM sessions ORDER BY id")
-    assert users == [("pbx:call-42", "alice")]
+    # spec.userId and spec.language are the session's row: its user and its declared language
+    users = await rows(mysql_url, "SELECT id, user_id, language FROM sessions ORDER BY id")
+    assert users == [("pbx:call-42", "alice", "zh")]
 
 
 def _speech_to_the_end() -> list[bytes]:

@@ -41,7 +41,11 @@ class HangingSegments:
         self.entered = asyncio.Event()
 
     async def add_segments(
-        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+        self,
+        batch: Sequence[Segment],
+        *,
+        users: Mapping[SessionId, str | None],
+        languages: Mapping[SessionId, str] | None = None,
     ) -> None:
         self.entered.set()
         await asyncio.Event().wait()
@@ -51,7 +55,11 @@ class DownSegments:
     """A segment store that is down: every write fails (a retried outage, not a stall)."""
 
     async def add_segments(
-        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+        self,
+        batch: Sequence[Segment],
+        *,
+        users: Mapping[SessionId, str | None],
+        languages: Mapping[SessionId, str] | None = None,
     ) -> None:
         raise StorageError("mariadb is down")
 

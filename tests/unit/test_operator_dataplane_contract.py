@@ -34,12 +34,19 @@ COMMAND_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
 }
 
 
+#: What the Secrets hold, as stand-ins that name the Secret and key they come from, so a changed
+#: reference changes what the container reads.
 SECRET_VALUES = {
-    Env.ACCESS_TOKEN: "t0ken",
-    Env.PARTIALS_URL: "redis://redis:6379/0",
-    Env.SEGMENTS_URL: "mysql+aiomysql://u:p@mysql/earshot",
-    Env.TALK_INTERNAL_SECRET: "hpb-secret",
+    Env.ACCESS_TOKEN: "token-of-{secret}-{key}",
+    Env.PARTIALS_URL: "redis://{secret}-{key}:6379/0",
+    Env.SEGMENTS_URL: "mysql+aiomysql://u:p@{secret}-{key}/earshot",
+    Env.TALK_INTERNAL_SECRET: "hpb-{secret}-{key}",
 }
+
+
+def secret_value(env: str, secret: str, key: str) -> str:
+    """The stand-in value of ``env`` taken from key ``key`` of Secret ``secret``."""
+    return SECRET_VALUES[env].format(secret=secret, key=key)
 
 
 def _aliases(model: type[BaseSettings]) -> set[str]:
@@ -82,12 +89,13 @@ def _room(**spec: Any) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Built:
-    """What the operator builds for one resource, and what the gateway container makes of it."""
+    """What the operator builds for one resource, and what its containers make of it."""
 
     deployment: dict[str, Any]
     configmap: dict[str, str]
     settings: Settings
     talk: TalkSettings | None
+    persister: Settings
     #: Where an operator with two pools (``default`` its default) places a session.
     placement: str
 
@@ -97,21 +105,20 @@ class Built:
         found: dict[str, Any] = next(c for c in containers if c["name"] == name)
         return found
 
-    def secret_ref(self, env: str, container: str = dataplane.GATEWAY_CONTAINER) -> tuple[str, str]:
-        """(Secret name, key) a container's variable comes from."""
-        entry = next(e for e in self.container(container)["env"] if e["name"] == env)
-        ref = entry["valueFrom"]["secretKeyRef"]
-        return ref["name"], ref["key"]
-
 
 def _environment(container: Mapping[str, Any], configmap: Mapping[str, str]) -> dict[str, str]:
-    """The environment a container starts with (secrets get stand-in values)."""
+    """The environment a container starts with, resolved as the kubelet resolves it (Secrets
+    hold stand-ins that name them)."""
+    assert "envFrom" not in container  # each variable by name: the container gets what it reads
     env: dict[str, str] = {}
-    for source in container["envFrom"]:
-        assert set(source) == {"configMapRef"}  # the gateway's own ConfigMap, the only source
-        env.update(configmap)
     for entry in container["env"]:
-        env[entry["name"]] = SECRET_VALUES[entry["name"]]
+        source = entry["valueFrom"]
+        if "configMapKeyRef" in source:
+            assert source["configMapKeyRef"]["name"] == configmap["__name__"]
+            env[entry["name"]] = configmap[source["configMapKeyRef"]["key"]]
+        else:
+            ref = source["secretKeyRef"]
+            env[entry["name"]] = secret_value(entry["name"], ref["name"], ref["key"])
     return env
 
 
@@ -131,22 +138,29 @@ def _settings_of(env: Mapping[str, str], models: tuple[type[BaseSettings], ...])
         return [model() for model in models]
 
 
+def _configmap(body: dict[str, Any]) -> dict[str, str]:
+    """The ConfigMap's data, with its name under ``__name__`` (checked against the references)."""
+    made = manifests.build_configmap(gateways.build(body, OperatorSettings()))
+    return {**made["data"], "__name__": made["metadata"]["name"]}
+
+
 def build(body: dict[str, Any]) -> Built:
-    """Build the resource's gateway and the gateway container's settings from its environment."""
+    """Build the resource's gateway, and the settings each container makes of its environment."""
     settings = OperatorSettings()
-    gateway = gateways.build(body, settings)
-    deployment = manifests.build_deployment(gateway, settings=settings)
-    configmap = manifests.build_configmap(gateway)["data"]
-    (container,) = (
-        c
-        for c in deployment["spec"]["template"]["spec"]["containers"]
-        if c["name"] == dataplane.GATEWAY_CONTAINER
+    deployment = manifests.build_deployment(gateways.build(body, settings), settings=settings)
+    configmap = _configmap(body)
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    gateway = containers[dataplane.GATEWAY_CONTAINER]
+    made = _settings_of(
+        _environment(gateway, configmap), COMMAND_SETTINGS[tuple(gateway["command"])]
     )
-    models = COMMAND_SETTINGS[tuple(container["command"])]
-    made = _settings_of(_environment(container, configmap), models)
+    persister = containers[dataplane.PERSISTER_CONTAINER]
+    [persister_settings] = _settings_of(
+        _environment(persister, configmap), COMMAND_SETTINGS[tuple(persister["command"])]
+    )
     data_plane = next(m for m in made if isinstance(m, Settings))
     talk = next((m for m in made if isinstance(m, TalkSettings)), None)
-    return Built(deployment, configmap, data_plane, talk, _placement(body))
+    return Built(deployment, configmap, data_plane, talk, persister_settings, _placement(body))
 
 
 POOLS = OperatorSettings(
@@ -185,9 +199,8 @@ FULL_ROOM = _room(languages=["fr", "en"], engine="paraformer")
 
 def _containers(body: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
     settings = OperatorSettings()
-    gateway = gateways.build(body, settings)
-    deployment = manifests.build_deployment(gateway, settings=settings)
-    configmap = manifests.build_configmap(gateway)["data"]
+    deployment = manifests.build_deployment(gateways.build(body, settings), settings=settings)
+    configmap = _configmap(body)
     return [(c["name"], c, configmap) for c in deployment["spec"]["template"]["spec"]["containers"]]
 
 
@@ -221,9 +234,9 @@ def test_gateway_environment_configures_the_data_plane_settings(clean_env: None)
     assert (settings.host, settings.port) == ("0.0.0.0", 8000)
     assert (str(settings.audio_codec), settings.audio_rate) == ("ulaw", 16000)
     assert settings.return_transcription is False
-    assert settings.required_token() == "t0ken"
-    assert settings.partials_url == "redis://redis:6379/0"
-    assert settings.segments_url == "mysql+aiomysql://u:p@mysql/earshot"
+    assert settings.required_token() == "token-of-tsess-call-9-token-token"
+    assert settings.partials_url == "redis://earshot-storage-redis-url:6379/0"
+    assert settings.segments_url == "mysql+aiomysql://u:p@earshot-storage-mysql-url/earshot"
     assert settings.persister == "sidecar"
     assert str(settings.resolved_spool_dir()) == "/var/spool/earshot"
     # the session id defaults to the resource's name; the idle timeout to the CRD's 300 s
@@ -242,7 +255,7 @@ def test_room_environment_configures_the_talk_settings(clean_env: None) -> None:
     )
     assert talk.languages == ("en", "fr")  # the offered set; the TalkRoom says which is in use
     assert talk.app_port == 8000
-    assert talk.internal_secret.get_secret_value() == "hpb-secret"
+    assert talk.internal_secret.get_secret_value() == "hpb-hpb-internal-secret"
     assert built.settings.persister_port == 8001
 
 
@@ -260,16 +273,29 @@ class Effect:
     expected: object
 
 
-def _secret_ref_field(env: str, part: int) -> Callable[[str], Effect]:
-    def effect(value: str) -> Effect:
-        return Effect(value, lambda b: b.secret_ref(env)[part], value)
+def _stores(built: Built) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The (partials, segments) URLs the gateway and the persister sidecar each read."""
+    return (
+        (built.settings.partials_url, built.settings.segments_url),
+        (built.persister.partials_url, built.persister.segments_url),
+    )
 
-    return effect
+
+def _storage(field: str, url: Callable[[str], tuple[str, str]]) -> dict[str, Effect]:
+    """A storage reference names the Secret both containers read their store's URL from (the
+    sibling the test sets is ``x``); tests/integration/test_room_storage.py stores through it."""
+    return {
+        f"storage.{field}.name": Effect("other", _stores, (url("other-x"),) * 2),
+        f"storage.{field}.key": Effect("other-key", _stores, (url("x-other-key"),) * 2),
+    }
 
 
-def _storage(field: str, env: str) -> dict[str, Effect]:
-    name, key = _secret_ref_field(env, 0), _secret_ref_field(env, 1)
-    return {f"storage.{field}.name": name("other"), f"storage.{field}.key": key("other-key")}
+def _partials(secret: str) -> tuple[str, str]:
+    return f"redis://{secret}:6379/0", "mysql+aiomysql://u:p@earshot-storage-mysql-url/earshot"
+
+
+def _segments(secret: str) -> tuple[str, str]:
+    return "redis://earshot-storage-redis-url:6379/0", f"mysql+aiomysql://u:p@{secret}/earshot"
 
 
 SESSION_FIELDS: dict[str, Effect] = {
@@ -278,15 +304,16 @@ SESSION_FIELDS: dict[str, Effect] = {
     "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
     "audio.codec": Effect("pcm16le", lambda b: str(b.settings.audio_codec), "pcm16le"),
     "audio.rate": Effect(16000, lambda b: b.settings.audio_rate, 16000),
-    "language": Effect("zh", lambda b: b.settings.language, "zh"),
+    # what the gateway stores as sessions.language (tests/unit/test_session_language.py)
+    "language": Effect("zh", lambda b: b.settings.declared_language(), "zh"),
     "returnTranscription": Effect(False, lambda b: b.settings.return_transcription, False),
     "idleTimeoutSeconds": Effect(42, lambda b: b.settings.idle_timeout_seconds, 42),
     "auth": Effect("none", lambda b: b.settings.required_token(), None),
     "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
     "placement.pool": Effect("other", lambda b: b.placement, "pool/other"),
     "placement.dedicated": Effect(True, lambda b: b.placement, "dedicated"),
-    **_storage("redisUrlSecretRef", Env.PARTIALS_URL),
-    **_storage("mysqlUrlSecretRef", Env.SEGMENTS_URL),
+    **_storage("redisUrlSecretRef", _partials),
+    **_storage("mysqlUrlSecretRef", _segments),
 }
 
 ROOM_FIELDS: dict[str, Effect] = {
@@ -294,16 +321,16 @@ ROOM_FIELDS: dict[str, Effect] = {
     "hpbUrl": Effect("wss://other/spreed", lambda b: _talk(b).hpb_url, "wss://other/spreed"),
     "nextcloudUrl": Effect("https://other", lambda b: _talk(b).nextcloud_url, "https://other"),
     "internalSecretRef.name": Effect(
-        "other", lambda b: b.secret_ref(Env.TALK_INTERNAL_SECRET)[0], "other"
+        "other", lambda b: _talk(b).internal_secret.get_secret_value(), "hpb-other-x"
     ),
     "internalSecretRef.key": Effect(
-        "other-key", lambda b: b.secret_ref(Env.TALK_INTERNAL_SECRET)[1], "other-key"
+        "other-key", lambda b: _talk(b).internal_secret.get_secret_value(), "hpb-hpb-other-key"
     ),
     "languages": Effect(["de"], lambda b: _talk(b).languages, ("de",)),
     "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
     "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
-    **_storage("redisUrlSecretRef", Env.PARTIALS_URL),
-    **_storage("mysqlUrlSecretRef", Env.SEGMENTS_URL),
+    **_storage("redisUrlSecretRef", _partials),
+    **_storage("mysqlUrlSecretRef", _segments),
 }
 
 

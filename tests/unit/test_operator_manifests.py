@@ -42,6 +42,18 @@ def _env(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {
         e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
         for e in container["env"]
+        if "secretKeyRef" in e["valueFrom"]
+    }
+
+
+def _config_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        e["name"]: (
+            e["valueFrom"]["configMapKeyRef"]["name"],
+            e["valueFrom"]["configMapKeyRef"]["key"],
+        )
+        for e in container["env"]
+        if "configMapKeyRef" in e["valueFrom"]
     }
 
 
@@ -57,7 +69,9 @@ def test_session_deployment_runs_gateway_and_persister_over_a_shared_spool() -> 
     for container in (gateway_container, persister):
         assert container["image"] == "registry.local/earshot:test"
         assert container["volumeMounts"] == [{"name": "spool", "mountPath": "/var/spool/earshot"}]
-        assert container["envFrom"] == [{"configMapRef": {"name": "tsess-call-7"}}]
+        refs = _config_refs(container)
+        assert refs
+        assert all(ref == ("tsess-call-7", env) for env, ref in refs.items())
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
 
 
@@ -164,6 +178,22 @@ def test_room_gateway_runs_talk_with_the_room_settings() -> None:
     assert data["EARSHOT_TRITON_URL"] == SETTINGS.triton_paraformer_url
     assert _env(container)["EARSHOT_TALK_INTERNAL_SECRET"] == ("hpb", "secret")
     assert gateway.endpoint == "http://troom-standup.talk.svc:8000"
+
+
+@pytest.mark.parametrize("body", [_session(), _room()], ids=["session", "room"])
+def test_the_persister_gets_only_its_address_the_spool_and_the_stores(body: dict[str, Any]) -> None:
+    deployment = manifests.build_deployment(gateways.build(body, SETTINGS), settings=SETTINGS)
+    gateway_container, persister = deployment["spec"]["template"]["spec"]["containers"]
+    assert {e["name"] for e in persister["env"]} == {
+        "EARSHOT_HOST",
+        "EARSHOT_PERSISTER_PORT",
+        "EARSHOT_SPOOL_DIR",
+        "EARSHOT_PARTIALS_URL",
+        "EARSHOT_SEGMENTS_URL",
+    }
+    gateway_env = {e["name"] for e in gateway_container["env"]}
+    assert "EARSHOT_PERSISTER_PORT" not in gateway_env
+    assert {"EARSHOT_ACCESS_TOKEN", "EARSHOT_SPOOL_DIR"} <= gateway_env
 
 
 def test_resource_requests_come_from_the_settings() -> None:

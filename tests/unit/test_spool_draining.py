@@ -103,14 +103,18 @@ class FlakySegments:
         self.last_failure = asyncio.Event()
 
     async def add_segments(
-        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+        self,
+        batch: Sequence[Segment],
+        *,
+        users: Mapping[SessionId, str | None],
+        languages: Mapping[SessionId, str] | None = None,
     ) -> None:
         if self.failures > 0:
             self.failures -= 1
             if self.failures == 0:
                 self.last_failure.set()
             raise StorageError("database is down")
-        await self.inner.add_segments(batch, users=users)
+        await self.inner.add_segments(batch, users=users, languages=languages)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)

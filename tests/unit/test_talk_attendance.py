@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import json
+from types import SimpleNamespace
+from typing import Any, cast
 
-from earshot.gateways.talk.attendance import Report, State, status_patch
-from earshot.gateways.talk.ownroom import Wish
+import httpx
+import pytest
+
+from earshot.gateways.talk.attendance import Attendance, Report, State, status_patch
+from earshot.gateways.talk.configuration import TalkSettings
+from earshot.gateways.talk.hosting import Rooms
+from earshot.gateways.talk.ownroom import OwnTalkRoom, Wish
 
 OPERATORS = [{"type": "Ready", "status": "True", "reason": "Available", "message": "ok"}]
 
@@ -76,3 +85,83 @@ def test_more_speakers_keep_the_transition_time_and_leaving_moves_it() -> None:
 def test_only_a_joined_gateway_is_ready() -> None:
     ready = {state for state in State if Report(state, "").joined}
     assert ready == {State.IN_CALL, State.IDLE}
+
+
+class _CallOf:
+    """Stands in for the gateway's Rooms: in the call of ``token`` until it leaves; the first
+    leave can be held, as when SIGTERM comes while the gateway is leaving."""
+
+    def __init__(self, token: str, *, hold: bool) -> None:
+        self.token: str | None = token
+        self.hold = hold
+        self.left: list[str] = []
+        self.leaving = asyncio.Event()
+
+    def room(self, token: str) -> SimpleNamespace | None:
+        # In the call, nobody speaking yet, nobody wanting captions.
+        wanted = SimpleNamespace(wanted=frozenset())
+        return (
+            SimpleNamespace(speakers={}, targets=wanted, lang="en") if token == self.token else None
+        )
+
+    async def leave(self, token: str) -> None:
+        self.left.append(token)
+        self.leaving.set()
+        if self.hold:
+            self.hold = False
+            await asyncio.Event().wait()
+        self.token = None
+
+
+def _api_server(
+    body: dict[str, Any], written: list[dict[str, Any]], wrote: asyncio.Event
+) -> httpx.AsyncClient:
+    """An API server that holds one TalkRoom and records each status patch and Event."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("watch"):
+            await asyncio.Event().wait()  # no change to the TalkRoom: the watch stays open
+        if request.method == "GET":
+            return httpx.Response(200, json=body)
+        written.append({"path": request.url.path, **json.loads(request.content)})
+        wrote.set()
+        return httpx.Response(201 if request.method == "POST" else 200, json=body)
+
+    return httpx.AsyncClient(base_url="https://api", transport=httpx.MockTransport(answer))
+
+
+@pytest.mark.parametrize(
+    ("active", "why"), [(False, "the TalkRoom is inactive"), (True, "the room gateway stopped")]
+)
+async def test_a_stopping_gateway_leaves_the_call_and_says_left(active: bool, why: str) -> None:
+    # The operator stops the gateway as soon as its TalkRoom is set inactive: the attending task
+    # is cancelled before it could say so, and nothing else would ever write that it left.
+    body = _talkroom(active=active)
+    body["metadata"].update(namespace="talk", uid="u1", resourceVersion="7", generation=2)
+    written: list[dict[str, Any]] = []
+    wrote = asyncio.Event()
+    call = _CallOf("r1", hold=not active)
+    settings = TalkSettings(
+        hpb_url="http://hpb", internal_secret="s", room_token="r1", talkroom_name="talk-r1"
+    )
+    async with _api_server(body, written, wrote) as http:
+        talkroom = OwnTalkRoom(http, namespace="talk", name="talk-r1")
+        attendance = Attendance(settings, cast(Rooms, call), talkroom)
+        following = asyncio.create_task(attendance.run())
+        # Stopped while leaving (inactive) or while in the call, before the status says Left.
+        async with asyncio.timeout(10):
+            await (wrote if active else call.leaving).wait()
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        assert not [w for w in written if w["path"].endswith("/status") and "Left" in str(w)]
+        call.left.clear()
+        written.clear()
+
+        await attendance.leave_and_report()
+
+    assert call.left == ["r1"]
+    [patch, event] = written
+    assert patch["status"]["room"]["state"] == "Left"
+    assert patch["status"]["room"]["message"] == f"left the call: {why}"
+    assert (event["path"], event["reason"]) == ("/api/v1/namespaces/talk/events", "Left")

@@ -293,7 +293,9 @@ class Drainer:
 
     async def _store(self, batch: list[records.Record]) -> None:
         finals = [r for r in batch if isinstance(r, Segment)]
-        users = {r.session_id: r.user_id for r in batch if isinstance(r, records.SessionOpened)}
+        opened = [r for r in batch if isinstance(r, records.SessionOpened)]
+        users = {r.session_id: r.user_id for r in opened}
+        languages = {r.session_id: r.language for r in opened if r.language is not None}
         oldest = min(records.moment_of(r) for r in batch)
         attempt = 0
         while True:
@@ -302,7 +304,7 @@ class Drainer:
                 return
             started = time.perf_counter()
             try:
-                await self._segments.add_segments(finals, users=users)
+                await self._segments.add_segments(finals, users=users, languages=languages)
             except StorageError as exc:
                 attempt += 1
                 await self._retry("segments", attempt, exc)

@@ -70,9 +70,12 @@ class Journal:
         """Whether the spool is over its bound: new audio must be refused (finals still go in)."""
         return self._writer.full
 
-    async def open_session(self, session_id: SessionId, user_id: str | None = None) -> int:
+    async def open_session(
+        self, session_id: SessionId, user_id: str | None = None, language: str | None = None
+    ) -> int:
         """Take the session's lease, record a (re)connection and return the number its next final
-        gets; :meth:`close_session` gives the lease back.
+        gets; :meth:`close_session` gives the lease back. ``user_id`` and ``language`` (the one the
+        session is declared to speak) fill the session's row.
 
         Raises:
             leasing.SessionInUse: another gateway process streams the session.
@@ -86,7 +89,8 @@ class Journal:
         except BaseException:
             await self.leases.release(session_id, last_seq=released)
             raise
-        self._append_nowait(SessionOpened(session_id, user_id, datetime.now(UTC)))
+        opened = SessionOpened(session_id, user_id, datetime.now(UTC), language=language)
+        self._append_nowait(opened)
         return max(seq, released + 1)
 
     async def close_session(self, session_id: SessionId, *, last_seq: int) -> None:

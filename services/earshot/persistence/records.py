@@ -1,7 +1,8 @@
 """What the spool holds, and its byte format: pure data, no I/O.
 
 A record is framed as ``<length: u32 LE><crc32 of the payload: u32 LE><payload>``; the payload is
-compact JSON with a one-letter kind: ``o`` a session opened, ``p`` a partial, ``f`` a final (with
+compact JSON with a one-letter kind: ``o`` a session opened (with ``l`` the language it is
+declared to speak, when declared), ``p`` a partial, ``f`` a final (with
 ``w`` its speaker, ``b`` and ``e`` when the speech began and ended, when known: Talk calls). A
 frame whose length runs past the end of the data is *incomplete*; one whose CRC does not match is
 *corrupt*: framing cannot be trusted past either. A frame that is intact but whose payload this
@@ -34,17 +35,19 @@ MAX_SEQ = 2**31 - 1
 MAX_TEXT_BYTES = 65_535
 MAX_USER_ID_LENGTH = 64
 MAX_SPEAKER_LENGTH = 64  # segments.speaker VARCHAR(64)
+MAX_LANGUAGE_LENGTH = 16  # sessions.language VARCHAR(16)
 EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class SessionOpened:
-    """A session (re)connected; ``user_id`` fills its ``sessions`` row when known."""
+    """A session (re)connected; ``user_id`` and ``language`` fill its ``sessions`` row when known."""
 
     session_id: SessionId
     user_id: str | None
     at: datetime
+    language: str | None = None
 
 
 Record = SessionOpened | Partial | Segment
@@ -86,6 +89,11 @@ def check(record: Record) -> None:
             raise OutOfRange(
                 f"user id is {len(record.user_id)} characters long; "
                 f"at most {MAX_USER_ID_LENGTH} are allowed"
+            )
+        if record.language is not None and len(record.language) > MAX_LANGUAGE_LENGTH:
+            raise OutOfRange(
+                f"language is {len(record.language)} characters long; "
+                f"at most {MAX_LANGUAGE_LENGTH} are allowed"
             )
         return
     if not 1 <= record.seq <= MAX_SEQ:
@@ -148,7 +156,8 @@ def _fields(record: Record) -> dict[str, Any]:
             "x": record.text,
             "t": _seconds(record.at),
         }
-    return {"k": "o", "s": record.session_id, "u": record.user_id, "t": _seconds(record.at)}
+    opened = {"k": "o", "s": record.session_id, "u": record.user_id, "t": _seconds(record.at)}
+    return opened if record.language is None else {**opened, "l": record.language}
 
 
 def encode(record: Record) -> bytes:
@@ -175,7 +184,12 @@ def _record(fields: dict[str, Any]) -> Record:
     record: Record
     if kind == "o":
         user = fields["u"]
-        record = SessionOpened(session, None if user is None else _typed(fields, "u", str), at)
+        record = SessionOpened(
+            session,
+            None if user is None else _typed(fields, "u", str),
+            at,
+            language=_typed(fields, "l", str) if "l" in fields else None,
+        )
     elif kind == "f":
         record = Segment(
             session,

@@ -96,10 +96,15 @@ class SegmentStore(Protocol):
         ...
 
     async def add_segments(
-        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+        self,
+        batch: Sequence[Segment],
+        *,
+        users: Mapping[SessionId, str | None],
+        languages: Mapping[SessionId, str] | None = None,
     ) -> None:
-        """Store sessions' rows (``users``: session -> user id, and every session of ``batch``) and
-        the segments in one transaction, idempotently."""
+        """Store sessions' rows (``users``: session -> user id, and every session of ``batch``;
+        ``languages``: session -> the language it is declared to speak) and the segments in one
+        transaction, idempotently."""
         ...
 
     async def last_seq(self, session_id: SessionId) -> int:

@@ -2,8 +2,9 @@
 
 SQLAlchemy async Core on SQLite (aiosqlite, the embedded default) or MySQL/MariaDB (aiomysql).
 Tables are created when missing; tables the older telephony server created are migrated by adding
-the nullable columns of Talk calls (``segments.speaker``, ``started_at``, ``ended_at``, see
-:func:`_migrate`): the older server's rows and statements stay valid, its clients read on.
+the nullable columns it lacks (``sessions.language``, and Talk calls' ``segments.speaker``,
+``started_at``, ``ended_at``, see :func:`_migrate`): the older server's rows and statements stay
+valid, its clients read on.
 
 Writes are idempotent so that the persister may replay its spool: a segment's id is derived from
 (session, seq) and rows are inserted with ``INSERT IGNORE`` / ``INSERT OR IGNORE``, so the first
@@ -66,6 +67,9 @@ sessions = Table(
     Column("id", String(64), primary_key=True),
     Column("user_id", String(64), nullable=True),
     Column("created_at", DateTime, nullable=False),
+    # The language the session was declared to speak (TranscriptionSession spec.language); NULL:
+    # not declared ("auto"), as for every row of the older server.
+    Column("language", String(16), nullable=True),
     # A server started without configuration defaults to latin1, which cannot hold Chinese text.
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
@@ -108,22 +112,31 @@ def _segment_row(segment: Segment) -> dict[str, object]:
     }
 
 
-#: The columns added since the older telephony server's schema, with their DDL per dialect.
-ADDED_COLUMNS: dict[str, dict[str, str]] = {
-    "speaker": {"mysql": "VARCHAR(64) NULL", "sqlite": "VARCHAR(64)"},
-    "started_at": {"mysql": "DATETIME(3) NULL", "sqlite": "DATETIME"},
-    "ended_at": {"mysql": "DATETIME(3) NULL", "sqlite": "DATETIME"},
+#: The columns added since the older telephony server's schema, per table, with their DDL per
+#: dialect.
+ADDED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
+    "sessions": {"language": {"mysql": "VARCHAR(16) NULL", "sqlite": "VARCHAR(16)"}},
+    "segments": {
+        "speaker": {"mysql": "VARCHAR(64) NULL", "sqlite": "VARCHAR(64)"},
+        "started_at": {"mysql": "DATETIME(3) NULL", "sqlite": "DATETIME"},
+        "ended_at": {"mysql": "DATETIME(3) NULL", "sqlite": "DATETIME"},
+    },
 }
 
 
 def _migrate(conn: Connection) -> list[str]:
-    """Add the columns the ``segments`` table lacks (nullable: existing rows and inserts stay
-    valid); returns the names added."""
-    present = {column["name"] for column in inspect(conn).get_columns("segments")}
+    """Add the columns the tables lack (nullable: existing rows and inserts stay valid); returns
+    the ``table.column`` names added."""
     dialect = "sqlite" if conn.dialect.name == "sqlite" else "mysql"
-    added = [name for name in ADDED_COLUMNS if name not in present]
-    for name in added:
-        conn.execute(text(f"ALTER TABLE segments ADD COLUMN {name} {ADDED_COLUMNS[name][dialect]}"))
+    added = []
+    for table, columns in ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspect(conn).get_columns(table)}
+        for name in columns:
+            if name not in present:
+                conn.execute(
+                    text(f"ALTER TABLE {table} ADD COLUMN {name} {columns[name][dialect]}")
+                )
+                added.append(f"{table}.{name}")
     return added
 
 
@@ -240,32 +253,49 @@ class SqlSegmentStore:
         await self.add_segments([segment], users={})
 
     async def add_segments(
-        self, batch: Sequence[Segment], *, users: Mapping[SessionId, str | None]
+        self,
+        batch: Sequence[Segment],
+        *,
+        users: Mapping[SessionId, str | None],
+        languages: Mapping[SessionId, str] | None = None,
     ) -> None:
         """Store sessions' rows and segments in one transaction; stored rows are kept.
 
         Every session of ``batch`` gets its row (in the same transaction, so that MySQL's
         ``INSERT IGNORE`` cannot swallow a foreign-key failure); ``users`` (session -> user id) adds
-        rows with their user ids and fills in the user of rows stored without one.
+        rows with their user ids and fills in the user of rows stored without one; ``languages``
+        (session -> declared language) likewise fills in ``sessions.language``.
         """
         now = datetime.now(UTC).replace(tzinfo=None)
+        languages = languages or {}
         rows = {segment.session_id: None for segment in batch} | dict(users)
+        rows |= {session: rows.get(session) for session in languages}
         async with self._transaction() as conn:
             if rows:
                 await conn.execute(
                     self._insert_session,
-                    [{"id": s, "user_id": u, "created_at": now} for s, u in rows.items()],
+                    [
+                        {"id": s, "user_id": u, "created_at": now, "language": languages.get(s)}
+                        for s, u in rows.items()
+                    ],
                 )
-            for session_id, user_id in users.items():
-                if user_id is not None:
-                    await conn.execute(
-                        update(sessions)
-                        .where(sessions.c.id == session_id, sessions.c.user_id.is_(None))
-                        .values(user_id=user_id)
-                    )
+            for column, values in (("user_id", users), ("language", languages)):
+                await self._fill_in(conn, column, values)
             if batch:
                 await conn.execute(self._insert_segment, [_segment_row(s) for s in batch])
                 await self._report_conflicts(conn, batch)
+
+    async def _fill_in(
+        self, conn: AsyncConnection, column: str, values: Mapping[SessionId, str | None]
+    ) -> None:
+        """Set ``column`` of the sessions stored without a value (a value stored stays)."""
+        for session_id, value in values.items():
+            if value is not None:
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c[column].is_(None))
+                    .values({column: value})
+                )
 
     async def _report_conflicts(self, conn: AsyncConnection, batch: Sequence[Segment]) -> None:
         """Log and count each final whose number is stored with another text: a replay offers

@@ -8,14 +8,17 @@ enough.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -131,6 +134,16 @@ class OperatorProcess:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the operator (SIGSTOP) for the block, so it accepts nothing, then resume it."""
+        assert self._process is not None, "operator not started"
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Stop and start again, as a rolled operator pod would."""

@@ -397,6 +397,7 @@ async def _stream(
             source_rate=settings.audio_rate,
             stores=services.stores,
             user_id=settings.user_id,
+            language=settings.declared_language(),
         )
     except StorageError as exc:
         await _close(websocket, _storage_refusal(exc))

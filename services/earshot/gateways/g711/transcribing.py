@@ -111,6 +111,7 @@ class Transcription:
         source_rate: int,
         stores: Stores,
         user_id: str | None = None,
+        language: str | None = None,
     ) -> Transcription:
         """Start (or resume) a session: numbering continues after its highest final (spooled or
         stored).
@@ -118,7 +119,7 @@ class Transcription:
         Raises:
             StorageError: a store cannot be read to continue the numbering.
         """
-        next_seq = await stores.journal.open_session(session_id, user_id)
+        next_seq = await stores.journal.open_session(session_id, user_id, language)
         metrics.STREAMS_OPENED.labels(GATEWAY).inc()
         return cls(
             session_id=session_id,

@@ -140,6 +140,20 @@ class Attendance:
             tasks.create_task(self._follow(), name=f"follow-{self._talkroom.name}")
             tasks.create_task(self._attend(), name=f"attend-{self._token}")
 
+    async def leave_and_report(self) -> None:
+        """On the way out (SIGTERM): leave the call and say Left in the TalkRoom.
+
+        The operator stops the gateway as soon as its TalkRoom is set inactive, often before the
+        attending task has said so; nothing else would ever write that the gateway left.
+        """
+        if self._rooms.room(self._token) is not None:
+            await self._rooms.leave(self._token)
+        inactive = self._wish is not None and not self._wish.active
+        why = self._inactive if inactive else "the room gateway stopped"
+        if self._report.state is not State.LEFT:
+            self._set(Report(State.LEFT, f"left the call: {why}"))
+        await self._publish()
+
     # Following the TalkRoom
 
     async def _follow(self) -> None:

@@ -34,6 +34,10 @@ from earshot.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# How long a stopping room gateway may take to leave its call and say so in its TalkRoom (well
+# within the pod's termination grace period).
+_LEAVE_SECONDS = 5.0
+
 IceServers = Callable[[], Awaitable[list[RTCIceServer]]]
 
 
@@ -145,6 +149,9 @@ async def serve(settings: Settings, talk: TalkSettings) -> None:
             )
         )
         attending.task = asyncio.create_task(attendance.run(), name=f"room-{talk.room_token}")
+        # On the way out: stop attending, then leave the call and report it (before the rooms
+        # and the API client close).
+        stack.push_async_callback(_bounded, attendance.leave_and_report, _LEAVE_SECONDS)
         stack.push_async_callback(_cancel, attending.task)
         # A broken attendance stops the server: the process exits and Kubernetes restarts it.
         attending.task.add_done_callback(lambda _: setattr(server, "should_exit", True))
@@ -164,6 +171,14 @@ async def serve(settings: Settings, talk: TalkSettings) -> None:
 
 async def _no_ice_servers() -> list[RTCIceServer]:
     return []
+
+
+async def _bounded(work: Callable[[], Awaitable[None]], seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await work()
+    except TimeoutError:
+        log.warning("could not leave the call and report it within %g s", seconds)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
