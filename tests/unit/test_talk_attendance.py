@@ -165,3 +165,41 @@ async def test_a_stopping_gateway_leaves_the_call_and_says_left(active: bool, wh
     assert patch["status"]["room"]["state"] == "Left"
     assert patch["status"]["room"]["message"] == f"left the call: {why}"
     assert (event["path"], event["reason"]) == ("/api/v1/namespaces/talk/events", "Left")
+
+
+async def test_left_is_written_again_when_the_talkroom_changed_meanwhile() -> None:
+    # The operator's own status write races the stopping gateway's: its first Left patch carries
+    # an old resourceVersion and gets 409; it reads the TalkRoom again and writes Left after all,
+    # and the Event follows the status, never ahead of it.
+    body = _talkroom(active=False)
+    body["metadata"].update(namespace="talk", uid="u1", resourceVersion="7", generation=2)
+    requests: list[str] = []
+    conflicts = iter([True])
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("watch"):
+            await asyncio.Event().wait()
+        requests.append(request.method)
+        if request.method == "PATCH" and next(conflicts, False):
+            return httpx.Response(409, json={"reason": "Conflict"})
+        return httpx.Response(200, json=body)
+
+    settings = TalkSettings(
+        hpb_url="http://hpb", internal_secret="s", room_token="r1", talkroom_name="talk-r1"
+    )
+    transport = httpx.MockTransport(answer)
+    async with httpx.AsyncClient(base_url="https://api", transport=transport) as http:
+        talkroom = OwnTalkRoom(http, namespace="talk", name="talk-r1")
+        call = _CallOf("r1", hold=True)
+        attendance = Attendance(settings, cast(Rooms, call), talkroom)
+        following = asyncio.create_task(attendance.run())
+        async with asyncio.timeout(10):
+            await call.leaving.wait()
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        requests.clear()
+
+        await attendance.leave_and_report()
+
+    assert requests == ["PATCH", "GET", "PATCH", "POST"]

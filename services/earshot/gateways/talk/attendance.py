@@ -41,6 +41,12 @@ _SIGNALING_LOST = "signaling lost"
 _OWN_LEAVE = ("", "closed")
 
 
+# On the way out: how long leaving the call may take before Left is reported all the same, and
+# how often the Left patch is retried when the TalkRoom changed meanwhile.
+_LEAVE_CALL_SECONDS = 3.0
+_REPORT_TRIES = 3
+
+
 class State(enum.StrEnum):
     """Where a room gateway is with its call."""
 
@@ -144,15 +150,29 @@ class Attendance:
         """On the way out (SIGTERM): leave the call and say Left in the TalkRoom.
 
         The operator stops the gateway as soon as its TalkRoom is set inactive, often before the
-        attending task has said so; nothing else would ever write that the gateway left.
+        attending task has said so; nothing else would ever write that the gateway left. The
+        TalkRoom may have changed since the gateway last saw it (the operator's own status write
+        races this one): on a conflict it is read again and the patch retried.
         """
         if self._rooms.room(self._token) is not None:
-            await self._rooms.leave(self._token)
+            try:
+                async with asyncio.timeout(_LEAVE_CALL_SECONDS):
+                    await self._rooms.leave(self._token)
+            except TimeoutError:
+                log.warning("room %s: the call did not end in time; reporting Left", self._token)
         inactive = self._wish is not None and not self._wish.active
         why = self._inactive if inactive else "the room gateway stopped"
         if self._report.state is not State.LEFT:
             self._set(Report(State.LEFT, f"left the call: {why}"))
-        await self._publish()
+        for _ in range(_REPORT_TRIES):
+            if await self._publish():
+                return
+            try:
+                self._observed = await self._talkroom.get()
+            except (TalkRoomGone, ClusterError, httpx.HTTPError) as exc:
+                log.info("TalkRoom %s: Left not written: %r", self._talkroom.name, exc)
+                return
+        log.warning("TalkRoom %s: Left not written: it kept changing", self._talkroom.name)
 
     # Following the TalkRoom
 
@@ -296,10 +316,15 @@ class Attendance:
 
     # Reporting
 
-    async def _publish(self) -> None:
+    async def _publish(self) -> bool:
+        """Write the report into the status (and an Event on a new state).
+
+        Returns:
+            False when the TalkRoom had changed meanwhile (409) and the status was not written.
+        """
         body = self._observed
         if body is None:
-            return
+            return True
         meta = body["metadata"]
         patch = status_patch(
             self._report,
@@ -312,8 +337,9 @@ class Attendance:
                 written = await self._talkroom.patch_status(
                     patch, resource_version=meta["resourceVersion"]
                 )
-                if written is not None:
-                    self._observed = written
+                if written is None:
+                    return False  # the Event waits for the status that says the same
+                self._observed = written
             if self._report.state is not self._announced:
                 self._announced = self._report.state
                 await self._talkroom.post_event(
@@ -324,3 +350,4 @@ class Attendance:
                 )
         except (ClusterError, httpx.HTTPError) as exc:
             log.warning("cannot report to TalkRoom %s: %r", self._talkroom.name, exc)
+        return True

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # How long a stopping room gateway may take to leave its call and say so in its TalkRoom (well
 # within the pod's termination grace period).
-_LEAVE_SECONDS = 5.0
+_LEAVE_SECONDS = 8.0
 
 IceServers = Callable[[], Awaitable[list[RTCIceServer]]]
 
