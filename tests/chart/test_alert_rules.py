@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.chart.charts import CHART, REPO
+from tests.chart.charts import CHART, REPO, template
 
 RULES = CHART / "rules" / "earshot.rules.yaml"
 RULE_TESTS = REPO / "tests" / "chart" / "alerts_test.yaml"
@@ -59,3 +61,21 @@ def test_every_alert_has_a_severity_and_a_runbook_in_the_operations_guide() -> N
         anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
         assert anchor == rule["alert"].lower()
         assert f"### {rule['alert'].lower()}" in guide, f"no runbook for {rule['alert']}"
+
+
+@pytest.mark.parametrize("release", ["rel", "earshot"])
+def test_the_crash_loop_alert_watches_every_gateway_pod_the_chart_runs(release: str) -> None:
+    # A pool's pods carry the chart's names, not the operator's tsess-/troom- prefixes: the
+    # alert's pod pattern (anchored, as Prometheus does) must hold theirs and none of the others'.
+    [rule] = [a for a in _alerts() if a["alert"] == "EarshotGatewayCrashLooping"]
+    found = re.search(r'pod=~"([^"]+)"', rule["expr"])
+    assert found
+    pattern = re.compile(found.group(1))
+    deployments = [m for m in template(release=release) if m["kind"] == "Deployment"]
+    pods = {m["metadata"]["name"]: f"{m['metadata']['name']}-6b8f9c-x2k4q" for m in deployments}
+    watched = {name for name, pod in pods.items() if pattern.fullmatch(pod)}
+    pools = {name for name in pods if name.endswith("-pool-default")}
+    assert pools
+    assert watched == pools, (pods, watched)
+    assert pattern.fullmatch("tsess-call-1-5d9f-abcde")
+    assert pattern.fullmatch("troom-r1-5d9f-ab")

@@ -20,6 +20,7 @@ from earshot.settings import Settings
 from earshot_operator import dataplane
 from earshot_operator.settings import OperatorSettings
 from tests.chart.charts import CHART, find, helm_binary, template
+from tests.integration import test_liveness as liveness
 from tests.unit.test_operator_dataplane_contract import READ_BY_THE_DATA_PLANE, SECRET_VALUES
 
 SESSION_COMMAND = ("earshot", "serve")
@@ -136,3 +137,14 @@ def test_the_autoscaler_scales_on_active_streams_and_lag_per_pod() -> None:
     assert json.dumps(hpa["spec"]["behavior"]["scaleDown"]["policies"]) == json.dumps(
         [{"type": "Pods", "value": 1, "periodSeconds": 60}]
     )
+
+
+def test_a_pool_gateway_is_probed_as_the_operators_gateways_are() -> None:
+    # tests/integration/test_liveness.py shows the operator's probe failing on a wedged gateway;
+    # a pool's gateway runs the same process, so it must be probed the same way.
+    operator_made = liveness.gateway_container()["livenessProbe"]
+    pool = find(template(), "Deployment", "-pool-default")
+    [gateway] = [
+        c for c in pool["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"
+    ]
+    assert gateway["livenessProbe"] == operator_made

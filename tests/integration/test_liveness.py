@@ -71,7 +71,8 @@ class LivenessProbe:
         return True
 
 
-def _gateway_container() -> dict[str, Any]:
+def gateway_container() -> dict[str, Any]:
+    """The gateway container the operator makes for SESSION (its probe is the one tested here)."""
     settings = OperatorSettings()
     deployment = manifests.build_deployment(gateways.build(SESSION, settings), settings=settings)
     containers = deployment["spec"]["template"]["spec"]["containers"]
@@ -105,7 +106,7 @@ async def faulty(
         {"EARSHOT_TEST_FAULTS": str(faults), "PYTHONPATH": os.pathsep.join(paths)}
     )
     assert cast(dict[str, Any], SESSION["spec"])["sessionId"] == SESSION_ID
-    container = _gateway_container()
+    container = gateway_container()
     liveness = container["livenessProbe"]
     [port] = [p for p in container["ports"] if p["name"] == liveness["httpGet"]["port"]]
     # the probed port is the one the process listens on (here a free port takes its place)
