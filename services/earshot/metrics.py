@@ -477,8 +477,8 @@ def legacy_groups(samples: _Samples) -> dict[str, Any]:
         },
         "transcription": {
             "partials": samples.count("earshot_partials_total", **g711),
-            # There, finals at a stream's end were counted apart, as auto_finalized.
-            "finals": max(0, samples.count("earshot_segments_finalised_total", **g711) - at_end),
+            # As there: every final, those made when a stream ended (auto_finalized) included.
+            "finals": samples.count("earshot_segments_finalised_total", **g711),
             "empty_results": samples.count("earshot_chunks_without_text_total", **g711),
             "auto_finalized": at_end,
         },

@@ -153,3 +153,24 @@ async def test_admission_refuses_unknown_sessions_and_wrong_tokens() -> None:
     with pytest.raises(NotAdmitted) as wrong:
         await registry.admit(SessionId("known"), "not-it", wait=0.05)
     assert wrong.value.code == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"EARSHOT_TRITON_URL": "triton:8001"},
+        {"EARSHOT_ENGINE": "kyutai", "EARSHOT_KYUTAI_MAX_STREAMS": "4"},
+    ],
+)
+def test_a_pool_on_any_engine_admits_its_sessions(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]
+) -> None:
+    # The pool's own defaults are not settings someone gave: no engine-only check may refuse
+    # them per session, on Triton or Kyutai as on the in-process Paraformer.
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    base = Settings(pool="default")
+    parsed = registrations.parse(_body(), pool="default", base=base)
+    assert parsed is not None
+    assert parsed.settings.engine == base.engine
+    assert parsed.settings.triton_url == base.triton_url
