@@ -277,6 +277,10 @@ def merge_patch(actual: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[st
     return patch
 
 
+# How often a status write is tried again on a newer version of its object (409).
+_STATUS_TRIES = 3
+
+
 async def write_status(
     client: KubeClient,
     body: Mapping[str, Any],
@@ -291,26 +295,42 @@ async def write_status(
 ) -> Outcome:
     """Patch the status subresource if anything in it differs; count changing reconciles; post
     the events of what changed (``placement`` and ``pooled``: see ``statuses.build_status``)."""
-    previous = body.get("status") or {}
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    wanted = statuses.build_status(
-        gateway,
-        observation,
-        generation=int(body["metadata"].get("generation", 1)),
-        previous=previous,
-        now=now,
-        placement=placement,
-        pooled=pooled,
-    )
-    patch = statuses.status_patch(previous, wanted)
     changes = len(created) + len(updated)
-    if changes:
-        counters = previous.get("counters") or {}
-        patch["counters"] = {"reconciles": int(counters.get("reconciles", 0)) + 1}
-        if drift:
-            patch["counters"]["driftRepairs"] = int(counters.get("driftRepairs", 0)) + changes
-    if patch:
-        await client.patch(path_of_object(body, subresource="status"), {"status": patch})
+    current = body
+    for attempt in range(1, _STATUS_TRIES + 1):
+        previous = current.get("status") or {}
+        wanted = statuses.build_status(
+            gateway,
+            observation,
+            generation=int(body["metadata"].get("generation", 1)),
+            previous=previous,
+            now=now,
+            placement=placement,
+            pooled=pooled,
+        )
+        patch = statuses.status_patch(previous, wanted)
+        if changes:
+            counters = previous.get("counters") or {}
+            patch["counters"] = {"reconciles": int(counters.get("reconciles", 0)) + 1}
+            if drift:
+                patch["counters"]["driftRepairs"] = int(counters.get("driftRepairs", 0)) + changes
+        if not patch:
+            break
+        # The conditions list is written whole, keeping other writers' (a room gateway's InCall)
+        # as this body shows them: only onto that very version, or a newer report is undone.
+        version = current["metadata"].get("resourceVersion")
+        precondition = {"metadata": {"resourceVersion": version}} if version else {}
+        path = path_of_object(body, subresource="status")
+        try:
+            await client.patch(path, {**precondition, "status": patch})
+            break
+        except ConflictError:
+            fresh = await client.get(path_of_object(body))
+            if fresh is None or attempt == _STATUS_TRIES:
+                raise
+            current = fresh
+    previous = body.get("status") or {}
     notes = events.notes(previous, observation, created=created, updated=updated, drift=drift)
     for note in notes:
         await post_event(client, body, note, now=now, previous=previous)
