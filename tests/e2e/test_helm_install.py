@@ -348,6 +348,8 @@ def test_every_pod_of_the_chart_and_the_operator_passes_restricted_admission_unc
             )
             time.sleep(1.0)
         assert {w["kind"] for w in workloads} == {"Deployment", "StatefulSet", "Job"}
+        # the default gateway pool's pods too (the chart's default placement for sessions)
+        assert [n for n in names if n.endswith("-pool-default")], sorted(names)
         assert _refusals(installed) == []
         for workload in workloads:
             template = {"spec": workload["spec"]["template"]["spec"]}
