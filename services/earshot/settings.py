@@ -99,6 +99,15 @@ class EngineOnly:
 #: Every setting one engine path reads and the others would ignore. Given for another engine, or
 #: with EARSHOT_TRITON_URL, it is refused at start-up: a setting is honoured or refused, never
 #: silently dropped.
+# Settings only the Triton client reads (honoured with EARSHOT_TRITON_URL, refused without it).
+_TRITON_ONLY = frozenset(
+    {
+        "triton_keepalive_seconds",
+        "triton_request_timeout_seconds",
+        "triton_reconnect_timeout_seconds",
+    }
+)
+
 ENGINE_ONLY: Mapping[str, EngineOnly] = {
     "endpoint_silence_without_text_seconds": EngineOnly("paraformer", "rule1_min_trailing_silence"),
     "endpoint_silence_after_text_seconds": EngineOnly("paraformer", "rule2_min_trailing_silence"),
@@ -506,6 +515,14 @@ class Settings(BaseSettings):
         ignored = [name for name in sorted(settings.given()) if settings._ignores(name)]
         if ignored:
             raise ValueError(settings._not_read(ignored))
+        unused = sorted(settings.given() & _TRITON_ONLY) if not settings.triton_url else []
+        if unused:
+            variables = ", ".join(_variables(name) for name in unused)
+            it = "it" if len(unused) == 1 else "them"
+            raise ValueError(
+                f"{variables} would do nothing: only a process that recognises through Triton "
+                f"reads {it}, and EARSHOT_TRITON_URL is not set; set that or unset {it}"
+            )
         return settings
 
     def given(self) -> frozenset[str]:

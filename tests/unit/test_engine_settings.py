@@ -206,3 +206,35 @@ def test_serve_refuses_an_ignored_setting_in_one_line_with_exit_2(tmp_path: Path
         "through Triton (EARSHOT_TRITON_URL); unset it; in the model's config.pbtxt, set "
         "rule2_min_trailing_silence"
     ]
+
+
+TRITON_ONLY = {
+    "EARSHOT_TRITON_KEEPALIVE_SECONDS": "5",
+    "EARSHOT_TRITON_REQUEST_TIMEOUT_SECONDS": "7",
+    "EARSHOT_TRITON_RECONNECT_TIMEOUT_SECONDS": "9",
+}
+
+
+@pytest.mark.parametrize("variable", sorted(TRITON_ONLY))
+def test_a_triton_setting_without_triton_is_refused(
+    variable: str, clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, TRITON_ONLY[variable])
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert f"{variable} would do nothing" in str(refused.value)
+    assert "EARSHOT_TRITON_URL is not set; set that or unset it" in str(refused.value)
+
+
+def test_the_triton_settings_are_taken_with_triton(
+    clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EARSHOT_TRITON_URL", "triton:8001")
+    for variable, value in TRITON_ONLY.items():
+        monkeypatch.setenv(variable, value)
+    settings = Settings()
+    assert (
+        settings.triton_keepalive_seconds,
+        settings.triton_request_timeout_seconds,
+        settings.triton_reconnect_timeout_seconds,
+    ) == (5, 7, 9)
