@@ -31,10 +31,17 @@ EXTRAS = ("audio", "gateway", "paraformer", "persister", "talk", "operator", "tr
 #: Test runners from the dev extra, at their floors too.
 TEST_TOOLS = ("pytest", "pytest-asyncio")
 #: Unit test modules that need the kyutai extra, or that check the development venv itself.
-LEFT_OUT = ("test_kyutai_", "test_decoding_clock", "test_dependencies")
+LEFT_OUT = (
+    "test_kyutai_",
+    "test_decoding_clock",
+    "test_frame_gathering",
+    "test_session_language",
+    "test_dependencies",
+)
 #: Single tests that need the kyutai extra.
 DESELECTED = (
     "tests/unit/test_engine_loading.py::test_engine_setting_opens_that_in_process_engine[kyutai-24000]",
+    "tests/unit/test_engine_settings.py::test_the_kyutai_slots_reach_the_in_process_kyutai_opened_by_name",
 )
 
 
