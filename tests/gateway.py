@@ -12,6 +12,9 @@ from contextlib import asynccontextmanager
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from earshot.engines.paraformer import ParaformerDecoder, ParaformerStream
+from earshot.engines.recognizers import Samples
+from earshot.events import Recognition
 from earshot.gateways.g711 import serving
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
@@ -54,3 +57,24 @@ async def until_closed(
             async for raw in ws:
                 received.append(json.loads(raw))
         return received, ws.close_code, ws.close_reason or ""
+
+
+class WrappedDecoder:
+    """The real Paraformer decoder, passed through; tests override ``decode`` to stall or slow it."""
+
+    def __init__(self, inner: ParaformerDecoder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.sample_rate = inner.sample_rate
+
+    def open(self) -> ParaformerStream:
+        return self.inner.open()
+
+    def accept(self, stream: ParaformerStream, samples: Samples) -> None:
+        self.inner.accept(stream, samples)
+
+    def finish(self, stream: ParaformerStream) -> None:
+        self.inner.finish(stream)
+
+    def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
+        return self.inner.decode(streams)

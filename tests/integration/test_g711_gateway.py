@@ -22,13 +22,12 @@ from earshot.cli import demoing, streaming
 from earshot.engines import kyutai, paraformer
 from earshot.engines.batching import BatchingRecognizer
 from earshot.engines.paraformer import ParaformerDecoder, ParaformerStream
-from earshot.engines.recognizers import Samples
 from earshot.engines.stepping import SteppingRecognizer
 from earshot.events import Recognition, SessionId
 from earshot.gateways.g711 import client
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
-from tests.gateway import running_gateway, session_url, until_closed
+from tests.gateway import WrappedDecoder, running_gateway, session_url, until_closed
 
 FRAME_SECONDS = 0.02
 
@@ -264,24 +263,13 @@ async def test_health_and_metrics_are_served(settings: Settings, services: Servi
     assert "earshot_overload_rejections_total" in after
 
 
-class GatedDecoder:
+class GatedDecoder(WrappedDecoder):
     """The real Paraformer decoder behind a gate the test opens: inference stalls until then."""
 
     def __init__(self, inner: ParaformerDecoder) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = threading.Event()
         self.entered = threading.Event()
-        self.name = inner.name
-        self.sample_rate = inner.sample_rate
-
-    def open(self) -> ParaformerStream:
-        return self.inner.open()
-
-    def accept(self, stream: ParaformerStream, samples: Samples) -> None:
-        self.inner.accept(stream, samples)
-
-    def finish(self, stream: ParaformerStream) -> None:
-        self.inner.finish(stream)
 
     def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
         self.entered.set()

@@ -24,12 +24,11 @@ from websockets.exceptions import ConnectionClosed
 
 from earshot.engines import paraformer, windowing
 from earshot.engines.batching import BatchingRecognizer
-from earshot.engines.paraformer import ParaformerDecoder, ParaformerStream
-from earshot.engines.recognizers import Samples
+from earshot.engines.paraformer import ParaformerStream
 from earshot.events import Recognition
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
-from tests.gateway import running_gateway, session_url
+from tests.gateway import WrappedDecoder, running_gateway, session_url
 from tests.persister import speech_frames
 
 FRAME_SECONDS = 0.02
@@ -39,22 +38,8 @@ ARRIVAL_SECONDS = 0.2
 CALL_FRAMES = 120  # 2.4 s of audio each
 
 
-class SlowDecoder:
+class SlowDecoder(WrappedDecoder):
     """The real decoder, plus a fixed cost for every stream it decodes."""
-
-    def __init__(self, inner: ParaformerDecoder) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.sample_rate = inner.sample_rate
-
-    def open(self) -> ParaformerStream:
-        return self.inner.open()
-
-    def accept(self, stream: ParaformerStream, samples: Samples) -> None:
-        self.inner.accept(stream, samples)
-
-    def finish(self, stream: ParaformerStream) -> None:
-        self.inner.finish(stream)
 
     def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
         time.sleep(WINDOW_COST_SECONDS * len(streams))
