@@ -71,6 +71,13 @@ GATEWAY_LAG = Gauge(
     "of its event loop's lateness and the age of the oldest audio waiting for the recogniser.",
     ["gateway"],
 )
+INFERENCE_LOAD = Gauge(
+    "earshot_inference_load_ratio",
+    "The share of the in-process recogniser's workers that the gateway's streams plus one more "
+    "would take, from what a second of audio cost to decode over the last 5 s; above "
+    "EARSHOT_MAX_INFERENCE_LOAD new streams are refused.",
+    ["gateway"],
+)
 ACTIVE_STREAMS = Gauge(
     "earshot_active_streams", "Audio streams being recognised now.", ["gateway", "engine"]
 )

@@ -229,6 +229,16 @@ class Settings(BaseSettings):
         "refused (1013 inference_overloaded) so that the streams it holds keep their latency; "
         "0: never refuse for lag.",
     )
+    max_inference_load: float = Field(
+        0.9,
+        ge=0,
+        validation_alias=_env("MAX_INFERENCE_LOAD"),
+        description="With the in-process recogniser: a new stream is refused (1013 "
+        "inference_overloaded) when the streams the gateway holds plus it would keep the inference "
+        "workers busier than this share of the time (each stream costing what a second of audio "
+        "cost to decode over the last 5 s), before the backlog makes every stream late; "
+        "0: never refuse for load.",
+    )
     handshake_timeout_seconds: float = Field(
         10.0,
         gt=0,

@@ -4,8 +4,12 @@ while it is behind real time, and the streams it admitted keep a bounded reply l
 The recogniser is the real tiny Paraformer, slowed to a known capacity: each stream's decoding
 window costs 0.1 s of worker time (asleep, so the event loop stays free), i.e. about six real-time
 streams. Callers arrive faster than that for a few seconds. The same load runs twice, with the lag
-limit and without it (``EARSHOT_MAX_LAG_SECONDS=0``); the test compares the two runs, not
-absolute timings, so a loaded machine shifts both alike.
+limits and without them (``EARSHOT_MAX_LAG_SECONDS=0``, ``EARSHOT_MAX_INFERENCE_LOAD=0``); the test
+compares the two runs, not absolute timings, so a loaded machine shifts both alike.
+
+Callers come every 0.2 s, faster than one decoding step (0.6 s): the lag alone shows only after a
+few of them are in. The load limit refuses from the first measured step on, as soon as the streams
+held would keep the worker busy, so the admitted streams stay near the worker's capacity.
 """
 
 from __future__ import annotations
@@ -102,10 +106,12 @@ def p99(before: dict[float, float], after: dict[float, float]) -> float:
     return next(bound for bound, count in delta if count >= 0.99 * total)
 
 
-async def drive(settings: Settings, services: Services, max_lag: float) -> Outcome:
+async def drive(settings: Settings, services: Services, max_lag: float, max_load: float) -> Outcome:
     decoder = SlowDecoder(paraformer.load_paraformer(settings))
     recognizer = BatchingRecognizer(decoder, window=windowing.SHERPA_PARAFORMER)
-    limited = settings.model_copy(update={"max_lag_seconds": max_lag})
+    limited = settings.model_copy(
+        update={"max_lag_seconds": max_lag, "max_inference_load": max_load}
+    )
     frames = speech_frames()
     outcome = Outcome()
     before = reply_buckets()
@@ -131,8 +137,8 @@ async def drive(settings: Settings, services: Services, max_lag: float) -> Outco
 async def test_past_capacity_new_streams_are_refused_and_admitted_ones_keep_their_latency(
     settings: Settings, services: Services
 ) -> None:
-    unlimited = await drive(settings, services, max_lag=0.0)
-    limited = await drive(settings, services, max_lag=0.3)
+    unlimited = await drive(settings, services, max_lag=0.0, max_load=0.0)
+    limited = await drive(settings, services, max_lag=0.3, max_load=0.9)
 
     # Without a limit every caller is taken and all of them fall behind together.
     assert (unlimited.admitted, unlimited.refused) == (CALLERS, 0)

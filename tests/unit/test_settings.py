@@ -65,3 +65,12 @@ def test_the_lag_limit_is_read_and_a_negative_one_refused(monkeypatch: pytest.Mo
     monkeypatch.setenv("EARSHOT_MAX_LAG_SECONDS", "-1")
     with pytest.raises(ValidationError, match="EARSHOT_MAX_LAG_SECONDS"):
         Settings()
+
+
+def test_the_load_limit_is_read_and_a_negative_one_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().max_inference_load == 0.9
+    monkeypatch.setenv("EARSHOT_MAX_INFERENCE_LOAD", "0.5")
+    assert Settings().max_inference_load == 0.5
+    monkeypatch.setenv("EARSHOT_MAX_INFERENCE_LOAD", "-0.1")
+    with pytest.raises(ValidationError, match="EARSHOT_MAX_INFERENCE_LOAD"):
+        Settings()

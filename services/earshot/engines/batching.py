@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic
@@ -40,6 +41,8 @@ from earshot.events import Recognition
 from earshot.settings import Settings
 
 DEFAULT_MAX_BATCH = 16
+# How far back the decoding cost per second of audio is measured (see BatchingRecognizer.load).
+COST_WINDOW_SECONDS = 5.0
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +107,14 @@ class BatchingRecognizer(Generic[StreamT]):
         self._runnable: deque[_Work[StreamT]] = deque()
         # Jobs not yet answered, oldest first (event-loop side only): the backlog's age.
         self._pending: deque[_Job] = deque()
+        # Streams opened and not yet finished (event-loop side only).
+        self._live: weakref.WeakSet[BatchedStream[StreamT]] = weakref.WeakSet()
+        # Under the lock: the (when, decoding seconds, seconds of audio) of the batches of the last
+        # COST_WINDOW_SECONDS, their sums, and the cost of a second of audio they make.
+        self._costs: deque[tuple[float, float, float]] = deque()
+        self._busy = 0.0
+        self._audio = 0.0
+        self._cost_per_second = 0.0
         self._closing = False
         self._exits: list[asyncio.Future[None]] = []
         self._threads = [
@@ -150,7 +161,37 @@ class BatchingRecognizer(Generic[StreamT]):
 
     def open_stream(self) -> BatchedStream[StreamT]:
         """Start recognising a new stream (cheap: creating decoder state runs no inference)."""
-        return BatchedStream(self, _Work(self._decoder.open()))
+        stream = BatchedStream(self, _Work(self._decoder.open()))
+        self._live.add(stream)
+        return stream
+
+    def load(self, more_streams: int = 1) -> float:
+        """The share of the workers' time the live streams and ``more_streams`` new ones would take.
+
+        Each stream is taken to send audio in real time, and to cost what a second of audio cost
+        to decode over the last :data:`COST_WINDOW_SECONDS` of decoding (wall time, so batching
+        and a busy CPU count; the last such figure while nothing is decoded). 0 until the first
+        decoding step. Above 1 the workers cannot keep up: the backlog grows and every stream
+        falls behind, which this shows a decoding step or two before the backlog's age does.
+        """
+        with self._lock:
+            cost = self._cost_per_second
+        return (len(self._live) + more_streams) * cost / len(self._threads)
+
+    def _count_cost(self, busy: float, audio: float) -> None:
+        # Caller holds the lock.
+        now = time.monotonic()
+        self._costs.append((now, busy, audio))
+        self._busy += busy
+        self._audio += audio
+        while self._costs[0][0] < now - COST_WINDOW_SECONDS:
+            _, old_busy, old_audio = self._costs.popleft()
+            self._busy -= old_busy
+            self._audio -= old_audio
+        if len(self._costs) == 1:  # start the sums afresh, so rounding never accumulates
+            self._busy, self._audio = busy, audio
+        if self._audio > 0:
+            self._cost_per_second = self._busy / self._audio
 
     async def aclose(self) -> None:
         """Stop and join every worker; calls still waiting fail with :class:`EngineError`."""
@@ -247,18 +288,29 @@ class BatchingRecognizer(Generic[StreamT]):
 
     def _run(self, batch: _Batch[StreamT]) -> None:
         started = time.perf_counter()
-        try:
-            self._decode(batch)
-        finally:
-            self._decode_seconds.inc(time.perf_counter() - started)
+        answers = self._decode(batch)
+        busy = time.perf_counter() - started
+        self._decode_seconds.inc(busy)
+        # Counted before anyone hears the answers, so a caller's next load() includes this step. A
+        # stream's last step is left out: it costs a step for however little audio is left, once.
+        jobs = [job for _, stream_jobs in batch for job in stream_jobs]
+        if not any(job.ends for job in jobs):
+            samples = sum(job.samples.size for job in jobs if job.samples is not None)
+            with self._lock:
+                self._count_cost(busy, samples / self.sample_rate)
+        for jobs, recognitions, error in answers:
+            self._post(jobs, recognitions, error)
 
-    def _decode(self, batch: _Batch[StreamT]) -> None:
+    def _decode(
+        self, batch: _Batch[StreamT]
+    ) -> list[tuple[list[_Job], list[Recognition] | None, EngineError | None]]:
+        answers: list[tuple[list[_Job], list[Recognition] | None, EngineError | None]] = []
         fed: _Batch[StreamT] = []
         for work, jobs in batch:
             try:
                 self._feed(work.state, jobs)
             except Exception as error:
-                self._post(jobs, None, _as_engine_error(error))
+                answers.append((jobs, None, _as_engine_error(error)))
             else:
                 fed.append((work, jobs))
         try:
@@ -266,11 +318,10 @@ class BatchingRecognizer(Generic[StreamT]):
             if len(results) != len(fed):
                 raise EngineError(f"decode returned {len(results)} results for {len(fed)} streams")
         except Exception as error:
-            for _, jobs in fed:
-                self._post(jobs, None, _as_engine_error(error))
-            return
-        for (_, jobs), recognitions in zip(fed, results, strict=True):
-            self._post(jobs, recognitions, None)
+            return answers + [(jobs, None, _as_engine_error(error)) for _, jobs in fed]
+        return answers + [
+            (jobs, recognitions, None) for (_, jobs), recognitions in zip(fed, results, strict=True)
+        ]
 
     def _feed(self, state: StreamT, jobs: list[_Job]) -> None:
         for job in jobs:
@@ -344,6 +395,7 @@ class BatchedStream(Generic[StreamT]):
         if self._finished:
             return []
         self._finished = True
+        self._recognizer._live.discard(self)
         if tail is not None and tail.size:
             self._held.append(tail)
             self._held_samples += tail.size

@@ -15,6 +15,12 @@ so its peaks are what the streams wait). The larger of the two is the lag, expor
 ``earshot_gateway_lag_seconds``. While it exceeds the limit
 (``EARSHOT_MAX_LAG_SECONDS``) the gateway refuses new streams with 1013; the streams it holds go on.
 
+Lag shows only once it has happened: a burst of callers arriving within a decoding step or two is
+all admitted before the backlog ages. So a recogniser that can say what its streams cost
+(``Loaded``, e.g. :class:`~earshot.engines.batching.BatchingRecognizer`) is also asked what share of
+its workers the streams it holds plus one more would take; above ``EARSHOT_MAX_INFERENCE_LOAD`` the
+new stream is refused before it makes everyone late (``earshot_inference_load_ratio``).
+
 May do: run one owned task on the event loop. Must not: know about WebSockets or sessions.
 """
 
@@ -44,6 +50,15 @@ class Backlogged(Protocol):
         ...
 
 
+@runtime_checkable
+class Loaded(Protocol):
+    """A recogniser that can say how busy its streams, and more of them, would keep its workers."""
+
+    def load(self, more_streams: int = 1) -> float:
+        """The share of the workers' time its live streams plus ``more_streams`` would take."""
+        ...
+
+
 class LagMonitor:
     """Measures a process's lag on its event loop; :meth:`lagging` says whether to refuse."""
 
@@ -54,19 +69,29 @@ class LagMonitor:
         backlog: Callable[[], float] | None = None,
         gauge: Gauge | None = None,
         clock: Callable[[], float] = time.monotonic,
+        load: Callable[[], float] | None = None,
+        max_load: float = 0.0,
+        load_gauge: Gauge | None = None,
     ) -> None:
-        """Watch against ``max_lag_seconds`` (0: measure, never refuse).
+        """Watch against ``max_lag_seconds`` and ``max_load`` (0: measure, never refuse).
 
         Args:
             max_lag_seconds: the lag above which :meth:`lagging` is true.
             backlog: the recogniser's backlog age, when it has one.
             gauge: where the lag is exported (``earshot_gateway_lag_seconds`` of one gateway).
             clock: monotonic seconds (tests pass their own).
+            load: the share of the recogniser's workers its streams plus a new one would take,
+                when it can say.
+            max_load: the load above which :meth:`lagging` is true.
+            load_gauge: where the load is exported at each tick (``earshot_inference_load_ratio``).
         """
         self.max_lag_seconds = max_lag_seconds
+        self.max_load = max_load
         self._backlog = backlog
         self._gauge = gauge
         self._clock = clock
+        self._load = load
+        self._load_gauge = load_gauge
         # (when, loop lag, backlog age) of the ticks of the last WINDOW_SECONDS.
         self._samples: deque[tuple[float, float, float]] = deque()
 
@@ -80,8 +105,10 @@ class LagMonitor:
         return max(loop, backlog)
 
     def lagging(self) -> bool:
-        """Whether the process is further behind real time than it may be to take a new stream."""
-        return self.max_lag_seconds > 0 and self.lag_seconds > self.max_lag_seconds
+        """Whether the process is, or with one more stream would be, too far behind real time."""
+        if self.max_lag_seconds > 0 and self.lag_seconds > self.max_lag_seconds:
+            return True
+        return self.max_load > 0 and self._load is not None and self._load() > self.max_load
 
     def sample(self, loop_lag: float) -> None:
         """Record one tick's lateness together with the backlog age at this moment."""
@@ -91,6 +118,8 @@ class LagMonitor:
             self._samples.popleft()
         if self._gauge is not None:
             self._gauge.set(self.lag_seconds)
+        if self._load_gauge is not None and self._load is not None:
+            self._load_gauge.set(self._load())
 
     def _backlog_now(self) -> float:
         return self._backlog() if self._backlog is not None else 0.0
@@ -115,7 +144,18 @@ class LagMonitor:
                 await task
 
 
-def for_gateway(gateway: str, max_lag_seconds: float, recognizer: object) -> LagMonitor:
-    """The monitor of one gateway process: its loop plus the recogniser's backlog when it has one."""
+def for_gateway(
+    gateway: str, max_lag_seconds: float, recognizer: object, max_load: float = 0.0
+) -> LagMonitor:
+    """The monitor of one gateway process: its loop, plus the recogniser's backlog and load when it
+    can say them."""
     backlog = recognizer.backlog_seconds if isinstance(recognizer, Backlogged) else None
-    return LagMonitor(max_lag_seconds, backlog=backlog, gauge=metrics.GATEWAY_LAG.labels(gateway))
+    load = recognizer.load if isinstance(recognizer, Loaded) else None
+    return LagMonitor(
+        max_lag_seconds,
+        backlog=backlog,
+        gauge=metrics.GATEWAY_LAG.labels(gateway),
+        load=load,
+        max_load=max_load,
+        load_gauge=metrics.INFERENCE_LOAD.labels(gateway) if load is not None else None,
+    )

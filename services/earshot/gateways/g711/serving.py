@@ -80,7 +80,9 @@ def gateway_server(
 ) -> GatewayServer:
     """The uvicorn server of a gateway around opened services (a pool's: with its registry)."""
     sessions = LiveSessions()
-    lag = lagging.for_gateway(GATEWAY, settings.max_lag_seconds, services.recognizer)
+    lag = lagging.for_gateway(
+        GATEWAY, settings.max_lag_seconds, services.recognizer, settings.max_inference_load
+    )
     return GatewayServer(uvicorn_config(settings, services, sessions, lag, registry), sessions, lag)
 
 
