@@ -118,6 +118,13 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="How long the uninstall hook waits for the sessions and rooms to be gone.",
     )
+    release: str = Field(
+        "",
+        pattern=r"^([a-z0-9]([-.a-z0-9]*[a-z0-9])?)?$",  # a release name, a valid label value
+        max_length=63,
+        description="The Helm release the operator belongs to, labelled on every object it makes"
+        " (earshot.dev/release; the release's PodMonitor selects by it); empty: no label.",
+    )
     namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Namespaces to watch, comma-separated; empty: the whole cluster."
     )

@@ -14,7 +14,7 @@ import yaml
 
 from earshot_operator import gateways, manifests
 from earshot_operator.settings import OperatorSettings
-from tests.chart.charts import CHART, find, template
+from tests.chart.charts import CHART, MONITORING_API, find, template
 
 PREFIX = "EARSHOT_OPERATOR_"
 SESSION = {
@@ -179,3 +179,35 @@ def test_the_uninstall_timeout_defaults_agree_between_chart_and_operator() -> No
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     default = OperatorSettings.model_fields["uninstall_timeout_seconds"].default
     assert values["uninstall"]["timeoutSeconds"] == default
+
+
+def _gateway_pod_labels(release: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The labels of a gateway pod made by the operator of ``release``, as its chart runs it."""
+    with monkeypatch.context() as patch:
+        env = {e["name"]: e["value"] for e in _env_of(template(release=release))}
+        settings = _settings(env, patch)
+    deployment = manifests.build_deployment(gateways.build(SESSION, settings), settings=settings)
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _env_of(rendered: list[dict[str, Any]]) -> list[dict[str, str]]:
+    [container] = find(rendered, "Deployment", "-operator")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return [e for e in container["env"] if e["name"].startswith(PREFIX)]
+
+
+@pytest.mark.parametrize("watch", [None, "tel"])
+def test_a_releases_pod_monitor_selects_its_own_gateway_pods_only(
+    watch: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two releases in one cluster: their PodMonitors stamp `release` on what they select, so each
+    # must select its own operator's pods, also when it watches every namespace.
+    sets = {"operator.watchNamespaces[0]": watch} if watch else None
+    rendered = template(sets=sets, api_versions=(MONITORING_API,), release="rel")
+    selector = find(rendered, "PodMonitor", "-gateways")["spec"]["selector"]["matchLabels"]
+    own = _gateway_pod_labels("rel", monkeypatch)
+    other = _gateway_pod_labels("other", monkeypatch)
+    assert selector.items() <= own.items()
+    assert not selector.items() <= other.items()
