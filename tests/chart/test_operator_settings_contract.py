@@ -2,7 +2,8 @@
 
 From the chart's side: every ``EARSHOT_OPERATOR_*`` variable the chart sets is a setting the
 operator reads, and parses. From the operator's side: the chart's scheduling, pull-secret,
-priority and Service values reach the gateway pods and Services the operator makes.
+priority and Service values reach the gateway pods and Services the operator makes, and the pool
+gateway pods the chart renders are scheduled, pulled and prioritised like them.
 """
 
 from __future__ import annotations
@@ -86,6 +87,46 @@ def test_chart_placement_values_reach_the_gateway_pods(monkeypatch: pytest.Monke
     assert spec["priorityClassName"] == "earshot-gateways"
     service = manifests.build_service(gateways.build(SESSION, settings), settings=settings)
     assert service["spec"]["type"] == "NodePort"
+
+
+SCHEDULING = ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName")
+
+
+def test_a_pool_pod_is_scheduled_and_pulled_like_the_operators_gateway_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pool gateways are gateways: the chart's scheduling values and priority reach them too
+    rendered = template(sets=PLACEMENT_VALUES)
+    pool = find(rendered, "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    operators = _pod_spec(_settings(_operator_env(PLACEMENT_VALUES), monkeypatch))
+    for key in SCHEDULING:
+        assert pool[key] == operators[key], key
+
+
+def test_a_pools_own_scheduling_values_win_over_the_gateway_defaults() -> None:
+    own = {
+        "pools.gateways.default.nodeSelector.tier": "pool",
+        "pools.gateways.default.tolerations[0].key": "pool",
+        "pools.gateways.default.tolerations[0].operator": "Exists",
+        "pools.gateways.default.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+        "Execution[0].weight": "5",
+        "pools.gateways.default.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+        "Execution[0].preference.matchExpressions[0].key": "tier",
+        "pools.gateways.default.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+        "Execution[0].preference.matchExpressions[0].operator": "Exists",
+        "pools.gateways.default.priorityClassName": "earshot-pools",
+    }
+    pool = find(template(sets={**PLACEMENT_VALUES, **own}), "Deployment", "-pool-default")
+    spec = pool["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"tier": "pool"}
+    assert spec["tolerations"] == [{"key": "pool", "operator": "Exists"}]
+    assert list(spec["affinity"]) == ["nodeAffinity"]
+    assert spec["priorityClassName"] == "earshot-pools"
+
+
+def test_chart_defaults_give_pool_pods_without_placement() -> None:
+    spec = find(template(), "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    assert not set(SCHEDULING) & set(spec)
 
 
 def _pod_spec(settings: OperatorSettings) -> dict[str, Any]:
