@@ -4,6 +4,9 @@ A Deployment only says "unavailable" until its progress deadline (600 s) passes;
 at once what is wrong: an image that cannot be pulled, a container whose Secret or ConfigMap is
 missing, no node that fits, a process that keeps crashing. The operator puts that cause into the
 resource's status and a Warning Event within seconds of the pod reporting it.
+
+The same reading serves a gateway pool (:func:`from_pool`): a session placed on a pool has no
+pod of its own, so what its pool's Deployment and pods say is what its status says.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from earshot_operator.settings import SecretKeyRef
+from earshot_operator.settings import Pool, SecretKeyRef
 
 #: Container waiting reasons that will not go away without a change by someone.
 STUCK_REASONS = frozenset(
     {
         "ErrImagePull",
+        "ErrImageNeverPull",
         "ImagePullBackOff",
         "InvalidImageName",
         "CreateContainerConfigError",
@@ -28,6 +32,8 @@ STUCK_REASONS = frozenset(
 )
 SECRET_MISSING = "SecretMissing"
 UNSCHEDULABLE = "Unschedulable"
+POOL_MISSING = "PoolMissing"
+POOL_UNAVAILABLE = "PoolUnavailable"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,33 @@ def from_pods(pods: Iterable[Mapping[str, Any]]) -> Diagnosis | None:
         if diagnosis is not None:
             return diagnosis
     return None
+
+
+def from_pool(
+    pool: Pool, deployment: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]
+) -> Diagnosis | None:
+    """Why ``pool`` cannot take a stream; None while one of its gateways is Ready.
+
+    One Ready gateway is enough: the pool's Service sends every connection to a Ready pod. With
+    none, the cause is the Deployment's own failure (pods it may not create), else the first stuck
+    pod's (``from_pods``), else that no gateway is Ready yet (starting, or scaled to zero).
+    """
+    where = f"gateway pool {pool.name}"
+    if deployment is None:
+        return Diagnosis(POOL_MISSING, f"{where}: Deployment {pool.deployment} not found")
+    status = deployment.get("status") or {}
+    if int(status.get("readyReplicas") or 0) >= 1:
+        return None
+    wanted = (deployment.get("spec") or {}).get("replicas", 1)
+    where = f"{where} has no Ready gateway (0 of {wanted})"
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            reason = condition.get("reason") or "ReplicaFailure"
+            return Diagnosis(reason, f"{where}: {condition.get('message') or reason}")
+    cause = from_pods(pods)
+    if cause is not None:
+        return Diagnosis(cause.reason, f"{where}: {cause.message}")
+    return Diagnosis(POOL_UNAVAILABLE, where)
 
 
 def _pod(pod: Mapping[str, Any]) -> Diagnosis | None:

@@ -4,19 +4,19 @@ kopf's timers could do this, but kopf puts its finalizer on every resource a tim
 on, so each deletion then waits for a running operator, and hangs for good without one. This
 loop needs no finalizer: a deleted resource goes at once and the garbage collector takes the
 objects it owns. The loop is one task, started and stopped by its owner (kopf's startup and
-cleanup handlers); one failing resource is logged and the pass goes on to the next.
+cleanup handlers); one failing resource is logged and the pass goes on to the next. A pass over
+some resources only (the sessions of a pool whose state changed) is the same check.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
 
-from earshot_operator import resources
+from earshot_operator import looping, resources
 from earshot_operator.clients import ApiError, KubeClient
 from earshot_operator.settings import OperatorSettings
 
@@ -35,34 +35,33 @@ class DriftLoop:
         self._client = client
         self._settings = settings
         self._reconcile = reconcile
-        self._task: asyncio.Task[None] | None = None
+        self._loop = looping.Periodic(
+            "earshot-drift", settings.drift_interval_seconds, self.check_all
+        )
 
     def start(self) -> None:
         """Start the loop (its first pass comes one interval from now)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="earshot-drift")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Cancel the loop and wait for it to end."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():  # our own caller is being cancelled: pass it on
-                raise
+        await self._loop.stop()
 
     @property
     def healthy(self) -> bool:
         """False once the loop has ended by itself (the operator's /healthz then fails)."""
-        return self._task is None or not self._task.done()
+        return self._loop.healthy
 
-    async def check_all(self) -> int:
-        """One pass over every resource; returns how many were reconciled."""
+    async def check_all(
+        self,
+        kinds: Iterable[resources.Kind] = resources.KINDS.values(),
+        *,
+        where: Callable[[Mapping[str, Any]], bool] = lambda _: True,
+    ) -> int:
+        """One pass over every resource of ``kinds`` that ``where`` selects; returns how many
+        were reconciled (a pool's sessions, when the pool's state changed: ``where``)."""
         checked = 0
-        for kind in resources.KINDS.values():
+        for kind in kinds:
             for path in self._collections(kind):
                 try:
                     answer = await self._client.request("GET", path)
@@ -70,13 +69,9 @@ class DriftLoop:
                     logger.warning("cannot list %s: %s", path, error)  # next pass retries
                     continue
                 for body in answer.get("items") or ():
-                    checked += await self._check(kind, body)
+                    if where(body):
+                        checked += await self._check(kind, body)
         return checked
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.drift_interval_seconds)
-            await self.check_all()
 
     async def _check(self, kind: resources.Kind, body: Mapping[str, Any]) -> int:
         if body["metadata"].get("deletionTimestamp"):

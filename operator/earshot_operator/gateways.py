@@ -40,6 +40,8 @@ class Gateway:
     #: The session's path on the Ingress host, and its URL from outside (None: no Ingress).
     ingress_path: str | None = None
     external_endpoint: str | None = None
+    #: The operator's Helm release, stamped on every object (empty: none stamped).
+    release: str = ""
 
     @property
     def token_secret(self) -> str:
@@ -189,6 +191,7 @@ def _gateway(
         secret_env=secret_env,
         replicas=1 if active else 0,
         endpoint=endpoint,
+        release=settings.release,
     )
     if not token:
         return gateway

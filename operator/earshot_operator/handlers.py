@@ -6,16 +6,30 @@ client and metrics passed in: nothing here reads the environment or keeps global
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from earshot_operator import drifting, reconciling, resources
+from earshot_operator import drifting, pools, poolwatching, reconciling, resources
 from earshot_operator.clients import KubeClient
 from earshot_operator.metrics import OperatorMetrics
-from earshot_operator.settings import OperatorSettings
+from earshot_operator.settings import OperatorSettings, Pool
+
+
+@dataclasses.dataclass(frozen=True)
+class Loops:
+    """The operator's own loops, which its /healthz watches."""
+
+    drift: drifting.DriftLoop
+    pools: poolwatching.PoolWatch
+
+    @property
+    def healthy(self) -> bool:
+        """False once either loop has ended by itself."""
+        return self.drift.healthy and self.pools.healthy
 
 
 def register(
@@ -25,23 +39,37 @@ def register(
     client: KubeClient,
     metrics: OperatorMetrics,
     login: kopf.ConnectionInfo,
-) -> drifting.DriftLoop:
-    """Register every handler of the operator into ``registry``; the drift loop they start."""
+) -> Loops:
+    """Register every handler of the operator into ``registry``; the loops they start."""
     kopf.on.startup(registry=registry, id="configure")(configure)
-    drift = drifting.DriftLoop(
-        client,
-        settings=settings,
-        reconcile=lambda kind, body: _reconcile(
-            kind, body, settings=settings, client=client, metrics=metrics, drift=True
-        ),
-    )
+
+    async def recheck_pool(pool: Pool) -> None:
+        # a pool's gateways stopped or came back: its sessions' status says so at once
+        await drift.check_all((resources.SESSION,), where=pools.placed_on(pool))
+
+    async def recheck_drift(kind: resources.Kind, body: Mapping[str, Any]) -> None:
+        await _reconcile(
+            kind,
+            body,
+            settings=settings,
+            client=client,
+            metrics=metrics,
+            pool_watch=pool_watch,
+            drift=True,
+        )
+
+    pool_watch = poolwatching.PoolWatch(client, settings=settings, on_change=recheck_pool)
+    drift = drifting.DriftLoop(client, settings=settings, reconcile=recheck_drift)
+    loops = Loops(drift, pool_watch)
 
     @kopf.on.startup(registry=registry, id="drift_start")
-    async def start_drift(**_: Any) -> None:  # async: kopf runs sync handlers in threads
+    async def start_loops(**_: Any) -> None:  # async: kopf runs sync handlers in threads
         drift.start()
+        pool_watch.start()
 
     @kopf.on.cleanup(registry=registry, id="drift_stop")
-    async def stop_drift(**_: Any) -> None:
+    async def stop_loops(**_: Any) -> None:
+        await pool_watch.stop()
         await drift.stop()
 
     @kopf.on.login(registry=registry, id="login")
@@ -49,7 +77,9 @@ def register(
         return login
 
     for kind in resources.KINDS.values():
-        _register_kind(registry, kind, settings=settings, client=client, metrics=metrics)
+        _register_kind(
+            registry, kind, settings=settings, client=client, metrics=metrics, pool_watch=pool_watch
+        )
 
     @kopf.on.event(
         "apps",
@@ -87,7 +117,7 @@ def register(
                 outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase
             )
 
-    return drift
+    return loops
 
 
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -112,11 +142,14 @@ def _register_kind(
     settings: OperatorSettings,
     client: KubeClient,
     metrics: OperatorMetrics,
+    pool_watch: poolwatching.PoolWatch,
 ) -> None:
     where = (resources.GROUP, resources.VERSION, kind.plural)
 
     async def on_change(body: kopf.Body, **_: Any) -> None:
-        await _reconcile(kind, body, settings=settings, client=client, metrics=metrics)
+        await _reconcile(
+            kind, body, settings=settings, client=client, metrics=metrics, pool_watch=pool_watch
+        )
 
     def on_delete(namespace: str | None, name: str | None, **_: Any) -> None:
         metrics.record_phase(kind.kind, namespace or "", name=name or "", phase=None)
@@ -138,8 +171,11 @@ async def _reconcile(
     settings: OperatorSettings,
     client: KubeClient,
     metrics: OperatorMetrics,
+    pool_watch: poolwatching.PoolWatch,
     drift: bool = False,
 ) -> None:
     with metrics.timing(kind.kind):
-        outcome = await reconciling.reconcile(client, body, settings=settings, drift=drift)
+        outcome = await reconciling.reconcile(
+            client, body, settings=settings, pool_watch=pool_watch, drift=drift
+        )
     metrics.record_phase(outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase)

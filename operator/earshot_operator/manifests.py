@@ -327,9 +327,12 @@ def _selector(gateway: Gateway) -> dict[str, str]:
 
 
 def _labels(gateway: Gateway) -> dict[str, str]:
-    return {
+    labels = {
         **_selector(gateway),
         resources.COMPONENT_LABEL: gateway.owner.kind.component,
         resources.MANAGED_BY_LABEL: resources.MANAGED_BY,
         resources.KIND_LABEL: gateway.owner.kind.short,
     }
+    if gateway.release:
+        labels[resources.RELEASE_LABEL] = gateway.release
+    return labels

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from earshot_operator import dataplane, gateways, specs
@@ -84,6 +84,12 @@ def _check_fits(spec: specs.SessionSpec, pool: Pool) -> None:
             f"spec.storage cannot apply on pool {pool.name!r}: its gateways store through the "
             "pool's own stores; use placement dedicated: true for a session's own stores"
         )
+
+
+def placed_on(pool: Pool) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a session (a body as listed) is placed on ``pool``, by its status."""
+    name = Placement(pool).name
+    return lambda body: (body.get("status") or {}).get("placement") == name
 
 
 def endpoint(pool: Pool, spec: specs.SessionSpec) -> str:

@@ -23,6 +23,7 @@ from earshot_operator import (
     gateways,
     manifests,
     pools,
+    poolwatching,
     resources,
     specs,
     statuses,
@@ -57,12 +58,14 @@ async def reconcile(
     body: Mapping[str, Any],
     *,
     settings: OperatorSettings,
+    pool_watch: poolwatching.PoolWatch,
     drift: bool = False,
 ) -> Outcome:
     """Create or correct the Secret, access objects (rooms), ConfigMap, Service and Deployment,
-    then write the status.
+    then write the status; or, for a pooled session, its token and registration.
 
-    ``drift`` marks a periodic re-check: whatever it has to change counts as a drift repair.
+    ``drift`` marks a periodic re-check: whatever it has to change counts as a drift repair;
+    ``pool_watch`` says whether a pooled session's pool can take a stream.
     """
     try:
         gateway = gateways.build(body, settings)
@@ -71,7 +74,9 @@ async def reconcile(
         observation = statuses.failed("InvalidSpec", str(error))
         return await write_status(client, body, gateway=None, observation=observation)
     if placement is not None and placement.pool is not None:
-        return await reconcile_pooled(client, body, gateway=gateway, pool=placement.pool)
+        return await reconcile_pooled(
+            client, body, gateway=gateway, pool=placement.pool, pool_watch=pool_watch, drift=drift
+        )
     token = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
     wanted = [
         *manifests.build_access(gateway),
@@ -108,9 +113,16 @@ def _placement(body: Mapping[str, Any], settings: OperatorSettings) -> pools.Pla
 
 
 async def reconcile_pooled(
-    client: KubeClient, body: Mapping[str, Any], *, gateway: gateways.Gateway, pool: Pool
+    client: KubeClient,
+    body: Mapping[str, Any],
+    *,
+    gateway: gateways.Gateway,
+    pool: Pool,
+    pool_watch: poolwatching.PoolWatch,
+    drift: bool = False,
 ) -> Outcome:
-    """Mint a pooled session's token and register it: Ready at once, no pod of its own.
+    """Mint a pooled session's token and register it: no pod of its own, Ready at once while its
+    pool has a Ready gateway; else Provisioning with why the pool has none.
 
     Inactive, the session is Completed and unregistered, so the pool's gateways end its stream.
     """
@@ -127,12 +139,8 @@ async def reconcile_pooled(
         pooled["tokenSecret"] = gateway.token_secret
     if spec.active:
         pooled["registration"] = pools.build_registration(pool, spec, token=token)
-        observation = statuses.Observation(
-            statuses.Phase.READY,
-            "Registered",
-            f"registered with gateway pool {pool.name}: its gateways admit the session",
-            True,
-        )
+        trouble = await pool_watch.diagnose(pool)
+        observation = statuses.registered(pool.name, trouble)
     else:
         del pooled["endpoint"]
         observation = statuses.Observation(
@@ -144,6 +152,7 @@ async def reconcile_pooled(
         gateway=gateway,
         observation=observation,
         created=created,
+        drift=drift,
         placement=pools.Placement(pool).name,
         pooled=pooled,
     )

@@ -18,6 +18,9 @@ NAME_LABEL: Final = "app.kubernetes.io/name"
 INSTANCE_LABEL: Final = "app.kubernetes.io/instance"
 COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 KIND_LABEL: Final = "earshot.dev/kind"
+#: The Helm release whose operator made an object: a release's PodMonitor selects only its own
+#: gateway pods by it (``app.kubernetes.io/instance`` names the gateway, not the release).
+RELEASE_LABEL: Final = "earshot.dev/release"
 CONFIG_HASH_ANNOTATION: Final = "earshot.dev/config-hash"
 
 

@@ -42,10 +42,10 @@ async def run(settings: OperatorSettings) -> None:
     metrics = OperatorMetrics()
     registry = kopf.OperatorRegistry()
     async with KubeClient.connect(info) as client:
-        drift = handlers.register(
+        loops = handlers.register(
             registry, settings=settings, client=client, metrics=metrics, login=info
         )
-        server = MetricsServer(metrics, port=settings.metrics_port, healthy=lambda: drift.healthy)
+        server = MetricsServer(metrics, port=settings.metrics_port, healthy=lambda: loops.healthy)
         if settings.metrics_port:
             await server.start()
             logger.info("metrics on :%d/metrics", settings.metrics_port)

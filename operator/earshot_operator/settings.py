@@ -35,6 +35,10 @@ class Resources(BaseModel):
     memory_limit: str | None = "512Mi"
 
 
+#: A Kubernetes name that is a DNS label (namespaces, Deployments).
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
 class Pool(BaseModel):
     """A pool of shared G.711 gateways the chart runs: where its sessions stream, on which engine.
 
@@ -45,10 +49,21 @@ class Pool(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    name: str = Field(pattern=rf"^{_LABEL}$", max_length=63)
     #: host:port of the pool's Service, e.g. ``earshot-pool-default.earshot.svc:8000``.
     address: str
     engine: Literal["paraformer", "kyutai"] = "paraformer"
+    #: ``namespace/name`` of the pool's Deployment: its pods say whether the pool can take a
+    #: stream (a session on a pool without a Ready gateway is not Ready). Empty: not checked.
+    deployment: str = Field("", pattern=rf"^({_LABEL}/{_LABEL})?$")
+
+    @property
+    def deployment_ref(self) -> tuple[str, str] | None:
+        """The Deployment's (namespace, name); None when the pool is not checked."""
+        if not self.deployment:
+            return None
+        namespace, _, name = self.deployment.partition("/")
+        return namespace, name
 
 
 #: ``default_placement`` (and ``spec.placement``) value for a gateway of the session's own.
@@ -103,6 +118,13 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="How long the uninstall hook waits for the sessions and rooms to be gone.",
     )
+    release: str = Field(
+        "",
+        pattern=r"^([a-z0-9]([-.a-z0-9]*[a-z0-9])?)?$",  # a release name, a valid label value
+        max_length=63,
+        description="The Helm release the operator belongs to, labelled on every object it makes"
+        " (earshot.dev/release; the release's PodMonitor selects by it); empty: no label.",
+    )
     namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Namespaces to watch, comma-separated; empty: the whole cluster."
     )
@@ -151,6 +173,11 @@ class OperatorSettings(BaseSettings):
     default_placement: str = Field(
         DEDICATED,
         description="Placement of a session whose spec names none: a pool's name or 'dedicated'.",
+    )
+    pool_check_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often each pool's Deployment is read for whether it can take a stream.",
     )
 
     @field_validator("namespaces", mode="before")

@@ -3,6 +3,7 @@
 Phases: Pending (accepted, objects not yet in place), Provisioning (objects in place, pod not
 available), Ready (the Deployment is available: the endpoint works), Failed (the Deployment gave
 up, or the spec cannot be built), Completed (the resource was set inactive and scaled to zero).
+A pooled session is Ready once registered while its pool has a Ready gateway, else Provisioning.
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ def with_call(observation: Observation, body: Mapping[str, Any]) -> Observation:
     reason = "NotInCall" if state == "Left" else "CallFailed"
     message = f"the gateway is not in its call: {room.get('message', state)}"
     return dataclasses.replace(observation, reason=reason, message=message)
+
+
+def registered(pool: str, trouble: diagnosing.Diagnosis | None) -> Observation:
+    """A registered pooled session: Ready while its pool has a Ready gateway (``trouble`` None).
+
+    Otherwise it is Provisioning with the pool's cause as a Warning: it stays registered, so the
+    pool admits it as soon as a gateway is Ready, but nothing can stream to it before that.
+    """
+    if trouble is None:
+        message = f"registered with gateway pool {pool}: its gateways admit the session"
+        return Observation(Phase.READY, "Registered", message, True)
+    return Observation(Phase.PROVISIONING, trouble.reason, trouble.message, False, warning=True)
 
 
 def failed(reason: str, message: str) -> Observation:

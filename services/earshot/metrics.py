@@ -190,7 +190,8 @@ TALK_ADMISSION_REJECTIONS = Counter(
 )
 TALK_SIGNALING_ERRORS = Counter(
     "earshot_talk_signaling_errors_total",
-    "Errors from or about the HPB signaling server, by error code (malformed: a bad frame).",
+    "Errors from or about the HPB signaling server, by error code (malformed: a bad frame;"
+    " no_audio_offered, invalid_offer: a speaker's offer refused).",
     ["code"],
 )
 TALK_RECONNECTS = Counter(
@@ -333,8 +334,9 @@ TALK_TRANSCRIPT_OUTCOMES = ("kept", "failed", "dropped")
 def initialise_talk(engine: str, *, signaling_codes: tuple[str, ...]) -> None:
     """Create at 0 the labelled counters and caption-latency series of a Talk gateway.
 
-    ``signaling_codes`` are the HPB error codes the signaling client handles by name (a server may
-    send others: those appear with their first occurrence).
+    ``signaling_codes`` are the HPB error codes the signaling client handles by name and the codes
+    of the offers a room refuses (a server may send other codes: those appear with their first
+    occurrence).
     """
     for kind in TALK_CAPTION_KINDS:
         TALK_CAPTIONS_SENT.labels(kind)

@@ -396,6 +396,7 @@ def test_pod_monitor_selects_the_operators_gateway_pods(everything: list[Manifes
     assert monitor["spec"]["selector"]["matchLabels"] == {
         resources.NAME_LABEL: "earshot-gateway",
         resources.MANAGED_BY_LABEL: resources.MANAGED_BY,
+        resources.RELEASE_LABEL: "rel",  # its own release's only (the operator stamps it)
     }
     ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
     assert ports == {dataplane.PORT_NAME, dataplane.PERSISTER_PORT_NAME}

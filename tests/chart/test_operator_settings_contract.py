@@ -2,7 +2,8 @@
 
 From the chart's side: every ``EARSHOT_OPERATOR_*`` variable the chart sets is a setting the
 operator reads, and parses. From the operator's side: the chart's scheduling, pull-secret,
-priority and Service values reach the gateway pods and Services the operator makes.
+priority and Service values reach the gateway pods and Services the operator makes, and the pool
+gateway pods the chart renders are scheduled, pulled and prioritised like them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import yaml
 
 from earshot_operator import gateways, manifests
 from earshot_operator.settings import OperatorSettings
-from tests.chart.charts import CHART, find, template
+from tests.chart.charts import CHART, MONITORING_API, find, template
 
 PREFIX = "EARSHOT_OPERATOR_"
 SESSION = {
@@ -86,6 +87,46 @@ def test_chart_placement_values_reach_the_gateway_pods(monkeypatch: pytest.Monke
     assert spec["priorityClassName"] == "earshot-gateways"
     service = manifests.build_service(gateways.build(SESSION, settings), settings=settings)
     assert service["spec"]["type"] == "NodePort"
+
+
+SCHEDULING = ("imagePullSecrets", "nodeSelector", "tolerations", "affinity", "priorityClassName")
+
+
+def test_a_pool_pod_is_scheduled_and_pulled_like_the_operators_gateway_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pool gateways are gateways: the chart's scheduling values and priority reach them too
+    rendered = template(sets=PLACEMENT_VALUES)
+    pool = find(rendered, "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    operators = _pod_spec(_settings(_operator_env(PLACEMENT_VALUES), monkeypatch))
+    for key in SCHEDULING:
+        assert pool[key] == operators[key], key
+
+
+def test_a_pools_own_scheduling_values_win_over_the_gateway_defaults() -> None:
+    own = {
+        "pools.gateways.default.nodeSelector.tier": "pool",
+        "pools.gateways.default.tolerations[0].key": "pool",
+        "pools.gateways.default.tolerations[0].operator": "Exists",
+        "pools.gateways.default.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+        "Execution[0].weight": "5",
+        "pools.gateways.default.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+        "Execution[0].preference.matchExpressions[0].key": "tier",
+        "pools.gateways.default.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+        "Execution[0].preference.matchExpressions[0].operator": "Exists",
+        "pools.gateways.default.priorityClassName": "earshot-pools",
+    }
+    pool = find(template(sets={**PLACEMENT_VALUES, **own}), "Deployment", "-pool-default")
+    spec = pool["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"tier": "pool"}
+    assert spec["tolerations"] == [{"key": "pool", "operator": "Exists"}]
+    assert list(spec["affinity"]) == ["nodeAffinity"]
+    assert spec["priorityClassName"] == "earshot-pools"
+
+
+def test_chart_defaults_give_pool_pods_without_placement() -> None:
+    spec = find(template(), "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    assert not set(SCHEDULING) & set(spec)
 
 
 def _pod_spec(settings: OperatorSettings) -> dict[str, Any]:
@@ -179,3 +220,35 @@ def test_the_uninstall_timeout_defaults_agree_between_chart_and_operator() -> No
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     default = OperatorSettings.model_fields["uninstall_timeout_seconds"].default
     assert values["uninstall"]["timeoutSeconds"] == default
+
+
+def _gateway_pod_labels(release: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The labels of a gateway pod made by the operator of ``release``, as its chart runs it."""
+    with monkeypatch.context() as patch:
+        env = {e["name"]: e["value"] for e in _env_of(template(release=release))}
+        settings = _settings(env, patch)
+    deployment = manifests.build_deployment(gateways.build(SESSION, settings), settings=settings)
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _env_of(rendered: list[dict[str, Any]]) -> list[dict[str, str]]:
+    [container] = find(rendered, "Deployment", "-operator")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return [e for e in container["env"] if e["name"].startswith(PREFIX)]
+
+
+@pytest.mark.parametrize("watch", [None, "tel"])
+def test_a_releases_pod_monitor_selects_its_own_gateway_pods_only(
+    watch: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two releases in one cluster: their PodMonitors stamp `release` on what they select, so each
+    # must select its own operator's pods, also when it watches every namespace.
+    sets = {"operator.watchNamespaces[0]": watch} if watch else None
+    rendered = template(sets=sets, api_versions=(MONITORING_API,), release="rel")
+    selector = find(rendered, "PodMonitor", "-gateways")["spec"]["selector"]["matchLabels"]
+    own = _gateway_pod_labels("rel", monkeypatch)
+    other = _gateway_pod_labels("other", monkeypatch)
+    assert selector.items() <= own.items()
+    assert not selector.items() <= other.items()

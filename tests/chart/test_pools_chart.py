@@ -82,6 +82,8 @@ def test_the_operator_is_told_of_each_pool_at_its_service(monkeypatch: pytest.Mo
     # the pool name the operator registers sessions under is the one its gateways follow
     assert _env(gateway)["EARSHOT_POOL"] == pool.name
     assert _env(gateway)["EARSHOT_ENGINE"] == pool.engine
+    # the Deployment whose pods say whether the pool can take a stream (docs/pools.md)
+    assert pool.deployment_ref == ("earshot", deployment["metadata"]["name"])
 
 
 def test_a_disabled_pool_is_neither_run_nor_told_of(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ import pytest_asyncio
 from earshot import metrics
 from earshot.engines import loading
 from earshot.engines.recognizers import Recognizer
-from earshot.gateways.talk import signaling
+from earshot.gateways.talk import peering, signaling
 from earshot.gateways.talk.hosting import Rooms
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.settings import Settings
@@ -112,7 +112,14 @@ async def test_a_talk_gateways_counters_start_at_zero(
         ),
         *(
             f'earshot_talk_signaling_errors_total{{code="{c}"}} 0.0'
-            for c in ("malformed", "no_such_session", "invalid_token", "room_join_failed")
+            for c in (
+                "malformed",
+                "no_such_session",
+                "invalid_token",
+                "room_join_failed",
+                "no_audio_offered",
+                "invalid_offer",
+            )
         ),
     ]
     for line in expected:
@@ -144,3 +151,36 @@ def test_every_talk_label_the_code_counts_by_name_is_initialised() -> None:
     }
     missing = sorted((name, label) for name, label in found if label not in initialised[name])
     assert missing == []
+
+
+#: Labels the Talk code computes at run time, and where their values come from.
+TALK_COMPUTED_LABELS = {
+    # the HPB server's own error codes: the ones handled by name are signaling.ERROR_CODES, a
+    # server may send others (those appear with their first occurrence)
+    "reply.code",
+    "exc.reply.code",
+    "message.code",
+    # an offer refused: the refusal's code, one of peering.REFUSAL_CODES
+    "exc.code",
+    # a caption's kind, one of metrics.TALK_CAPTION_KINDS
+    "kind",
+    # the recogniser's name, the one initialise_talk is given
+    "engine",
+}
+
+
+def test_every_label_the_talk_code_computes_comes_from_a_known_set() -> None:
+    # a label built from, say, an exception's class name is neither stable nor created at 0
+    computed = re.compile(r"metrics\.TALK_[A-Z_]+\.labels\(([^\"][^)]*)\)")
+    found = {
+        match.group(1)
+        for path in TALK_CODE.glob("*.py")
+        for match in computed.finditer(path.read_text())
+    }
+    assert found <= TALK_COMPUTED_LABELS, found - TALK_COMPUTED_LABELS
+
+
+def test_every_offer_refusal_has_a_code_created_at_zero() -> None:
+    refusals = peering.OfferRefused.__subclasses__()
+    assert {refusal.code for refusal in refusals} == set(peering.REFUSAL_CODES)
+    assert len(set(peering.REFUSAL_CODES)) == len(refusals)

@@ -97,3 +97,16 @@ async def test_a_loop_that_died_is_unhealthy() -> None:
     assert not loop.healthy
     with pytest.raises(RuntimeError, match="a bug"):
         await loop.stop()
+
+
+async def test_a_pass_can_check_only_the_resources_it_selects() -> None:
+    # what a pool whose state changed asks for: its sessions, not every resource
+    on_pool = _item("on-pool") | {"status": {"placement": "pool/default"}}
+    listing = Listing({SESSIONS: [_item("dedicated"), on_pool], ROOMS: [_item("r")]})
+    seen: list[str] = []
+    checked = await _loop(listing, seen).check_all(
+        (resources.SESSION,),
+        where=lambda body: (body.get("status") or {}).get("placement") == "pool/default",
+    )
+    assert (checked, seen) == (1, ["TranscriptionSession/on-pool"])
+    assert listing.paths == [SESSIONS]

@@ -137,6 +137,25 @@ def test_every_object_is_owned_by_the_resource() -> None:
         assert manifest["metadata"]["labels"][resources.MANAGED_BY_LABEL] == "earshot-operator"
 
 
+@pytest.mark.parametrize("body", [_session(), _room()], ids=["session", "room"])
+def test_every_object_and_pod_names_the_operators_release(body: dict[str, Any]) -> None:
+    settings = SETTINGS.model_copy(update={"release": "rel"})
+    gateway = gateways.build(body, settings)
+    deployment = manifests.build_deployment(gateway, settings=settings)
+    built = [
+        manifests.build_token_secret(gateway, token="t"),
+        manifests.build_configmap(gateway),
+        manifests.build_service(gateway, settings=settings),
+        *manifests.build_access(gateway),
+        deployment,
+        deployment["spec"]["template"],  # the pods: what the release's PodMonitor selects
+    ]
+    for manifest in built:
+        assert manifest["metadata"]["labels"][resources.RELEASE_LABEL] == "rel"
+    without = manifests.build_deployment(gateways.build(body, SETTINGS), settings=SETTINGS)
+    assert resources.RELEASE_LABEL not in without["spec"]["template"]["metadata"]["labels"]
+
+
 def test_token_secret_holds_the_token_base64_encoded() -> None:
     gateway = gateways.build(_session(), SETTINGS)
     secret = manifests.build_token_secret(gateway, token="s3cret")

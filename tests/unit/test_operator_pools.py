@@ -153,3 +153,19 @@ def test_pools_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("EARSHOT_OPERATOR_DEFAULT_PLACEMENT", "default")
     settings = OperatorSettings()
     assert settings.pool("default") == Pool(name="default", address="p.earshot.svc:8000")
+
+
+def test_a_pools_deployment_is_read_as_namespace_and_name() -> None:
+    pool = Pool(name="default", address="a:1", deployment="earshot/earshot-pool-default")
+    assert pool.deployment_ref == ("earshot", "earshot-pool-default")
+    assert DEFAULT.deployment_ref is None  # not named: the pool is not checked
+    with pytest.raises(ValidationError, match="deployment"):
+        Pool(name="default", address="a:1", deployment="earshot-pool-default")
+
+
+def test_a_session_is_on_the_pool_its_status_names() -> None:
+    on_default = pools.placed_on(DEFAULT)
+    assert on_default(_body({"placement": "pool/default"}))
+    assert not on_default(_body({"placement": "pool/gpu"}))
+    assert not on_default(_body({"placement": "dedicated"}))
+    assert not on_default(_body())

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import prometheus_client
 import pytest
 import pytest_asyncio
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -86,6 +87,9 @@ async def publish(double: SignalingDouble, speaker: Session, bot: str) -> RTCPee
     return pc
 
 
+SIGNALING_ERRORS = "earshot_talk_signaling_errors_total"
+
+
 async def until(predicate: Any) -> None:
     await eventually(predicate, 20.0, what="the room to get there")
 
@@ -150,6 +154,9 @@ async def test_a_speaker_leaving_is_no_longer_recognised(
 async def test_an_offer_without_audio_is_refused_and_the_room_goes_on(
     double: SignalingDouble, rooms: Rooms
 ) -> None:
+    refused = {"code": "no_audio_offered"}
+    before = prometheus_client.REGISTRY.get_sample_value(SIGNALING_ERRORS, refused)
+    assert before is not None  # counted from 0 since the gateway started, not from the first
     alice = double.participant(ROOM, "alice", in_call=SPEAKS)
     await rooms.transcribe(ROOM, "nc-bob", enable=True, lang=None)
     [bot] = double.clients()
@@ -165,6 +172,9 @@ async def test_an_offer_without_audio_is_refused_and_the_room_goes_on(
     assert not any(m["type"] == "answer" for m in alice.inbox)
     status = rooms.status()["rooms"][0]
     assert (status["langId"], status["speakers"], status["targets"]) == ("fr", 1, 2)
+    await until(
+        lambda: prometheus_client.REGISTRY.get_sample_value(SIGNALING_ERRORS, refused) == before + 1
+    )
 
 
 async def test_languages_are_checked_and_set_per_room(

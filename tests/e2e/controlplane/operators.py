@@ -28,9 +28,14 @@ from tests.e2e.controlplane.cluster import REPO, ControlPlane, ControlPlaneError
 RBAC = REPO / "operator" / "deploy" / "rbac.yaml"
 NAMESPACE = "earshot-system"
 SERVICE_ACCOUNT = "earshot-operator"
-#: The gateway pool the e2e operator knows, and its Service's address.
+#: The gateway pool the e2e operator knows, and its Service's address. No kubelet runs here, so
+#: no pool pod can be Ready: the operator is not told this pool's Deployment, and so does not
+#: check it (a session on it is Ready once registered).
 POOL = "e2e"
 POOL_ADDRESS = "earshot-pool-e2e.earshot-system.svc:8000"
+#: A pool whose Deployment the operator is told, and reads (tests/e2e/test_pool_health.py).
+WATCHED_POOL = "watched"
+WATCHED_POOL_DEPLOYMENT = "earshot-pool-watched"
 
 
 def operator_kubeconfig(plane: ControlPlane) -> Path:
@@ -105,7 +110,16 @@ class OperatorProcess:
         env = {
             # a pool sessions may ask for (tests/e2e/test_pools.py); the default stays dedicated.
             # An operator run with the chart's environment (test_helm_install.py) keeps its pools.
-            "EARSHOT_OPERATOR_POOLS": json.dumps([{"name": POOL, "address": POOL_ADDRESS}]),
+            "EARSHOT_OPERATOR_POOLS": json.dumps(
+                [
+                    {"name": POOL, "address": POOL_ADDRESS},
+                    {
+                        "name": WATCHED_POOL,
+                        "address": f"{WATCHED_POOL_DEPLOYMENT}.{NAMESPACE}.svc:8000",
+                        "deployment": f"{NAMESPACE}/{WATCHED_POOL_DEPLOYMENT}",
+                    },
+                ]
+            ),
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "EARSHOT_OPERATOR_DRIFT_INTERVAL_SECONDS": str(self._drift_interval_s),

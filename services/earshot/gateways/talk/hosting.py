@@ -18,7 +18,7 @@ from aiortc import RTCIceServer
 
 from earshot import metrics
 from earshot.engines.recognizers import Recognizer
-from earshot.gateways.talk import keeping, signaling
+from earshot.gateways.talk import keeping, peering, signaling
 from earshot.gateways.talk.backoff import Backoff
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.gateways.talk.rooms import Room, RoomOptions, SameLanguage
@@ -76,7 +76,9 @@ class Rooms:
         self._rooms: dict[str, Room] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
-        metrics.initialise_talk(recognizer.name, signaling_codes=signaling.ERROR_CODES)
+        metrics.initialise_talk(
+            recognizer.name, signaling_codes=(*signaling.ERROR_CODES, *peering.REFUSAL_CODES)
+        )
 
     def __contains__(self, token: object) -> bool:
         return token in self._rooms

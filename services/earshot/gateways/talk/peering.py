@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import numpy as np
@@ -30,12 +30,26 @@ from earshot.gateways.talk.listening import PcmFrame
 log = logging.getLogger(__name__)
 
 
-class NoAudioOffered(ValueError):
+class OfferRefused(ValueError):
+    """An offer this gateway does not answer; ``code`` names it in the signaling error counter."""
+
+    code: ClassVar[str]
+
+
+class NoAudioOffered(OfferRefused):
     """An offer without an audio m-line: there is nothing to recognise."""
 
+    code = "no_audio_offered"
 
-class InvalidOffer(ValueError):
+
+class InvalidOffer(OfferRefused):
     """An offer aiortc cannot take (broken SDP)."""
+
+    code = "invalid_offer"
+
+
+#: The codes of every refusal: the gateway's counters exist at 0 for each from its start.
+REFUSAL_CODES = tuple(refusal.code for refusal in (NoAudioOffered, InvalidOffer))
 
 
 class SpeakerPeer:

@@ -24,7 +24,7 @@ from earshot.engines.recognizers import Recognizer
 from earshot.events import Recognition
 from earshot.gateways.talk import captions, keeping, messages
 from earshot.gateways.talk.listening import Heard, SpeakerAudio
-from earshot.gateways.talk.peering import InvalidOffer, NoAudioOffered, SpeakerPeer
+from earshot.gateways.talk.peering import OfferRefused, SpeakerPeer
 from earshot.gateways.talk.signaling import SignalingClient
 from earshot.gateways.talk.translating import RoomTranslations, Translator
 
@@ -268,10 +268,10 @@ class Room:
         )
         try:
             sdp = await peer.answer(str(signal.payload.get("sdp", "")))
-        except (NoAudioOffered, InvalidOffer) as exc:
+        except OfferRefused as exc:
             await peer.close()
             speaker.peer = None
-            metrics.TALK_SIGNALING_ERRORS.labels(type(exc).__name__).inc()
+            metrics.TALK_SIGNALING_ERRORS.labels(exc.code).inc()
             log.warning("room %s: refused the offer of %s: %s", self.token, signal.sender, exc)
             return
         speaker.peer, speaker.sid = peer, signal.sid

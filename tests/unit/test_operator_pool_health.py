@@ -1,0 +1,242 @@
+"""A pooled session is Ready only while its pool has a Ready gateway; else it says why, from the
+pool's Deployment and pods (the same reading as a dedicated gateway's), and the loop that keeps
+each pool's answer hands a pool whose answer changed on, so its sessions are told within seconds.
+
+The loop's API server is a table of answers here; tests/e2e/test_pool_health.py runs the operator
+against a real one, tests/cluster/test_pool_warnings.py against a real kubelet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+
+from earshot_operator import diagnosing, events, poolwatching, statuses
+from earshot_operator.clients import ApiError, KubeClient
+from earshot_operator.settings import OperatorSettings, Pool
+
+POOL = Pool(name="default", address="p.earshot.svc:8000", deployment="earshot/earshot-pool-default")
+UNCHECKED = Pool(name="plain", address="q.earshot.svc:8000")
+DEPLOYMENT_PATH = "/apis/apps/v1/namespaces/earshot/deployments/earshot-pool-default"
+PODS_PATH = "/api/v1/namespaces/earshot/pods"
+SELECTOR = {"app.kubernetes.io/instance": "earshot", "app.kubernetes.io/component": "pool-default"}
+
+
+def _deployment(ready: int, *, replicas: int = 2, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "earshot-pool-default", "namespace": "earshot"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": SELECTOR}},
+        "status": {"readyReplicas": ready, **status} if ready else status,
+    }
+
+
+def _pod(name: str, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": status,
+    }
+
+
+def _pulling(name: str) -> dict[str, Any]:
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x:0"'}
+    return _pod(name, containerStatuses=[{"name": "gateway", "state": {"waiting": waiting}}])
+
+
+# --- what a pool's Deployment and pods say --------------------------------------------------------
+
+
+def test_a_pool_with_one_ready_gateway_can_take_a_stream() -> None:
+    assert diagnosing.from_pool(POOL, _deployment(1), [_pulling("other")]) is None
+
+
+def test_a_missing_pool_deployment_is_named() -> None:
+    assert diagnosing.from_pool(POOL, None, []) == diagnosing.Diagnosis(
+        "PoolMissing", "gateway pool default: Deployment earshot/earshot-pool-default not found"
+    )
+
+
+def test_a_pool_without_ready_gateways_gives_its_stuck_pods_cause() -> None:
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), [_pulling("earshot-pool-default-a")])
+    assert diagnosis == diagnosing.Diagnosis(
+        "ImagePullBackOff",
+        "gateway pool default has no Ready gateway (0 of 2): container gateway of pod "
+        'earshot-pool-default-a: Back-off pulling image "x:0"',
+    )
+
+
+def test_an_unschedulable_pool_says_why_no_node_fits() -> None:
+    condition = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/1 nodes are available: 1 node(s) didn't match node selector.",
+    }
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), [_pod("a", conditions=[condition])])
+    assert diagnosis is not None
+    assert diagnosis.reason == "Unschedulable"
+    assert diagnosis.message.endswith("1 node(s) didn't match node selector.")
+
+
+def test_pods_the_deployment_may_not_create_are_its_replica_failure() -> None:
+    failure = {
+        "type": "ReplicaFailure",
+        "status": "True",
+        "reason": "FailedCreate",
+        "message": 'pods "earshot-pool-default-a" is forbidden: exceeded quota',
+    }
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0, conditions=[failure]), [])
+    assert diagnosis == diagnosing.Diagnosis(
+        "FailedCreate",
+        "gateway pool default has no Ready gateway (0 of 2): "
+        'pods "earshot-pool-default-a" is forbidden: exceeded quota',
+    )
+
+
+@pytest.mark.parametrize("replicas", [0, 2])
+def test_no_ready_gateway_and_no_stuck_pod_is_still_unavailable(replicas: int) -> None:
+    starting = _pod("a", containerStatuses=[{"name": "gateway", "state": {"running": {}}}])
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0, replicas=replicas), [starting])
+    assert diagnosis == diagnosing.Diagnosis(
+        "PoolUnavailable", f"gateway pool default has no Ready gateway (0 of {replicas})"
+    )
+
+
+def test_an_image_the_node_may_not_pull_is_stuck() -> None:
+    waiting = {"reason": "ErrImageNeverPull", "message": 'image "x:0" is not present'}
+    pod = _pod("a", containerStatuses=[{"name": "gateway", "state": {"waiting": waiting}}])
+    diagnosis = diagnosing.from_pods([pod])
+    assert diagnosis is not None
+    assert diagnosis.reason == "ErrImageNeverPull"
+
+
+# --- the session's status and events -------------------------------------------------------------
+
+
+def test_a_registered_session_on_a_serving_pool_is_ready() -> None:
+    observation = statuses.registered("default", None)
+    assert (observation.phase, observation.reason, observation.available) == (
+        statuses.Phase.READY,
+        "Registered",
+        True,
+    )
+
+
+def test_a_session_on_a_pool_that_cannot_serve_is_not_ready_and_warns_once() -> None:
+    cause = diagnosing.from_pool(POOL, _deployment(0), [_pulling("a")])
+    observation = statuses.registered("default", cause)
+    assert (observation.phase, observation.available, observation.warning) == (
+        statuses.Phase.PROVISIONING,
+        False,
+        True,
+    )
+    status = statuses.build_status(
+        None, observation, generation=1, previous={}, now="t", pooled={"registration": {}}
+    )
+    ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert [(c["status"], c["reason"]) for c in ready] == [("False", "ImagePullBackOff")]
+    assert "registration" in status  # still registered: the pool admits it once a gateway is up
+    assert cause is not None
+    warned = events.notes({"phase": "Ready", "reason": "Registered"}, observation)
+    assert warned == [events.Note(events.Type.WARNING, cause.reason, cause.message)]
+    assert events.notes(status, observation) == []  # the same cause again: no second event
+
+
+def test_a_pool_that_serves_again_makes_its_session_ready_with_a_normal_event() -> None:
+    ready = statuses.registered("default", None)
+    notes = events.notes({"phase": "Provisioning", "reason": "PoolUnavailable"}, ready)
+    assert notes == [events.Note(events.Type.NORMAL, "Ready", ready.message)]
+
+
+# --- the loop that keeps each pool's answer -------------------------------------------------------
+
+
+class ApiTable:
+    """Answers GETs from a table of path -> answer (None: 404; an exception: raised)."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[str, Mapping[str, str] | None]] = []
+
+    async def get(self, path: str, **_: Any) -> dict[str, Any] | None:
+        return cast(dict[str, Any] | None, self._answer(path, None))
+
+    async def request(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, **_: Any
+    ) -> dict[str, Any]:
+        return cast(dict[str, Any], self._answer(path, params))
+
+    def _answer(self, path: str, params: Mapping[str, str] | None) -> Any:
+        self.requests.append((path, params))
+        answer = self.answers.get(path)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def _watch(api: ApiTable, changed: list[str], *pools: Pool) -> poolwatching.PoolWatch:
+    async def on_change(pool: Pool) -> None:
+        changed.append(pool.name)
+
+    settings = OperatorSettings(pools=pools or (POOL,), pool_check_interval_seconds=0.01)
+    return poolwatching.PoolWatch(cast(KubeClient, api), settings=settings, on_change=on_change)
+
+
+async def test_a_reconcile_reads_the_pool_once_then_uses_the_kept_answer() -> None:
+    api = ApiTable({DEPLOYMENT_PATH: _deployment(0), PODS_PATH: {"items": [_pulling("a")]}})
+    watch = _watch(api, [])
+    answers = await asyncio.gather(*(watch.diagnose(POOL) for _ in range(5)))
+    assert {a.reason if a else None for a in answers} == {"ImagePullBackOff"}
+    selector = "app.kubernetes.io/component=pool-default,app.kubernetes.io/instance=earshot"
+    assert api.requests == [(DEPLOYMENT_PATH, None), (PODS_PATH, {"labelSelector": selector})]
+
+
+async def test_a_ready_pool_needs_no_pod_listing() -> None:
+    api = ApiTable({DEPLOYMENT_PATH: _deployment(2)})
+    assert await _watch(api, []).diagnose(POOL) is None
+    assert [path for path, _ in api.requests] == [DEPLOYMENT_PATH]
+
+
+async def test_a_pool_without_its_deployment_named_is_not_read() -> None:
+    api = ApiTable({})
+    watch = _watch(api, [], UNCHECKED)
+    assert await watch.diagnose(UNCHECKED) is None
+    assert await watch.check_all() == []
+    assert api.requests == []
+
+
+async def test_a_pass_hands_on_only_the_pools_whose_answer_changed() -> None:
+    api = ApiTable({DEPLOYMENT_PATH: _deployment(2)})
+    changed: list[str] = []
+    watch = _watch(api, changed)
+    await watch.diagnose(POOL)
+    await watch.check_all()
+    assert changed == []  # the reconcile's answer still holds
+    api.answers[DEPLOYMENT_PATH] = None  # deleted
+    await watch.check_all()
+    await watch.check_all()
+    assert changed == ["default"]
+    diagnosis = await watch.diagnose(POOL)
+    assert diagnosis is not None
+    assert diagnosis.reason == "PoolMissing"
+    api.answers[DEPLOYMENT_PATH] = _deployment(1)
+    await watch.check_all()
+    assert changed == ["default", "default"]
+    assert await watch.diagnose(POOL) is None
+
+
+async def test_an_unreadable_pool_keeps_its_answer_and_the_loop_goes_on() -> None:
+    api = ApiTable({DEPLOYMENT_PATH: _deployment(2)})
+    changed: list[str] = []
+    watch = _watch(api, changed)
+    await watch.diagnose(POOL)
+    api.answers[DEPLOYMENT_PATH] = ApiError(403, {"reason": "Forbidden"})
+    watch.start()
+    await asyncio.sleep(0.1)
+    assert watch.healthy
+    assert changed == []
+    assert await watch.diagnose(POOL) is None
+    assert len(api.requests) >= 3
+    await watch.stop()
