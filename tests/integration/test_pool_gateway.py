@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from earshot.audio.codecs import Codec
 from earshot.cli import demoing
@@ -142,6 +146,49 @@ async def test_a_session_registered_while_its_client_connects_is_admitted(
         )
     assert code == 1000
     assert [m["code"] for m in received if m.get("type") == "error"] == ["idle_timeout"]
+
+
+async def test_the_handshake_completes_once_the_session_is_admitted_and_its_audio_is_accepted(
+    settings: Settings, services: Services
+) -> None:
+    # The pool learns the session 0.2 s after its client connects (its watch lagging the
+    # operator's Ready): the handshake waits for the registration, then the audio sent right
+    # after it is recognised.
+    async with running_pool(settings, services) as pool:
+        registered_at: list[float] = []
+
+        def register() -> None:
+            pool.register("call-early")
+            registered_at.append(time.monotonic())
+
+        asyncio.get_running_loop().call_later(0.2, register)
+        headers = {"Authorization": "Bearer t0ken"}
+        async with connect(session_url(pool.base, "call-early"), additional_headers=headers) as ws:
+            opened_at = time.monotonic()
+            for frame in speech_frames():
+                await ws.send(frame)
+            first = json.loads(await asyncio.wait_for(ws.recv(), 30.0))
+    [registered] = registered_at
+    assert opened_at >= registered, (
+        f"the handshake completed {registered - opened_at:.3f} s before the session was registered"
+    )
+    assert first["type"] in ("partial", "final"), first
+
+
+async def test_a_refused_connection_hears_why_first_after_the_handshake(
+    settings: Settings, services: Services
+) -> None:
+    # Refused only once the registration wait (0.3 s here) is over, and told so at once.
+    async with running_pool(settings, services) as pool:
+        started = time.monotonic()
+        async with connect(session_url(pool.base, "call-never")) as ws:
+            opened_at = time.monotonic()
+            first = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
+            with contextlib.suppress(ConnectionClosed):
+                await ws.recv()
+    assert opened_at - started >= pool.settings.registration_wait_seconds
+    assert first["code"] == "session_not_registered"
+    assert ws.close_code == 1008
 
 
 async def test_each_session_streams_with_its_own_settings(

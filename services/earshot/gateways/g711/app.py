@@ -4,6 +4,11 @@ The WebSocket handler only moves frames: decoding, recognition and storage live 
 :mod:`earshot.gateways.g711.transcribing`. Every way a stream can end is a :class:`Refusal` with a
 precise error message and close code; the client hears it at once, and whatever was recognised
 before it is then stored.
+
+A connection is admitted before its WebSocket handshake completes (the session id, its token, the
+pool's registration of the session, the gateway's lag and connection cap): a client whose handshake
+completes is streaming, from its first frame, unless the first thing it hears is a refusal, sent at
+once after the handshake (the refusals keep the telephony protocol's message and close code).
 """
 
 from __future__ import annotations
@@ -226,7 +231,10 @@ def create_app(
 
     @app.websocket("/ws/transcribe/{session_id}")
     async def transcribe(websocket: WebSocket, session_id: str) -> None:
-        await websocket.accept()
+        # Admission comes before the handshake: a connection whose handshake completes without an
+        # error following it is admitted, and its first frame is accepted audio (see
+        # docs/pools.md). A refused one is still accepted, then told why at once: the protocol's
+        # error message and close code, the first thing the server sends.
         sid = SessionId(session_id)
         refusal = (
             SHUTTING_DOWN if sessions.draining else _admission(websocket, session_id, settings)
@@ -237,6 +245,14 @@ def create_app(
         if refusal is None and registry is not None:
             own, refusal = await _pool_admission(websocket, sid, registry, settings)
         if refusal is None:
+            refusal = _over_cap(live, sid, settings)
+        if not await _accept(websocket):  # the client left while it waited to be admitted
+            if refusal is not None:
+                _count(refusal, engine)
+            return
+        if refusal is None:
+            # A reconnect takes its session over after the handshake: the wait for the older
+            # connection's last segment may outlast a client's handshake timeout.
             refusal = await _capacity(live, sid, settings, engine)
         if refusal is None and registry is not None and registry.find(sid) is None:
             refusal = session_ended(sid, "it was unregistered while this connection waited")
@@ -331,6 +347,36 @@ async def _pool_admission(
     return registration.settings, None
 
 
+def _over_cap(
+    live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings
+) -> Refusal | None:
+    """The connection cap, before the handshake: a session's older connection, which this one
+    takes over, leaves its place to it (:func:`_capacity` checks again once it has)."""
+    if len(live) - (session_id in live) >= settings.max_connections:
+        return _too_many(settings)
+    return None
+
+
+def _too_many(settings: Settings) -> Refusal:
+    return Refusal(
+        "too_many_connections",
+        f"this gateway is serving its limit of {settings.max_connections} streams; retry later",
+        CloseCode.TRY_AGAIN_LATER,
+        retryable=True,
+        reason="too many connections",
+    )
+
+
+async def _accept(websocket: WebSocket) -> bool:
+    """Complete the handshake; False when the client is already gone."""
+    try:
+        await websocket.accept()
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        log.info("client left before its handshake completed")
+        return False
+    return True
+
+
 async def _capacity(
     live: dict[SessionId, _Occupant], session_id: SessionId, settings: Settings, engine: str
 ) -> Refusal | None:
@@ -353,13 +399,7 @@ async def _capacity(
     if session_id in live:
         return _in_use(session_id, "still finishing on another connection")
     if len(live) >= settings.max_connections:
-        return Refusal(
-            "too_many_connections",
-            f"this gateway is serving its limit of {settings.max_connections} streams; retry later",
-            CloseCode.TRY_AGAIN_LATER,
-            retryable=True,
-            reason="too many connections",
-        )
+        return _too_many(settings)
     return None
 
 
