@@ -535,6 +535,20 @@ class Settings(BaseSettings):
             )
         return settings
 
+    def with_given(self, fields: Mapping[str, Any]) -> Settings:
+        """These settings with ``fields`` given on top, validated again as at a process's start.
+
+        What these settings had as a default (earshot's or, with the older server's names, that
+        server's) stays a default, which no engine check refuses; ``fields`` count as given.
+        """
+        filled = sorted(self._legacy_filled - fields.keys())
+        data = {**self.model_dump(exclude_unset=True), **fields, _LEGACY_FILLED: filled}
+        # Validated into an instance, as __init__ does without reading the environment again:
+        # model_validate would reset the private record of the defaults filled in afterwards.
+        settings = Settings.__new__(Settings)
+        Settings.__pydantic_validator__.validate_python(data, self_instance=settings)
+        return settings
+
     def given(self) -> frozenset[str]:
         """The fields the environment, ``.env`` or the caller set (not a default, old or new)."""
         return frozenset(self.model_fields_set) - self._legacy_filled

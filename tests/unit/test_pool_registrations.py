@@ -160,6 +160,10 @@ async def test_admission_refuses_unknown_sessions_and_wrong_tokens() -> None:
     [
         {"EARSHOT_TRITON_URL": "triton:8001"},
         {"EARSHOT_ENGINE": "kyutai", "EARSHOT_KYUTAI_MAX_STREAMS": "4"},
+        # An environment with the older server's names gets its defaults (queue timeout 20 s):
+        # defaults still, which Triton and Kyutai do not read and must not be refused for.
+        {"EARSHOT_TRITON_URL": "triton:8001", "MYSQL_DATABASE_URL": "sqlite:///x.db"},
+        {"EARSHOT_ENGINE": "kyutai", "REDIS_URL": "redis://r:6379/0"},
     ],
 )
 def test_a_pool_on_any_engine_admits_its_sessions(
@@ -174,3 +178,5 @@ def test_a_pool_on_any_engine_admits_its_sessions(
     assert parsed is not None
     assert parsed.settings.engine == base.engine
     assert parsed.settings.triton_url == base.triton_url
+    assert "inference_queue_timeout_seconds" not in parsed.settings.given()
+    assert parsed.settings.inference_queue_timeout_seconds == base.inference_queue_timeout_seconds

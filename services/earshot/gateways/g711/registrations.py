@@ -108,9 +108,9 @@ def _session_settings(values: Mapping[str, str], base: Settings) -> Settings:
         if not name.startswith(_PREFIX) or field not in Settings.model_fields:
             raise ValueError(f"unknown session setting {name}")
         fields[field] = value
-    # Only what the pool itself was given is carried over: defaults stay defaults (a setting
-    # counts as set, and is checked against the engine, only when someone set it).
-    return Settings.model_validate({**base.model_dump(exclude_unset=True), **fields})
+    # Defaults stay defaults (a setting counts as set, and is checked against the engine, only
+    # when someone set it).
+    return base.with_given(fields)
 
 
 class Registry:
