@@ -80,10 +80,13 @@ def test_the_latency_panels_draw_their_slo() -> None:
         defaults = panel.get("fieldConfig", {}).get("defaults", {})
         if defaults.get("custom", {}).get("thresholdsStyle", {}).get("mode") == "line":
             drawn[title] = [s["value"] for s in defaults["thresholds"]["steps"]]
-    assert sorted(drawn.values()) == [[None, 1.0], [None, 3.0]]
+    # The latency SLOs, and the inference load above which a gateway refuses new streams.
+    assert sorted(drawn.values()) == [[None, 0.9], [None, 1.0], [None, 3.0]]
+    assert drawn["Inference load with one more stream"] == [None, 0.9]
     assert all(
         "latency" in title.lower() or "partial" in title.lower() or "final" in title.lower()
         for title in drawn
+        if "load" not in title.lower()
     )
 
 

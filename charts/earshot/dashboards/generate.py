@@ -284,6 +284,17 @@ def overview() -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
+                "Inference load with one more stream",
+                "percentunit",
+                Query("max by (pod) (earshot_inference_load_ratio)", "{{pod}}"),
+                description="The share of each gateway's in-process inference workers that its "
+                "streams plus one more would take, from what a second of audio costs to decode; "
+                "above EARSHOT_MAX_INFERENCE_LOAD (0.9) it refuses new streams with 1013.",
+                slo=0.9,
+            )
+        )
+        .with_panel(
+            graph(
                 "Overload and spool-full rejections",
                 "ops",
                 rate("earshot_overload_rejections_total", "engine", "overload {{engine}}"),
