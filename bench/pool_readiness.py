@@ -9,12 +9,13 @@ from this process, no ``kubectl`` per session), and for each session notes:
   of TranscriptionSessions delivers it Ready (pooled: registered with the pool; dedicated: its own
   gateway pod passed its readiness probe);
 * **apply -> accepted**, the first accepted audio: reading the token from the session's Secret,
-  opening the WebSocket to ``status.endpoint`` (through the Service's ClusterIP, from the node's
-  network namespace) until the handshake completes. The gateway completes a handshake only once it
-  has admitted the connection (the session registered with the pool, its token, the gateway's lag
-  and connection cap: see ``earshot.gateways.g711.app``; a pool gateway whose watch has not yet
-  delivered the registration waits for it), and a refused connection hears why as the first
-  message after its handshake. So a handshake followed by no error is admission, and the first
+  a TCP connection to ``status.endpoint`` (through the Service's ClusterIP, from the node's
+  network namespace; Ready -> connected) and the WebSocket handshake (connected -> accepted).
+  The gateway completes a handshake only once it has admitted the connection (the session
+  registered with the pool, its token, the gateway's lag and connection cap: see
+  ``earshot.gateways.g711.app``; a pool gateway whose watch has not yet delivered the
+  registration waits for it), and a refused connection hears why as the first message after its
+  handshake. So a handshake followed by no error is admission, and the first
   frame, sent at once after it, is the first accepted audio. A session whose first message is an
   error counts as refused, not accepted;
 * **apply -> first reply**: the first partial or final the gateway sends for the audio streamed
@@ -29,7 +30,7 @@ pod's memory cgroup: gateway and persister containers), with the number of strea
 Each stream then ends and the sessions are deleted before the next round.
 
 Usage: ``python -m bench.pool_readiness [--pooled 100] [--dedicated 10] [--rate 10]
-[--stream-seconds 3 30]``. Writes ``bench/reports/pool_readiness.md``.
+[--stream-seconds 1 3 30] [--reply-wait 10]``. Writes ``bench/reports/pool_readiness.md``.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ class Timing:
     applied: float = 0.0
     created: float = 0.0
     ready: float | None = None
+    connected: float | None = None
     accepted: float | None = None
     first_reply: float | None = None
+    refused_at: float | None = None
     ended: bool = False
     refused: str = ""
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -181,6 +184,7 @@ async def _stream(run: Round, timing: Timing) -> None:
         endpoint = timing.status["endpoint"]
         token = await _token(run, timing.status["tokenSecret"])
         sock = await _connect(run, endpoint)
+        timing.connected = time.monotonic()
         headers = {"Authorization": f"Bearer {token}"}
         async with connect(endpoint, sock=sock, additional_headers=headers, max_size=None) as ws:
             timing.accepted = time.monotonic()
@@ -205,6 +209,7 @@ async def _converse(ws: ClientConnection, timing: Timing, run: Round) -> None:
                 timing.replied.set()
             elif message["type"] == "error" and timing.first_reply is None:
                 timing.refused = message["code"]  # before any reply: not counted as accepted
+                timing.refused_at = time.monotonic()
     except ConnectionClosed:
         pass
     finally:
@@ -358,6 +363,7 @@ def _summary(
     accepted = [t for t in ready if t.accepted is not None and not t.refused]
     replied = [t for t in accepted if t.first_reply is not None]
     in_time = [t for t in accepted if t.accepted - t.applied < TARGET_S]  # type: ignore[operator]
+    told = [t for t in ready if t.refused_at is not None and t.accepted is not None]
     return {
         "mode": mode,
         "sessions": sessions,
@@ -367,7 +373,13 @@ def _summary(
         "refused": sorted(t.refused for t in timings.values() if t.refused),
         "post_ms": percentiles_ms([t.created - t.applied for t in ready], (50, 99)),
         "ready_ms": percentiles_ms([t.ready - t.applied for t in ready], (50, 99)),  # type: ignore[operator]
-        "admit_ms": percentiles_ms([t.accepted - t.ready for t in accepted], (50, 99)),  # type: ignore[operator]
+        "connect_ms": percentiles_ms([t.connected - t.ready for t in accepted], (50, 99)),  # type: ignore[operator]
+        "admit_ms": percentiles_ms([t.accepted - t.connected for t in accepted], (50, 99)),  # type: ignore[operator]
+        "told_ms": percentiles_ms([t.refused_at - t.accepted for t in told], (50, 99)),  # type: ignore[operator]
+        "refused_handshake_ms": percentiles_ms(
+            [t.accepted - t.applied for t in told],  # type: ignore[operator]
+            (50, 99),
+        ),
         "accepted_ms": percentiles_ms([t.accepted - t.applied for t in accepted], (50, 99)),  # type: ignore[operator]
         "reply_ms": percentiles_ms([t.first_reply - t.accepted for t in replied], (50, 99)),  # type: ignore[operator]
         "total_ms": percentiles_ms([t.first_reply - t.applied for t in replied], (50, 99)),  # type: ignore[operator]
@@ -378,7 +390,7 @@ def _summary(
         "each_ms": {
             name: [
                 None if moment is None else round((moment - t.applied) * 1000)
-                for moment in (t.created, t.ready, t.accepted, t.first_reply)
+                for moment in (t.created, t.ready, t.connected, t.accepted, t.first_reply)
             ]
             + ([t.refused] if t.refused else [])
             for name, t in timings.items()
@@ -409,18 +421,19 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
         "includes the engine's first decoding window.",
         "",
         "apply -> Ready is the operator's time (until this process's watch of the sessions "
-        "delivers the session Ready); Ready -> accepted the client's and the gateway's (read the "
-        "token Secret, TCP connect through the Service from the node's network namespace, retried "
-        "while refused, and the handshake, which includes admission). Each time cell is p50 / p99 "
-        f"over the sessions it applies to; 'accepted < {TARGET_S:g} s' counts, among all sessions "
-        "created, those accepted within the target. Pods and RSS are counted once every session "
-        "was accepted or refused, with the streams live at that moment: the gateway pods carrying "
-        "them, `total_rss` of their memory cgroups.",
+        "delivers the session Ready); Ready -> connected the client's (read the token Secret, "
+        "TCP connect through the Service from the node's network namespace, retried while "
+        "refused); connected -> accepted the WebSocket handshake, which holds the gateway's "
+        "admission. Each time cell is p50 / p99 over the sessions it applies to; "
+        f"'accepted < {TARGET_S:g} s' counts, among all sessions created, those accepted within "
+        "the target. For refused sessions: when their handshake completed (apply -> handshake) "
+        "and how long after it the refusal came (handshake -> refusal; a refusal at admission "
+        "comes at once, one later in the stream after some audio).",
         "",
-        "| mode | stream | sessions | POST | apply->Ready | Ready->accepted "
-        f"| **apply->accepted** | accepted < {TARGET_S:g} s | accepted->first reply "
-        "| apply->first reply | refused | live streams | gateway pods | their RSS | load after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | stream | sessions | POST | apply->Ready | Ready->connected | connected->accepted "
+        f"| **apply->accepted** | accepted < {TARGET_S:g} s | refused | refused: apply->handshake "
+        "| handshake->refusal | load after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(pair: list[float]) -> str:
@@ -429,11 +442,28 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
     for r in results:
         lines.append(
             f"| {r['mode']} | {r['stream_s']:g} s | {r['sessions']} | {cell(r['post_ms'])} "
-            f"| {cell(r['ready_ms'])} | {cell(r['admit_ms'])} | **{cell(r['accepted_ms'])}** "
-            f"| {r['in_target']} of {r['sessions']} | {cell(r['reply_ms'])} "
-            f"| {cell(r['total_ms'])} ({r['replied']} replied) "
-            f"| {len(r['refused'])} {sorted(set(r['refused']))} | {r['live']} | {r['pods']} "
-            f"| {r['rss_mib']:.0f} MiB | {r['load']} |"
+            f"| {cell(r['ready_ms'])} | {cell(r['connect_ms'])} | {cell(r['admit_ms'])} "
+            f"| **{cell(r['accepted_ms'])}** | {r['in_target']} of {r['sessions']} "
+            f"| {len(r['refused'])} {sorted(set(r['refused']))} "
+            f"| {cell(r['refused_handshake_ms'])} | {cell(r['told_ms'])} | {r['load']} |"
+        )
+    lines += [
+        "",
+        "The streams: accepted -> first reply (the first partial or final; it includes the "
+        "engine's first decoding window) and apply -> first reply over the accepted sessions that "
+        "got one, and, once every session was accepted or refused, the streams live at that "
+        "moment, the gateway pods carrying them and their RSS (`total_rss` of their memory "
+        "cgroups, gateway and persister containers):",
+        "",
+        "| mode | stream | accepted->first reply | apply->first reply | replied | live streams "
+        "| gateway pods | their RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['mode']} | {r['stream_s']:g} s | {cell(r['reply_ms'])} | {cell(r['total_ms'])} "
+            f"| {r['replied']} of {r['accepted']} | {r['live']} | {r['pods']} "
+            f"| {r['rss_mib']:.0f} MiB |"
         )
     lines += [
         "",
@@ -472,7 +502,7 @@ def main(argv: list[str]) -> int:
         "--stream-seconds",
         type=float,
         nargs="+",
-        default=[3.0, 30.0],
+        default=[1.0, 3.0, 30.0],
         help="audio each stream sends at real time; one round per length",
     )
     parser.add_argument(
