@@ -1,25 +1,36 @@
 """Pooled against dedicated sessions on a real node: apply -> first accepted audio, pods and RSS.
 
 Starts the single-node cluster of tests/cluster, installs the chart with the images built here
-(tests/cluster/release.py; the default pool's gateways may each take 100 streams), then per mode
-creates N TranscriptionSessions at a fixed rate, each through the API (one POST from this process,
-no ``kubectl`` per session), and for each session:
+(tests/cluster/release.py; the default pool's gateways may each take 100 streams), then per stream
+length and mode creates N TranscriptionSessions at a fixed rate, each through the API (one POST
+from this process, no ``kubectl`` per session), and for each session notes:
 
-* **apply -> Ready** (the operator's time): from just before its POST until a list of
-  TranscriptionSessions (polled every 50 ms) shows it Ready (pooled: registered with the pool;
-  dedicated: its own gateway pod passed its readiness probe);
-* **Ready -> first reply** (the client's and the gateway's time): reading the token from the
-  session's Secret, opening the WebSocket to ``status.endpoint`` (through the Service's ClusterIP,
-  from the node's network namespace), admission, and the first partial or final the gateway sends
-  for the audio streamed at real time: the first proof that the audio was accepted;
-* **apply -> first reply**, the two together: what a telephony platform waits.
+* **apply -> Ready** (the operator's time): from just before its POST until this process's watch
+  of TranscriptionSessions delivers it Ready (pooled: registered with the pool; dedicated: its own
+  gateway pod passed its readiness probe);
+* **apply -> accepted**, the first accepted audio: reading the token from the session's Secret,
+  a TCP connection to ``status.endpoint`` (through the Service's ClusterIP, from the node's
+  network namespace; Ready -> connected) and the WebSocket handshake (connected -> accepted).
+  The gateway completes a handshake only once it has admitted the connection (the session
+  registered with the pool, its token, the gateway's lag and connection cap: see
+  ``earshot.gateways.g711.app``; a pool gateway whose watch has not yet delivered the
+  registration waits for it), and a refused connection hears why as the first message after its
+  handshake. So a handshake followed by no error is admission, and the first
+  frame, sent at once after it, is the first accepted audio. A session whose first message is an
+  error counts as refused, not accepted;
+* **apply -> first reply**: the first partial or final the gateway sends for the audio streamed
+  at real time (it includes the engine's first decoding window).
 
-While every stream is live it counts the gateway pods that carry them and sums their RSS
-(``total_rss`` of each pod's memory cgroup: gateway and persister containers). Each stream then
-ends and the sessions are deleted before the next mode.
+Each stream sends ``--stream-seconds`` of A-law audio at real time, then (if no reply came yet)
+waits up to ``--reply-wait`` seconds for its first reply before it closes. Several stream lengths
+may be given: short streams measure readiness without 100 concurrent real-time streams loading the
+node, long ones measure it under that load. Once every session has been accepted or refused (or
+has ended) it counts the gateway pods that carry them and sums their RSS (``total_rss`` of each
+pod's memory cgroup: gateway and persister containers), with the number of streams live then.
+Each stream then ends and the sessions are deleted before the next round.
 
-Usage: ``python -m bench.pool_readiness [--pooled 100] [--dedicated 10] [--rate 10]``.
-Writes ``bench/reports/pool_readiness.md``.
+Usage: ``python -m bench.pool_readiness [--pooled 100] [--dedicated 10] [--rate 10]
+[--stream-seconds 1 3 30] [--reply-wait 10]``. Writes ``bench/reports/pool_readiness.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import json
 import os
 import platform
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -41,8 +53,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+import httpx
+import kopf
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from bench.cluster_sessions import _pod_memory
 from bench.quantiles import percentiles_ms
@@ -55,10 +69,12 @@ from tests.cluster.release import Release, installed_release
 
 REPORT = Path(__file__).parent / "reports" / "pool_readiness.md"
 API = "earshot.dev/v1alpha1"
-READY_TIMEOUT_S = 900.0
+COLLECTION = "transcriptionsessions"
+SETTLE_TIMEOUT_S = 900.0
 FRAME_SECONDS = 0.02
-POLL_SECONDS = 0.05
 CONNECT_RETRY_S = 60.0
+RETRY_SECONDS = 0.05
+TARGET_S = 1.0
 _NOT_YET = (errno.ECONNREFUSED, errno.EHOSTUNREACH)
 POOL_LABEL = "app.kubernetes.io/component=pool-default"
 DEDICATED_LABEL = "earshot.dev/kind=tsess"
@@ -75,10 +91,26 @@ class Timing:
     created: float = 0.0
     ready: float | None = None
     connected: float | None = None
+    accepted: float | None = None
     first_reply: float | None = None
+    refused_at: float | None = None
+    ended: bool = False
     refused: str = ""
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    replied: asyncio.Event = field(default_factory=asyncio.Event)
     status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Round:
+    """What the streams of one round share: the API client, the Services found, live streams."""
+
+    release: Release
+    api: KubeClient
+    frames: list[bytes]
+    reply_wait: float
+    services: dict[str, str] = field(default_factory=dict)
+    live: int = 0
 
 
 def _body(name: str, namespace: str, placement: dict[str, Any]) -> dict[str, Any]:
@@ -93,85 +125,140 @@ def _body(name: str, namespace: str, placement: dict[str, Any]) -> dict[str, Any
 def _frames(seconds: float) -> list[bytes]:
     audio = demoing.sample_audio()
     repeats = max(1, int(seconds * 8000 / len(audio)) + 1)
-    return client.frames_of(audio * repeats, codec=Codec.ALAW, rate=8000, frame_ms=20)
+    frames = client.frames_of(audio * repeats, codec=Codec.ALAW, rate=8000, frame_ms=20)
+    return frames[: max(1, round(seconds / FRAME_SECONDS))]
 
 
-async def _follow(api: KubeClient, namespace: str, timings: dict[str, Timing]) -> None:
-    """Mark each session Ready when a list shows it (every POLL_SECONDS)."""
-    path = f"/apis/{API}/namespaces/{namespace}/transcriptionsessions"
-    while True:
-        listed = await api.request("GET", path)
-        now = time.monotonic()
-        for body in listed.get("items") or ():
-            timing = timings.get(body["metadata"]["name"])
-            status = body.get("status") or {}
-            if timing is not None and timing.ready is None and status.get("phase") == "Ready":
-                timing.ready = now
-                timing.status = status
-                timing.ready_event.set()
-        await asyncio.sleep(POLL_SECONDS)
-
-
-async def _stream(
-    release: Release, api: KubeClient, name: str, timing: Timing, frames: list[bytes]
-) -> None:
-    """Once Ready: read the token, connect through the Service, stream; note the first reply."""
-    await timing.ready_event.wait()
-    namespace = release.namespace
-    secret = await api.get(
-        path_of("v1", "Secret", namespace=namespace, name=timing.status["tokenSecret"])
+def _http(info: kopf.ConnectionInfo) -> httpx.AsyncClient:
+    context = ssl.create_default_context(cafile=info.ca_path)
+    if info.certificate_path and info.private_key_path:
+        context.load_cert_chain(info.certificate_path, info.private_key_path)
+    return httpx.AsyncClient(
+        base_url=info.server, verify=context, timeout=httpx.Timeout(10.0, read=None)
     )
-    assert secret is not None
-    token = base64.b64decode(secret["data"]["token"]).decode()
-    endpoint = timing.status["endpoint"]
-    service = endpoint.removeprefix("ws://").split(".", 1)[0]
-    found = await api.get(path_of("v1", "Service", namespace=namespace, name=service))
-    assert found is not None
-    port = int(endpoint.split(":")[2].split("/")[0])
-    sock = await _connect(release, found["spec"]["clusterIP"], port)
-    headers = {"Authorization": f"Bearer {token}"}
-    async with connect(endpoint, sock=sock, additional_headers=headers, max_size=None) as ws:
+
+
+async def _follow(
+    info: kopf.ConnectionInfo, namespace: str, timings: dict[str, Timing], watching: asyncio.Event
+) -> None:
+    """Mark each session Ready when a watch of the sessions delivers it so (one list, then a
+    watch from its version, resumed when the server ends it)."""
+    path = f"/apis/{API}/namespaces/{namespace}/{COLLECTION}"
+
+    def seen(body: dict[str, Any], now: float) -> None:
+        timing = timings.get(body["metadata"]["name"])
+        status = body.get("status") or {}
+        if timing is not None and timing.ready is None and status.get("phase") == "Ready":
+            timing.ready = now
+            timing.status = status
+            timing.ready_event.set()
+
+    async with _http(info) as http:
+        listed = (await http.get(path)).raise_for_status().json()
+        version = listed["metadata"]["resourceVersion"]
+        for body in listed.get("items") or ():
+            seen(body, time.monotonic())
+        params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": "600"}
+        while True:
+            params["resourceVersion"] = version
+            async with http.stream("GET", path, params=params) as response:
+                response.raise_for_status()
+                watching.set()
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    body = event["object"]
+                    if event["type"] == "ERROR":
+                        raise RuntimeError(f"the watch failed: {body}")
+                    version = body["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        seen(body, time.monotonic())
+
+
+async def _stream(run: Round, timing: Timing) -> None:
+    """Once Ready: read the token, connect through the Service, stream; note the handshake (the
+    admission) and the first reply."""
+    try:
+        await timing.ready_event.wait()
+        endpoint = timing.status["endpoint"]
+        token = await _token(run, timing.status["tokenSecret"])
+        sock = await _connect(run, endpoint)
         timing.connected = time.monotonic()
-        sender = asyncio.create_task(_send(ws, frames))
-        try:
-            async for raw in ws:
-                message = json.loads(raw)
-                if message["type"] in ("partial", "final") and timing.first_reply is None:
-                    timing.first_reply = time.monotonic()
-                elif message["type"] == "error":
-                    timing.refused = message["code"]
-        except ConnectionClosed:
-            pass
-        finally:
-            if timing.first_reply is None and not timing.refused:
-                timing.refused = f"closed {ws.close_code} {ws.close_reason!r}"
-
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await sender
+        headers = {"Authorization": f"Bearer {token}"}
+        async with connect(endpoint, sock=sock, additional_headers=headers, max_size=None) as ws:
+            timing.accepted = time.monotonic()
+            run.live += 1
+            try:
+                await _converse(ws, timing, run)
+            finally:
+                run.live -= 1
+    except (OSError, InvalidHandshake) as error:
+        timing.refused = f"failed: {error!r}"
+    finally:
+        timing.ended = True
 
 
-async def _connect(release: Release, host: str, port: int) -> socket.socket:
-    """A socket to a Service, retried while refused: a dedicated gateway's Service may lag its
-    Ready (Endpoints, then kube-proxy's rules; until then kube-proxy rejects with "no route to
-    host"); the wait counts in Ready -> connected."""
+async def _converse(ws: ClientConnection, timing: Timing, run: Round) -> None:
+    sender = asyncio.create_task(_send(ws, run.frames, timing.replied, run.reply_wait))
+    try:
+        async for raw in ws:
+            message = json.loads(raw)
+            if message["type"] in ("partial", "final") and timing.first_reply is None:
+                timing.first_reply = time.monotonic()
+                timing.replied.set()
+            elif message["type"] == "error" and timing.first_reply is None:
+                timing.refused = message["code"]  # before any reply: not counted as accepted
+                timing.refused_at = time.monotonic()
+    except ConnectionClosed:
+        pass
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            await sender
+
+
+async def _token(run: Round, secret_name: str) -> str:
+    path = path_of("v1", "Secret", namespace=run.release.namespace, name=secret_name)
+    secret = await run.api.get(path)
+    assert secret is not None, secret_name
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+async def _connect(run: Round, endpoint: str) -> socket.socket:
+    """A socket to the endpoint's Service (its ClusterIP looked up once: a client resolves the
+    Service's name once), retried while refused: a dedicated gateway's Service may lag its Ready
+    (Endpoints, then kube-proxy's rules; until then kube-proxy rejects with "no route to host");
+    the wait counts in Ready -> accepted."""
+    service = endpoint.removeprefix("ws://").split(".", 1)[0]
+    port = int(endpoint.split(":")[2].split("/")[0])
+    if service not in run.services:
+        path = path_of("v1", "Service", namespace=run.release.namespace, name=service)
+        found = await run.api.get(path)
+        assert found is not None, service
+        run.services[service] = found["spec"]["clusterIP"]
+    host = run.services[service]
     deadline = time.monotonic() + CONNECT_RETRY_S
     while True:
         try:
-            return await asyncio.to_thread(release.cluster.connect, host, port)
+            return await asyncio.to_thread(run.release.cluster.connect, host, port)
         except OSError as error:
             if error.errno not in _NOT_YET or time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
 
 
-async def _send(ws: Any, frames: list[bytes]) -> None:
+async def _send(
+    ws: ClientConnection, frames: list[bytes], replied: asyncio.Event, reply_wait: float
+) -> None:
     start = time.monotonic()
     for index, frame in enumerate(frames):
         delay = start + index * FRAME_SECONDS - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         await ws.send(frame)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(replied.wait(), reply_wait)
     await ws.close()
 
 
@@ -219,18 +306,29 @@ def _memory(release: Release, label: str) -> tuple[int, float]:
     return len(pods), sum(_pod_memory(release.cluster, pod)["pod"] for pod in pods)
 
 
+def _settled(timing: Timing) -> bool:
+    return timing.accepted is not None or bool(timing.refused) or timing.ended
+
+
 async def measure(
-    release: Release, mode: str, sessions: int, rate: float, stream_seconds: float
+    release: Release,
+    mode: str,
+    sessions: int,
+    rate: float,
+    stream_seconds: float,
+    reply_wait: float,
 ) -> dict[str, Any]:
     """Create ``sessions`` sessions of ``mode`` at ``rate`` per second and stream each."""
     placement = {"pool": "default"} if mode == "pooled" else {"dedicated": True}
     label = POOL_LABEL if mode == "pooled" else DEDICATED_LABEL
     timings = {f"{mode}-{i:03d}": Timing() for i in range(sessions)}
-    frames = _frames(stream_seconds)
-    rss: tuple[int, float] = (0, 0.0)
     before = await asyncio.to_thread(_reconciles, release)
-    async with KubeClient.connect(release.cluster.connection_info()) as api:
-        follower = asyncio.create_task(_follow(api, release.namespace, timings))
+    info = release.cluster.connection_info()
+    async with KubeClient.connect(info) as api:
+        run = Round(release, api, _frames(stream_seconds), reply_wait)
+        watching = asyncio.Event()
+        follower = asyncio.create_task(_follow(info, release.namespace, timings, watching))
+        await asyncio.wait_for(watching.wait(), 30.0)
         streams = []
         start = time.monotonic()
         for index, (name, timing) in enumerate(timings.items()):
@@ -238,48 +336,63 @@ async def measure(
             timing.applied = time.monotonic()
             await api.create(_body(name, release.namespace, placement))
             timing.created = time.monotonic()
-            streams.append(asyncio.create_task(_stream(release, api, name, timing, frames)))
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while any(t.first_reply is None and not t.refused for t in timings.values()):
-            for task in (follower, *streams):
-                if task.done() and task.exception() is not None:
-                    raise RuntimeError("a stream failed") from task.exception()
+            streams.append(asyncio.create_task(_stream(run, timing)))
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while not all(_settled(t) for t in timings.values()):
+            if follower.done():
+                raise RuntimeError("the watch of sessions ended") from follower.exception()
             if time.monotonic() > deadline:
-                raise RuntimeError("not every stream got a first reply in time")
-            await asyncio.sleep(0.5)
+                raise RuntimeError("not every session was accepted or refused in time")
+            await asyncio.sleep(0.1)
+        live = run.live
         rss = await asyncio.to_thread(_memory, release, label)
         reconciles = _reconcile_summary(before, await asyncio.to_thread(_reconciles, release))
-        await asyncio.wait_for(asyncio.gather(*streams), stream_seconds + 120.0)
+        await asyncio.wait_for(asyncio.gather(*streams), stream_seconds + reply_wait + 120.0)
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-    release.kubectl("delete", "transcriptionsessions", "--all", "--wait=true", "--timeout=600s")
-    return {**_summary(mode, sessions, timings, rss), "reconciles": reconciles}
+    release.kubectl("delete", COLLECTION, "--all", "--wait=true", "--timeout=600s")
+    summary = _summary(mode, sessions, timings, rss, live)
+    return {**summary, "stream_s": stream_seconds, "reconciles": reconciles}
 
 
 def _summary(
-    mode: str, sessions: int, timings: dict[str, Timing], rss: tuple[int, float]
+    mode: str, sessions: int, timings: dict[str, Timing], rss: tuple[int, float], live: int
 ) -> dict[str, Any]:
-    done = [t for t in timings.values() if t.ready is not None and t.first_reply is not None]
+    ready = [t for t in timings.values() if t.ready is not None]
+    accepted = [t for t in ready if t.accepted is not None and not t.refused]
+    replied = [t for t in accepted if t.first_reply is not None]
+    in_time = [t for t in accepted if t.accepted - t.applied < TARGET_S]  # type: ignore[operator]
+    told = [t for t in ready if t.refused_at is not None and t.accepted is not None]
     return {
         "mode": mode,
         "sessions": sessions,
+        "accepted": len(accepted),
+        "replied": len(replied),
+        "in_target": len(in_time),
         "refused": sorted(t.refused for t in timings.values() if t.refused),
-        "post_ms": percentiles_ms([t.created - t.applied for t in done], (50, 99)),
-        "ready_ms": percentiles_ms([t.ready - t.applied for t in done], (50, 99)),  # type: ignore[operator]
-        "connect_ms": percentiles_ms([t.connected - t.ready for t in done], (50, 99)),  # type: ignore[operator]
-        "reply_ms": percentiles_ms([t.first_reply - t.connected for t in done], (50, 99)),  # type: ignore[operator]
-        "client_ms": percentiles_ms([t.first_reply - t.ready for t in done], (50, 99)),  # type: ignore[operator]
-        "total_ms": percentiles_ms([t.first_reply - t.applied for t in done], (50, 99)),  # type: ignore[operator]
+        "post_ms": percentiles_ms([t.created - t.applied for t in ready], (50, 99)),
+        "ready_ms": percentiles_ms([t.ready - t.applied for t in ready], (50, 99)),  # type: ignore[operator]
+        "connect_ms": percentiles_ms([t.connected - t.ready for t in accepted], (50, 99)),  # type: ignore[operator]
+        "admit_ms": percentiles_ms([t.accepted - t.connected for t in accepted], (50, 99)),  # type: ignore[operator]
+        "told_ms": percentiles_ms([t.refused_at - t.accepted for t in told], (50, 99)),  # type: ignore[operator]
+        "refused_handshake_ms": percentiles_ms(
+            [t.accepted - t.applied for t in told],  # type: ignore[operator]
+            (50, 99),
+        ),
+        "accepted_ms": percentiles_ms([t.accepted - t.applied for t in accepted], (50, 99)),  # type: ignore[operator]
+        "reply_ms": percentiles_ms([t.first_reply - t.accepted for t in replied], (50, 99)),  # type: ignore[operator]
+        "total_ms": percentiles_ms([t.first_reply - t.applied for t in replied], (50, 99)),  # type: ignore[operator]
         "pods": rss[0],
         "rss_mib": rss[1],
+        "live": live,
         "load": " ".join(Path("/proc/loadavg").read_text().split(" ", 3)[:3]),
         "each_ms": {
             name: [
-                round((moment - t.applied) * 1000)
-                for moment in (t.created, t.ready, t.connected, t.first_reply)
-                if moment is not None
+                None if moment is None else round((moment - t.applied) * 1000)
+                for moment in (t.created, t.ready, t.connected, t.accepted, t.first_reply)
             ]
+            + ([t.refused] if t.refused else [])
             for name, t in timings.items()
         },
     }
@@ -297,25 +410,30 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
         "default pool's two gateways taking up to 100 streams each.",
         "",
         "Sessions are created through the API by this process (one POST each, at the given rate; "
-        "no kubectl process per session). apply -> Ready is the operator's time (until a list, "
-        "polled every 50 ms, shows the session Ready); Ready -> first reply is the client's and "
-        "the gateway's (read the token Secret, connect through the Service, be admitted, "
-        "stream A-law at real time, receive the first partial or final: the first proof the "
-        "audio was accepted, so it includes the engine's first decoding window). Pods and RSS "
-        "are counted while every stream is live: the gateway pods carrying them, `total_rss` "
-        "of their memory cgroups.",
+        "no kubectl process per session). **apply -> accepted** is the first accepted audio: "
+        "until the WebSocket handshake to `status.endpoint` completes. The gateway completes a "
+        "handshake only once it has admitted the connection (session registered with the pool, "
+        "its token, lag, connection cap; a pool gateway whose watch has not delivered the "
+        "registration yet waits up to 2 s for it), and a refused connection hears why as the "
+        "first message after its handshake; the client sends its first frame at once after the "
+        "handshake. A session whose first message was an error is counted refused, not accepted. "
+        "apply -> first reply (the first partial or final for audio streamed at real time) "
+        "includes the engine's first decoding window.",
         "",
-        "apply -> Ready splits into the POST (the API server's answer) and the rest (the "
-        "operator's watch delivery, reconcile and status write, plus up to 50 ms of polling); "
-        "Ready -> first reply into Ready -> connected (token Secret read, TCP connect from the "
-        "node's namespace, retried while refused, WebSocket handshake) and connected -> first "
-        "reply (admission: the "
-        "pool gateway's own watch must have delivered the registration; then the engine's "
-        "first decoding window). Each cell is p50 / p99 over the sessions that got a reply.",
+        "apply -> Ready is the operator's time (until this process's watch of the sessions "
+        "delivers the session Ready); Ready -> connected the client's (read the token Secret, "
+        "TCP connect through the Service from the node's network namespace, retried while "
+        "refused); connected -> accepted the WebSocket handshake, which holds the gateway's "
+        "admission. Each time cell is p50 / p99 over the sessions it applies to; "
+        f"'accepted < {TARGET_S:g} s' counts, among all sessions created, those accepted within "
+        "the target. For refused sessions: when their handshake completed (apply -> handshake) "
+        "and how long after it the refusal came (handshake -> refusal; a refusal at admission "
+        "comes at once, one later in the stream after some audio).",
         "",
-        "| mode | sessions | POST | apply->Ready | Ready->connected | connected->first reply "
-        "| **apply->first reply** | gateway pods | their RSS | refused | load after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | stream | sessions | POST | apply->Ready | Ready->connected | connected->accepted "
+        f"| **apply->accepted** | accepted < {TARGET_S:g} s | refused | refused: apply->handshake "
+        "| handshake->refusal | load after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(pair: list[float]) -> str:
@@ -323,10 +441,29 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
 
     for r in results:
         lines.append(
-            f"| {r['mode']} | {r['sessions']} | {cell(r['post_ms'])} | {cell(r['ready_ms'])} "
-            f"| {cell(r['connect_ms'])} | {cell(r['reply_ms'])} | **{cell(r['total_ms'])}** "
-            f"| {r['pods']} | {r['rss_mib']:.0f} MiB "
-            f"| {len(r['refused'])} {sorted(set(r['refused']))} | {r['load']} |"
+            f"| {r['mode']} | {r['stream_s']:g} s | {r['sessions']} | {cell(r['post_ms'])} "
+            f"| {cell(r['ready_ms'])} | {cell(r['connect_ms'])} | {cell(r['admit_ms'])} "
+            f"| **{cell(r['accepted_ms'])}** | {r['in_target']} of {r['sessions']} "
+            f"| {len(r['refused'])} {sorted(set(r['refused']))} "
+            f"| {cell(r['refused_handshake_ms'])} | {cell(r['told_ms'])} | {r['load']} |"
+        )
+    lines += [
+        "",
+        "The streams: accepted -> first reply (the first partial or final; it includes the "
+        "engine's first decoding window) and apply -> first reply over the accepted sessions that "
+        "got one, and, once every session was accepted or refused, the streams live at that "
+        "moment, the gateway pods carrying them and their RSS (`total_rss` of their memory "
+        "cgroups, gateway and persister containers):",
+        "",
+        "| mode | stream | accepted->first reply | apply->first reply | replied | live streams "
+        "| gateway pods | their RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['mode']} | {r['stream_s']:g} s | {cell(r['reply_ms'])} | {cell(r['total_ms'])} "
+            f"| {r['replied']} of {r['accepted']} | {r['live']} | {r['pods']} "
+            f"| {r['rss_mib']:.0f} MiB |"
         )
     lines += [
         "",
@@ -334,13 +471,13 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
         f"`{RECONCILE}` histogram (kind TranscriptionSession; a bound is the histogram bucket "
         "that holds the quantile; drift passes, if any fell in the window, are included):",
         "",
-        "| mode | reconciles | mean | p50 <= | p99 <= |",
-        "|---|---|---|---|---|",
+        "| mode | stream | reconciles | mean | p50 <= | p99 <= |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
         rec = r["reconciles"]
         lines.append(
-            f"| {r['mode']} | {rec['count']:.0f} | {rec['mean_ms']:.0f} ms "
+            f"| {r['mode']} | {r['stream_s']:g} s | {rec['count']:.0f} | {rec['mean_ms']:.0f} ms "
             f"| {rec['p50_le_ms']:.0f} ms | {rec['p99_le_ms']:.0f} ms |"
         )
     lines.append("")
@@ -356,23 +493,38 @@ def _release() -> Iterator[Release]:
 
 
 def main(argv: list[str]) -> int:
-    """Run both modes and write the report."""
+    """Run both modes for each stream length and write the report."""
     parser = argparse.ArgumentParser(prog="python -m bench.pool_readiness")
     parser.add_argument("--pooled", type=int, default=100)
     parser.add_argument("--dedicated", type=int, default=10)
     parser.add_argument("--rate", type=float, default=10.0, help="sessions created per second")
-    parser.add_argument("--stream-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--stream-seconds",
+        type=float,
+        nargs="+",
+        default=[1.0, 3.0, 30.0],
+        help="audio each stream sends at real time; one round per length",
+    )
+    parser.add_argument(
+        "--reply-wait",
+        type=float,
+        default=10.0,
+        help="after its audio, a stream waits this long at most for its first reply",
+    )
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.pool_readiness", *argv])
     load = Path("/proc/loadavg").read_text().split(" ", 3)[:3]
     results = []
     with _release() as release:
-        for mode, count in (("pooled", args.pooled), ("dedicated", args.dedicated)):
-            if count:
-                result = asyncio.run(measure(release, mode, count, args.rate, args.stream_seconds))
-                print(json.dumps(result), flush=True)
-                results.append(result)
-                REPORT.write_text(_report(results, command, " ".join(load)))
+        for seconds in args.stream_seconds:
+            for mode, count in (("pooled", args.pooled), ("dedicated", args.dedicated)):
+                if count:
+                    result = asyncio.run(
+                        measure(release, mode, count, args.rate, seconds, args.reply_wait)
+                    )
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
+                    REPORT.write_text(_report(results, command, " ".join(load)))
     print(REPORT.read_text())
     return 0
 
