@@ -87,11 +87,6 @@ PROTOCOL_ERRORS = Counter(
     "Streams ended because the client broke the wire protocol.",
     ["gateway", "reason"],
 )
-MEMORY_RELEASES = Counter(
-    "earshot_memory_releases_total",
-    "Times the gateway gave the heap memory its streams freed back to the system (malloc_trim).",
-    ["gateway"],
-)
 IDLE_CLOSES = Counter(
     "earshot_idle_closes_total",
     "Streams closed because no frame came for the idle timeout (EARSHOT_IDLE_TIMEOUT_SECONDS).",

@@ -198,7 +198,6 @@ def create_app(
     metrics.initialise_gateway(GATEWAY, engine)
     sessions = live_sessions if live_sessions is not None else LiveSessions()
     live = sessions.by_id
-    releaser = releasing.Releaser(GATEWAY)
 
     @app.get("/health")
     async def health(response: Response) -> dict[str, Any]:
@@ -254,7 +253,8 @@ def create_app(
         finally:
             occupant.ended.set()
             del live[sid]
-            releaser.stream_ended(len(live))
+            if not live:
+                releasing.release_freed_memory()
 
     return app
 
