@@ -16,7 +16,9 @@ At the end the callers close, the persister drains the spool, and every final a 
 spool's size on disk and the persister's drain lag (``earshot_persister_oldest_unacked_age_seconds``)
 are sampled. Writes ``bench/reports/soak.md`` (``--report`` to write elsewhere).
 
-Usage: ``python -m bench.soak [--minutes 10] [--streams 100]`` (``--minutes 1`` to try it out).
+Usage: ``python -m bench.soak [--minutes 10] [--streams 100] [--call-seconds S]`` (``--minutes 1``
+to try it out; ``--call-seconds``: calls that end after S to 2S s, and connection churn with them).
+The gateway runs with ``MALLOC_ARENA_MAX=2``, as services/Dockerfile sets it.
 """
 
 from __future__ import annotations
@@ -127,12 +129,24 @@ class Gateway:
 
 
 async def caller(
-    index: int, port: int, frames: list[bytes], told: Told, stopping: asyncio.Event
+    index: int,
+    port: int,
+    frames: list[bytes],
+    told: Told,
+    stopping: asyncio.Event,
+    call_seconds: float = 0.0,
 ) -> None:
-    """Stream in real time as one session, reconnecting until ``stopping`` is set."""
+    """Stream in real time as one session, reconnecting until ``stopping`` is set; with
+    ``call_seconds``, each call ends after ``call_seconds`` to twice that (by the caller's index)
+    and the caller calls again."""
     session = f"soak-{index:03d}"
     url = f"ws://127.0.0.1:{port}/ws/transcribe/{session}"
+    calls = 0
     while not stopping.is_set():
+        calls += 1
+        hang_up = asyncio.Event()
+        length = call_seconds * (1 + ((index * 7 + calls) % 10) / 10)
+        timer = asyncio.get_running_loop().call_later(length, hang_up.set) if call_seconds else None
         try:
             # No keepalive pings from the callers: a busy load generator must not end streams
             # itself (the gateway's own pings still do when it cannot answer in time).
@@ -140,7 +154,7 @@ async def caller(
                 told.connections += 1
                 listening = asyncio.create_task(listen(ws, session, told))
                 try:
-                    await send_real_time(ws, frames, stopping)
+                    await send_real_time(ws, frames, stopping, hang_up)
                 finally:
                     await ws.close()
                     await listening
@@ -148,6 +162,12 @@ async def caller(
             told.ends[_closed(exc)] += 1
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             told.ends[f"not connected ({type(exc).__name__})"] += 1
+        else:
+            if hang_up.is_set() and not stopping.is_set():
+                told.ends["the caller hung up (1000)"] += 1
+        finally:
+            if timer is not None:
+                timer.cancel()
         if not stopping.is_set():
             await asyncio.sleep(1.0 + (index % 10) / 10)
 
@@ -162,7 +182,7 @@ def _closed(exc: ConnectionClosed) -> str:
 
 
 async def send_real_time(
-    ws: ClientConnection, frames: list[bytes], stopping: asyncio.Event
+    ws: ClientConnection, frames: list[bytes], stopping: asyncio.Event, hang_up: asyncio.Event
 ) -> None:
     start = time.monotonic()
     sent = 0
@@ -173,7 +193,7 @@ async def send_real_time(
             delay = start + sent * FRAME_SECONDS - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if stopping.is_set():
+            if stopping.is_set() or hang_up.is_set():
                 return
 
 
@@ -285,7 +305,9 @@ async def stored_finals(mysql_url: str) -> dict[tuple[str, int], str]:
     return {(str(s), int(q)): str(c) for s, q, c in found}  # type: ignore[call-overload]
 
 
-async def soak(minutes: float, streams: int, workdir: Path) -> tuple[str, bool]:
+async def soak(
+    minutes: float, streams: int, workdir: Path, call_seconds: float = 0.0
+) -> tuple[str, bool]:
     seconds = minutes * 60
     mariadb = MariaDbServer(workdir / "mariadb").start()
     redis = RedisServer(workdir / "redis").start()
@@ -302,6 +324,8 @@ async def soak(minutes: float, streams: int, workdir: Path) -> tuple[str, bool]:
         "EARSHOT_PERSISTER": "sidecar",
         "EARSHOT_LOG_LEVEL": "info",
         "EARSHOT_DEMO_MODEL": "true",
+        # As the image sets it (services/Dockerfile, bench/reports/churn.md).
+        "MALLOC_ARENA_MAX": "2",
     }
     gateway = Gateway(workdir, env, free_port())
     told, samples, log = Told(), list[Sample](), list[str]()
@@ -313,7 +337,7 @@ async def soak(minutes: float, streams: int, workdir: Path) -> tuple[str, bool]:
         started = time.monotonic()
         sampling = asyncio.create_task(sampler(gateway, persister, spool_dir, samples, started))
         callers = [
-            asyncio.create_task(caller(i, gateway.port, frames, told, stopping))
+            asyncio.create_task(caller(i, gateway.port, frames, told, stopping, call_seconds))
             for i in range(streams)
         ]
         try:
@@ -349,7 +373,7 @@ async def soak(minutes: float, streams: int, workdir: Path) -> tuple[str, bool]:
         await persister.stop()
         redis.close()
         mariadb.close()
-    return report(minutes, streams, told, stored, samples, log)
+    return report(minutes, streams, told, stored, samples, log, call_seconds)
 
 
 def report(
@@ -359,7 +383,9 @@ def report(
     stored: dict[tuple[str, int], str],
     samples: list[Sample],
     log: list[str],
+    call_seconds: float = 0.0,
 ) -> tuple[str, bool]:
+    calls = f" --call-seconds {call_seconds:g}" if call_seconds else ""
     same = sum(1 for key, text in told.finals.items() if stored.get(key) == text)
     missing = sum(1 for key in told.finals if key not in stored)
     other_text = len(told.finals) - same - missing
@@ -376,10 +402,16 @@ def report(
         f"{statistics.median(s.load for s in samples) if samples else float('nan'):.1f} while it "
         f"ran; Python {platform.python_version()}. "
         f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
-        f"Command: `python -m bench.soak --minutes {minutes:g} --streams {streams}`. "
+        f"Command: `python -m bench.soak --minutes {minutes:g} --streams {streams}{calls}`. "
         "Gateway `earshot serve` (tiny random-weight Paraformer, in process) with the persister "
         "as a sidecar process on the same spool; private MariaDB and Redis; the callers in the "
-        "bench process, 20 ms A-law frames in real time, reconnecting with the same session id.",
+        "bench process, 20 ms A-law frames in real time, reconnecting with the same session id"
+        + (
+            f"; each call hung up after {call_seconds:g} to {2 * call_seconds:g} s and called again"
+            if call_seconds
+            else ""
+        )
+        + ". The gateway runs with MALLOC_ARENA_MAX=2, as the image sets it.",
         "",
         "## Finals",
         "",
@@ -503,6 +535,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument(
+        "--call-seconds",
+        type=float,
+        default=0.0,
+        help="each call hangs up after this to twice this and calls again (0: calls last until "
+        "the gateway ends them)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     parser.add_argument(
         "--keep", type=Path, default=None, help="a directory to keep the servers' logs and data in"
@@ -510,7 +549,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="earshot-soak-") as temporary:
         workdir = args.keep or Path(temporary)
-        text, ok = asyncio.run(soak(args.minutes, args.streams, workdir))
+        text, ok = asyncio.run(soak(args.minutes, args.streams, workdir, args.call_seconds))
     print(text)
     args.report.write_text(text)
     sys.exit(0 if ok else 1)
