@@ -14,8 +14,10 @@ no such sample is left out, as a pod without a series is.
 It runs as a process of the harness in the node's network namespace, not as a pod (no image to
 build). Like any aggregated API server it is reached only through the aggregator: it requires a
 client certificate from the requestheader CA with the front proxy's name, and does no further
-authorisation (the HPA controller is its only caller). Not served: the list of metric names
-(discovery answers an empty list; the HPA never reads it), named objects, metric label selectors.
+authorisation (the HPA controller is its only caller). It serves the metrics in
+:data:`METRICS`, as an adapter serves those its rules name, and lists them in its discovery
+document (an empty list would fail every discovery client of the cluster, the namespace controller
+among them). Not served: other kinds than pods, named objects, metric label selectors.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ PORT: Final = 6444
 #: The common name of the aggregator's client certificate (--proxy-client-cert-file).
 FRONT_PROXY: Final = "front-proxy-client"
 SCRAPE_TIMEOUT_S: Final = 2.0
+#: The metrics served: what the chart's pool HPA asks for (charts/earshot/templates/pools).
+METRICS: Final = ("earshot_active_streams", "earshot_gateway_lag_seconds")
 _PODS_METRIC: Final = re.compile(
     rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/([^/]+)/pods/\*/([^/]+)$"
 )
@@ -83,6 +87,25 @@ def metric_value_list(
                 "value": f"{round(value * 1000)}m",
             }
             for pod, value in sorted(values.items())
+        ],
+    }
+
+
+def resource_list() -> dict[str, Any]:
+    """The discovery document: one ``pods/<metric>`` resource per served metric."""
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{GROUP}/{VERSION}",
+        "resources": [
+            {
+                "name": f"pods/{metric}",
+                "singularName": "",
+                "namespaced": True,
+                "kind": "MetricValueList",
+                "verbs": ["get"],
+            }
+            for metric in METRICS
         ],
     }
 
@@ -152,7 +175,8 @@ class PodMetrics:
                 try:
                     with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
                         text = response.read().decode()
-                except OSError:  # not an HTTP port, or the pod is stopping: no series
+                except OSError as error:  # not an HTTP port, or the pod is stopping: no series
+                    print(f"{pod['metadata']['name']}: {url}: {error}", file=sys.stderr)
                     continue
                 if (value := pod_value(text, metric)) is not None:
                     found.append(value)
@@ -185,10 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         if url.path == f"/apis/{GROUP}/{VERSION}":
-            resources = {"kind": "APIResourceList", "apiVersion": "v1", "resources": []}
-            return HTTPStatus.OK, {**resources, "groupVersion": f"{GROUP}/{VERSION}"}
+            return HTTPStatus.OK, resource_list()
         match = _PODS_METRIC.match(urllib.parse.unquote(url.path))
-        if match is None or query.get("metricLabelSelector"):
+        if match is None or match[2] not in METRICS or query.get("metricLabelSelector"):
             return HTTPStatus.NOT_FOUND, _status(HTTPStatus.NOT_FOUND, f"not served: {self.path}")
         namespace, metric = match.groups()
         selector = query.get("labelSelector", [""])[0]
