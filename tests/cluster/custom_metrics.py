@@ -16,8 +16,8 @@ build). Like any aggregated API server it is reached only through the aggregator
 client certificate from the requestheader CA with the front proxy's name, and does no further
 authorisation (the HPA controller is its only caller). It serves the metrics in
 :data:`METRICS`, as an adapter serves those its rules name, and lists them in its discovery
-document (an empty list would fail every discovery client of the cluster, the namespace controller
-among them). Not served: other kinds than pods, named objects, metric label selectors.
+document (with an empty list, the controller-manager's discovery reports the group as failed and
+asks again and again). Not served: other kinds than pods, named objects, metric label selectors.
 """
 
 from __future__ import annotations
