@@ -317,9 +317,13 @@ GATEWAY_STORES = ("spool", "segments")
 
 
 def initialise_gateway(gateway: str, engine: str) -> None:
-    """Create at 0 the error and throughput counters of one gateway and engine."""
-    for counter in (OVERLOAD_REJECTIONS, ENGINE_ERRORS, SEGMENTS_FINALISED):
-        counter.labels(gateway, engine)
+    """Create at 0 the error and throughput counters and the active streams of one gateway.
+
+    The active streams are what a pool's autoscaler reads per pod: a pod that has not streamed
+    yet must say 0, since a pod without the series blocks or slows the HPA's decision.
+    """
+    for series in (OVERLOAD_REJECTIONS, ENGINE_ERRORS, SEGMENTS_FINALISED, ACTIVE_STREAMS):
+        series.labels(gateway, engine)
     SPOOL_FULL_REJECTIONS.labels(gateway)
     for store in GATEWAY_STORES:
         STORAGE_ERRORS.labels(store)

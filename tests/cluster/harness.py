@@ -3,8 +3,10 @@
 ``running_cluster()`` starts, as processes it owns, etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, kubelet and kube-proxy (built by tests/e2e/controlplane/build.sh from Debian's
 source), containerd with runc and the CNI bridge + host-local plugins (Debian packages), and
-dnsmasq answering Service names (tests/cluster/dns.py), all inside the network namespace
-``earshot-<pid>-<n>`` (tests/cluster/netns.py); it applies crds/ and waits for the node to be Ready.
+dnsmasq answering Service names (tests/cluster/dns.py) and a custom metrics API for the HPA
+controller (tests/cluster/custom_metrics.py, behind the apiserver's aggregation layer), all inside
+the network namespace ``earshot-<pid>-<n>`` (tests/cluster/netns.py); it applies crds/ and waits
+for the node to be Ready.
 The facts behind each setting are in /work/shared/CLUSTER.md ("Blockers met").
 
 Debugging with kubectl while a test session runs (the harness logs these paths; the folder is
@@ -35,6 +37,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -44,7 +47,7 @@ from typing import Any, Final
 
 import kopf
 
-from tests.cluster import dns, netns
+from tests.cluster import custom_metrics, dns, netns
 from tests.e2e.controlplane import certificates
 from tests.e2e.controlplane.cluster import (
     CRDS,
@@ -66,6 +69,7 @@ _CGROUP_V1: Final = Path("/sys/fs/cgroup")
 _POD_LOGS: Final = Path("/var/log/pods")
 _SEQUENCE: Final = itertools.count()
 _SHM_NEEDED_BYTES: Final = 10 * 2**30
+_REPO: Final = Path(__file__).resolve().parents[2]
 
 
 class ClusterError(ControlPlaneError):
@@ -143,6 +147,7 @@ def running_cluster() -> Iterator[Cluster]:
         stack.callback(shutil.rmtree, folder, ignore_errors=True)
         stack.callback(_keep_logs, folder)
         pki = certificates.make_pki(folder / "pki")
+        _make_aggregation_pki(pki)
         stack.enter_context(netns.private_namespace(name, dns=netns.NODE_IP))
         servers = _Servers(stack, name, folder)
         _start_control_plane(servers, binaries, pki)
@@ -161,6 +166,7 @@ def running_cluster() -> Iterator[Cluster]:
         socket_path = folder / "containerd" / "containerd.sock"
         cluster = Cluster(plane=plane, netns=name, containerd_socket=socket_path)
         _start_node(stack, servers, binaries, cluster)
+        _start_custom_metrics(servers, cluster)
         plane.kubectl("apply", "-f", str(CRDS))
         plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         _wait(lambda: plane.kubectl("explain", "transcriptionsession.spec"), "OpenAPI", folder)
@@ -235,6 +241,20 @@ def _start_control_plane(servers: _Servers, binaries: Path, pki: Path) -> None:
             "--authorization-mode=Node,RBAC",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
+            # the aggregation layer, for the custom metrics API: the aggregator proves itself to
+            # an aggregated server with this client certificate, which the server checks against
+            # the requestheader CA and name (the cluster CA here: a test, not a production split)
+            f"--proxy-client-cert-file={pki / (custom_metrics.FRONT_PROXY + '.crt')}",
+            f"--proxy-client-key-file={pki / (custom_metrics.FRONT_PROXY + '.key')}",
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+            f"--requestheader-allowed-names={custom_metrics.FRONT_PROXY}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            # dial an APIService's endpoint, not its ClusterIP: the custom metrics server is a
+            # process on the node, listed in a hand-written Endpoints, and this path does not
+            # depend on kube-proxy having programmed the Service yet
+            "--enable-aggregator-routing=true",
             "--v=1",
         ],
     )
@@ -262,6 +282,8 @@ def _start_node(
             "--port=0",
             "--secure-port=0",
             "--controllers=*",
+            # the HPA controller reads its metrics every 3 s instead of 15 s: scaling tests wait less
+            "--horizontal-pod-autoscaler-sync-period=3s",
             "--v=1",
         ],
     )
@@ -349,6 +371,42 @@ def _start_node(
     )
     # pods may be scheduled only once the default service account exists
     _wait(lambda: cluster.kubectl("get", "serviceaccount", "default"), "default account", folder)
+
+
+def _make_aggregation_pki(pki: Path) -> None:
+    """The aggregator's client certificate and the custom metrics server's serving certificate."""
+    certificates.sign(
+        pki, custom_metrics.FRONT_PROXY, f"/CN={custom_metrics.FRONT_PROXY}",
+        "extendedKeyUsage=clientAuth",
+    )  # fmt: skip
+    service = f"{custom_metrics.SERVICE}.{custom_metrics.SERVICE_NAMESPACE}.svc"
+    certificates.sign(pki, "custom-metrics", f"/CN={service}", f"subjectAltName=DNS:{service}")
+
+
+def _start_custom_metrics(servers: _Servers, cluster: Cluster) -> None:
+    """Start tests/cluster/custom_metrics.py on the node IP and register it as an APIService."""
+    pki = cluster.folder / "pki"
+    servers.start(
+        "custom-metrics",
+        [
+            "env",
+            f"PYTHONPATH={_REPO}",
+            sys.executable,
+            "-m",
+            "tests.cluster.custom_metrics",
+            f"--listen={netns.NODE_IP}",
+            "--apiserver=https://127.0.0.1:6443",
+            f"--pki={pki}",
+        ],
+    )
+    for manifest in custom_metrics.manifests((pki / "ca.crt").read_bytes(), netns.NODE_IP):
+        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    api = f"apiservice/{custom_metrics.VERSION}.{custom_metrics.GROUP}"
+    _wait(
+        lambda: cluster.kubectl("wait", "--for=condition=Available", api, "--timeout=5s"),
+        "custom metrics API",
+        cluster.folder,
+    )
 
 
 def _services(cluster: Cluster) -> list[dict[str, Any]]:

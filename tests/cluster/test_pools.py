@@ -5,8 +5,8 @@ pool's Service from the node's network namespace.
 What this shows: a pooled session is Ready and streams with no pod started for it; one session's
 token does not admit another; deactivating or deleting a session ends its live stream; deleting
 the pool pod a stream is on (what a scale-down does) drains it: the client hears its last finals
-and 1012, reconnects to the other pod, and every final is stored once. Not shown: scaling up on
-load, since this cluster has no custom metrics API for the HPA to read (see docs/pools.md).
+and 1012, reconnects to the other pod, and every final is stored once. Scaling on load is
+test_pool_scaling.py's.
 """
 
 from __future__ import annotations

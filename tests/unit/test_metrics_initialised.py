@@ -1,4 +1,5 @@
-"""Counters an alert or rate() reads exist at 0 from a gateway's start, not from its first event."""
+"""Counters an alert or rate() reads, and the gauge an autoscaler reads, exist at 0 from a
+gateway's start, not from its first event."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def test_a_gateways_error_counters_start_at_zero() -> None:
         'earshot_engine_errors_total{engine="never-used",gateway="test-gw"} 0.0',
         'earshot_segments_finalised_total{engine="never-used",gateway="test-gw"} 0.0',
         'earshot_spool_full_rejections_total{gateway="test-gw"} 0.0',
+        'earshot_active_streams{engine="never-used",gateway="test-gw"} 0.0',
     ):
         assert line in exposition.splitlines(), line
     assert any(  # shared by every gateway of the process: present, whatever its count

@@ -17,14 +17,15 @@ def make_pki(pki: Path) -> Path:
     """Create ``pki`` and fill it: ca.*, apiserver.*, admin.*, sa.key and sa.pub."""
     pki.mkdir(parents=True)
     _openssl(pki, "req -x509 -newkey rsa:2048 -nodes -days 2 -keyout ca.key -out ca.crt")
-    _sign(pki, "apiserver", "/CN=kube-apiserver", f"subjectAltName={_SANS}")
-    _sign(pki, "admin", "/O=system:masters/CN=earshot-admin", "extendedKeyUsage=clientAuth")
+    sign(pki, "apiserver", "/CN=kube-apiserver", f"subjectAltName={_SANS}")
+    sign(pki, "admin", "/O=system:masters/CN=earshot-admin", "extendedKeyUsage=clientAuth")
     _openssl(pki, "genrsa -out sa.key 2048")
     _openssl(pki, "rsa -in sa.key -pubout -out sa.pub")
     return pki
 
 
-def _sign(pki: Path, name: str, subject: str, extension: str) -> None:
+def sign(pki: Path, name: str, subject: str, extension: str) -> None:
+    """Issue ``<name>.crt`` and ``<name>.key`` in ``pki`` from its CA (an openssl extension line)."""
     (pki / f"{name}.ext").write_text(extension + "\n")
     _openssl(pki, f"req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr", subject)
     _openssl(

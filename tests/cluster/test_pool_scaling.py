@@ -1,0 +1,191 @@
+"""A gateway pool scaling up under load on the real single-node cluster.
+
+The chart's default pool with autoscaling on (one pod at least, three at most, a target of two
+active streams per pod); the HorizontalPodAutoscaler the chart renders, run by the HPA controller
+of kube-controller-manager, reads both metrics it asks for (``earshot_active_streams`` and
+``earshot_gateway_lag_seconds``) through the custom metrics API of the test cluster
+(tests/cluster/custom_metrics.py: each pod's own /metrics, served the way prometheus-adapter
+serves Prometheus series). The lag target is set out of reach, so only the streams scale the pool.
+
+What this shows: at rest the HPA reads both metrics of the one pod; five pooled sessions streaming
+at real time through the pool's Service (all landing on that pod) make the HPA raise the
+Deployment to three pods while the streams run; the kubelet makes the new pods Ready; no stream
+is cut by the scale-up, every final is stored; once the streams end the pool goes back to one pod.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import pytest
+
+from tests.cluster.harness import Cluster
+from tests.cluster.release import RELEASE, Release, client_argv, installed_release
+from tests.cluster.test_pools import POOL_LABEL, _apply_pooled, _stored
+from tests.cluster.test_sre_path import _closes
+
+DEPLOYMENT: Final = f"{RELEASE}-pool-default"
+#: The version the chart renders on Kubernetes 1.20: autoscaling/v1 (kubectl's default) has no
+#: currentMetrics in its status.
+HPA: Final = "horizontalpodautoscalers.v2beta2.autoscaling"
+STREAMS: Final = 5
+TARGET_STREAMS: Final = 2
+MAX_REPLICAS: Final = 3
+#: Each stream sends the 9.6 s sample this many times at real time: long enough for the HPA to
+#: see it (a 3 s sync here) and for the new pods to start.
+REPEAT: Final = 8
+_T = TypeVar("_T")
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster) -> Iterator[Release]:
+    """The chart with the default pool autoscaled; every pod Ready; uninstalled afterwards."""
+    autoscaling = {
+        "enabled": True,
+        "minReplicas": 1,
+        "maxReplicas": MAX_REPLICAS,
+        "targetActiveStreams": TARGET_STREAMS,
+        "targetLagSeconds": 30,
+        "scaleDownStabilizationSeconds": 0,
+    }
+    values = {"pools": {"gateways": {"default": {"autoscaling": autoscaling}}}}
+    with installed_release(cluster, namespace="earshot-scaling", values=values) as installed:
+        yield installed
+        installed.helm("uninstall", RELEASE, "--wait")
+
+
+def _eventually(probe: Callable[[], _T | None], what: str, timeout_s: float) -> _T:
+    deadline = time.monotonic() + timeout_s
+    while (result := probe()) is None:
+        assert time.monotonic() < deadline, f"not {what} in {timeout_s} s"
+        time.sleep(1.0)
+    return result
+
+
+def _current_metrics(release: Release) -> dict[str, float] | None:
+    """The HPA's last reading of each Pods metric (averages per pod), once it has both."""
+    status = release.get(HPA, DEPLOYMENT).get("status", {})
+    readings = {
+        m["pods"]["metric"]["name"]: _quantity(m["pods"]["current"]["averageValue"])
+        for m in status.get("currentMetrics") or []
+        if m["type"] == "Pods"
+    }
+    return readings if len(readings) == 2 else None
+
+
+def _quantity(text: str) -> float:
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _replicas(release: Release, wanted: int) -> dict[str, Any] | None:
+    deployment = release.get("deployment", DEPLOYMENT)
+    return deployment if deployment["spec"]["replicas"] == wanted else None
+
+
+def _ready_pods(release: Release, count: int) -> list[dict[str, Any]] | None:
+    pods = [
+        pod
+        for pod in release.get("pods", "-l", POOL_LABEL)["items"]
+        if not pod["metadata"].get("deletionTimestamp")
+    ]
+    ready = [
+        pod
+        for pod in pods
+        for condition in pod["status"].get("conditions", [])
+        if condition["type"] == "Ready" and condition["status"] == "True"
+    ]
+    return ready if len(pods) == len(ready) == count else None
+
+
+def test_the_hpa_reads_both_pool_metrics_from_the_custom_metrics_api(release: Release) -> None:
+    metrics = _eventually(lambda: _current_metrics(release), "read by the HPA", 60.0)
+    assert metrics["earshot_active_streams"] == 0.0, metrics
+    assert metrics["earshot_gateway_lag_seconds"] < 30, metrics
+    assert release.get("deployment", DEPLOYMENT)["spec"]["replicas"] == 1
+    (pod,) = release.get("pods", "-l", POOL_LABEL)["items"]
+    listed = json.loads(
+        release.cluster.kubectl(
+            "get",
+            "--raw",
+            f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{release.namespace}/pods/*/"
+            f"earshot_active_streams?labelSelector={POOL_LABEL}",
+        )
+    )
+    assert [(i["describedObject"]["name"], _quantity(i["value"])) for i in listed["items"]] == [
+        (pod["metadata"]["name"], 0.0)
+    ]
+
+
+def _start_streams(release: Release, folder: Path) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """Register every session first, then start their callers together (one load step)."""
+    names = [f"load-{index}" for index in range(STREAMS)]
+    argvs = [
+        client_argv(endpoint, f"--token={token}", "--repeat", str(REPEAT))
+        for endpoint, token in (_apply_pooled(release, name) for name in names)
+    ]
+    clients = []
+    for name, argv in zip(names, argvs, strict=True):
+        with (folder / f"{name}.jsonl").open("wb") as out:
+            clients.append((name, subprocess.Popen(release.cluster.exec_inside(argv), stdout=out)))
+    return clients
+
+
+def _rescales(release: Release) -> list[str]:
+    """The HPA controller's SuccessfulRescale events of the pool, oldest first."""
+    selector = f"involvedObject.kind=HorizontalPodAutoscaler,involvedObject.name={DEPLOYMENT}"
+    events = release.get("events", "--field-selector", selector)["items"]
+    ordered = sorted(events, key=lambda e: e.get("firstTimestamp") or "")
+    return [e["message"] for e in ordered if e["reason"] == "SuccessfulRescale"]
+
+
+def _messages(folder: Path, name: str) -> list[dict[str, Any]]:
+    lines = (folder / f"{name}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_a_pool_scales_up_under_load_and_back_down(release: Release, tmp_path: Path) -> None:
+    clients = _start_streams(release, tmp_path)
+    started = time.monotonic()
+    try:
+        _eventually(lambda: _replicas(release, MAX_REPLICAS), "scaled up", 90.0)
+        scaled = time.monotonic()
+        readings = _current_metrics(release)
+        pods = _eventually(lambda: _ready_pods(release, MAX_REPLICAS), "Ready", 120.0)
+        ready = time.monotonic()
+        still_streaming = [name for name, client in clients if client.poll() is None]
+        rescales = _rescales(release)
+        for _, client in clients:
+            client.wait(timeout=300)
+    finally:
+        for _, client in clients:
+            client.kill()
+            client.wait()
+    print(
+        f"streams started -> {MAX_REPLICAS} replicas {scaled - started:.1f} s -> "
+        f"all Ready {ready - started:.1f} s; HPA read {readings}"
+    )
+    assert still_streaming == [name for name, _ in clients], "the load ended before the scale-up"
+    # every step up (there may be two: 1 -> 2 -> 3) was made for the streams, the last to 3
+    assert rescales, "no rescale event"
+    assert all(
+        r.endswith("; reason: pods metric earshot_active_streams above target") for r in rescales
+    ), rescales
+    assert f"New size: {MAX_REPLICAS};" in rescales[-1], rescales
+    assert all(pod["spec"]["nodeName"] == "earshot-node" for pod in pods)
+    for name, _ in clients:
+        messages = _messages(tmp_path, name)
+        closes = _closes(messages)
+        assert [(c["code"], c["sent"]) for c in closes] == [(1000, closes[0]["total"])], messages
+        finals = [m for m in messages if m["type"] == "final"]
+        assert finals, messages
+        assert _stored(release, name, len(finals)) == [[str(f["seq"]), f["text"]] for f in finals]
+    ended = time.monotonic()
+    # one pod given up at a time, a minute apart (the chart's scale-down policy)
+    _eventually(lambda: _ready_pods(release, 1), "scaled back down", 180.0)
+    print(f"streams ended -> 1 pod {time.monotonic() - ended:.1f} s; rescales {_rescales(release)}")
+    assert _rescales(release)[-1] == "New size: 1; reason: All metrics below target"
