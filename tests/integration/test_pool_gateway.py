@@ -191,6 +191,22 @@ async def test_a_refused_connection_hears_why_first_after_the_handshake(
     assert ws.close_code == 1008
 
 
+async def test_a_connection_waiting_for_admission_when_the_gateway_stops_hears_it_is_shutting_down(
+    settings: Settings, services: Services
+) -> None:
+    # The shutdown begins while the connection waits for its registration (the pool's watch
+    # lagging, as during a rollout): it is still accepted and told, not answered with HTTP 500.
+    async with running_pool(settings, services) as pool:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, lambda: setattr(pool.server, "should_exit", True))
+        loop.call_later(0.2, lambda: pool.register("call-stopping"))
+        received, code, reason = await until_closed(
+            session_url(pool.base, "call-stopping"), [b"\xd5" * 160], token="t0ken"
+        )
+    assert (code, reason) == (1012, "service restart")
+    assert [m["code"] for m in received if m.get("type") == "error"] == ["shutting_down"]
+
+
 async def test_each_session_streams_with_its_own_settings(
     settings: Settings, services: Services
 ) -> None:

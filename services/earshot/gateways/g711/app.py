@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,14 +155,38 @@ class LiveSessions:
         """None yet."""
         self.by_id: dict[SessionId, _Occupant] = {}
         self.draining = False
+        # Connections being admitted: not yet streaming, and not yet told they are refused.
+        self._deciding = 0
+        self._none_deciding = asyncio.Event()
+        self._none_deciding.set()
+
+    @contextlib.contextmanager
+    def deciding(self) -> Iterator[None]:
+        """A connection from its arrival until it streams or has been told why not; a drain waits
+        for it, so a connection waiting for admission when the shutdown begins is still accepted
+        and told (1012) rather than answered by the server's own HTTP 500."""
+        self._deciding += 1
+        self._none_deciding.clear()
+        try:
+            yield
+        finally:
+            self._deciding -= 1
+            if not self._deciding:
+                self._none_deciding.set()
 
     async def drain(self) -> None:
         """End every stream for a shutdown: each recognises what it holds, tells the client its
-        last finals and closes with 1012, so a reconnecting client hears every number."""
+        last finals and closes with 1012, so a reconnecting client hears every number. Connections
+        still being admitted are refused with 1012 first (one that takes over a session's older
+        connection waits for that one, which ends here)."""
         self.draining = True
+        for occupant in list(self.by_id.values()):
+            occupant.stop()
+        await self._none_deciding.wait()
         occupants = list(self.by_id.values())
         for occupant in occupants:
-            occupant.stop()
+            if not occupant.stopping:
+                occupant.stop()
         await asyncio.gather(*(occupant.ended.wait() for occupant in occupants))
 
     def end(self, session_id: SessionId, why: str) -> None:
@@ -236,34 +261,12 @@ def create_app(
         # docs/pools.md). A refused one is still accepted, then told why at once: the protocol's
         # error message and close code, the first thing the server sends.
         sid = SessionId(session_id)
-        refusal = (
-            SHUTTING_DOWN if sessions.draining else _admission(websocket, session_id, settings)
-        )
-        if refusal is None and lag is not None and lag.lagging():
-            refusal = OVERLOADED  # behind real time: the streams it holds keep their latency
-        own = settings
-        if refusal is None and registry is not None:
-            own, refusal = await _pool_admission(websocket, sid, registry, settings)
-        if refusal is None:
-            refusal = _over_cap(live, sid, settings)
-        if not await _accept(websocket):  # the client left while it waited to be admitted
-            if refusal is not None:
-                _count(refusal, engine)
-            return
-        if refusal is None:
-            # A reconnect takes its session over after the handshake: the wait for the older
-            # connection's last segment may outlast a client's handshake timeout.
-            refusal = await _capacity(live, sid, settings, engine)
-        if refusal is None and registry is not None and registry.find(sid) is None:
-            refusal = session_ended(sid, "it was unregistered while this connection waited")
-        if refusal is None and sessions.draining:  # the drain began while this one waited
-            refusal = SHUTTING_DOWN
-        if refusal is not None:
-            _count(refusal, engine)
-            await _close(websocket, refusal)
-            return
-        # No await since _capacity's last check: two connections cannot both pass it.
-        occupant = live[sid] = _Occupant(websocket)
+        with sessions.deciding():
+            admitted, own = await _decide(websocket, sid, settings, sessions, lag, registry, engine)
+            if not admitted:
+                return
+            # No await since _decide's last check: two connections cannot both pass it.
+            occupant = live[sid] = _Occupant(websocket)
         try:
             await _stream(occupant, sid, own, services)
         finally:
@@ -273,6 +276,48 @@ def create_app(
                 releasing.release_freed_memory()
 
     return app
+
+
+async def _decide(
+    websocket: WebSocket,
+    sid: SessionId,
+    settings: Settings,
+    sessions: LiveSessions,
+    lag: lagging.LagMonitor | None,
+    registry: registrations.Registry | None,
+    engine: str,
+) -> tuple[bool, Settings]:
+    """Admit a connection, then complete its handshake; or complete it and tell it why not.
+
+    Returns:
+        Whether it may stream now, and the settings it streams with (a pooled session's own).
+    """
+    refusal = SHUTTING_DOWN if sessions.draining else _admission(websocket, sid, settings)
+    if refusal is None and lag is not None and lag.lagging():
+        refusal = OVERLOADED  # behind real time: the streams it holds keep their latency
+    own = settings
+    if refusal is None and registry is not None:
+        own, refusal = await _pool_admission(websocket, sid, registry, settings)
+    live = sessions.by_id
+    if refusal is None:
+        refusal = _over_cap(live, sid, settings)
+    if not await _accept(websocket):  # the client left while it waited to be admitted
+        if refusal is not None:
+            _count(refusal, engine)
+        return False, own
+    if refusal is None:
+        # A reconnect takes its session over after the handshake: the wait for the older
+        # connection's last segment may outlast a client's handshake timeout.
+        refusal = await _capacity(live, sid, settings, engine)
+    if refusal is None and registry is not None and registry.find(sid) is None:
+        refusal = session_ended(sid, "it was unregistered while this connection waited")
+    if refusal is None and sessions.draining:  # the drain began while this one waited
+        refusal = SHUTTING_DOWN
+    if refusal is not None:
+        _count(refusal, engine)
+        await _close(websocket, refusal)
+        return False, own
+    return True, own
 
 
 def public_config(settings: Settings) -> dict[str, Any]:
