@@ -216,6 +216,17 @@ def test_the_uninstall_hook_waits_the_charts_timeout_within_its_jobs_deadline(
     assert job["spec"]["activeDeadlineSeconds"] == int(timeout) + 60
 
 
+#: What ``helm uninstall`` waits for a hook without ``--timeout``: 5m.
+HELM_DEFAULT_TIMEOUT_S = 300
+
+
+def test_the_uninstall_hook_fits_helms_default_timeout_by_default() -> None:
+    # helm stops waiting for a hook after its --timeout: with the chart's defaults the hook's Job
+    # reaches its own verdict (and its deadline) before helm would give up on it
+    job = find(template(), "Job", "-uninstall")
+    assert job["spec"]["activeDeadlineSeconds"] <= HELM_DEFAULT_TIMEOUT_S
+
+
 def test_the_uninstall_timeout_defaults_agree_between_chart_and_operator() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     default = OperatorSettings.model_fields["uninstall_timeout_seconds"].default
