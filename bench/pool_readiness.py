@@ -30,7 +30,8 @@ pod's memory cgroup: gateway and persister containers), with the number of strea
 Each stream then ends and the sessions are deleted before the next round.
 
 Usage: ``python -m bench.pool_readiness [--pooled 100] [--dedicated 10] [--rate 10]
-[--stream-seconds 1 3 30] [--reply-wait 10]``. Writes ``bench/reports/pool_readiness.md``.
+[--stream-seconds 1 3 30] [--reply-wait 10] [--pool-cpu 500m] [--report PATH]``. Writes
+``bench/reports/pool_readiness.md`` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -398,7 +399,7 @@ def _summary(
     }
 
 
-def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
+def _report(results: list[dict[str, Any]], command: str, load: str, pool_cpu: str | None) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Pool readiness: pooled against dedicated sessions on a real node",
@@ -407,7 +408,8 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
         f"with other work (load average before the run: {load}), Python "
         f"{platform.python_version()}, Kubernetes v1.20.2 from tests/cluster/harness.py, the "
         "chart installed from the images built here with tests/cluster/values.yaml and the "
-        "default pool's two gateways taking up to 100 streams each.",
+        "default pool's two gateways taking up to 100 streams each"
+        + (f", each gateway container requesting {pool_cpu} CPU." if pool_cpu else "."),
         "",
         "Sessions are created through the API by this process (one POST each, at the given rate; "
         "no kubectl process per session). **apply -> accepted** is the first accepted audio: "
@@ -485,9 +487,12 @@ def _report(results: list[dict[str, Any]], command: str, load: str) -> str:
 
 
 @contextlib.contextmanager
-def _release() -> Iterator[Release]:
+def _release(pool_cpu: str | None) -> Iterator[Release]:
     # installed with the streams allowed (no upgrade: a rollout races kubectl wait's pod list)
-    values = {"pools": {"gateways": {"default": {"maxConnections": POOL_STREAMS}}}}
+    pool: dict[str, Any] = {"maxConnections": POOL_STREAMS}
+    if pool_cpu is not None:
+        pool["resources"] = {"requests": {"cpu": pool_cpu}}
+    values = {"pools": {"gateways": {"default": pool}}}
     with running_cluster() as cluster, installed_release(cluster, values=values) as release:
         yield release
 
@@ -511,11 +516,16 @@ def main(argv: list[str]) -> int:
         default=10.0,
         help="after its audio, a stream waits this long at most for its first reply",
     )
+    parser.add_argument(
+        "--pool-cpu",
+        help="CPU request of each pool gateway container (default: tests/cluster/values.yaml's)",
+    )
+    parser.add_argument("--report", type=Path, default=REPORT, help="where the report goes")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.pool_readiness", *argv])
     load = Path("/proc/loadavg").read_text().split(" ", 3)[:3]
     results = []
-    with _release() as release:
+    with _release(args.pool_cpu) as release:
         for seconds in args.stream_seconds:
             for mode, count in (("pooled", args.pooled), ("dedicated", args.dedicated)):
                 if count:
@@ -524,8 +534,8 @@ def main(argv: list[str]) -> int:
                     )
                     print(json.dumps(result), flush=True)
                     results.append(result)
-                    REPORT.write_text(_report(results, command, " ".join(load)))
-    print(REPORT.read_text())
+                    args.report.write_text(_report(results, command, " ".join(load), args.pool_cpu))
+    print(args.report.read_text())
     return 0
 
 
