@@ -38,6 +38,8 @@ class PoolWatch:
         self._pools = [pool for pool in settings.pools if pool.deployment_ref is not None]
         self._on_change = on_change
         self._known: dict[str, diagnosing.Diagnosis | None] = {}
+        # How many times each pool's answer changed since the operator started.
+        self._changes: dict[str, int] = {}
         self._reading = {pool.name: asyncio.Lock() for pool in self._pools}
         self._loop = looping.Periodic(
             "earshot-pools", settings.pool_check_interval_seconds, self.check_all
@@ -70,6 +72,11 @@ class PoolWatch:
                     self._known[pool.name] = await self._read(pool)
         return self._known[pool.name]
 
+    def changes(self, pool: Pool) -> int:
+        """How many times ``pool``'s answer has changed: a reconcile that read the answer before
+        a change must write its status again (the loop may have written the newer one first)."""
+        return self._changes.get(pool.name, 0)
+
     async def check_all(self) -> list[Pool]:
         """Read every checked pool; hand each whose answer changed to ``on_change``."""
         changed = []
@@ -82,6 +89,7 @@ class PoolWatch:
             if pool.name in self._known and self._known[pool.name] == answer:
                 continue
             self._known[pool.name] = answer
+            self._changes[pool.name] = self.changes(pool) + 1
             logger.info("gateway pool %s: %s", pool.name, answer or "a gateway is Ready")
             changed.append(pool)
             await self._on_change(pool)

@@ -9,13 +9,14 @@ against a real one, tests/cluster/test_pool_warnings.py against a real kubelet.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import copy
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import pytest
 
-from earshot_operator import diagnosing, events, poolwatching, statuses
-from earshot_operator.clients import ApiError, KubeClient
+from earshot_operator import diagnosing, events, poolwatching, reconciling, statuses
+from earshot_operator.clients import ApiError, ConflictError, KubeClient
 from earshot_operator.settings import OperatorSettings, Pool
 
 POOL = Pool(name="default", address="p.earshot.svc:8000", deployment="earshot/earshot-pool-default")
@@ -240,3 +241,94 @@ async def test_an_unreadable_pool_keeps_its_answer_and_the_loop_goes_on() -> Non
     assert await watch.diagnose(POOL) is None
     assert len(api.requests) >= 3
     await watch.stop()
+
+
+def test_a_pool_whose_gateways_cannot_start_for_their_configuration_says_why() -> None:
+    # What a pool's missing storage Secret looks like: the kubelet cannot build the container.
+    waiting = {"reason": "CreateContainerConfigError", "message": 'secret "earshot-db" not found'}
+    pod = _pod(
+        "earshot-pool-default-c",
+        containerStatuses=[{"name": "gateway", "state": {"waiting": waiting}}],
+    )
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), [pod])
+    assert diagnosis is not None
+    assert diagnosis.reason == "CreateContainerConfigError"
+    assert 'secret "earshot-db" not found' in diagnosis.message
+
+
+SESSION_PATH = "/apis/earshot.dev/v1alpha1/namespaces/tel/transcriptionsessions/call-7"
+
+
+class StatusApi:
+    """A pool's Deployment and one session whose status PATCH checks its resourceVersion, as the
+    API server does; ``during_patch`` runs once while the next PATCH is in flight."""
+
+    def __init__(self) -> None:
+        self.deployment = _deployment(0)
+        self.session: dict[str, Any] = {
+            "apiVersion": "earshot.dev/v1alpha1",
+            "kind": "TranscriptionSession",
+            "metadata": {"name": "call-7", "namespace": "tel", "uid": "u", "resourceVersion": "1"},
+            "spec": {"userId": "a", "placement": {"pool": "default"}, "auth": "none"},
+            "status": {"placement": "pool/default"},
+        }
+        self.during_patch: Callable[[], Awaitable[None]] | None = None
+
+    async def get(self, path: str, *, cached: bool = False) -> dict[str, Any] | None:
+        if path == DEPLOYMENT_PATH:
+            return copy.deepcopy(self.deployment)
+        if path == SESSION_PATH:
+            return copy.deepcopy(self.session)
+        return None
+
+    async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
+        assert (method, path) == ("GET", PODS_PATH)
+        return {"items": []}
+
+    async def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(body)
+
+    async def patch(self, path: str, body: Mapping[str, Any], **_: Any) -> dict[str, Any]:
+        if self.during_patch is not None:
+            hook, self.during_patch = self.during_patch, None
+            await hook()
+        assert path == SESSION_PATH + "/status"
+        meta = self.session["metadata"]
+        wanted = body.get("metadata", {}).get("resourceVersion")
+        if wanted is not None and wanted != meta["resourceVersion"]:
+            raise ConflictError(409, {})
+        self.session["status"].update(body["status"])
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        return copy.deepcopy(self.session)
+
+
+async def test_a_status_written_from_the_answer_before_a_pool_change_is_written_again() -> None:
+    # The pool comes back while a handler's status, made from the old answer, is on its way; the
+    # loop reconciles the session Ready first, then the handler's PATCH lands (after a conflict):
+    # without a second write the session would stay Provisioning until the next drift pass.
+    api = StatusApi()
+    settings = OperatorSettings(pools=(POOL,), default_placement="default")
+    client = cast(KubeClient, api)
+
+    async def recheck(pool: Pool) -> None:
+        await reconciling.reconcile(
+            client, copy.deepcopy(api.session), settings=settings, pool_watch=watch, drift=True
+        )
+
+    watch = poolwatching.PoolWatch(client, settings=settings, on_change=recheck)
+    assert (await watch.diagnose(POOL)) is not None  # no Ready gateway yet
+
+    async def pool_comes_back() -> None:
+        api.deployment = _deployment(1)
+        await watch.check_all()
+        assert api.session["status"]["phase"] == "Ready"
+
+    api.during_patch = pool_comes_back
+    await reconciling.reconcile(
+        client, copy.deepcopy(api.session), settings=settings, pool_watch=watch
+    )
+    assert watch.changes(POOL) == 1
+    assert (api.session["status"]["phase"], api.session["status"]["reason"]) == (
+        "Ready",
+        "Registered",
+    )
