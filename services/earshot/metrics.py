@@ -73,9 +73,9 @@ GATEWAY_LAG = Gauge(
 )
 INFERENCE_LOAD = Gauge(
     "earshot_inference_load_ratio",
-    "The share of the in-process recogniser's workers that the gateway's streams plus one more "
-    "would take, from what a second of audio cost to decode over the last 5 s; above "
-    "EARSHOT_MAX_INFERENCE_LOAD new streams are refused.",
+    "The share of the in-process recogniser's workers that the telephony gateway's streams, "
+    "those being admitted included, take, from what a second of audio cost to decode (the last "
+    "5 s of decoding); above EARSHOT_MAX_INFERENCE_LOAD new streams are refused.",
     ["gateway"],
 )
 ACTIVE_STREAMS = Gauge(

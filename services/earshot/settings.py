@@ -116,6 +116,7 @@ ENGINE_ONLY: Mapping[str, EngineOnly] = {
     "inference_workers": EngineOnly("paraformer", None),
     "inference_queue_size": EngineOnly("paraformer", None),
     "inference_queue_timeout_seconds": EngineOnly("paraformer", None),
+    "max_inference_load": EngineOnly("paraformer", None),
     "kyutai_device": EngineOnly("kyutai", "device"),
     "kyutai_max_streams": EngineOnly("kyutai", "max_streams"),
     "kyutai_pause_seconds": EngineOnly("kyutai", "pause_seconds"),
@@ -233,11 +234,12 @@ class Settings(BaseSettings):
         0.9,
         ge=0,
         validation_alias=_env("MAX_INFERENCE_LOAD"),
-        description="With the in-process recogniser: a new stream is refused (1013 "
-        "inference_overloaded) when the streams the gateway holds plus it would keep the inference "
-        "workers busier than this share of the time (each stream costing what a second of audio "
-        "cost to decode over the last 5 s), before the backlog makes every stream late; "
-        "0: never refuse for load.",
+        description="Telephony gateway with the in-process Paraformer: a new stream is refused "
+        "(1013 inference_overloaded) when the streams the gateway holds, those being admitted and "
+        "it included, would keep the inference workers busier than this share of the time (each "
+        "stream costing what a second of audio cost to decode over the last 5 s of decoding, the "
+        "last such figure while idle; measured from start-up by a warm-up decode), before the "
+        "backlog makes every stream late; 0: never refuse for load.",
     )
     handshake_timeout_seconds: float = Field(
         10.0,

@@ -2,14 +2,12 @@
 while it is behind real time, and the streams it admitted keep a bounded reply latency.
 
 The recogniser is the real tiny Paraformer, slowed to a known capacity: each stream's decoding
-window costs 0.1 s of worker time (asleep, so the event loop stays free), i.e. about six real-time
-streams. Callers arrive faster than that for a few seconds. The same load runs twice, with the lag
-limits and without them (``EARSHOT_MAX_LAG_SECONDS=0``, ``EARSHOT_MAX_INFERENCE_LOAD=0``); the test
-compares the two runs, not absolute timings, so a loaded machine shifts both alike.
-
-Callers come every 0.2 s, faster than one decoding step (0.6 s): the lag alone shows only after a
-few of them are in. The load limit refuses from the first measured step on, as soon as the streams
-held would keep the worker busy, so the admitted streams stay near the worker's capacity.
+window (0.6 s of audio) costs 0.2 s of worker time (asleep, so the event loop stays free), i.e.
+about three real-time streams. Callers arrive faster than that for a few seconds. The same load
+runs twice, with the limits and without them (``EARSHOT_MAX_LAG_SECONDS=0``,
+``EARSHOT_MAX_INFERENCE_LOAD=0``); the test compares the two runs, not absolute timings, so a
+loaded machine shifts both alike. Callers who all arrive at the same moment can be refused by the
+load limit alone, which counts the connections being admitted: the second test.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ WINDOW_COST_SECONDS = 0.2
 CALLERS = 32
 ARRIVAL_SECONDS = 0.2
 CALL_FRAMES = 120  # 2.4 s of audio each
+BURST = 12
 
 
 class SlowDecoder(WrappedDecoder):
@@ -148,3 +147,31 @@ async def test_past_capacity_new_streams_are_refused_and_admitted_ones_keep_thei
     assert limited.admitted >= 4, limited
     # ...and the admitted streams' replies stay far closer to real time.
     assert unlimited.reply_p99 >= 3 * limited.reply_p99, (unlimited, limited)
+
+
+async def test_callers_arriving_at_once_are_admitted_only_up_to_the_measured_capacity(
+    settings: Settings, services: Services
+) -> None:
+    # All at the same moment, on a warmed-up recogniser: no lag can show yet, so only the load
+    # limit, counting the connections being admitted, can refuse.
+    recognizer = BatchingRecognizer(
+        SlowDecoder(paraformer.load_paraformer(settings)), window=windowing.SHERPA_PARAFORMER
+    )
+    limited = settings.model_copy(update={"max_lag_seconds": 0.0, "max_inference_load": 0.9})
+    frames = speech_frames()
+    outcome = Outcome()
+    try:
+        await recognizer.warm_up()
+        capacity = math.floor(0.9 / recognizer.stream_load())
+        assert 1 <= capacity < BURST // 2, recognizer.stream_load()
+        async with running_gateway(limited, Services(recognizer, services.stores)) as base:
+            await asyncio.gather(
+                *(
+                    caller(session_url(base, f"burst-{i}"), frames, 0.0, outcome)
+                    for i in range(BURST)
+                )
+            )
+    finally:
+        await recognizer.aclose()
+    assert 1 <= outcome.admitted <= capacity, (outcome, capacity)
+    assert outcome.refused == BURST - outcome.admitted

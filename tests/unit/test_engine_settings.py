@@ -32,6 +32,7 @@ VALUES = {
     "inference_workers": "2",
     "inference_queue_size": "8",
     "inference_queue_timeout_seconds": "5",
+    "max_inference_load": "0.5",
     "kyutai_device": "cpu",
     "kyutai_max_streams": "2",
     "kyutai_pause_seconds": "1.5",

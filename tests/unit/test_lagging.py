@@ -135,17 +135,28 @@ async def test_the_batching_recognisers_backlog_is_the_age_of_its_oldest_unanswe
 
 def test_a_load_above_the_limit_refuses_and_no_limit_only_measures() -> None:
     clock = Clock()
-    load = [0.5]
+    share, held = [0.3], [2]
     gauge = prometheus_client.Gauge("test_load_ratio", "load", registry=None)
-    monitor = LagMonitor(0.5, clock=clock, load=lambda: load[0], max_load=0.9, load_gauge=gauge)
+    monitor = LagMonitor(
+        0.5,
+        clock=clock,
+        stream_load=lambda: share[0],
+        streams=lambda: held[0],
+        max_load=0.9,
+        load_gauge=gauge,
+    )
     ticks(monitor, clock, [0.0])
     assert not monitor.lagging()
-    load[0] = 1.2  # the loop is punctual and nothing waits yet: only the load says it
+    assert gauge._value.get() == pytest.approx(0.6)
+    held[0] = 4  # two more arrive at once: the loop is punctual and nothing waits yet
+    assert monitor.load == pytest.approx(1.2)
     assert monitor.lagging()
-    ticks(monitor, clock, [0.0])
-    assert gauge._value.get() == pytest.approx(1.2)
-    unlimited = LagMonitor(0.5, clock=clock, load=lambda: load[0], max_load=0.0)
+    unlimited = LagMonitor(
+        0.5, clock=clock, stream_load=lambda: share[0], streams=lambda: held[0], max_load=0.0
+    )
     assert not unlimited.lagging()
+    uncounted = LagMonitor(0.5, clock=clock, stream_load=lambda: share[0], max_load=0.9)
+    assert uncounted.load == 0.0
 
 
 class CostlyDecoder(HeldDecoder):
@@ -159,29 +170,36 @@ class CostlyDecoder(HeldDecoder):
 
 
 @pytest.mark.asyncio
-async def test_the_batching_recognisers_load_is_its_streams_at_the_measured_cost() -> None:
+async def test_a_streams_load_is_the_measured_cost_of_its_audio_on_the_workers() -> None:
     recognizer = BatchingRecognizer(CostlyDecoder(), workers=2)
-    monitor = lagging.for_gateway("test", 0.5, recognizer, max_load=0.9)
+    held = [0]
+    monitor = lagging.for_gateway("test", 0.5, recognizer, streams=lambda: held[0], max_load=0.9)
     try:
-        assert recognizer.load() == 0.0  # nothing decoded yet: no cost known
-        first, second = recognizer.open_stream(), recognizer.open_stream()
-        # Half a second of audio for 0.1 s of decoding: 0.2 s per second of audio, or more.
-        await first.accept(np.zeros(8_000, np.float32))
-        cost = recognizer.load(more_streams=0)  # two streams on two workers: one stream's cost
-        assert 0.2 <= cost < 1.0
-        assert recognizer.load() == pytest.approx(3 * cost / 2)
-        # A finished stream no longer counts, and its last step (one step for no audio) is no
-        # measure of what a second of audio costs.
-        await second.finish()
-        assert recognizer.load(more_streams=0) == pytest.approx(cost / 2)
-        assert recognizer.load() == pytest.approx(cost)
-        assert recognizer.load(more_streams=9) == pytest.approx(10 * cost / 2)
-        # The gateway's monitor asks it: nine more streams take the workers past 0.9.
-        assert monitor.lagging() is (recognizer.load() > 0.9)
-        more = [recognizer.open_stream() for _ in range(9)]
-        assert recognizer.load() == pytest.approx(11 * cost / 2)
+        assert recognizer.stream_load() == 0.0  # nothing decoded yet: no cost known
+        stream = recognizer.open_stream()
+        # Half a second of audio for 0.1 s of decoding, on two workers: 0.1 or more.
+        await stream.accept(np.zeros(8_000, np.float32))
+        share = recognizer.stream_load()
+        assert 0.1 <= share < 0.5
+        # A stream's last step (one step for no audio) is no measure of what audio costs.
+        await stream.finish()
+        assert recognizer.stream_load() == share
+        # The gateway's monitor multiplies it by the streams it holds and is admitting.
+        held[0] = 2
+        assert monitor.load == pytest.approx(2 * share)
+        assert not monitor.lagging()
+        held[0] = 10
         assert monitor.lagging()
-        for stream in [first, *more]:
-            await stream.finish()
+    finally:
+        await recognizer.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_warm_up_measures_the_cost_before_any_caller() -> None:
+    recognizer = BatchingRecognizer(CostlyDecoder())
+    try:
+        await recognizer.warm_up()
+        # Two steps of 0.1 s for a second of silence (16 kHz, no window: half a second each).
+        assert 0.2 <= recognizer.stream_load() < 1.0
     finally:
         await recognizer.aclose()

@@ -284,12 +284,13 @@ def overview() -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
-                "Inference load with one more stream",
+                "Inference load (in-process engine)",
                 "percentunit",
                 Query("max by (pod) (earshot_inference_load_ratio)", "{{pod}}"),
-                description="The share of each gateway's in-process inference workers that its "
-                "streams plus one more would take, from what a second of audio costs to decode; "
-                "above EARSHOT_MAX_INFERENCE_LOAD (0.9) it refuses new streams with 1013.",
+                description="The share of each telephony gateway's in-process inference workers "
+                "that its streams take, from what a second of audio costs to decode; above "
+                "EARSHOT_MAX_INFERENCE_LOAD (0.9) it refuses new streams with 1013. Empty for "
+                "gateways on Triton (the chart's pools and sessions).",
                 slo=0.9,
             )
         )

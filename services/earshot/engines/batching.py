@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import threading
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic
@@ -107,8 +106,6 @@ class BatchingRecognizer(Generic[StreamT]):
         self._runnable: deque[_Work[StreamT]] = deque()
         # Jobs not yet answered, oldest first (event-loop side only): the backlog's age.
         self._pending: deque[_Job] = deque()
-        # Streams opened and not yet finished (event-loop side only).
-        self._live: weakref.WeakSet[BatchedStream[StreamT]] = weakref.WeakSet()
         # Under the lock: the (when, decoding seconds, seconds of audio) of the batches of the last
         # COST_WINDOW_SECONDS, their sums, and the cost of a second of audio they make.
         self._costs: deque[tuple[float, float, float]] = deque()
@@ -161,22 +158,29 @@ class BatchingRecognizer(Generic[StreamT]):
 
     def open_stream(self) -> BatchedStream[StreamT]:
         """Start recognising a new stream (cheap: creating decoder state runs no inference)."""
-        stream = BatchedStream(self, _Work(self._decoder.open()))
-        self._live.add(stream)
-        return stream
+        return BatchedStream(self, _Work(self._decoder.open()))
 
-    def load(self, more_streams: int = 1) -> float:
-        """The share of the workers' time the live streams and ``more_streams`` new ones would take.
+    def stream_load(self) -> float:
+        """The share of the workers' time one stream sending audio in real time takes.
 
-        Each stream is taken to send audio in real time, and to cost what a second of audio cost
-        to decode over the last :data:`COST_WINDOW_SECONDS` of decoding (wall time, so batching
-        and a busy CPU count; the last such figure while nothing is decoded). 0 until the first
-        decoding step. Above 1 the workers cannot keep up: the backlog grows and every stream
-        falls behind, which this shows a decoding step or two before the backlog's age does.
+        It is what a second of audio cost to decode over the last :data:`COST_WINDOW_SECONDS` of
+        decoding (wall time, so batching and a busy CPU count; a stream's last step is left out),
+        divided by the workers; while nothing is decoded, the last such figure. 0 until the first
+        decoding step (:meth:`warm_up` makes one). N streams at a share above 1/N are more than
+        the workers can keep up with: the backlog grows and every stream falls behind.
         """
         with self._lock:
-            cost = self._cost_per_second
-        return (len(self._live) + more_streams) * cost / len(self._threads)
+            return self._cost_per_second / len(self._threads)
+
+    async def warm_up(self) -> None:
+        """Decode two steps of silence on a stream of its own, so the engine is warm and the cost
+        of a second of audio is known before the first caller's audio arrives."""
+        window = self.window
+        first, step = (window.first, window.step) if window else (self.sample_rate // 2,) * 2
+        stream = self.open_stream()
+        await stream.accept(np.zeros(first, np.float32))
+        await stream.accept(np.zeros(step, np.float32))
+        await stream.finish()
 
     def _count_cost(self, busy: float, audio: float) -> None:
         # Caller holds the lock.
@@ -395,7 +399,6 @@ class BatchedStream(Generic[StreamT]):
         if self._finished:
             return []
         self._finished = True
-        self._recognizer._live.discard(self)
         if tail is not None and tail.size:
             self._held.append(tail)
             self._held_samples += tail.size

@@ -37,9 +37,16 @@ async def _in_process_paraformer(settings: Settings) -> Recognizer:
     # Loading builds the tiny model on first use and parses ONNX files: keep it off the event loop.
     decoder = await asyncio.to_thread(paraformer.load_paraformer, settings)
     # sherpa decodes 0.6 s windows: audio goes to the workers once per window, not per frame.
-    return batching.BatchingRecognizer.from_settings(
+    recognizer = batching.BatchingRecognizer.from_settings(
         decoder, settings, window=windowing.SHERPA_PARAFORMER
     )
+    # Warm, and the cost of a stream known before the first caller (the load limit reads it).
+    try:
+        await recognizer.warm_up()
+    except BaseException:
+        await recognizer.aclose()
+        raise
+    return recognizer
 
 
 async def _in_process_kyutai(settings: Settings) -> Recognizer:

@@ -16,10 +16,11 @@ so its peaks are what the streams wait). The larger of the two is the lag, expor
 (``EARSHOT_MAX_LAG_SECONDS``) the gateway refuses new streams with 1013; the streams it holds go on.
 
 Lag shows only once it has happened: a burst of callers arriving within a decoding step or two is
-all admitted before the backlog ages. So a recogniser that can say what its streams cost
-(``Loaded``, e.g. :class:`~earshot.engines.batching.BatchingRecognizer`) is also asked what share of
-its workers the streams it holds plus one more would take; above ``EARSHOT_MAX_INFERENCE_LOAD`` the
-new stream is refused before it makes everyone late (``earshot_inference_load_ratio``).
+all admitted before the backlog ages. So a recogniser that can say what a stream costs (``Loaded``,
+e.g. :class:`~earshot.engines.batching.BatchingRecognizer`) is also asked what share of its workers
+the streams the process holds, those being admitted included, would take; above
+``EARSHOT_MAX_INFERENCE_LOAD`` a new stream is refused before it makes everyone late
+(``earshot_inference_load_ratio``).
 
 May do: run one owned task on the event loop. Must not: know about WebSockets or sessions.
 """
@@ -52,10 +53,10 @@ class Backlogged(Protocol):
 
 @runtime_checkable
 class Loaded(Protocol):
-    """A recogniser that can say how busy its streams, and more of them, would keep its workers."""
+    """A recogniser that can say how much of its workers' time one real-time stream takes."""
 
-    def load(self, more_streams: int = 1) -> float:
-        """The share of the workers' time its live streams plus ``more_streams`` would take."""
+    def stream_load(self) -> float:
+        """The share of the workers' time one stream sending audio in real time takes."""
         ...
 
 
@@ -69,7 +70,8 @@ class LagMonitor:
         backlog: Callable[[], float] | None = None,
         gauge: Gauge | None = None,
         clock: Callable[[], float] = time.monotonic,
-        load: Callable[[], float] | None = None,
+        stream_load: Callable[[], float] | None = None,
+        streams: Callable[[], int] | None = None,
         max_load: float = 0.0,
         load_gauge: Gauge | None = None,
     ) -> None:
@@ -80,9 +82,10 @@ class LagMonitor:
             backlog: the recogniser's backlog age, when it has one.
             gauge: where the lag is exported (``earshot_gateway_lag_seconds`` of one gateway).
             clock: monotonic seconds (tests pass their own).
-            load: the share of the recogniser's workers its streams plus a new one would take,
-                when it can say.
-            max_load: the load above which :meth:`lagging` is true.
+            stream_load: the share of the recogniser's workers one stream takes, when it can say.
+            streams: the streams the process holds, those being admitted included.
+            max_load: the load (``streams`` times ``stream_load``) above which :meth:`lagging`
+                is true.
             load_gauge: where the load is exported at each tick (``earshot_inference_load_ratio``).
         """
         self.max_lag_seconds = max_lag_seconds
@@ -90,7 +93,8 @@ class LagMonitor:
         self._backlog = backlog
         self._gauge = gauge
         self._clock = clock
-        self._load = load
+        self._stream_load = stream_load
+        self._streams = streams
         self._load_gauge = load_gauge
         # (when, loop lag, backlog age) of the ticks of the last WINDOW_SECONDS.
         self._samples: deque[tuple[float, float, float]] = deque()
@@ -104,11 +108,20 @@ class LagMonitor:
         backlog = max(age for _, _, age in self._samples)
         return max(loop, backlog)
 
+    @property
+    def load(self) -> float:
+        """The share of the recogniser's workers the streams held and being admitted take (0 when
+        the recogniser cannot say)."""
+        if self._stream_load is None or self._streams is None:
+            return 0.0
+        return self._streams() * self._stream_load()
+
     def lagging(self) -> bool:
-        """Whether the process is, or with one more stream would be, too far behind real time."""
+        """Whether the process is too far behind real time, or its streams (a new one being
+        admitted included) would keep the recogniser's workers too busy, to take a new stream."""
         if self.max_lag_seconds > 0 and self.lag_seconds > self.max_lag_seconds:
             return True
-        return self.max_load > 0 and self._load is not None and self._load() > self.max_load
+        return self.max_load > 0 and self.load > self.max_load
 
     def sample(self, loop_lag: float) -> None:
         """Record one tick's lateness together with the backlog age at this moment."""
@@ -118,8 +131,8 @@ class LagMonitor:
             self._samples.popleft()
         if self._gauge is not None:
             self._gauge.set(self.lag_seconds)
-        if self._load_gauge is not None and self._load is not None:
-            self._load_gauge.set(self._load())
+        if self._load_gauge is not None:
+            self._load_gauge.set(self.load)
 
     def _backlog_now(self) -> float:
         return self._backlog() if self._backlog is not None else 0.0
@@ -145,17 +158,23 @@ class LagMonitor:
 
 
 def for_gateway(
-    gateway: str, max_lag_seconds: float, recognizer: object, max_load: float = 0.0
+    gateway: str,
+    max_lag_seconds: float,
+    recognizer: object,
+    *,
+    streams: Callable[[], int] | None = None,
+    max_load: float = 0.0,
 ) -> LagMonitor:
-    """The monitor of one gateway process: its loop, plus the recogniser's backlog and load when it
-    can say them."""
+    """The monitor of one gateway process: its loop, plus the recogniser's backlog and, with the
+    process's ``streams``, their load when the recogniser can say them."""
     backlog = recognizer.backlog_seconds if isinstance(recognizer, Backlogged) else None
-    load = recognizer.load if isinstance(recognizer, Loaded) else None
+    stream_load = recognizer.stream_load if isinstance(recognizer, Loaded) else None
     return LagMonitor(
         max_lag_seconds,
         backlog=backlog,
         gauge=metrics.GATEWAY_LAG.labels(gateway),
-        load=load,
+        stream_load=stream_load,
+        streams=streams,
         max_load=max_load,
-        load_gauge=metrics.INFERENCE_LOAD.labels(gateway) if load is not None else None,
+        load_gauge=metrics.INFERENCE_LOAD.labels(gateway) if stream_load is not None else None,
     )

@@ -14,6 +14,7 @@ once after the handshake (the refusals keep the telephony protocol's message and
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import logging
@@ -155,22 +156,29 @@ class LiveSessions:
         """None yet."""
         self.by_id: dict[SessionId, _Occupant] = {}
         self.draining = False
-        # Connections being admitted: not yet streaming, and not yet told they are refused.
-        self._deciding = 0
+        # Connections being admitted, by session: not yet streaming, nor told they are refused.
+        self._deciding: collections.Counter[SessionId] = collections.Counter()
         self._none_deciding = asyncio.Event()
         self._none_deciding.set()
 
+    def held(self) -> int:
+        """The sessions this process streams or is admitting: what the load limit counts (a
+        connection taking its session over counts once with the one it takes over)."""
+        return len(self.by_id.keys() | self._deciding.keys())
+
     @contextlib.contextmanager
-    def deciding(self) -> Iterator[None]:
+    def deciding(self, session_id: SessionId) -> Iterator[None]:
         """A connection from its arrival until it streams or has been told why not; a drain waits
         for it, so a connection waiting for admission when the shutdown begins is still accepted
         and told (1012) rather than answered by the server's own HTTP 500."""
-        self._deciding += 1
+        self._deciding[session_id] += 1
         self._none_deciding.clear()
         try:
             yield
         finally:
-            self._deciding -= 1
+            self._deciding[session_id] -= 1
+            if not self._deciding[session_id]:
+                del self._deciding[session_id]
             if not self._deciding:
                 self._none_deciding.set()
 
@@ -261,7 +269,7 @@ def create_app(
         # docs/pools.md). A refused one is still accepted, then told why at once: the protocol's
         # error message and close code, the first thing the server sends.
         sid = SessionId(session_id)
-        with sessions.deciding():
+        with sessions.deciding(sid):
             admitted, own = await _decide(websocket, sid, settings, sessions, lag, registry, engine)
             if not admitted:
                 return

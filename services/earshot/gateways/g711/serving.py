@@ -81,7 +81,11 @@ def gateway_server(
     """The uvicorn server of a gateway around opened services (a pool's: with its registry)."""
     sessions = LiveSessions()
     lag = lagging.for_gateway(
-        GATEWAY, settings.max_lag_seconds, services.recognizer, settings.max_inference_load
+        GATEWAY,
+        settings.max_lag_seconds,
+        services.recognizer,
+        streams=sessions.held,
+        max_load=settings.max_inference_load,
     )
     return GatewayServer(uvicorn_config(settings, services, sessions, lag, registry), sessions, lag)
 
