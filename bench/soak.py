@@ -18,7 +18,7 @@ are sampled. Writes ``bench/reports/soak.md`` (``--report`` to write elsewhere).
 
 Usage: ``python -m bench.soak [--minutes 10] [--streams 100] [--call-seconds S]`` (``--minutes 1``
 to try it out; ``--call-seconds``: calls that end after S to 2S s, and connection churn with them).
-The gateway runs with ``MALLOC_ARENA_MAX=2``, as services/Dockerfile sets it.
+The gateway and the persister run with ``MALLOC_ARENA_MAX=2``, as services/Dockerfile sets it.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ async def caller(
     while not stopping.is_set():
         calls += 1
         hang_up = asyncio.Event()
-        length = call_seconds * (1 + ((index * 7 + calls) % 10) / 10)
+        length = call_seconds * (1 + ((index * 7 + calls) % 11) / 10)  # S, 1.1S, ... 2S
         timer = asyncio.get_running_loop().call_later(length, hang_up.set) if call_seconds else None
         try:
             # No keepalive pings from the callers: a busy load generator must not end streams
@@ -316,6 +316,8 @@ async def soak(
     persister = PersisterProcess(
         workdir / "persister", spool_dir=spool_dir, segments_url=mysql_url, partials_url=redis.url
     )
+    # As the image sets it for every role (services/Dockerfile, bench/reports/churn.md).
+    persister.env["MALLOC_ARENA_MAX"] = "2"
     env = {
         **os.environ,
         "EARSHOT_SPOOL_DIR": str(spool_dir),
@@ -324,7 +326,6 @@ async def soak(
         "EARSHOT_PERSISTER": "sidecar",
         "EARSHOT_LOG_LEVEL": "info",
         "EARSHOT_DEMO_MODEL": "true",
-        # As the image sets it (services/Dockerfile, bench/reports/churn.md).
         "MALLOC_ARENA_MAX": "2",
     }
     gateway = Gateway(workdir, env, free_port())
@@ -411,7 +412,7 @@ def report(
             if call_seconds
             else ""
         )
-        + ". The gateway runs with MALLOC_ARENA_MAX=2, as the image sets it.",
+        + ". The gateway and the persister run with MALLOC_ARENA_MAX=2, as the image sets it.",
         "",
         "## Finals",
         "",

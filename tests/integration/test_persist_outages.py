@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from websockets.asyncio.client import connect
 
 from earshot.gateways.g711 import client
 from earshot.gateways.g711.app import Services
@@ -97,6 +100,32 @@ async def test_mysql_down_for_20_s_under_20_sessions_loses_and_duplicates_no_fin
         assert stored[: len(result.finals)] == [(f["seq"], f["text"]) for f in result.finals]
     retries = (await persister.get("/metrics")).text
     assert 'earshot_persister_retries_total{store="segments"}' in retries
+
+
+async def test_mysql_down_refuses_a_new_stream_at_open_with_1011_and_logs_why(
+    settings: Settings,
+    services: Services,
+    mariadb_server: MariaDbServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="earshot.gateways.g711.app")
+    async with running_gateway(settings, services) as base:
+        await asyncio.to_thread(mariadb_server.stop)
+        try:
+            async with connect(session_url(base, "opened-in-outage")) as ws:
+                refused = json.loads(await asyncio.wait_for(ws.recv(), 30.0))
+                await asyncio.wait_for(ws.wait_closed(), 10.0)
+        finally:
+            await asyncio.to_thread(mariadb_server.start)
+    assert refused["type"] == "error"
+    assert refused["code"] == "storage_unavailable"
+    assert refused["retryable"] is True
+    assert ws.close_code == 1011
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        line.startswith("session opened-in-outage: refused at open") and "segment store" in line
+        for line in logged
+    ), logged
 
 
 async def test_redis_stopped_and_restarted_resumes_partials_and_keeps_finals(

@@ -493,6 +493,9 @@ async def _stream(
             language=settings.declared_language(),
         )
     except StorageError as exc:
+        # The segment store cannot tell where the session's numbering goes on (a MariaDB outage):
+        # refused at open; streams already open go on spooling their finals.
+        log.warning("session %s: refused at open, its last seq cannot be read: %s", session_id, exc)
         await _close(websocket, _storage_refusal(exc))
         return
     except leasing.SessionInUse as exc:
