@@ -15,7 +15,15 @@ from typing import Any, cast
 
 import pytest
 
-from earshot_operator import diagnosing, events, poolwatching, reconciling, statuses
+from earshot_operator import (
+    diagnosing,
+    drifting,
+    events,
+    handlers,
+    poolwatching,
+    reconciling,
+    statuses,
+)
 from earshot_operator.clients import ApiError, ConflictError, KubeClient
 from earshot_operator.settings import OperatorSettings, Pool
 
@@ -332,3 +340,26 @@ async def test_a_status_written_from_the_answer_before_a_pool_change_is_written_
         "Ready",
         "Registered",
     )
+
+
+async def test_a_pool_loop_that_died_makes_the_operator_unhealthy() -> None:
+    # A bug (not an API error, which the loop logs and outlives) ends the loop: /healthz must say so.
+    api = ApiTable({DEPLOYMENT_PATH: _deployment(1)})
+
+    async def on_change(pool: Pool) -> None:
+        raise RuntimeError("a bug")
+
+    settings = OperatorSettings(pools=(POOL,), pool_check_interval_seconds=0.01)
+    watch = poolwatching.PoolWatch(cast(KubeClient, api), settings=settings, on_change=on_change)
+    drift = cast(drifting.DriftLoop, HealthyLoop())
+    assert handlers.Loops(drift=drift, pools=watch).healthy
+    watch.start()
+    await asyncio.sleep(0.2)
+    assert not watch.healthy
+    assert not handlers.Loops(drift=drift, pools=watch).healthy
+    with pytest.raises(RuntimeError, match="a bug"):
+        await watch.stop()
+
+
+class HealthyLoop:
+    healthy = True
