@@ -13,7 +13,7 @@ import prometheus_client
 import pytest
 
 from earshot.engines.batching import BatchingRecognizer
-from earshot.engines.recognizers import Samples
+from earshot.engines.recognizers import EngineError, Samples
 from earshot.events import Recognition
 from earshot.gateways import lagging
 from earshot.gateways.lagging import LagMonitor
@@ -201,5 +201,21 @@ async def test_a_warm_up_measures_the_cost_before_any_caller() -> None:
         await recognizer.warm_up()
         # Two steps of 0.1 s for a second of silence (16 kHz, no window: half a second each).
         assert 0.2 <= recognizer.stream_load() < 1.0
+    finally:
+        await recognizer.aclose()
+
+
+class FailingDecoder(HeldDecoder):
+    def decode(self, streams: Sequence[Plain]) -> list[list[Recognition]]:
+        raise RuntimeError("the model broke")
+
+
+@pytest.mark.asyncio
+async def test_a_failed_step_is_no_measure_of_the_cost() -> None:
+    recognizer = BatchingRecognizer(FailingDecoder())
+    try:
+        with pytest.raises(EngineError):
+            await recognizer.open_stream().accept(np.zeros(8_000, np.float32))
+        assert recognizer.stream_load() == 0.0
     finally:
         await recognizer.aclose()

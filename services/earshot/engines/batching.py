@@ -295,10 +295,12 @@ class BatchingRecognizer(Generic[StreamT]):
         answers = self._decode(batch)
         busy = time.perf_counter() - started
         self._decode_seconds.inc(busy)
-        # Counted before anyone hears the answers, so a caller's next load() includes this step. A
-        # stream's last step is left out: it costs a step for however little audio is left, once.
+        # Counted before anyone hears the answers, so a caller's next stream_load() includes this
+        # step. Left out: a stream's last step (a step for however little audio is left, once) and
+        # a step that failed (it says nothing of what decoding costs).
         jobs = [job for _, stream_jobs in batch for job in stream_jobs]
-        if not any(job.ends for job in jobs):
+        failed = any(error is not None for _, _, error in answers)
+        if not failed and not any(job.ends for job in jobs):
             samples = sum(job.samples.size for job in jobs if job.samples is not None)
             with self._lock:
                 self._count_cost(busy, samples / self.sample_rate)
