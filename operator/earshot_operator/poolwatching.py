@@ -86,9 +86,13 @@ class PoolWatch:
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                 logger.warning("cannot read gateway pool %s: %s", pool.name, error)  # next pass
                 continue
-            if pool.name in self._known and self._known[pool.name] == answer:
-                continue
+            known = self._known.get(pool.name)
+            same_reason = pool.name in self._known and _reason(known) == _reason(answer)
             self._known[pool.name] = answer
+            if same_reason:
+                # Only the words changed (a back-off's delay, another stuck pod): the sessions'
+                # reason stands, and relisting them all for it would flood the API and events.
+                continue
             self._changes[pool.name] = self.changes(pool) + 1
             logger.info("gateway pool %s: %s", pool.name, answer or "a gateway is Ready")
             changed.append(pool)
@@ -116,3 +120,7 @@ class PoolWatch:
         )
         items: list[Mapping[str, Any]] = answer.get("items") or []
         return items
+
+
+def _reason(answer: diagnosing.Diagnosis | None) -> str | None:
+    return answer.reason if answer is not None else None

@@ -230,9 +230,19 @@ async def test_a_pass_hands_on_only_the_pools_whose_answer_changed() -> None:
     diagnosis = await watch.diagnose(POOL)
     assert diagnosis is not None
     assert diagnosis.reason == "PoolMissing"
-    api.answers[DEPLOYMENT_PATH] = _deployment(1)
+    api.answers[DEPLOYMENT_PATH] = _deployment(0)
+    api.answers[PODS_PATH] = {"items": [_pulling("a")]}
+    await watch.check_all()
+    assert changed == ["default", "default"]  # PoolMissing -> ImagePullBackOff
+    api.answers[PODS_PATH] = {"items": [_pulling("b")]}  # same reason, other words
     await watch.check_all()
     assert changed == ["default", "default"]
+    fresh = await watch.diagnose(POOL)
+    assert fresh is not None
+    assert "pod b" in fresh.message  # a new reconcile tells the newest words
+    api.answers[DEPLOYMENT_PATH] = _deployment(1)
+    await watch.check_all()
+    assert changed == ["default", "default", "default"]
     assert await watch.diagnose(POOL) is None
 
 
