@@ -75,7 +75,7 @@ def from_pods(pods: Iterable[Mapping[str, Any]]) -> Diagnosis | None:
 
 
 def from_pool(
-    pool: Pool, deployment: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]
+    pool: Pool, deployment: Mapping[str, Any] | None, *, pods: Iterable[Mapping[str, Any]]
 ) -> Diagnosis | None:
     """Why ``pool`` cannot take a stream; None while one of its gateways is Ready.
 

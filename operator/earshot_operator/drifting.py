@@ -36,7 +36,7 @@ class DriftLoop:
         self._settings = settings
         self._reconcile = reconcile
         self._loop = looping.Periodic(
-            "earshot-drift", settings.drift_interval_seconds, self.check_all
+            "earshot-drift", interval_s=settings.drift_interval_seconds, step=self.check_all
         )
 
     def start(self) -> None:

@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 class Periodic:
     """Runs ``step`` every ``interval_s`` seconds (the first run one interval after start)."""
 
-    def __init__(self, name: str, interval_s: float, step: Callable[[], Awaitable[object]]) -> None:
+    def __init__(
+        self, name: str, *, interval_s: float, step: Callable[[], Awaitable[object]]
+    ) -> None:
         self._name = name
         self._interval_s = interval_s
         self._step = step

@@ -42,7 +42,7 @@ class PoolWatch:
         self._changes: dict[str, int] = {}
         self._reading = {pool.name: asyncio.Lock() for pool in self._pools}
         self._loop = looping.Periodic(
-            "earshot-pools", settings.pool_check_interval_seconds, self.check_all
+            "earshot-pools", interval_s=settings.pool_check_interval_seconds, step=self.check_all
         )
 
     def start(self) -> None:
@@ -110,7 +110,7 @@ class PoolWatch:
         ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
         if deployment is not None and not ready:
             pods = await self._pods(namespace, deployment)
-        return diagnosing.from_pool(pool, deployment, pods)
+        return diagnosing.from_pool(pool, deployment, pods=pods)
 
     async def _pods(self, namespace: str, deployment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}

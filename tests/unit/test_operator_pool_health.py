@@ -58,17 +58,19 @@ def _pulling(name: str) -> dict[str, Any]:
 
 
 def test_a_pool_with_one_ready_gateway_can_take_a_stream() -> None:
-    assert diagnosing.from_pool(POOL, _deployment(1), [_pulling("other")]) is None
+    assert diagnosing.from_pool(POOL, _deployment(1), pods=[_pulling("other")]) is None
 
 
 def test_a_missing_pool_deployment_is_named() -> None:
-    assert diagnosing.from_pool(POOL, None, []) == diagnosing.Diagnosis(
+    assert diagnosing.from_pool(POOL, None, pods=[]) == diagnosing.Diagnosis(
         "PoolMissing", "gateway pool default: Deployment earshot/earshot-pool-default not found"
     )
 
 
 def test_a_pool_without_ready_gateways_gives_its_stuck_pods_cause() -> None:
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0), [_pulling("earshot-pool-default-a")])
+    diagnosis = diagnosing.from_pool(
+        POOL, _deployment(0), pods=[_pulling("earshot-pool-default-a")]
+    )
     assert diagnosis == diagnosing.Diagnosis(
         "ImagePullBackOff",
         "gateway pool default has no Ready gateway (0 of 2): container gateway of pod "
@@ -83,7 +85,7 @@ def test_an_unschedulable_pool_says_why_no_node_fits() -> None:
         "reason": "Unschedulable",
         "message": "0/1 nodes are available: 1 node(s) didn't match node selector.",
     }
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0), [_pod("a", conditions=[condition])])
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), pods=[_pod("a", conditions=[condition])])
     assert diagnosis is not None
     assert diagnosis.reason == "Unschedulable"
     assert diagnosis.message.endswith("1 node(s) didn't match node selector.")
@@ -96,7 +98,7 @@ def test_pods_the_deployment_may_not_create_are_its_replica_failure() -> None:
         "reason": "FailedCreate",
         "message": 'pods "earshot-pool-default-a" is forbidden: exceeded quota',
     }
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0, conditions=[failure]), [])
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0, conditions=[failure]), pods=[])
     assert diagnosis == diagnosing.Diagnosis(
         "FailedCreate",
         "gateway pool default has no Ready gateway (0 of 2): "
@@ -107,7 +109,7 @@ def test_pods_the_deployment_may_not_create_are_its_replica_failure() -> None:
 @pytest.mark.parametrize("replicas", [0, 2])
 def test_no_ready_gateway_and_no_stuck_pod_is_still_unavailable(replicas: int) -> None:
     starting = _pod("a", containerStatuses=[{"name": "gateway", "state": {"running": {}}}])
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0, replicas=replicas), [starting])
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0, replicas=replicas), pods=[starting])
     assert diagnosis == diagnosing.Diagnosis(
         "PoolUnavailable", f"gateway pool default has no Ready gateway (0 of {replicas})"
     )
@@ -134,7 +136,7 @@ def test_a_registered_session_on_a_serving_pool_is_ready() -> None:
 
 
 def test_a_session_on_a_pool_that_cannot_serve_is_not_ready_and_warns_once() -> None:
-    cause = diagnosing.from_pool(POOL, _deployment(0), [_pulling("a")])
+    cause = diagnosing.from_pool(POOL, _deployment(0), pods=[_pulling("a")])
     observation = statuses.registered("default", cause)
     assert (observation.phase, observation.available, observation.warning) == (
         statuses.Phase.PROVISIONING,
@@ -268,7 +270,7 @@ def test_a_pool_whose_gateways_cannot_start_for_their_configuration_says_why() -
         "earshot-pool-default-c",
         containerStatuses=[{"name": "gateway", "state": {"waiting": waiting}}],
     )
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0), [pod])
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), pods=[pod])
     assert diagnosis is not None
     assert diagnosis.reason == "CreateContainerConfigError"
     assert 'secret "earshot-db" not found' in diagnosis.message
