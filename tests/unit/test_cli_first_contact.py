@@ -331,6 +331,10 @@ def test_ctrl_c_ends_a_stream_at_once_with_130(
     gateway: Served, speech: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "stream.out"
+    # Three times the sample (29 s at real time): on a loaded machine the gateway's log line can
+    # come seconds late, and the signal must still find the stream sending.
+    long = tmp_path / "long.alaw"
+    long.write_bytes(speech.read_bytes() * 3)
     with out.open("wb") as sink:
         process = subprocess.Popen(
             [
@@ -338,7 +342,7 @@ def test_ctrl_c_ends_a_stream_at_once_with_130(
                 "-m",
                 "earshot",
                 "stream",
-                str(speech),
+                str(long),
                 "--url",
                 gateway.base,
                 "--token",
@@ -356,7 +360,7 @@ def test_ctrl_c_ends_a_stream_at_once_with_130(
         _wait_for(gateway.log, "/ws/transcribe/interrupted", process, 60)
         process.send_signal(signal.SIGINT)
         # Before the fix it waited for the gateway's idle timeout (300 s) or a second Ctrl-C;
-        # the 9.6 s of audio at real time would not be sent by now either.
+        # the 29 s of audio at real time would not be sent by now either.
         code = process.wait(timeout=30)
     finally:
         if process.poll() is None:
