@@ -327,6 +327,13 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen[bytes], within: f
         time.sleep(0.1)
 
 
+def _interruptible() -> None:
+    """In the child, before it runs: Ctrl-C as at a terminal, whatever the test run's own state (a
+    shell's background job ignores SIGINT, and an ignored or blocked signal is inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_ends_a_stream_at_once_with_130(
     gateway: Served, speech: Path, tmp_path: Path
 ) -> None:
@@ -354,6 +361,7 @@ def test_ctrl_c_ends_a_stream_at_once_with_130(
             cwd=tmp_path,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            preexec_fn=_interruptible,
         )
     try:
         # The gateway logs the WebSocket of this session once the stream is under way.
@@ -474,6 +482,7 @@ def test_ctrl_c_during_the_demo_shows_the_transcript_so_far_and_exits_130(tmp_pa
             cwd=tmp_path,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            preexec_fn=_interruptible,
         )
     try:
         _wait_for(out, "gateway up on", process, 120)
