@@ -137,27 +137,21 @@ async def reconcile_pooled(
             created.append(_name_of(secret))
         token = base64.b64decode(actual["data"][dataplane.TOKEN_KEY]).decode()
         pooled["tokenSecret"] = gateway.token_secret
-    if not spec.active:
+    if spec.active:
+        pooled["registration"] = pools.build_registration(pool, spec, token=token)
+    else:
         del pooled["endpoint"]
-        observation = statuses.Observation(
-            statuses.Phase.COMPLETED, "Inactive", "the session was ended", False
-        )
-        return await write_status(
-            client,
-            body,
-            gateway=gateway,
-            observation=observation,
-            created=created,
-            drift=drift,
-            placement=pools.Placement(pool).name,
-            pooled=pooled,
-        )
-    pooled["registration"] = pools.build_registration(pool, spec, token=token)
     while True:
         # The pool's loop may change its answer, and reconcile the pool's sessions, while this
         # status is on its way: this one would then overwrite the newer, so it is written again.
         seen = pool_watch.changes(pool)
-        observation = statuses.registered(pool.name, await pool_watch.diagnose(pool))
+        observation = (
+            statuses.registered(pool.name, await pool_watch.diagnose(pool))
+            if spec.active
+            else statuses.Observation(
+                statuses.Phase.COMPLETED, "Inactive", "the session was ended", False
+            )
+        )
         outcome = await write_status(
             client,
             body,
@@ -168,7 +162,7 @@ async def reconcile_pooled(
             placement=pools.Placement(pool).name,
             pooled=pooled,
         )
-        if pool_watch.changes(pool) == seen:
+        if not spec.active or pool_watch.changes(pool) == seen:
             return outcome
         created = []  # told by the first write
 
