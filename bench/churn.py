@@ -28,8 +28,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from bench.soak import Gateway
 from tests.persister import speech_frames
 from tests.servers import free_port
 
@@ -68,17 +67,15 @@ def _kib(path: Path, key: str) -> int:
     return 0
 
 
-class ProbedGateway:
+class ProbedGateway(Gateway):
     """``python -m bench.gateway_probe`` on a free port, with its probe file."""
 
+    module = ("bench.gateway_probe",)
+
     def __init__(self, workdir: Path, extra_env: dict[str, str]) -> None:
-        self.port = free_port()
         self.probe_out = workdir / "probe.json"
-        self.log_path = workdir / "gateway.log"
-        self.env = {
+        env = {
             **os.environ,
-            "EARSHOT_HOST": "127.0.0.1",
-            "EARSHOT_PORT": str(self.port),
             "EARSHOT_DEMO_MODEL": "true",
             "EARSHOT_SPOOL_DIR": str(workdir / "spool"),
             "EARSHOT_SEGMENTS_URL": f"sqlite:///{workdir / 'segments.sqlite3'}",
@@ -87,29 +84,7 @@ class ProbedGateway:
             "EARSHOT_PROBE_OUT": str(self.probe_out),
             **extra_env,
         }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with self.log_path.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "bench.gateway_probe"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def start(self) -> None:
-        self.process = await asyncio.to_thread(self._spawn)
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            for _ in range(1200):
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"gateway exited:\n{self.log_path.read_text()[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"http://127.0.0.1:{self.port}/health")).is_success:
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError("gateway did not answer /health within 120 s")
+        super().__init__(workdir, env, free_port())
 
     async def active_streams(self) -> float:
         async with httpx.AsyncClient(timeout=5.0) as client:
@@ -136,11 +111,6 @@ class ProbedGateway:
         assert self.process is not None
         proc = Path(f"/proc/{self.process.pid}")
         return _kib(proc / "status", "VmRSS"), _kib(proc / "smaps_rollup", "Anonymous")
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(self.process.wait, 60)
 
 
 async def stream(

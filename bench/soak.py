@@ -87,7 +87,10 @@ class Sample:
 
 
 class Gateway:
-    """``python -m earshot serve`` on a fixed port, restartable."""
+    """``python -m earshot serve`` (or another ``module`` that serves as it does) on a fixed port,
+    restartable."""
+
+    module: tuple[str, ...] = ("earshot", "serve")
 
     def __init__(self, workdir: Path, env: dict[str, str], port: int) -> None:
         self.env = {**env, "EARSHOT_HOST": "127.0.0.1", "EARSHOT_PORT": str(port)}
@@ -98,7 +101,7 @@ class Gateway:
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "earshot", "serve"],
+                [sys.executable, "-m", *self.module],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
