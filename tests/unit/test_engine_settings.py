@@ -19,6 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from earshot.engines import loading, sequencing
+from earshot.engines.batching import BatchingRecognizer
 from earshot.engines.recognizers import EngineOverloaded
 from earshot.settings import ENGINE_ONLY, LEGACY_NAMES, Settings
 
@@ -160,6 +161,18 @@ async def test_the_endpoint_rules_reach_the_in_process_paraformer_opened_by_name
         for start in range(0, len(noise), 1600):
             finals += sum(r.is_final for r in await stream.accept(noise[start : start + 1600]))
         assert finals >= 2
+    finally:
+        await recognizer.aclose()
+
+
+async def test_the_in_process_paraformer_knows_a_streams_cost_before_its_first_caller(
+    tiny_model_cache: Path,
+) -> None:
+    # The load limit reads it: a burst right after start-up is measured against a real cost.
+    recognizer = await loading.open_recognizer(Settings(cache_dir=tiny_model_cache))
+    try:
+        assert isinstance(recognizer, BatchingRecognizer)
+        assert recognizer.stream_load() > 0
     finally:
         await recognizer.aclose()
 
