@@ -18,7 +18,7 @@ $(DEMO_STAMP): pyproject.toml constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[dev]'
+	$(TIMED) $(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[dev]'
 	touch $@ $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
@@ -29,11 +29,12 @@ SYSTEM_PACKAGES := redis-server mariadb-server espeak-ng sox etcd-server openssl
 	janus nats-server iproute2 python3.11 python3.11-venv libpython3.11 prometheus \
 	containerd runc containernetworking-plugins dnsmasq-base iptables gcc libc6-dev
 system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@start=$$SECONDS; \
+	missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	fi && echo "[prerequisites] system-deps (Debian packages): $$((SECONDS - start)) s" >&2
 	@# npm (for the npm-packaged helm) may come with a nodejs that is not Debian's: check the command.
 	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
 
