@@ -59,6 +59,8 @@ class Default:
 #: legacy column applies when the environment (or ``.env``) uses any of :data:`LEGACY_NAMES`: a
 #: user who swaps earshot in with the old ``.env`` keeps the behaviour that file was written for.
 DEFAULTS: Mapping[str, Default] = {
+    "host": Default("127.0.0.1", "0.0.0.0"),
+    "project_name": Default("earshot", "PyStreamASR"),
     "inference_queue_timeout_seconds": Default(2.0, 20.0),
     "endpoint_silence_without_text_seconds": Default(2.4, 3.0),
     "endpoint_silence_after_text_seconds": Default(1.0, 1.2),
@@ -146,7 +148,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
     )
 
-    host: str = Field("127.0.0.1", validation_alias=_env("HOST", "APP_HOST"))
+    host: str = Field(DEFAULTS["host"].earshot, validation_alias=_env("HOST", "APP_HOST"))
     port: int = Field(8000, ge=0, le=65535, validation_alias=_env("PORT", "APP_PORT"))
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", validation_alias=_env("LOG_LEVEL", "LOG_LEVEL")
@@ -162,7 +164,7 @@ class Settings(BaseSettings):
         description="When set, logs also go to <dir>/earshot.log.",
     )
     project_name: str = Field(
-        "earshot",
+        DEFAULTS["project_name"].earshot,
         validation_alias=_env("PROJECT_NAME", "PROJECT_NAME"),
         description="Name reported as project_name by /health.",
     )

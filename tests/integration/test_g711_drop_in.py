@@ -130,15 +130,17 @@ async def test_health_keeps_the_older_servers_keys_beside_ours(
         response = await web.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert {"status", "config", "project_name", "model_status", "engine"} <= set(body)
-    assert (body["status"], body["project_name"], body["model_status"]) == (
+    assert {"status", "config", "project_name", "model_status", "engine", "settings"} <= set(body)
+    # The older server's keys with its values: a probe that checks config == "loaded" passes.
+    assert (body["status"], body["config"], body["project_name"], body["model_status"]) == (
         "ok",
+        "loaded",
         "switchboard-asr",
         "loaded",
     )
-    assert body["config"]["inference_queue_timeout_seconds"] == 20.0
-    assert body["config"]["endpoint_rules_seconds"] == [3.0, 1.2, 300.0]
-    assert body["config"]["bad_frame_policy"] == "skip"
+    assert body["settings"]["inference_queue_timeout_seconds"] == 20.0
+    assert body["settings"]["endpoint_rules_seconds"] == [3.0, 1.2, 300.0]
+    assert body["settings"]["bad_frame_policy"] == "skip"
     assert "sqlite" not in json.dumps(body), "a store URL (with its password) must not show"
 
 

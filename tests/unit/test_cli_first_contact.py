@@ -142,7 +142,10 @@ def test_help_shows_each_options_variables_and_default(tmp_path: Path) -> None:
     done = earshot_run("serve", "--help", cwd=tmp_path)
     assert done.returncode == 0
     flat = " ".join(done.stdout.split())
-    assert "[env: EARSHOT_HOST, APP_HOST; default: 127.0.0.1]" in flat
+    assert (
+        "[env: EARSHOT_HOST, APP_HOST; default: 127.0.0.1; 0.0.0.0 with the older server's "
+        "variables]"
+    ) in flat
     assert "[env: EARSHOT_PORT, APP_PORT; default: 8000]" in flat
     assert "[env: EARSHOT_DEMO_MODEL; default: False]" in flat
 

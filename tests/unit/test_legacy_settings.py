@@ -82,7 +82,11 @@ def test_any_old_name_brings_the_older_servers_defaults(
     value = {"AUDIO_INPUT_FORMAT": "alaw", "AUDIO_SOURCE_RATE": "8000"}
     monkeypatch.setenv(old_name, value.get(old_name, "1"))
     settings = Settings()
-    own = "inference_queue_timeout_seconds" if old_name.endswith("TIMEOUT_SECONDS") else None
+    # The old names that set a field with a legacy default set it to "1" here.
+    own = {
+        "ASR_INFERENCE_QUEUE_TIMEOUT_SECONDS": "inference_queue_timeout_seconds",
+        "PROJECT_NAME": "project_name",
+    }.get(old_name)
     assert {name: getattr(settings, name) for name in DEFAULTS if name != own} == {
         name: default.legacy for name, default in DEFAULTS.items() if name != own
     }
@@ -97,6 +101,8 @@ def test_the_older_servers_defaults_are_the_ones_its_users_had() -> None:
         legacy["endpoint_max_segment_seconds"],
     ) == (3.0, 1.2, 300.0)
     assert (legacy["bad_frame_policy"], legacy["user_id"]) == ("skip", LEGACY_USER_ID)
+    # Its probes read project_name from /health; it listened on every interface.
+    assert (legacy["host"], legacy["project_name"]) == ("0.0.0.0", "PyStreamASR")
 
 
 def test_old_names_read_from_dotenv_count_too(clean: Path) -> None:

@@ -239,13 +239,16 @@ def create_app(
 
     @app.get("/health")
     async def health(response: Response) -> dict[str, Any]:
-        # status, config, project_name and model_status: the keys the older server's probes read.
+        # status, config, project_name and model_status: the keys and values the older server's
+        # probes read (its "config" is the word "loaded"); what this process runs is under
+        # "settings".
         body: dict[str, Any] = {
             "status": "ok",
-            "engine": engine,
+            "config": "loaded",
             "project_name": settings.project_name,
             "model_status": "loaded",
-            "config": public_config(settings),
+            "engine": engine,
+            "settings": public_config(settings),
         }
         if not services.stores.journal.healthy:
             response.status_code = 503
