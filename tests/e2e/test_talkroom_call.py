@@ -5,8 +5,8 @@ server and the operator (with its least-privilege role), the ExApp in cluster mo
 with the chart's ExApp role, the signaling server with Janus and NATS, and the room's gateway
 started with exactly the environment of the Deployment the operator made (ConfigMap, Secrets, its
 own service account's token). Two participants speak; one asks for captions. Only that one gets
-captions, from both speakers; a language change changes the captions' langId; opting out makes the
-gateway leave the call, and the TalkRoom says so.
+captions, from both speakers; a language change (to another language the engine recognises) changes
+the captions' langId; opting out makes the gateway leave the call, and the TalkRoom says so.
 
 Where the kubelet's world differs it is replaced and said so: the API server's address (a pod
 reaches it as kubernetes.default.svc), the gateway's port (a pod has its own network namespace: a
@@ -36,7 +36,7 @@ from earshot.events import Segment
 from earshot.persistence import spool
 from earshot.persistence.reading import StreamReader
 from earshot.settings import Settings
-from earshot_operator.clients import KubeClient, path_of
+from earshot_operator.clients import ApiError, KubeClient, path_of
 from tests.e2e.controlplane.cluster import REPO, ControlPlane
 from tests.e2e.controlplane.operators import OperatorProcess
 from tests.e2e.helpers import eventually, make_pods_ready
@@ -322,7 +322,7 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         "APP_HOST": "127.0.0.1",
         "NEXTCLOUD_URL": hpb.nextcloud_url,
         "LT_HPB_URL": hpb.signaling_url,
-        "EARSHOT_TALK_LANGUAGES": "en,fr",
+        "EARSHOT_TALK_LANGUAGES": "en,zh",
         "EARSHOT_TALK_ENGINE": "paraformer",
         "EARSHOT_TALK_IN_CLUSTER": "true",
         "EARSHOT_TALK_NAMESPACE": namespace,
@@ -414,12 +414,22 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             [room] = shown["rooms"]
             assert (room["roomToken"], room["state"], room["speakers"]) == (ROOM, "InCall", 2)
 
+            # paraformer recognises zh and en by itself: switching labels its captions zh
             switched = await http.post(
-                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "fr"}
+                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "zh"}
             )
             assert switched.status_code == 200
-            await _until(lambda: finals_from_both("fr"), 90, "French finals of both", gateway)
+            await _until(lambda: finals_from_both("zh"), 90, "finals of both in zh", gateway)
             assert bob.transcripts() == []
+            # a language the engine cannot recognise is refused, not written into the TalkRoom
+            refused = await http.post(
+                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "fr"}
+            )
+            assert (refused.status_code, refused.json()) == (
+                400,
+                {"error": "language 'fr' is not offered"},
+            )
+            assert (await talkroom(api, namespace))["spec"]["languages"][0] == "zh"
 
             body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": False}
             assert (await http.post("/api/v1/call/transcribe", json=body)).status_code == 200
@@ -462,6 +472,50 @@ def test_the_sample_talkroom_is_valid(control_plane: ControlPlane, namespace: st
     sample = REPO / "docs/samples/talkroom.yaml"
     applied = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(sample))
     assert "talkroom.earshot.dev/standup created (server dry run)" in applied
+
+
+def _room_of(namespace: str, hpb: HpbStack, engine: str | None, languages: list[str]) -> Any:
+    body = room_body(namespace, hpb, targets="")
+    body["spec"]["languages"] = languages
+    if engine is None:
+        del body["spec"]["engine"]  # the default engine: paraformer
+    else:
+        body["spec"]["engine"] = engine
+    return body
+
+
+@pytest.mark.parametrize(
+    ("engine", "languages"),
+    [("paraformer", ["en", "zh"]), ("kyutai", ["fr", "en"]), (None, ["zh"])],
+)
+async def test_the_api_server_admits_languages_the_rooms_engine_recognises(
+    api: KubeClient, namespace: str, hpb: HpbStack, engine: str | None, languages: list[str]
+) -> None:
+    collection = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+    body = _room_of(namespace, hpb, engine, languages)
+    admitted = await api.request("POST", collection, body=body, params={"dryRun": "All"})
+    assert admitted["spec"]["languages"] == languages
+
+
+@pytest.mark.parametrize(
+    ("engine", "languages"),
+    [("paraformer", ["en", "fr"]), ("kyutai", ["en", "zh"]), (None, ["fr"])],
+)
+async def test_the_api_server_refuses_languages_the_rooms_engine_cannot_recognise(
+    api: KubeClient, namespace: str, hpb: HpbStack, engine: str | None, languages: list[str]
+) -> None:
+    collection = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+    body = _room_of(namespace, hpb, engine, languages)
+    with pytest.raises(ApiError) as refused:
+        await api.request("POST", collection, body=body, params={"dryRun": "All"})
+    assert refused.value.status == 422
+    # the API server names one field of the failing pair (no CEL on 1.20 for a better message)
+    message = refused.value.message
+    assert "must validate at least one schema (anyOf)" in message
+    assert (
+        "spec.engine: Unsupported value" in message
+        or "spec.languages: Unsupported value" in message
+    ), message
 
 
 async def test_a_room_gateway_the_hpb_refuses_reports_the_signaling_error(

@@ -194,7 +194,7 @@ FULL_SESSION = _session(
         "mysqlUrlSecretRef": {"name": "m", "key": "url"},
     },
 )
-FULL_ROOM = _room(languages=["fr", "en"], engine="paraformer")
+FULL_ROOM = _room(languages=["zh", "en"], engine="paraformer")
 
 
 def _containers(body: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
@@ -245,7 +245,7 @@ def test_gateway_environment_configures_the_data_plane_settings(clean_env: None)
 
 
 def test_room_environment_configures_the_talk_settings(clean_env: None) -> None:
-    built = build(_room(languages=["fr", "en"]))
+    built = build(_room(languages=["zh", "en"]))
     talk = built.talk
 
     assert talk is not None
@@ -253,7 +253,7 @@ def test_room_environment_configures_the_talk_settings(clean_env: None) -> None:
         "wss://hpb.example/spreed",
         "https://cloud.example",
     )
-    assert talk.languages == ("en", "fr")  # the offered set; the TalkRoom says which is in use
+    assert talk.languages == ("en", "zh")  # the offered set; the TalkRoom says which is in use
     assert talk.app_port == 8000
     assert talk.internal_secret.get_secret_value() == "hpb-hpb-internal-secret"
     assert built.settings.persister_port == 8001
@@ -326,7 +326,7 @@ ROOM_FIELDS: dict[str, Effect] = {
     "internalSecretRef.key": Effect(
         "other-key", lambda b: _talk(b).internal_secret.get_secret_value(), "hpb-hpb-other-key"
     ),
-    "languages": Effect(["de"], lambda b: _talk(b).languages, ("de",)),
+    "languages": Effect(["zh"], lambda b: _talk(b).languages, ("zh",)),
     "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
     "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
     **_storage("redisUrlSecretRef", _partials),

@@ -29,7 +29,7 @@ ROOM = _body(
         "hpbUrl": "wss://hpb.example/spreed",
         "nextcloudUrl": "https://cloud.example",
         "internalSecretRef": {"name": "hpb"},
-        "languages": ["fr", "en"],
+        "languages": ["zh", "en"],
     },
 )
 
@@ -83,7 +83,7 @@ def test_a_session_gateway_gets_no_account_and_no_token() -> None:
 
 
 def test_putting_another_language_first_does_not_change_the_pod_template() -> None:
-    english_first = {**ROOM, "spec": {**ROOM["spec"], "languages": ["en", "fr"]}}
+    english_first = {**ROOM, "spec": {**ROOM["spec"], "languages": ["en", "zh"]}}
     before = manifests.build_deployment(gateways.build(ROOM, SETTINGS), settings=SETTINGS)
     after = manifests.build_deployment(gateways.build(english_first, SETTINGS), settings=SETTINGS)
     assert before["spec"]["template"] == after["spec"]["template"]
@@ -107,4 +107,4 @@ def test_the_room_pod_environment_names_its_room_and_talkroom() -> None:
     talk = TalkSettings.model_validate({"EARSHOT_TALK_INTERNAL_SECRET": "s", **data}, by_alias=True)
     assert (talk.room_token, talk.talkroom_name, talk.namespace) == ("r00m", "standup", "talk")
     assert talk.room_mode
-    assert talk.languages == ("en", "fr")
+    assert talk.languages == ("en", "zh")

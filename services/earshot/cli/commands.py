@@ -214,7 +214,9 @@ def talk(
     # The ExApp in a cluster hands rooms to room gateways (which recognise): it needs no model.
     hands_rooms_on = talk_settings.in_cluster and not talk_settings.room_mode
     _start_server(settings, needs_model=not hands_rooms_on)
-    refusal = talk_settings.refusal()
+    refusal = talk_settings.refusal() or talk_settings.language_refusal(
+        talk_settings.captioning_engine(settings.engine)
+    )
     if refusal is None and settings.workers != 1:
         refusal = (
             f"EARSHOT_WORKERS={settings.workers}: the Talk ExApp runs as one process (its rooms "
