@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from earshot.gateways.talk.configuration import TalkSettings
-from earshot.settings import Settings
 from earshot_operator import gateways, manifests
 from earshot_operator.settings import OperatorSettings
 
@@ -87,18 +86,6 @@ def test_putting_another_language_first_does_not_change_the_pod_template() -> No
     before = manifests.build_deployment(gateways.build(ROOM, SETTINGS), settings=SETTINGS)
     after = manifests.build_deployment(gateways.build(english_first, SETTINGS), settings=SETTINGS)
     assert before["spec"]["template"] == after["spec"]["template"]
-
-
-def test_every_variable_of_a_room_pod_is_read_by_the_talk_or_the_process_settings() -> None:
-    gateway = gateways.build(ROOM, SETTINGS)
-    names = set(manifests.build_configmap(gateway)["data"]) | {n for n, _ in gateway.secret_env}
-    read = {
-        choice
-        for model in (TalkSettings, Settings)
-        for field in model.model_fields.values()
-        for choice in getattr(field.validation_alias, "choices", ())
-    }
-    assert names - read == set()
 
 
 def test_the_room_pod_environment_names_its_room_and_talkroom() -> None:
