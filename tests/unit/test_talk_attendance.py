@@ -312,3 +312,70 @@ async def test_a_gateway_in_its_call_follows_targets_and_language_as_the_talkroo
         (1, "in the call with 1 speaker, captions in zh for 1 participant"),
     ]:
         assert expected in reported, reported
+
+
+class _SlowToJoin(_Followed):
+    """A call that takes until ``admitted`` is set to join."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admitted = asyncio.Event()
+
+    async def transcribe(self, token: str, target: str, *, enable: bool, lang: str | None) -> None:
+        await self.admitted.wait()
+        await super().transcribe(token, target, enable=enable, lang=lang)
+
+
+async def test_a_gateway_says_joining_while_it_joins_and_in_call_once_joined() -> None:
+    written: list[dict[str, Any]] = []
+    wrote = asyncio.Event()
+    body = _wanting("nc-a", ["en"], 1)
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("watch"):
+            await asyncio.Event().wait()  # no change to the TalkRoom: the watch stays open
+        if request.method != "GET":
+            written.append(json.loads(request.content))
+            wrote.set()
+        return httpx.Response(201 if request.method == "POST" else 200, json=body)
+
+    settings = TalkSettings(
+        hpb_url="http://hpb", internal_secret="s", room_token="r1", talkroom_name="talk-r1"
+    )
+    call = _SlowToJoin()
+    async with httpx.AsyncClient(
+        base_url="https://api", transport=httpx.MockTransport(answer)
+    ) as http:
+        attendance = Attendance(
+            settings, cast(Rooms, call), OwnTalkRoom(http, namespace="talk", name="talk-r1")
+        )
+        following = asyncio.create_task(attendance.run())
+        try:
+            async with asyncio.timeout(10):
+                while "Joining" not in [w.get("reason") for w in written]:
+                    wrote.clear()
+                    await wrote.wait()
+            assert attendance.report.state is State.JOINING
+            assert (
+                not attendance.report.joined
+            )  # /ready answers 503 (tests/unit/test_talk_roomserving.py)
+            [patch] = [w["status"] for w in written if "status" in w]
+            assert [w["reason"] for w in written if "reason" in w] == ["Joining"]  # the Event
+            assert patch["room"]["state"] == "Joining"
+            assert patch["room"]["message"] == "joining room r1 through ws://hpb/spreed"
+            condition = patch["conditions"][-1]
+            assert (condition["type"], condition["status"], condition["reason"]) == (
+                "InCall",
+                "False",
+                "Joining",
+            )
+            call.admitted.set()
+            async with asyncio.timeout(10):
+                while "InCall" not in [w.get("reason") for w in written]:
+                    wrote.clear()
+                    await wrote.wait()
+            assert attendance.report.joined
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
