@@ -375,6 +375,7 @@ async def test_in_a_cluster_set_language_and_leave_change_the_talkroom(
     assert [r.status_code for r in (ok, unknown, bad, left)] == [200, 200, 400, 200]
     assert unknown.json() == {"message": "left the call"}
     assert store.changes == [(ROOM, "fr", None), ("other", None, False), (ROOM, None, False)]
+    assert store.awaited == []  # the room's gateway follows its TalkRoom, not the operator
 
 
 async def test_in_a_cluster_talk_hears_200_only_once_the_operator_accepted_the_talkroom(
