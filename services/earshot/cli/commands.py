@@ -217,7 +217,7 @@ def talk(
     refusal = talk_settings.refusal() or talk_settings.language_refusal(
         talk_settings.captioning_engine(settings.engine)
     )
-    if refusal is None and settings.workers != 1:
+    if not refusal and settings.workers != 1:
         refusal = (
             f"EARSHOT_WORKERS={settings.workers}: the Talk ExApp runs as one process (its rooms "
             "are per process); use 1, and EARSHOT_INFERENCE_WORKERS for more recogniser threads"
