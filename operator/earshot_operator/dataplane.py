@@ -102,18 +102,24 @@ REGISTRATION_SETTINGS: Final = "settings"
 #: Which container gets which variable: the one table the pod's environment is split by. The
 #: persister sidecar (``earshot persister``) gets only what it reads: its address, the spool and
 #: the stores, never the access token or the HPB secret. The gateway gets every variable but those
-#: only the persister reads.
+#: only the persister reads, and a room's gateway (``earshot talk``) none it does not read.
 PERSISTER_ENV: Final = frozenset(
     {Env.HOST, Env.PERSISTER_PORT, Env.SPOOL_DIR, Env.PARTIALS_URL, Env.SEGMENTS_URL}
 )
 PERSISTER_ONLY_ENV: Final = frozenset({Env.PERSISTER_PORT})
+#: A room's gateway listens on its Talk address (``EARSHOT_TALK_APP_HOST``, all interfaces by
+#: default, and ``EARSHOT_TALK_APP_PORT``), never on ``EARSHOT_HOST``, which its pod has for the
+#: persister sidecar.
+ROOM_GATEWAY_UNREAD_ENV: Final = frozenset({Env.HOST})
 
 
-def gets(container: str, variable: str) -> bool:
-    """Whether ``container`` (:data:`GATEWAY_CONTAINER` or :data:`PERSISTER_CONTAINER`) is given
-    ``variable``."""
+def gets(container: str, variable: str, *, command: tuple[str, ...]) -> bool:
+    """Whether ``container`` (:data:`GATEWAY_CONTAINER` or :data:`PERSISTER_CONTAINER`) of a pod
+    whose gateway runs ``command`` is given ``variable``."""
     if container == PERSISTER_CONTAINER:
         return variable in PERSISTER_ENV
+    if command == ROOM_COMMAND and variable in ROOM_GATEWAY_UNREAD_ENV:
+        return False
     return variable not in PERSISTER_ONLY_ENV
 
 

@@ -78,7 +78,8 @@ def for_session(
 ) -> Gateway:
     """The G.711 gateway that serves one TranscriptionSession."""
     name = object_name(owner.kind, owner.name)
-    config = session_config(spec)
+    # the G.711 gateway listens on EARSHOT_HOST:EARSHOT_PORT (a room's gateway has its Talk port)
+    config = {Env.PORT: str(settings.gateway_port), **session_config(spec)}
     path = dataplane.SESSION_WS_PATH.format(session_id=spec.session_id)
     gateway = _gateway(
         owner,
@@ -168,7 +169,6 @@ def _gateway(
 ) -> Gateway:
     common = {
         Env.HOST: "0.0.0.0",  # a pod serves its Service, not only localhost
-        Env.PORT: str(settings.gateway_port),
         Env.PERSISTER_PORT: str(settings.persister_port),
         Env.ENGINE: engine,
         Env.TRITON_URL: settings.triton_url(engine),

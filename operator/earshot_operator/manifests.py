@@ -286,12 +286,12 @@ def _environment(gateway: Gateway, container: str) -> list[Manifest]:
     config = [
         {"name": env, "valueFrom": {"configMapKeyRef": {"name": gateway.name, "key": env}}}
         for env in sorted(gateway.config)
-        if dataplane.gets(container, env)
+        if dataplane.gets(container, env, command=gateway.command)
     ]
     secrets = [
         {"name": env, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
         for env, ref in gateway.secret_env
-        if dataplane.gets(container, env)
+        if dataplane.gets(container, env, command=gateway.command)
     ]
     return config + secrets
 

@@ -155,12 +155,12 @@ def parse_room(body: Mapping[str, Any]) -> RoomSpec:
     """The spec of a TalkRoom.
 
     Raises:
-        SpecError: a required field is missing.
+        SpecError: a required field is missing, or the engine cannot recognise a language.
     """
     spec = body.get("spec") or {}
     try:
         secret = spec["internalSecretRef"]
-        return RoomSpec(
+        parsed = RoomSpec(
             room_token=spec["roomToken"],
             hpb_url=spec["hpbUrl"],
             nextcloud_url=spec["nextcloudUrl"],
@@ -174,6 +174,21 @@ def parse_room(body: Mapping[str, Any]) -> RoomSpec:
         )
     except KeyError as missing:
         raise SpecError(f"TalkRoom spec lacks {missing.args[0]}") from None
+    _check_room(parsed)
+    return parsed
+
+
+def _check_room(spec: RoomSpec) -> None:
+    """Refuse languages the engine cannot recognise: the gateway would caption in another
+    language and label it with the one asked for (it refuses them at start-up)."""
+    known = dataplane.ENGINE_LANGUAGES.get(spec.engine, ())
+    unknown = [code for code in spec.languages if code not in known]
+    if unknown:
+        raise SpecError(
+            f"engine {spec.engine} cannot recognise language {', '.join(map(repr, unknown))} "
+            f"(spec.languages): it recognises {' and '.join(known)} by itself and cannot be "
+            f"steered; offer only {', '.join(known)}"
+        )
 
 
 def _parse_storage(storage: Mapping[str, Any]) -> Storage:

@@ -15,7 +15,7 @@ SessionId = NewType("SessionId", str)
 
 MAX_SESSION_ID_LENGTH = 64
 #: A copy of ``earshot_operator.dataplane.SESSION_ID_PATTERN`` (the data plane cannot import the
-#: operator); tests/unit/test_session_id_rule.py checks that both, and the CRDs, say the same.
+#: operator); tests/unit/test_session_rules.py checks that both, and the CRDs, say the same.
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 

@@ -384,6 +384,25 @@ def test_schema_rejects_unknown_values() -> None:
     assert "Additional property replica is not allowed" in done.stderr
 
 
+def test_schema_refuses_talk_languages_the_rooms_engine_cannot_recognise() -> None:
+    # the rule TalkRooms and the ExApp follow (earshot_operator.dataplane.ENGINE_LANGUAGES)
+    import subprocess
+
+    from tests.chart.charts import helm_binary
+
+    def render(*sets: str) -> subprocess.CompletedProcess[str]:
+        args = [helm_binary(), "template", "rel", str(CHART), "--set", "talk.enabled=true"]
+        for value in sets:
+            args += ["--set", value]
+        return subprocess.run(args, capture_output=True, text=True, check=False)
+
+    refused = render("talk.languages={en,fr}")
+    assert refused.returncode != 0
+    assert 'talk.languages.1 must be one of the following: "zh", "en"' in refused.stderr
+    assert render("talk.engine=kyutai", "talk.languages={en,fr}").returncode == 0
+    assert render("talk.languages={zh,en}").returncode == 0
+
+
 @pytest.mark.parametrize("path", CI_VALUES, ids=lambda p: p.stem)
 def test_ci_values_files_are_commented(path: Path) -> None:
     assert path.read_text().startswith("# ")

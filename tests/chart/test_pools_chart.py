@@ -21,9 +21,8 @@ from earshot_operator import dataplane
 from earshot_operator.settings import OperatorSettings
 from tests.chart.charts import CHART, find, helm_binary, template
 from tests.integration import test_liveness as liveness
-from tests.unit.test_operator_dataplane_contract import READ_BY_THE_DATA_PLANE, SECRET_VALUES
+from tests.unit.test_operator_dataplane_contract import SECRET_VALUES, own_variables
 
-SESSION_COMMAND = ("earshot", "serve")
 STORAGE = {"EARSHOT_PARTIALS_URL": "redis://r:6379/0", "EARSHOT_SEGMENTS_URL": "sqlite:///x.db"}
 
 
@@ -44,10 +43,12 @@ def _operator_settings(manifests: list[dict[str, Any]], monkeypatch: pytest.Monk
 
 def test_every_variable_of_a_pool_pod_is_read_and_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = find(template(), "Deployment", "-pool-default")
-    read = READ_BY_THE_DATA_PLANE[SESSION_COMMAND]
+    commands = {
+        c["name"]: tuple(c["command"]) for c in pool["spec"]["template"]["spec"]["containers"]
+    }
     containers = {c["name"]: _env(c) for c in pool["spec"]["template"]["spec"]["containers"]}
     for name, env in containers.items():
-        assert set(env) - read == set(), name
+        assert set(env) - own_variables(commands[name]) == set(), name
         with monkeypatch.context() as patch:
             for variable, value in env.items():
                 patch.setenv(variable, value)

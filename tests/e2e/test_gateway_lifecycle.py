@@ -43,9 +43,9 @@ CASES = [
         prefix="troom",
         body=helpers.room_body,
         # the offered set rolls the pod (sorted); which language is first is followed live
-        change={"languages": ["fr", "de"]},
+        change={"languages": ["zh", "en"]},
         changed_key="EARSHOT_TALK_LANGUAGES",
-        changed_value="de,fr",
+        changed_value="en,zh",
         endpoint="http://troom-{name}.{namespace}.svc:8000",
         engine="paraformer",
     ),

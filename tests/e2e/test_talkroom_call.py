@@ -5,8 +5,8 @@ server and the operator (with its least-privilege role), the ExApp in cluster mo
 with the chart's ExApp role, the signaling server with Janus and NATS, and the room's gateway
 started with exactly the environment of the Deployment the operator made (ConfigMap, Secrets, its
 own service account's token). Two participants speak; one asks for captions. Only that one gets
-captions, from both speakers; a language change changes the captions' langId; opting out makes the
-gateway leave the call, and the TalkRoom says so.
+captions, from both speakers; a language change (to another language the engine recognises) changes
+the captions' langId; opting out makes the gateway leave the call, and the TalkRoom says so.
 
 Where the kubelet's world differs it is replaced and said so: the API server's address (a pod
 reaches it as kubernetes.default.svc), the gateway's port (a pod has its own network namespace: a
@@ -36,7 +36,7 @@ from earshot.events import Segment
 from earshot.persistence import spool
 from earshot.persistence.reading import StreamReader
 from earshot.settings import Settings
-from earshot_operator.clients import KubeClient, path_of
+from earshot_operator.clients import ApiError, KubeClient, path_of
 from tests.e2e.controlplane.cluster import REPO, ControlPlane
 from tests.e2e.controlplane.operators import OperatorProcess
 from tests.e2e.helpers import eventually, make_pods_ready
@@ -322,7 +322,7 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         "APP_HOST": "127.0.0.1",
         "NEXTCLOUD_URL": hpb.nextcloud_url,
         "LT_HPB_URL": hpb.signaling_url,
-        "EARSHOT_TALK_LANGUAGES": "en,fr",
+        "EARSHOT_TALK_LANGUAGES": "en,zh",
         "EARSHOT_TALK_ENGINE": "paraformer",
         "EARSHOT_TALK_IN_CLUSTER": "true",
         "EARSHOT_TALK_NAMESPACE": namespace,
@@ -343,8 +343,9 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
         await participant.connect(ROOM)
     everyone = [user_entry(alice), user_entry(bob)]
     await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
-    await alice.publish(speech("en-us", tmp_path, repeats=12))
-    await bob.publish(speech("en-gb", tmp_path, repeats=12))
+    # long enough for every step below (the call's audio ends with the test)
+    await alice.publish(speech("en-us", tmp_path, repeats=30))
+    await bob.publish(speech("en-gb", tmp_path, repeats=30))
 
     exapp = ContainerProcess(["earshot", "talk"], exapp_env, log=tmp_path / "exapp.log")
     with contextlib.ExitStack() as processes:
@@ -391,13 +392,12 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             # Nextcloud repeats the call's participants whenever the call changes.
             await asyncio.to_thread(hpb.post_in_call, ROOM, everyone, everyone)
 
+            def finals_of_both(participant: Participant, lang: str) -> bool:
+                speakers = {t["speakerSessionId"] for t in finals(participant, lang)}
+                return speakers == {alice.session_id, bob.session_id}
+
             def finals_from_both(lang: str) -> bool:
-                finals = {
-                    t["speakerSessionId"]
-                    for t in alice.transcripts()
-                    if t["final"] and t["langId"] == lang
-                }
-                return finals == {alice.session_id, bob.session_id}
+                return finals_of_both(alice, lang)
 
             await _until(lambda: finals_from_both("en"), 90, "English finals of both", gateway)
             assert bob.transcripts() == []
@@ -414,12 +414,58 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             [room] = shown["rooms"]
             assert (room["roomToken"], room["state"], room["speakers"]) == (ROOM, "InCall", 2)
 
+            # paraformer recognises zh and en by itself: switching labels its captions zh
             switched = await http.post(
-                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "fr"}
+                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "zh"}
             )
             assert switched.status_code == 200
-            await _until(lambda: finals_from_both("fr"), 90, "French finals of both", gateway)
+            await _until(lambda: finals_from_both("zh"), 90, "finals of both in zh", gateway)
             assert bob.transcripts() == []
+            # a language the engine cannot recognise is refused, not written into the TalkRoom
+            refused = await http.post(
+                "/api/v1/call/set-language", json={"roomToken": ROOM, "langId": "fr"}
+            )
+            assert (refused.status_code, refused.json()) == (
+                400,
+                {"error": "language 'fr' is not offered"},
+            )
+            assert (await talkroom(api, namespace))["spec"]["languages"][0] == "zh"
+
+            # bob asks for captions in the running call (Talk sends no langId): the gateway in the
+            # call adds him, and the room keeps the language it was switched to
+            body = {"roomToken": ROOM, "ncSessionId": "nc-bob", "enable": True}
+            assert (await http.post("/api/v1/call/transcribe", json=body)).status_code == 200
+            assert (await talkroom(api, namespace))["spec"]["languages"][0] == "zh"
+            await _until(
+                lambda: finals_of_both(bob, "zh"), 90, "bob's finals of both in zh", gateway
+            )
+            assert {t["langId"] for t in bob.transcripts()} == {"zh"}
+            both = await eventually(
+                lambda: _targets(api, namespace, 2), what="the TalkRoom to count two targets"
+            )
+            assert both["message"].endswith("captions in zh for 2 participants"), both
+
+            # bob opts out again: his captions stop, alice's go on
+            body = {"roomToken": ROOM, "ncSessionId": "nc-bob", "enable": False}
+            assert (await http.post("/api/v1/call/transcribe", json=body)).status_code == 200
+            await eventually(
+                lambda: _targets(api, namespace, 1), what="the TalkRoom to count one target"
+            )
+            # a final alice is told after the gateway dropped bob marks what bob was told before
+            marked = len(finals(alice))
+            await _until(lambda: len(finals(alice)) > marked, 60, "a final at alice", gateway)
+            told_bob = len(bob.transcripts())
+            after = len(finals(alice))
+            await _until(
+                lambda: (
+                    {t["speakerSessionId"] for t in finals(alice)[after:]}
+                    == {alice.session_id, bob.session_id}
+                ),
+                90,
+                "alice's finals of both after bob opted out",
+                gateway,
+            )
+            assert len(bob.transcripts()) == told_bob
 
             body = {"roomToken": ROOM, "ncSessionId": "nc-alice", "enable": False}
             assert (await http.post("/api/v1/call/transcribe", json=body)).status_code == 200
@@ -452,6 +498,20 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             assert {s.speaker for s in kept} == {"alice", "bob"}
 
 
+def finals(participant: Participant, lang: str | None = None) -> list[dict[str, Any]]:
+    """The finals ``participant`` was told (in ``lang`` only, when given), in order."""
+    return [
+        t for t in participant.transcripts() if t["final"] and (lang is None or t["langId"] == lang)
+    ]
+
+
+async def _targets(api: KubeClient, namespace: str, count: int) -> dict[str, Any] | None:
+    """``status.room`` once the gateway reports ``count`` caption targets in the call."""
+    room = ((await talkroom(api, namespace)).get("status") or {}).get("room") or {}
+    in_call = room.get("state") in ("InCall", "Idle")
+    return room if in_call and room.get("targets") == count else None
+
+
 def spooled_finals(spool_dir: Path) -> list[Segment]:
     """Every final in the spool's streams (what the persister sidecar would store)."""
     entries = [e for stream in spool.streams(spool_dir) for e in StreamReader(stream).read(10_000)]
@@ -462,6 +522,50 @@ def test_the_sample_talkroom_is_valid(control_plane: ControlPlane, namespace: st
     sample = REPO / "docs/samples/talkroom.yaml"
     applied = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(sample))
     assert "talkroom.earshot.dev/standup created (server dry run)" in applied
+
+
+def _room_of(namespace: str, hpb: HpbStack, engine: str | None, languages: list[str]) -> Any:
+    body = room_body(namespace, hpb, targets="")
+    body["spec"]["languages"] = languages
+    if engine is None:
+        del body["spec"]["engine"]  # the default engine: paraformer
+    else:
+        body["spec"]["engine"] = engine
+    return body
+
+
+@pytest.mark.parametrize(
+    ("engine", "languages"),
+    [("paraformer", ["en", "zh"]), ("kyutai", ["fr", "en"]), (None, ["zh"])],
+)
+async def test_the_api_server_admits_languages_the_rooms_engine_recognises(
+    api: KubeClient, namespace: str, hpb: HpbStack, engine: str | None, languages: list[str]
+) -> None:
+    collection = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+    body = _room_of(namespace, hpb, engine, languages)
+    admitted = await api.request("POST", collection, body=body, params={"dryRun": "All"})
+    assert admitted["spec"]["languages"] == languages
+
+
+@pytest.mark.parametrize(
+    ("engine", "languages"),
+    [("paraformer", ["en", "fr"]), ("kyutai", ["en", "zh"]), (None, ["fr"])],
+)
+async def test_the_api_server_refuses_languages_the_rooms_engine_cannot_recognise(
+    api: KubeClient, namespace: str, hpb: HpbStack, engine: str | None, languages: list[str]
+) -> None:
+    collection = f"/apis/earshot.dev/v1alpha1/namespaces/{namespace}/talkrooms"
+    body = _room_of(namespace, hpb, engine, languages)
+    with pytest.raises(ApiError) as refused:
+        await api.request("POST", collection, body=body, params={"dryRun": "All"})
+    assert refused.value.status == 422
+    # the API server names one field of the failing pair (no CEL on 1.20 for a better message)
+    message = refused.value.message
+    assert "must validate at least one schema (anyOf)" in message
+    assert (
+        "spec.engine: Unsupported value" in message
+        or "spec.languages: Unsupported value" in message
+    ), message
 
 
 async def test_a_room_gateway_the_hpb_refuses_reports_the_signaling_error(
@@ -568,6 +672,63 @@ async def test_a_room_gateway_leaves_an_ended_call_and_joins_again_only_for_a_ne
         await eventually(
             lambda: _ready(gateway, ready_url), timeout_s=60, what="the gateway to join again"
         )
+
+
+async def test_a_room_gateway_leaves_when_its_caption_targets_empty_while_the_room_stays_active(
+    control_plane: ControlPlane,
+    api: KubeClient,
+    namespace: str,
+    hpb: HpbStack,
+    participants: tuple[Participant, Participant],
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    # What docs/samples/talkroom.yaml and the chart's NOTES tell kubectl users: the gateway
+    # leaves when the caption-targets list empties, even with active still true.
+    alice, bob = participants
+    room = f"{ROOM}d"
+    name = f"talk-{room}"
+    for participant in (alice, bob):
+        await participant.connect(room)
+    everyone = [user_entry(alice), user_entry(bob)]
+    await asyncio.to_thread(hpb.post_in_call, room, everyone, everyone)
+    await alice.publish(speech("en-us", tmp_path, repeats=10))
+    await arrange_room_secrets(api, namespace, internal_secret=hpb.internal_secret)
+    await create(api, room_body(namespace, hpb, targets="nc-alice", token=room))
+    gateway, ready_url = await start_room_gateway(
+        api, namespace, control_plane, model_cache=model_cache, folder=tmp_path, name=name
+    )
+    with gateway:
+        await eventually(
+            lambda: _ready(gateway, ready_url), timeout_s=120, what="the gateway to join"
+        )
+        await asyncio.to_thread(hpb.post_in_call, room, everyone, everyone)
+        await _until(lambda: bool(finals(alice)), 90, "a final at alice", gateway)
+        [bot] = alice.transcript_senders()
+
+        path = path_of("earshot.dev/v1alpha1", "TalkRoom", namespace=namespace, name=name)
+        await api.patch(path, {"metadata": {"annotations": {TARGETS: ""}}})
+        # the room's grace period (EARSHOT_TALK_GRACE_SECONDS, 10 s) passes first
+        left = await eventually(
+            lambda: room_is(api, namespace, "Left", name=name),
+            timeout_s=60,
+            what="the TalkRoom to say Left",
+        )
+        assert left["room"]["message"] == "left the call: nobody wants captions"
+        assert (await talkroom(api, namespace, name))["spec"]["active"] is True
+        assert ("Normal", "Left") in await events_of(api, namespace, name=name)
+
+        def bot_left() -> bool:
+            return any(
+                m.get("type") == "event"
+                and m["event"].get("type") == "leave"
+                and bot in m["event"].get("leave", [])
+                for m in bob.messages
+            )
+
+        await _until(bot_left, 30, "the room to see the gateway leave", gateway)
+        status, _ = gateway.probe(ready_url)
+        assert status == 503
 
 
 async def test_a_room_gateway_in_a_call_where_nobody_speaks_is_idle_until_somebody_does(

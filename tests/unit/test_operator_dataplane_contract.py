@@ -1,28 +1,39 @@
 """The operator and the data plane meet in the environment of the pods: checked from both sides.
 
-From the operator's side: every variable the operator puts into any container is read by a setting
-of the data-plane commands of that pod. From the CRD's side: every spec field reaches the gateway
-(a setting it reads, or a field of the manifest); each field has its own test below, and a field
-the table does not know fails. The operator must not import ``earshot``; this test may.
+From the operator's side: every variable the operator puts into a container is read by the
+command that container runs: a setting that command uses, not merely one some settings model
+parses (``earshot talk`` parses ``EARSHOT_PORT`` through the shared settings but listens on its
+Talk port). What a room's gateway uses of the shared settings is recorded from a run of it. From
+the CRD's side: every spec field reaches the gateway (a setting it reads, or a field of the
+manifest); each field has its own test below, and a field the table does not know fails. The
+operator must not import ``earshot``; this test may.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import certifi
+import httpx
 import pytest
 import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+from earshot.gateways.talk import roomserving
 from earshot.gateways.talk.configuration import TalkSettings
 from earshot.settings import Settings
 from earshot_operator import dataplane, gateways, manifests, pools, resources, specs
 from earshot_operator.dataplane import Env
 from earshot_operator.settings import OperatorSettings, Pool
+from tests.servers import free_port
+from tests.settings_reads import recording
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -31,6 +42,15 @@ COMMAND_SETTINGS: dict[tuple[str, ...], tuple[type[BaseSettings], ...]] = {
     dataplane.SESSION_COMMAND: (Settings,),
     dataplane.ROOM_COMMAND: (Settings, TalkSettings),
     dataplane.PERSISTER_COMMAND: (Settings,),
+}
+#: Models a command uses every field of: its own. ``earshot talk`` builds the shared settings too
+#: and uses only some of them (:func:`_room_gateway_reads` records which). ``earshot serve`` is the
+#: shared settings' own command; what ``earshot persister`` reads is recorded the same way in
+#: tests/unit/test_persister_environment.py, which checks its container against exactly that.
+OWN_SETTINGS: dict[tuple[str, ...], type[BaseSettings]] = {
+    dataplane.SESSION_COMMAND: Settings,
+    dataplane.ROOM_COMMAND: TalkSettings,
+    dataplane.PERSISTER_COMMAND: Settings,
 }
 
 
@@ -58,9 +78,75 @@ def _aliases(model: type[BaseSettings]) -> set[str]:
     return names
 
 
-READ_BY_THE_DATA_PLANE = {
-    command: set().union(*map(_aliases, models)) for command, models in COMMAND_SETTINGS.items()
-}
+def _field_aliases(model: type[BaseSettings], fields: set[str]) -> set[str]:
+    """The variables that set ``fields`` of ``model``."""
+    names: set[str] = set()
+    for name in fields:
+        alias = model.model_fields[name].validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {choice for choice in alias.choices if isinstance(choice, str)}
+    return names
+
+
+async def _room_gateway_reads(env: Mapping[str, str], folder: Path, model_cache: Path) -> set[str]:
+    """The shared settings' fields ``earshot talk`` reads as a room's gateway: run in process with
+    ``env`` until it serves its probes, then stopped.
+
+    What a pod has of its own is replaced, as tests/e2e/test_talkroom_call.py does: the API server
+    (nothing answers here: the gateway retries, as without one), the service account's files, its
+    port (a free one), Triton (the in-process engine on the tiny model), the spool (a folder) and
+    the segment store (SQLite: the gateway opens it at start). A replaced value is still read.
+    """
+    account = folder / "sa"
+    account.mkdir()
+    (account / "token").write_text("token")
+    shutil.copy(certifi.where(), account / "ca.crt")
+    port = free_port()
+    pod = {
+        **env,
+        "EARSHOT_TALK_KUBE_API_URL": f"https://127.0.0.1:{free_port()}",
+        "EARSHOT_TALK_SERVICE_ACCOUNT_DIR": str(account),
+        "EARSHOT_TALK_APP_HOST": "127.0.0.1",
+        "EARSHOT_TALK_APP_PORT": str(port),
+        Env.TRITON_URL: "",
+        "EARSHOT_DEMO_MODEL": "true",
+        "EARSHOT_CACHE_DIR": str(model_cache),
+        Env.SPOOL_DIR: str(folder / "spool"),
+        Env.SEGMENTS_URL: f"sqlite:///{folder / 'segments.db'}",
+    }
+    read: set[str] = set()
+    settings, talk = _settings_of(pod, (recording(Settings, read), TalkSettings))
+    read.clear()
+    serving = asyncio.create_task(roomserving.serve(settings, talk))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(600):
+                assert not serving.done(), serving
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/heartbeat")).status_code == httpx.codes.OK:
+                        break
+                await asyncio.sleep(0.1)
+            assert (await http.get("/ready")).json()["talkRoom"] == talk.talkroom_name
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+    return set(read)
+
+
+def own_variables(command: tuple[str, ...]) -> set[str]:
+    """The variables of ``command``'s own settings (it uses every field of them)."""
+    return _aliases(OWN_SETTINGS[command])
+
+
+async def _read_by(
+    command: tuple[str, ...], env: Mapping[str, str], folder: Path, model_cache: Path
+) -> set[str]:
+    """The variables ``command`` reads (of those that set a setting it uses)."""
+    read = own_variables(command)
+    if command == dataplane.ROOM_COMMAND:
+        read |= _field_aliases(Settings, await _room_gateway_reads(env, folder, model_cache))
+    return read
 
 
 def _session(**spec: Any) -> dict[str, Any]:
@@ -194,7 +280,7 @@ FULL_SESSION = _session(
         "mysqlUrlSecretRef": {"name": "m", "key": "url"},
     },
 )
-FULL_ROOM = _room(languages=["fr", "en"], engine="paraformer")
+FULL_ROOM = _room(languages=["zh", "en"], engine="paraformer")
 
 
 def _containers(body: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
@@ -205,16 +291,29 @@ def _containers(body: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[st
 
 
 @pytest.mark.parametrize("body", [FULL_SESSION, FULL_ROOM], ids=["session", "room"])
-def test_every_variable_the_operator_sets_is_read_by_the_pods_data_plane(
-    body: dict[str, Any], clean_env: None
+async def test_every_variable_the_operator_sets_is_read_by_its_containers_command(
+    body: dict[str, Any], clean_env: None, tmp_path: Path, tiny_model_cache: Path
 ) -> None:
     containers = _containers(body)
-    commands = [tuple(container["command"]) for _, container, _ in containers]
-    assert set(commands) <= set(COMMAND_SETTINGS), commands
-    read = set().union(*(READ_BY_THE_DATA_PLANE[command] for command in commands))
+    assert {tuple(container["command"]) for _, container, _ in containers} <= set(OWN_SETTINGS)
     for name, container, configmap in containers:
-        unread = set(_environment(container, configmap)) - read
-        assert unread == set(), f"{name}: the operator sets {sorted(unread)}, nothing reads them"
+        env = _environment(container, configmap)
+        folder = tmp_path / name
+        folder.mkdir()
+        read = await _read_by(tuple(container["command"]), env, folder, tiny_model_cache)
+        unread = set(env) - read
+        assert unread == set(), (
+            f"{name} ({' '.join(container['command'])}): the operator sets {sorted(unread)}, "
+            "which it does not read"
+        )
+
+
+def test_a_room_gateway_pod_has_its_persisters_address_but_not_the_g711_gateways(
+    clean_env: None,
+) -> None:
+    containers = {name: _environment(c, cm) for name, c, cm in _containers(FULL_ROOM)}
+    assert Env.HOST in containers[dataplane.PERSISTER_CONTAINER]
+    assert {Env.HOST, Env.PORT} & set(containers[dataplane.GATEWAY_CONTAINER]) == set()
 
 
 @pytest.mark.parametrize("body", [FULL_SESSION, FULL_ROOM], ids=["session", "room"])
@@ -245,7 +344,7 @@ def test_gateway_environment_configures_the_data_plane_settings(clean_env: None)
 
 
 def test_room_environment_configures_the_talk_settings(clean_env: None) -> None:
-    built = build(_room(languages=["fr", "en"]))
+    built = build(_room(languages=["zh", "en"]))
     talk = built.talk
 
     assert talk is not None
@@ -253,7 +352,7 @@ def test_room_environment_configures_the_talk_settings(clean_env: None) -> None:
         "wss://hpb.example/spreed",
         "https://cloud.example",
     )
-    assert talk.languages == ("en", "fr")  # the offered set; the TalkRoom says which is in use
+    assert talk.languages == ("en", "zh")  # the offered set; the TalkRoom says which is in use
     assert talk.app_port == 8000
     assert talk.internal_secret.get_secret_value() == "hpb-hpb-internal-secret"
     assert built.settings.persister_port == 8001
@@ -326,7 +425,7 @@ ROOM_FIELDS: dict[str, Effect] = {
     "internalSecretRef.key": Effect(
         "other-key", lambda b: _talk(b).internal_secret.get_secret_value(), "hpb-hpb-other-key"
     ),
-    "languages": Effect(["de"], lambda b: _talk(b).languages, ("de",)),
+    "languages": Effect(["zh"], lambda b: _talk(b).languages, ("zh",)),
     "engine": Effect("kyutai", lambda b: b.settings.engine, "kyutai"),
     "active": Effect(False, lambda b: b.deployment["spec"]["replicas"], 0),
     **_storage("redisUrlSecretRef", _partials),

@@ -32,7 +32,7 @@ def _room(**spec: Any) -> dict[str, Any]:
             "hpbUrl": "wss://hpb.example/spreed",
             "nextcloudUrl": "https://cloud.example",
             "internalSecretRef": {"name": "hpb", "key": "secret"},
-            "languages": ["de", "en"],
+            "languages": ["zh", "en"],
             **spec,
         },
     }
@@ -192,7 +192,7 @@ def test_room_gateway_runs_talk_with_the_room_settings() -> None:
     assert container["command"] == ["earshot", "talk"]
     data = manifests.build_configmap(gateway)["data"]
     assert data["EARSHOT_TALK_ROOM_TOKEN"] == "r00m"
-    assert data["EARSHOT_TALK_LANGUAGES"] == "de,en"
+    assert data["EARSHOT_TALK_LANGUAGES"] == "en,zh"
     assert data["EARSHOT_ENGINE"] == "paraformer"  # the default, as the chart's CPU pool
     assert data["EARSHOT_TRITON_URL"] == SETTINGS.triton_paraformer_url
     assert _env(container)["EARSHOT_TALK_INTERNAL_SECRET"] == ("hpb", "secret")

@@ -203,3 +203,179 @@ async def test_left_is_written_again_when_the_talkroom_changed_meanwhile() -> No
         await attendance.leave_and_report()
 
     assert requests == ["PATCH", "GET", "PATCH", "POST"]
+
+
+class _Followed:
+    """Stands in for the gateway's Rooms in a call: records each change the attendance asks for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[object, ...]] = []
+        self.lang: str | None = None
+        self.wanted: set[str] = set()
+        self.changed = asyncio.Event()
+
+    def room(self, token: str) -> SimpleNamespace | None:
+        if self.lang is None:
+            return None
+        targets = SimpleNamespace(wanted=frozenset(self.wanted))
+        return SimpleNamespace(speakers={"hpb-a": object()}, targets=targets, lang=self.lang)
+
+    async def transcribe(self, token: str, target: str, *, enable: bool, lang: str | None) -> None:
+        self.asked.append(("transcribe", target, enable, lang))
+        if self.lang is None:
+            self.lang = lang or "en"  # joined the call
+        if enable:
+            self.wanted.add(target)
+        else:
+            self.wanted.discard(target)
+        self.changed.set()
+
+    def set_language(self, token: str, lang: str) -> None:
+        self.asked.append(("set_language", lang))
+        self.lang = lang
+        self.changed.set()
+
+    async def until(self, count: int) -> list[tuple[object, ...]]:
+        """The changes asked for, once there are ``count`` of them."""
+        async with asyncio.timeout(10):
+            while len(self.asked) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.asked
+
+
+class _Watched(httpx.AsyncByteStream):
+    """A watch on one TalkRoom: each body put into ``changes`` arrives as a MODIFIED event."""
+
+    def __init__(self, changes: asyncio.Queue[dict[str, Any]]) -> None:
+        self.changes = changes
+
+    async def __aiter__(self) -> Any:
+        while True:
+            body = await self.changes.get()
+            yield (json.dumps({"type": "MODIFIED", "object": body}) + "\n").encode()
+
+
+def _wanting(targets: str, languages: list[str], version: int) -> dict[str, Any]:
+    body = _talkroom({"earshot.dev/caption-targets": targets}, languages=languages, active=True)
+    body["metadata"].update(namespace="talk", uid="u1", resourceVersion=str(version))
+    return body
+
+
+async def test_a_gateway_in_its_call_follows_targets_and_language_as_the_talkroom_changes() -> None:
+    # The gateway is in the call for nc-a; then nc-b opts in, nc-a opts out (with another
+    # language first), and the last one opts out while the room stays active.
+    changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    first = _wanting("nc-a", ["en", "zh"], 1)
+    patched: list[dict[str, Any]] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("watch"):
+            return httpx.Response(200, stream=_Watched(changes))
+        if request.method == "PATCH":
+            patched.append(json.loads(request.content)["status"]["room"])
+        return httpx.Response(201 if request.method == "POST" else 200, json=first)
+
+    settings = TalkSettings(
+        hpb_url="http://hpb", internal_secret="s", room_token="r1", talkroom_name="talk-r1"
+    )
+    call = _Followed()
+    async with httpx.AsyncClient(
+        base_url="https://api", transport=httpx.MockTransport(answer)
+    ) as http:
+        attendance = Attendance(
+            settings, cast(Rooms, call), OwnTalkRoom(http, namespace="talk", name="talk-r1")
+        )
+        following = asyncio.create_task(attendance.run())
+        try:
+            assert await call.until(1) == [("transcribe", "nc-a", True, "en")]  # joins
+            await changes.put(_wanting("nc-a,nc-b", ["en", "zh"], 2))
+            assert (await call.until(2))[1:] == [("transcribe", "nc-b", True, None)]
+            await changes.put(_wanting("nc-b", ["zh", "en"], 3))
+            assert (await call.until(4))[2:] == [
+                ("transcribe", "nc-a", False, None),
+                ("set_language", "zh"),
+            ]
+            await changes.put(_wanting("", ["zh", "en"], 4))
+            # the last target off: the room's grace period makes it leave (Rooms, not shown here)
+            assert (await call.until(5))[4:] == [("transcribe", "nc-b", False, None)]
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+    assert call.wanted == set()
+    # each state was reported in the TalkRoom's status
+    reported = [(room["targets"], room["message"]) for room in patched]
+    for expected in [
+        (1, "in the call with 1 speaker, captions in en for 1 participant"),
+        (2, "in the call with 1 speaker, captions in en for 2 participants"),
+        (1, "in the call with 1 speaker, captions in zh for 1 participant"),
+    ]:
+        assert expected in reported, reported
+
+
+class _SlowToJoin(_Followed):
+    """A call that takes until ``admitted`` is set to join."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admitted = asyncio.Event()
+
+    async def transcribe(self, token: str, target: str, *, enable: bool, lang: str | None) -> None:
+        await self.admitted.wait()
+        await super().transcribe(token, target, enable=enable, lang=lang)
+
+
+async def test_a_gateway_says_joining_while_it_joins_and_in_call_once_joined() -> None:
+    written: list[dict[str, Any]] = []
+    wrote = asyncio.Event()
+    body = _wanting("nc-a", ["en"], 1)
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("watch"):
+            await asyncio.Event().wait()  # no change to the TalkRoom: the watch stays open
+        if request.method != "GET":
+            written.append(json.loads(request.content))
+            wrote.set()
+        return httpx.Response(201 if request.method == "POST" else 200, json=body)
+
+    settings = TalkSettings(
+        hpb_url="http://hpb", internal_secret="s", room_token="r1", talkroom_name="talk-r1"
+    )
+    call = _SlowToJoin()
+    async with httpx.AsyncClient(
+        base_url="https://api", transport=httpx.MockTransport(answer)
+    ) as http:
+        attendance = Attendance(
+            settings, cast(Rooms, call), OwnTalkRoom(http, namespace="talk", name="talk-r1")
+        )
+        following = asyncio.create_task(attendance.run())
+        try:
+            async with asyncio.timeout(10):
+                while "Joining" not in [w.get("reason") for w in written]:
+                    wrote.clear()
+                    await wrote.wait()
+            assert attendance.report.state is State.JOINING
+            assert (
+                not attendance.report.joined
+            )  # /ready answers 503 (tests/unit/test_talk_roomserving.py)
+            [patch] = [w["status"] for w in written if "status" in w]
+            assert [w["reason"] for w in written if "reason" in w] == ["Joining"]  # the Event
+            assert patch["room"]["state"] == "Joining"
+            assert patch["room"]["message"] == "joining room r1 through ws://hpb/spreed"
+            condition = patch["conditions"][-1]
+            assert (condition["type"], condition["status"], condition["reason"]) == (
+                "InCall",
+                "False",
+                "Joining",
+            )
+            call.admitted.set()
+            async with asyncio.timeout(10):
+                while "InCall" not in [w.get("reason") for w in written]:
+                    wrote.clear()
+                    await wrote.wait()
+            assert attendance.report.joined
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,21 @@ def test_a_room_gateway_and_the_cluster_exapp_need_no_model_or_internal_secret_h
     room = TalkSettings(room_token="r00m", talkroom_name="talk-r00m")
     assert cluster.refusal() == ""
     assert room.refusal() == ""
+
+
+def test_the_exapp_refuses_more_than_one_worker_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tiny_model_cache: Path
+) -> None:
+    # an address not of this host: a command that went on to serve would end at once, not hang
+    env = {
+        **EXAPP_ENV,
+        "EARSHOT_DEMO_MODEL": "true",
+        "EARSHOT_CACHE_DIR": str(tiny_model_cache),
+        "EARSHOT_TALK_APP_HOST": "203.0.113.1",
+        "EARSHOT_WORKERS": "2",
+    }
+    code, output = _talk_command(env, monkeypatch)
+    assert code == 2
+    assert output.startswith(
+        "earshot: error: EARSHOT_WORKERS=2: the Talk ExApp runs as one process"
+    )

@@ -336,14 +336,26 @@ async def test_in_a_cluster_a_request_becomes_a_talkroom_and_no_call_is_joined(
     assert failed.status_code == 503
     assert "403" in failed.json()["error"]
     [(spec, session, enable)] = store.requests
-    assert (spec.room_token, spec.languages, spec.engine, session, enable) == (
+    assert (spec.room_token, spec.ordered_languages(), spec.engine, session, enable) == (
         ROOM,
-        ("fr", "en"),
+        ["fr", "en"],
         "kyutai",
         "nc-a",
         True,
     )
     assert double.clients() == []
+
+
+async def test_in_a_cluster_a_request_without_langid_leaves_the_rooms_language_alone(
+    double: SignalingDouble, recognizer: Recognizer
+) -> None:
+    store = FakeTalkRooms()
+    settings = settings_for(double.url, in_cluster=True, engine="kyutai")
+    async with exapp_for(settings, recognizer, store=store) as app:
+        body = {"roomToken": ROOM, "ncSessionId": "nc-b", "enable": True}
+        assert (await app.call("POST", "/api/v1/call/transcribe", body)).status_code == 200
+    [(spec, _, _)] = store.requests
+    assert (spec.language, spec.languages) == (None, ("en", "fr"))
 
 
 async def test_in_a_cluster_set_language_and_leave_change_the_talkroom(
@@ -363,6 +375,7 @@ async def test_in_a_cluster_set_language_and_leave_change_the_talkroom(
     assert [r.status_code for r in (ok, unknown, bad, left)] == [200, 200, 400, 200]
     assert unknown.json() == {"message": "left the call"}
     assert store.changes == [(ROOM, "fr", None), ("other", None, False), (ROOM, None, False)]
+    assert store.awaited == []  # the room's gateway follows its TalkRoom, not the operator
 
 
 async def test_in_a_cluster_talk_hears_200_only_once_the_operator_accepted_the_talkroom(

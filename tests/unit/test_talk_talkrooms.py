@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -107,6 +107,32 @@ async def test_later_requests_update_targets_and_the_last_one_off_deactivates_th
     room = api.objects["talk-abc123"]
     assert room["spec"]["active"] is False
     assert room["metadata"]["annotations"][talkrooms.TARGETS_ANNOTATION] == ""
+
+
+async def test_a_request_without_a_language_keeps_the_language_the_room_was_switched_to() -> None:
+    # Talk sends langId only when a participant chose one: another participant opting in or out
+    # must not put the ExApp's default language back (a room the ExApp joins itself keeps it too).
+    api = FakeApiServer()
+    client = client_for(api)
+    await client.request(SPEC, session="nc-a", enable=True)
+    await client.change(SPEC.room_token, language="fr", active=None)
+    name = talkrooms.resource_name(SPEC.room_token)
+    await client.request(SPEC, session="nc-b", enable=True)
+    assert api.objects[name]["spec"]["languages"] == ["fr", "en"]
+    await client.request(SPEC, session="nc-a", enable=False)
+    assert api.objects[name]["spec"]["languages"] == ["fr", "en"]
+    # a request that names a language does switch the room
+    await client.request(replace(SPEC, language="en"), session="nc-a", enable=True)
+    await client.aclose()
+    assert api.objects[name]["spec"]["languages"] == ["en", "fr"]
+
+
+async def test_a_first_request_with_a_language_puts_it_first() -> None:
+    api = FakeApiServer()
+    client = client_for(api)
+    await client.request(replace(SPEC, language="fr"), session="nc-a", enable=True)
+    await client.aclose()
+    assert api.objects["talk-abc123"]["spec"]["languages"] == ["fr", "en"]
 
 
 async def test_turning_captions_off_in_a_room_without_a_talkroom_creates_nothing() -> None:

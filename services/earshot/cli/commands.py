@@ -214,8 +214,10 @@ def talk(
     # The ExApp in a cluster hands rooms to room gateways (which recognise): it needs no model.
     hands_rooms_on = talk_settings.in_cluster and not talk_settings.room_mode
     _start_server(settings, needs_model=not hands_rooms_on)
-    refusal = talk_settings.refusal()
-    if refusal is None and settings.workers != 1:
+    refusal = talk_settings.refusal() or talk_settings.language_refusal(
+        talk_settings.captioning_engine(settings.engine)
+    )
+    if not refusal and settings.workers != 1:
         refusal = (
             f"EARSHOT_WORKERS={settings.workers}: the Talk ExApp runs as one process (its rooms "
             "are per process); use 1, and EARSHOT_INFERENCE_WORKERS for more recogniser threads"

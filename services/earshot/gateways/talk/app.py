@@ -279,8 +279,9 @@ async def _transcribe_in_cluster(
         hpb_url=settings.hpb_url,
         nextcloud_url=settings.nextcloud_url,
         internal_secret_name=settings.internal_secret_ref,
-        languages=_languages_first(settings.languages, body.lang_id),
+        languages=settings.languages,
         engine=settings.engine,
+        language=body.lang_id,
     )
     try:
         await store.request(spec, session=body.nc_session_id, enable=body.enable)
@@ -323,12 +324,6 @@ def _describe_translation(origin: dict[str, str], target: dict[str, str]) -> dic
         "origin_languages": languages.describe_named(origin),
         "target_languages": languages.describe_named(target),
     }
-
-
-def _languages_first(offered: tuple[str, ...], first: str | None) -> tuple[str, ...]:
-    if first is None:
-        return offered
-    return (first, *(code for code in offered if code != first))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from earshot.settings import ENGINE_LANGUAGES
+
 APP_ID = "live_transcription"
 BACKEND_PATH = "/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
 
@@ -240,6 +242,29 @@ class TalkSettings(BaseSettings):
                 " that creates TalkRooms) exclude each other"
             )
         return self
+
+    def captioning_engine(self, recognizing: str) -> str:
+        """The engine whose captions this process offers: the TalkRooms' engine
+        (``EARSHOT_TALK_ENGINE``) for the ExApp in a cluster, else ``recognizing`` (the process's own
+        ``EARSHOT_ENGINE``; the operator sets it for a room's gateway)."""
+        return self.engine if self.in_cluster and not self.room_mode else recognizing
+
+    def language_refusal(self, engine: str) -> str:
+        """Why ``engine`` cannot caption every language offered ("" when it can).
+
+        A caption carries ``langId`` = the room's language; neither engine can be steered to one,
+        so a language it does not recognise would only mislabel its captions (as
+        ``EARSHOT_LANGUAGE`` is refused for a session).
+        """
+        known = ENGINE_LANGUAGES.get(engine, ())
+        unknown = [code for code in self.languages if code not in known]
+        if not unknown:
+            return ""
+        return (
+            f"engine {engine} cannot recognise language {', '.join(map(repr, unknown))} "
+            f"(EARSHOT_TALK_LANGUAGES): it recognises {' and '.join(known)} by itself and cannot "
+            f"be steered; offer only {', '.join(known)}"
+        )
 
     @property
     def room_mode(self) -> bool:

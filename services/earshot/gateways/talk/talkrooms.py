@@ -42,9 +42,20 @@ class TalkRoomSpec:
     hpb_url: str
     nextcloud_url: str
     internal_secret_name: str
+    #: The languages offered, in the ExApp's order (its first is the default).
     languages: tuple[str, ...]
     engine: str
     active: bool = True
+    #: The caption language the request asks for (Talk's ``langId``): put first in
+    #: ``spec.languages``. None keeps the room's language (the default for a new room).
+    language: str | None = None
+
+    def ordered_languages(self) -> list[str]:
+        """``languages`` with :attr:`language` first."""
+        first = self.language
+        if first is None:
+            return list(self.languages)
+        return [first, *(code for code in self.languages if code != first)]
 
 
 def resource_name(room_token: str) -> str:
@@ -68,7 +79,7 @@ def build_talkroom(spec: TalkRoomSpec, *, namespace: str, targets: list[str]) ->
             "hpbUrl": spec.hpb_url,
             "nextcloudUrl": spec.nextcloud_url,
             "internalSecretRef": {"name": spec.internal_secret_name},
-            "languages": list(spec.languages),
+            "languages": spec.ordered_languages(),
             "engine": spec.engine,
             "active": spec.active,
         },
@@ -79,7 +90,8 @@ class TalkRoomStore(Protocol):
     """Where transcription requests become TalkRooms."""
 
     async def request(self, spec: TalkRoomSpec, *, session: str, enable: bool) -> None:
-        """Create or update the room's TalkRoom, adding or removing one caption target."""
+        """Create or update the room's TalkRoom, adding or removing one caption target; the
+        room's languages change only when ``spec.language`` is set."""
         ...
 
     async def change(self, room_token: str, *, language: str | None, active: bool | None) -> bool:
@@ -117,7 +129,11 @@ class KubernetesTalkRooms:
         return cls(kubeapi.in_cluster_http(settings), namespace=settings.namespace)
 
     async def request(self, spec: TalkRoomSpec, *, session: str, enable: bool) -> None:
-        """Create the TalkRoom or merge-patch it; the last target off makes it inactive."""
+        """Create the TalkRoom or merge-patch it; the last target off makes it inactive.
+
+        A request without a language leaves ``spec.languages`` as it is: the room keeps the
+        language it was switched to (as a room the ExApp joins itself does).
+        """
         name = resource_name(spec.room_token)
         url = self._url()
         current = await self._http.get(f"{url}/{name}")
@@ -136,6 +152,8 @@ class KubernetesTalkRooms:
             namespace=self._namespace,
             targets=sorted(targets),
         )
+        if spec.language is None:
+            del body["spec"]["languages"]
         patch = {"metadata": {"annotations": body["metadata"]["annotations"]}, "spec": body["spec"]}
         response = await self._http.patch(
             f"{url}/{name}", json=patch, headers={"Content-Type": "application/merge-patch+json"}
