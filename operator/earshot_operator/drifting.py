@@ -9,8 +9,9 @@ some resources only (the sessions of a pool whose state changed) is the same che
 
 A reconcile is a few API requests one after the other (about three for a pooled session), so a
 pass reconciles up to :data:`CONCURRENT_RECONCILES` resources at once: a pool whose gateways
-stopped tells its sessions in a fraction of the sequential time, while the API server never
-sees more than that many of the operator's reconciles in flight. The workers are tasks of one
+stopped does not make its last session wait for every other one's requests in turn, while the
+API server never sees more than that many of the operator's reconciles in flight
+(``bench/operator_scale.py --pool-change`` times it). The workers are tasks of one
 task group the pass owns: stopping the loop cancels them and waits for them.
 """
 
