@@ -14,6 +14,12 @@ and reports:
 
 Usage: ``python -m bench.operator_scale [--sessions 200]``.
 Writes ``bench/reports/operator_scale.md``.
+
+``--pool-change`` measures instead how long a gateway pool's change takes to reach the sessions on
+it: N sessions placed on the watched pool (its Deployment's pod pending: ``PoolUnavailable``), then
+the pool's pod reports an image it cannot pull, as a kubelet would, and the time until every
+session says ``ImagePullBackOff`` is taken. It holds the pool check interval (1 s here) and the
+re-reconcile of the N sessions. Writes ``bench/reports/operator_pool_change.md``.
 """
 
 from __future__ import annotations
@@ -33,11 +39,15 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from earshot_operator.clients import KubeClient
+from tests.e2e.controlplane import operators
 from tests.e2e.controlplane.cluster import ControlPlane, running_control_plane
 from tests.e2e.controlplane.operators import OperatorProcess, operator_kubeconfig
 
 REPORT = Path(__file__).parent / "reports" / "operator_scale.md"
+POOL_CHANGE_REPORT = Path(__file__).parent / "reports" / "operator_pool_change.md"
 NAMESPACE = "scale"
+POOL_CHECK_INTERVAL_S = 1.0
+POOL_LABELS = {"app.kubernetes.io/name": "earshot", "app.kubernetes.io/component": "pool-bench"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +170,72 @@ def measure(count: int) -> Result:
             )
 
 
+def _pool_deployment() -> dict[str, object]:
+    container = {"name": "gateway", "image": "registry.invalid/earshot:0"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": operators.WATCHED_POOL_DEPLOYMENT, "namespace": operators.NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": POOL_LABELS},
+            "template": {"metadata": {"labels": POOL_LABELS}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+async def _reasons(api: KubeClient) -> list[str | None]:
+    # from the watch cache: the bench must not load the apiserver
+    path = f"/apis/earshot.dev/v1alpha1/namespaces/{NAMESPACE}/transcriptionsessions"
+    answer = await api.request("GET", path, params={"resourceVersion": "0"})
+    return [(item.get("status") or {}).get("reason") for item in answer["items"]]
+
+
+async def _all_say(api: KubeClient, reason: str, count: int) -> None:
+    while True:  # twenty times a second, from the watch cache
+        if (await _reasons(api)).count(reason) == count:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _pool_change(plane: ControlPlane, count: int) -> float:
+    async with KubeClient.connect(plane.connection_info()) as api:
+        await api.create(_pool_deployment())
+        placed = [
+            {**_session(i), "spec": {"userId": "u", "placement": {"pool": operators.WATCHED_POOL}}}
+            for i in range(count)
+        ]
+        await asyncio.gather(*(api.create(body) for body in placed))
+        await _all_say(api, "PoolUnavailable", count)
+        selector = ",".join(f"{k}={v}" for k, v in POOL_LABELS.items())
+        pods = f"/api/v1/namespaces/{operators.NAMESPACE}/pods"
+        [pod] = (await api.request("GET", pods, params={"labelSelector": selector}))["items"]
+        waiting = {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}
+        status = {"name": "gateway", "image": "registry.invalid/earshot:0", "imageID": "",
+                  "ready": False, "restartCount": 0, "state": {"waiting": waiting}}  # fmt: skip
+        start = time.perf_counter()
+        await api.patch(
+            f"{pods}/{pod['metadata']['name']}/status",
+            {"status": {"phase": "Pending", "containerStatuses": [status]}},
+        )
+        await _all_say(api, "ImagePullBackOff", count)
+        return time.perf_counter() - start
+
+
+def measure_pool_change(count: int) -> float:
+    """Seconds from a pool's pod reporting a pull failure until all ``count`` sessions say so."""
+    os.environ["EARSHOT_OPERATOR_POOL_CHECK_INTERVAL_SECONDS"] = str(POOL_CHECK_INTERVAL_S)
+    with running_control_plane() as plane:
+        plane.kubectl("create", "namespace", NAMESPACE)
+        kubeconfig = operator_kubeconfig(plane)
+        with OperatorProcess(kubeconfig, log=plane.folder / "operator.log", drift_interval_s=600.0):
+            return asyncio.run(_pool_change(plane, count))
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def render(result: Result) -> str:
     """The result as a Markdown table."""
     rows = [
@@ -198,7 +274,17 @@ def main() -> None:
     """Run the benchmark, print the table and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--pool-change", action="store_true", help="time a pool change instead")
+    parser.add_argument("--repeats", type=int, default=3, help="pool-change runs (fresh planes)")
     args = parser.parse_args()
+    if args.pool_change:
+        runs = []
+        for _ in range(args.repeats):
+            load = _load()
+            runs.append((measure_pool_change(args.sessions), load))
+            print(f"{runs[-1][0]:.2f} s (load average before: {load})")
+        _report_pool_change(args.sessions, runs)
+        return
     result = measure(args.sessions)
     table = render(result)
     print(table)
@@ -213,6 +299,26 @@ def main() -> None:
         "The apiserver, etcd, the controller-manager (which creates the ReplicaSets and Pods of the "
         "new Deployments), the client and the operator share the machine's CPUs.\n\n"
         f"{table}\n"
+    )
+
+
+def _report_pool_change(count: int, runs: list[tuple[float, str]]) -> None:
+    seconds = sorted(s for s, _ in runs)
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [f"| {n} | {s:.2f} s | {load} |" for n, (s, load) in enumerate(runs, 1)]
+    POOL_CHANGE_REPORT.write_text(
+        f"# Operator: a pool change reaching {count} sessions\n\n"
+        f"Measured {today} with `python -m bench.operator_scale --pool-change --sessions {count} "
+        f"--repeats {len(runs)}` on {_machine()}.\n\n"
+        "One operator process (pool check every 1 s, drift interval 600 s so no drift pass "
+        "interferes) against a fresh local control plane per run; the pool's pod is pending (no "
+        "kubelet), then its status reports an image it cannot pull, as a kubelet would. Measured "
+        "from that status write until every session's status says ImagePullBackOff: up to one pool "
+        "check interval, then the re-reconcile of the pool's sessions "
+        "(`drifting.CONCURRENT_RECONCILES` at once). The control plane, the operator and the "
+        "bench share the machine's CPUs with whatever else runs (the load average column).\n\n"
+        "| run | all sessions say ImagePullBackOff after | load average before (1, 5, 15 min) |\n"
+        "|---|---|---|\n" + "\n".join(rows) + f"\n\nMedian: {seconds[len(seconds) // 2]:.2f} s.\n"
     )
 
 

@@ -1,4 +1,7 @@
-"""Private Redis and MariaDB servers for tests: real processes on free ports in a scratch directory.
+"""Private servers for tests: real processes on free ports in a scratch directory.
+
+Redis, MariaDB, Prometheus, and earshot's own commands (``python -m earshot serve``, ``persister``,
+``talk``) as separate processes, each with a registry of its own, as in a pod.
 
 Each server can be stopped and started again on the same port (and, for MariaDB, the same data
 directory), so tests can take a store's server away and bring it back. Redis runs without
@@ -12,15 +15,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import httpx
 import redis
 import sqlalchemy
+import yaml
 
-INSTALL_HINT = "apt-get install redis-server mariadb-server"
+INSTALL_HINT = "apt-get install redis-server mariadb-server prometheus"
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
 _READY_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 30.0
@@ -71,13 +78,20 @@ class _Server:
     def _answers(self) -> bool:
         raise NotImplementedError
 
+    def _environment(self) -> dict[str, str] | None:
+        return None  # the test process's own
+
     def start(self) -> Self:
         """Start the server (a no-op when it runs) and wait until it answers."""
         if self.running:
             return self
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                self._command(),
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
         while not self._answers():
@@ -240,3 +254,77 @@ class MariaDbServer(_Server):
     def _answers(self) -> bool:
         # The server's handshake packet: 3-byte length, sequence 0, then protocol version 10.
         return _probe(self.port, b"", expect=b"\x00\x0a", offset=3)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class EarshotProcess(_Server):
+    """``python -m earshot COMMAND`` with the given environment; up when ``health`` answers 200.
+
+    ``port`` is the one the command listens on (the caller puts it in ``environment``).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        command: str,
+        *,
+        port: int,
+        environment: Mapping[str, str],
+        health: str = "/health",
+    ) -> None:
+        """Prepare ``earshot COMMAND`` in ``workdir``; call start()."""
+        self.name = command
+        self._subcommand = command
+        self._env = {**os.environ, **environment}
+        self._health = health
+        super().__init__(workdir, port=port)
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "earshot", self._subcommand]
+
+    def _environment(self) -> dict[str, str]:
+        return self._env
+
+    def _answers(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.port}{self._health}")
+
+
+class PrometheusServer(_Server):
+    """A private ``prometheus`` with the given configuration and its own TSDB, on 127.0.0.1."""
+
+    name = "prometheus"
+
+    def __init__(self, workdir: Path, config: Mapping[str, object]) -> None:
+        """Prepare a server in ``workdir`` that loads ``config`` (prometheus.yml as a mapping)."""
+        self._binary = find_binary("prometheus")
+        super().__init__(workdir)
+        self.config_path = workdir / "prometheus.yml"
+        self.config_path.write_text(yaml.safe_dump(dict(config)))
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self, path: str, **params: str | list[str]) -> object:
+        """GET ``/api/v1/PATH``: its ``data``, or an AssertionError carrying Prometheus's error."""
+        reply = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=30.0)
+        body = reply.json()
+        assert body.get("status") == "success", f"{path} {params}: {body}"
+        return body["data"]
+
+    def _command(self) -> list[str]:
+        return [
+            self._binary, f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+        ]  # fmt: skip
+
+    def _answers(self) -> bool:
+        return _http_ok(f"{self.url}/-/ready")

@@ -6,12 +6,20 @@ loop needs no finalizer: a deleted resource goes at once and the garbage collect
 objects it owns. The loop is one task, started and stopped by its owner (kopf's startup and
 cleanup handlers); one failing resource is logged and the pass goes on to the next. A pass over
 some resources only (the sessions of a pool whose state changed) is the same check.
+
+A reconcile is a few API requests one after the other (about three for a pooled session), so a
+pass reconciles up to :data:`CONCURRENT_RECONCILES` resources at once: a pool whose gateways
+stopped does not make its last session wait for every other one's requests in turn, while the
+API server never sees more than that many of the operator's reconciles in flight
+(``bench/operator_scale.py --pool-change`` times it). The workers are tasks of one
+task group the pass owns: stopping the loop cancels them and waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -22,6 +30,9 @@ from earshot_operator.settings import OperatorSettings
 
 logger = logging.getLogger("earshot_operator.drifting")
 
+#: Resources a pass reconciles at once (each reconcile's requests stay one after the other).
+CONCURRENT_RECONCILES = 4
+
 #: Reconcile one resource of a kind again, counting what it changes as drift repairs.
 Reconcile = Callable[[resources.Kind, Mapping[str, Any]], Awaitable[None]]
 
@@ -30,11 +41,19 @@ class DriftLoop:
     """Re-reconciles every TranscriptionSession and TalkRoom each ``drift_interval_seconds``."""
 
     def __init__(
-        self, client: KubeClient, *, settings: OperatorSettings, reconcile: Reconcile
+        self,
+        client: KubeClient,
+        *,
+        settings: OperatorSettings,
+        reconcile: Reconcile,
+        concurrency: int = CONCURRENT_RECONCILES,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self._client = client
         self._settings = settings
         self._reconcile = reconcile
+        self._concurrency = concurrency
         self._loop = looping.Periodic(
             "earshot-drift", interval_s=settings.drift_interval_seconds, step=self.check_all
         )
@@ -60,18 +79,30 @@ class DriftLoop:
     ) -> int:
         """One pass over every resource of ``kinds`` that ``where`` selects; returns how many
         were reconciled (a pool's sessions, when the pool's state changed: ``where``)."""
-        checked = 0
-        for kind in kinds:
-            for path in self._collections(kind):
-                try:
-                    answer = await self._client.request("GET", path)
-                except (ApiError, aiohttp.ClientError, TimeoutError) as error:
-                    logger.warning("cannot list %s: %s", path, error)  # next pass retries
-                    continue
-                for body in answer.get("items") or ():
-                    if where(body):
-                        checked += await self._check(kind, body)
-        return checked
+        selected = [
+            (kind, body) for kind in kinds async for body in self._listed(kind) if where(body)
+        ]
+        pending = iter(selected)
+        checked: list[int] = []
+
+        async def work() -> None:
+            for kind, body in pending:  # shared: each resource goes to the first free worker
+                checked.append(await self._check(kind, body))
+
+        async with asyncio.TaskGroup() as workers:
+            for index in range(min(self._concurrency, len(selected))):
+                workers.create_task(work(), name=f"earshot-drift-worker-{index}")
+        return sum(checked)
+
+    async def _listed(self, kind: resources.Kind) -> AsyncIterator[Mapping[str, Any]]:
+        for path in self._collections(kind):
+            try:
+                answer = await self._client.request("GET", path)
+            except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                logger.warning("cannot list %s: %s", path, error)  # next pass retries
+                continue
+            for body in answer.get("items") or ():
+                yield body
 
     async def _check(self, kind: resources.Kind, body: Mapping[str, Any]) -> int:
         if body["metadata"].get("deletionTimestamp"):

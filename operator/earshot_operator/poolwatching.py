@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -110,7 +111,7 @@ class PoolWatch:
         ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
         if deployment is not None and not ready:
             pods = await self._pods(namespace, deployment)
-        return diagnosing.from_pool(pool, deployment, pods=pods)
+        return diagnosing.from_pool(pool, deployment, pods=pods, now=datetime.now(UTC))
 
     async def _pods(self, namespace: str, deployment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}

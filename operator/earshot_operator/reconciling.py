@@ -200,7 +200,7 @@ async def diagnose(client: KubeClient, gateway: gateways.Gateway) -> diagnosing.
         path_of("v1", "Pod", namespace=namespace),
         params={"labelSelector": f"{resources.INSTANCE_LABEL}={gateway.name}"},
     )
-    return diagnosing.from_pods(pods.get("items") or ())
+    return diagnosing.from_pods(pods.get("items") or (), now=datetime.datetime.now(datetime.UTC))
 
 
 def _name_of(manifest: Mapping[str, Any]) -> str:

@@ -316,14 +316,24 @@ SEGMENT_CONFLICTS = Counter(
 GATEWAY_STORES = ("spool", "segments")
 
 
+#: The per-stream latency histograms of a telephony gateway (by gateway and engine).
+LATENCY_HISTOGRAMS = (
+    FIRST_PARTIAL_LATENCY, FINAL_LATENCY, CHUNK_LATENCY, REPLY_LATENCY, REAL_TIME_FACTOR
+)  # fmt: skip
+
+
 def initialise_gateway(gateway: str, engine: str) -> None:
-    """Create at 0 the error and throughput counters and the active streams of one gateway.
+    """Create at 0 the error and throughput counters, the latency histograms and the active
+    streams of one gateway (a histogram first seen with its first stream's observations in it
+    shows no rate for that stream).
 
     The active streams are what a pool's autoscaler reads per pod: a pod that has not streamed
     yet must say 0, since a pod without the series blocks or slows the HPA's decision.
     """
     for series in (OVERLOAD_REJECTIONS, ENGINE_ERRORS, SEGMENTS_FINALISED, ACTIVE_STREAMS):
         series.labels(gateway, engine)
+    for histogram in LATENCY_HISTOGRAMS:
+        histogram.labels(gateway, engine)
     SPOOL_FULL_REJECTIONS.labels(gateway)
     for store in GATEWAY_STORES:
         STORAGE_ERRORS.labels(store)
@@ -359,9 +369,11 @@ PERSISTER_STORES = ("partials", "segments")
 
 
 def initialise_persister() -> None:
-    """Create at 0 the retry counters of a drainer (its outage alert reads their rate)."""
+    """Create at 0 the retry counters (its outage alert reads their rate) and the write latency
+    of a drainer."""
     for store in PERSISTER_STORES:
         PERSISTER_RETRIES.labels(store)
+        PERSISTER_WRITE_LATENCY.labels(store)
 
 
 def snapshot(registry: CollectorRegistry = REGISTRY) -> dict[str, Any]:

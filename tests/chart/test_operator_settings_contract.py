@@ -8,6 +8,7 @@ gateway pods the chart renders are scheduled, pulled and prioritised like them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,6 +123,53 @@ def test_a_pools_own_scheduling_values_win_over_the_gateway_defaults() -> None:
     assert spec["tolerations"] == [{"key": "pool", "operator": "Exists"}]
     assert list(spec["affinity"]) == ["nodeAffinity"]
     assert spec["priorityClassName"] == "earshot-pools"
+
+
+#: What a pool may set for itself (imagePullSecrets are the release's).
+POOL_SCHEDULING = ("nodeSelector", "tolerations", "affinity", "priorityClassName")
+
+
+def _pool_values(path: Path, pool: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump({"pools": {"gateways": {"default": pool}}}))
+    return path
+
+
+def _pool_spec(*values_files: Path) -> dict[str, Any]:
+    pool = find(template(*values_files, sets=PLACEMENT_VALUES), "Deployment", "-pool-default")
+    spec: dict[str, Any] = pool["spec"]["template"]["spec"]
+    return spec
+
+
+def test_a_pools_empty_scheduling_values_mean_none_not_the_gateway_defaults(tmp_path: Path) -> None:
+    empty = {"nodeSelector": {}, "tolerations": [], "affinity": {}, "priorityClassName": ""}
+    spec = _pool_spec(_pool_values(tmp_path / "none.yaml", empty))
+    assert not set(POOL_SCHEDULING) & set(spec)
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+
+
+def test_a_pools_null_scheduling_values_take_the_gateway_defaults(tmp_path: Path) -> None:
+    own = {
+        "nodeSelector": {"tier": "pool"},
+        "tolerations": [{"key": "pool", "operator": "Exists"}],
+        "affinity": {"nodeAffinity": {}},
+        "priorityClassName": "earshot-pools",
+    }
+    earlier = _pool_values(tmp_path / "own.yaml", own)
+    later = _pool_values(tmp_path / "inherit.yaml", dict.fromkeys(POOL_SCHEDULING))
+    spec = _pool_spec(earlier, later)
+    assert spec["nodeSelector"] == {"pool": "gateways"}
+    assert spec["tolerations"][0]["key"] == "dedicated"
+    assert list(spec["affinity"]) == ["podAntiAffinity"]
+    assert spec["priorityClassName"] == "earshot-gateways"
+
+
+def test_a_later_values_files_empty_map_keeps_an_earlier_files_keys(tmp_path: Path) -> None:
+    # Helm merges maps: the limitation values.yaml documents, and what a later file can do
+    earlier = _pool_values(tmp_path / "own.yaml", {"nodeSelector": {"tier": "pool"}})
+    empty = _pool_values(tmp_path / "empty.yaml", {"nodeSelector": {}})
+    assert _pool_spec(earlier, empty)["nodeSelector"] == {"tier": "pool"}
+    inherit = _pool_values(tmp_path / "inherit.yaml", {"nodeSelector": None})
+    assert _pool_spec(earlier, inherit)["nodeSelector"] == {"pool": "gateways"}
 
 
 def test_chart_defaults_give_pool_pods_without_placement() -> None:

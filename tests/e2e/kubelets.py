@@ -69,6 +69,26 @@ async def container_of(api: KubeClient, namespace: str, deployment: str, *, name
     )
 
 
+async def config_error(api: KubeClient, pod: dict[str, Any]) -> str | None:
+    """What the kubelet says (its reason: ``CreateContainerConfigError``) when a Secret, or a key
+    of one, that a container's environment reads is not in the pod's namespace; None when every
+    required Secret reference resolves. The words are the kubelet's (pkg/kubelet/kubelet_pods.go,
+    and its Secret manager's NotFound error).
+    """
+    namespace = pod["metadata"]["namespace"]
+    for container in pod["spec"]["containers"]:
+        for item in container.get("env") or ():
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None or ref.get("optional"):
+                continue
+            secret = await api.get(path_of("v1", "Secret", namespace=namespace, name=ref["name"]))
+            if secret is None:
+                return f'secret "{ref["name"]}" not found'
+            if ref["key"] not in (secret.get("data") or {}):
+                return f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}"
+    return None
+
+
 async def _config_data(api: KubeClient, namespace: str, name: str) -> dict[str, str]:
     config = await api.get(path_of("v1", "ConfigMap", namespace=namespace, name=name))
     assert config is not None, f"ConfigMap {name} is missing"

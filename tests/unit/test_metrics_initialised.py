@@ -1,5 +1,5 @@
-"""Counters an alert or rate() reads, and the gauge an autoscaler reads, exist at 0 from a
-gateway's start, not from its first event."""
+"""Counters an alert or rate() reads, the histograms a dashboard's quantiles read, and the gauge
+an autoscaler reads, exist at 0 from a gateway's start, not from its first event."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest_asyncio
 from earshot import metrics
 from earshot.engines import loading
 from earshot.engines.recognizers import Recognizer
+from earshot.engines.triton import TritonRecognizer
 from earshot.gateways.talk import peering, signaling
 from earshot.gateways.talk.hosting import Rooms
 from earshot.persistence.draining import Drainer, DrainPolicy
@@ -52,8 +53,35 @@ def test_a_gateways_error_counters_start_at_zero() -> None:
     )
 
 
+def test_a_gateways_latency_histograms_start_empty() -> None:
+    metrics.initialise_gateway("test-gw", "never-used")
+
+    lines = _exposition().splitlines()
+    for name in (
+        "earshot_first_partial_latency_seconds",
+        "earshot_final_latency_seconds",
+        "earshot_chunk_processing_seconds",
+        "earshot_reply_latency_seconds",
+        "earshot_real_time_factor",
+    ):
+        assert f'{name}_count{{engine="never-used",gateway="test-gw"}} 0.0' in lines, name
+
+
+async def test_a_triton_recognizers_series_start_at_zero() -> None:
+    recognizer = TritonRecognizer("127.0.0.1:1", engine="paraformer", model="never-used-model")
+    lines = _exposition().splitlines()
+    await recognizer.aclose()
+    for line in (
+        'earshot_triton_round_trip_seconds_count{model="never-used-model"} 0.0',
+        'earshot_triton_audio_lost_seconds_total{model="never-used-model"} 0.0',
+        'earshot_triton_reconnects_total{model="never-used-model"} 0.0',
+    ):
+        assert line in lines, line
+
+
 async def test_a_drainers_retry_counters_start_at_zero(tmp_path: Path) -> None:
     metrics.PERSISTER_RETRIES.clear()
+    metrics.PERSISTER_WRITE_LATENCY.clear()
     assert "earshot_persister_retries_total{" not in _exposition()
     segments = await backends.open_segment_store(f"sqlite:///{tmp_path / 'seg.db'}")
     drainer = Drainer(
@@ -75,6 +103,7 @@ async def test_a_drainers_retry_counters_start_at_zero(tmp_path: Path) -> None:
     lines = _exposition().splitlines()
     for store in ("partials", "segments"):
         assert f'earshot_persister_retries_total{{store="{store}"}} 0.0' in lines
+        assert f'earshot_persister_write_seconds_count{{store="{store}"}} 0.0' in lines
 
 
 TALK_LABELLED = {

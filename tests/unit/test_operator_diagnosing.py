@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from earshot_operator import diagnosing, events, statuses
 from earshot_operator.settings import SecretKeyRef
 
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 STORAGE = (
     ("EARSHOT_PARTIALS_URL", SecretKeyRef(name="earshot-storage", key="redis-url")),
     ("EARSHOT_SEGMENTS_URL", SecretKeyRef(name="earshot-storage", key="mysql-url")),
@@ -50,7 +52,7 @@ def test_present_secrets_are_no_diagnosis() -> None:
 )
 def test_a_stuck_container_gives_its_waiting_reason_and_message(reason: str) -> None:
     pod = _pod("tsess-a-1", containerStatuses=[_waiting("gateway", reason, "the details")])
-    assert diagnosing.from_pods([pod]) == diagnosing.Diagnosis(
+    assert diagnosing.from_pods([pod], now=NOW) == diagnosing.Diagnosis(
         reason, "container gateway of pod tsess-a-1: the details"
     )
 
@@ -62,7 +64,7 @@ def test_an_unschedulable_pod_says_why_no_node_fits() -> None:
         "reason": "Unschedulable",
         "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
     }
-    diagnosis = diagnosing.from_pods([_pod("p", conditions=[condition])])
+    diagnosis = diagnosing.from_pods([_pod("p", conditions=[condition])], now=NOW)
     assert diagnosis == diagnosing.Diagnosis(
         "Unschedulable",
         "pod p cannot be scheduled: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
@@ -72,7 +74,7 @@ def test_an_unschedulable_pod_says_why_no_node_fits() -> None:
 def test_a_crash_loop_reports_the_last_exit() -> None:
     status = _waiting("persister", "CrashLoopBackOff")
     status |= {"restartCount": 4, "lastState": {"terminated": {"reason": "Error", "exitCode": 3}}}
-    diagnosis = diagnosing.from_pods([_pod("p", containerStatuses=[status])])
+    diagnosis = diagnosing.from_pods([_pod("p", containerStatuses=[status])], now=NOW)
     assert diagnosis is not None
     assert diagnosis.message == (
         "container persister of pod p: last exit Error (code 3), restarted 4 times"
@@ -83,7 +85,7 @@ def test_starting_and_terminating_pods_are_no_diagnosis() -> None:
     creating = _pod("new", containerStatuses=[_waiting("gateway", "ContainerCreating")])
     going = _pod("old", containerStatuses=[_waiting("gateway", "ImagePullBackOff")])
     going["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
-    assert diagnosing.from_pods([creating, going]) is None
+    assert diagnosing.from_pods([creating, going], now=NOW) is None
 
 
 def test_the_newest_pod_speaks_first() -> None:
@@ -93,7 +95,7 @@ def test_the_newest_pod_speaks_first() -> None:
     new = _pod(
         "new", created="2026-01-01T00:05:00Z", containerStatuses=[_waiting("g", "ImagePullBackOff")]
     )
-    diagnosis = diagnosing.from_pods([old, new])
+    diagnosis = diagnosing.from_pods([old, new], now=NOW)
     assert diagnosis is not None
     assert diagnosis.reason == "ImagePullBackOff"
 

@@ -110,3 +110,76 @@ async def test_a_pass_can_check_only_the_resources_it_selects() -> None:
     )
     assert (checked, seen) == (1, ["TranscriptionSession/on-pool"])
     assert listing.paths == [SESSIONS]
+
+
+class InFlight:
+    """A reconcile that counts how many run at once; ``hold`` keeps each one until cancelled."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.hold = hold
+        self.now = self.most = 0
+        self.done: list[str] = []
+        self.cancelled: list[str] = []
+        self.entered = asyncio.Event()
+
+    async def __call__(self, kind: resources.Kind, body: Mapping[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        self.now += 1
+        self.most = max(self.most, self.now)
+        self.entered.set()
+        try:
+            for _ in range(3):  # a reconcile's requests, one after the other
+                await asyncio.sleep(0)
+            if self.hold:
+                await asyncio.Event().wait()
+            self.done.append(name)
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        finally:
+            self.now -= 1
+
+
+def _many(count: int) -> Listing:
+    return Listing({SESSIONS: [_item(f"s{i}") for i in range(count)]})
+
+
+async def test_a_pass_reconciles_up_to_its_limit_at_once_and_every_resource_once() -> None:
+    reconcile = InFlight()
+    loop = drifting.DriftLoop(
+        cast(KubeClient, _many(10)), settings=OperatorSettings(), reconcile=reconcile, concurrency=3
+    )
+    assert await loop.check_all((resources.SESSION,)) == 10
+    assert reconcile.most == 3
+    assert sorted(reconcile.done) == sorted(f"s{i}" for i in range(10))
+
+
+async def test_the_default_limit_is_small_and_a_pass_of_one_needs_one_worker() -> None:
+    assert 1 < drifting.CONCURRENT_RECONCILES <= 8
+    reconcile = InFlight()
+    loop = drifting.DriftLoop(
+        cast(KubeClient, _many(1)), settings=OperatorSettings(), reconcile=reconcile
+    )
+    assert await loop.check_all((resources.SESSION,)) == 1
+    assert reconcile.most == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        drifting.DriftLoop(
+            cast(KubeClient, _many(1)), settings=OperatorSettings(), reconcile=reconcile,
+            concurrency=0,
+        )  # fmt: skip
+
+
+async def test_cancelling_a_pass_cancels_and_awaits_its_reconciles_in_flight() -> None:
+    reconcile = InFlight(hold=True)
+    loop = drifting.DriftLoop(
+        cast(KubeClient, _many(10)), settings=OperatorSettings(), reconcile=reconcile, concurrency=3
+    )
+    passing = asyncio.create_task(loop.check_all((resources.SESSION,)))
+    await reconcile.entered.wait()
+    for _ in range(5):  # let the other workers take their first resource
+        await asyncio.sleep(0)
+    passing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await passing
+    assert sorted(reconcile.cancelled) == ["s0", "s1", "s2"]
+    assert (reconcile.now, reconcile.done) == (0, [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -31,6 +32,7 @@ POOL = Pool(name="default", address="p.earshot.svc:8000", deployment="earshot/ea
 UNCHECKED = Pool(name="plain", address="q.earshot.svc:8000")
 DEPLOYMENT_PATH = "/apis/apps/v1/namespaces/earshot/deployments/earshot-pool-default"
 PODS_PATH = "/api/v1/namespaces/earshot/pods"
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SELECTOR = {"app.kubernetes.io/instance": "earshot", "app.kubernetes.io/component": "pool-default"}
 
 
@@ -58,18 +60,18 @@ def _pulling(name: str) -> dict[str, Any]:
 
 
 def test_a_pool_with_one_ready_gateway_can_take_a_stream() -> None:
-    assert diagnosing.from_pool(POOL, _deployment(1), pods=[_pulling("other")]) is None
+    assert diagnosing.from_pool(POOL, _deployment(1), pods=[_pulling("other")], now=NOW) is None
 
 
 def test_a_missing_pool_deployment_is_named() -> None:
-    assert diagnosing.from_pool(POOL, None, pods=[]) == diagnosing.Diagnosis(
+    assert diagnosing.from_pool(POOL, None, pods=[], now=NOW) == diagnosing.Diagnosis(
         "PoolMissing", "gateway pool default: Deployment earshot/earshot-pool-default not found"
     )
 
 
 def test_a_pool_without_ready_gateways_gives_its_stuck_pods_cause() -> None:
     diagnosis = diagnosing.from_pool(
-        POOL, _deployment(0), pods=[_pulling("earshot-pool-default-a")]
+        POOL, _deployment(0), pods=[_pulling("earshot-pool-default-a")], now=NOW
     )
     assert diagnosis == diagnosing.Diagnosis(
         "ImagePullBackOff",
@@ -85,7 +87,9 @@ def test_an_unschedulable_pool_says_why_no_node_fits() -> None:
         "reason": "Unschedulable",
         "message": "0/1 nodes are available: 1 node(s) didn't match node selector.",
     }
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0), pods=[_pod("a", conditions=[condition])])
+    diagnosis = diagnosing.from_pool(
+        POOL, _deployment(0), pods=[_pod("a", conditions=[condition])], now=NOW
+    )
     assert diagnosis is not None
     assert diagnosis.reason == "Unschedulable"
     assert diagnosis.message.endswith("1 node(s) didn't match node selector.")
@@ -98,7 +102,7 @@ def test_pods_the_deployment_may_not_create_are_its_replica_failure() -> None:
         "reason": "FailedCreate",
         "message": 'pods "earshot-pool-default-a" is forbidden: exceeded quota',
     }
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0, conditions=[failure]), pods=[])
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0, conditions=[failure]), pods=[], now=NOW)
     assert diagnosis == diagnosing.Diagnosis(
         "FailedCreate",
         "gateway pool default has no Ready gateway (0 of 2): "
@@ -109,7 +113,9 @@ def test_pods_the_deployment_may_not_create_are_its_replica_failure() -> None:
 @pytest.mark.parametrize("replicas", [0, 2])
 def test_no_ready_gateway_and_no_stuck_pod_is_still_unavailable(replicas: int) -> None:
     starting = _pod("a", containerStatuses=[{"name": "gateway", "state": {"running": {}}}])
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0, replicas=replicas), pods=[starting])
+    diagnosis = diagnosing.from_pool(
+        POOL, _deployment(0, replicas=replicas), pods=[starting], now=NOW
+    )
     assert diagnosis == diagnosing.Diagnosis(
         "PoolUnavailable", f"gateway pool default has no Ready gateway (0 of {replicas})"
     )
@@ -118,7 +124,7 @@ def test_no_ready_gateway_and_no_stuck_pod_is_still_unavailable(replicas: int) -
 def test_an_image_the_node_may_not_pull_is_stuck() -> None:
     waiting = {"reason": "ErrImageNeverPull", "message": 'image "x:0" is not present'}
     pod = _pod("a", containerStatuses=[{"name": "gateway", "state": {"waiting": waiting}}])
-    diagnosis = diagnosing.from_pods([pod])
+    diagnosis = diagnosing.from_pods([pod], now=NOW)
     assert diagnosis is not None
     assert diagnosis.reason == "ErrImageNeverPull"
 
@@ -136,7 +142,7 @@ def test_a_registered_session_on_a_serving_pool_is_ready() -> None:
 
 
 def test_a_session_on_a_pool_that_cannot_serve_is_not_ready_and_warns_once() -> None:
-    cause = diagnosing.from_pool(POOL, _deployment(0), pods=[_pulling("a")])
+    cause = diagnosing.from_pool(POOL, _deployment(0), pods=[_pulling("a")], now=NOW)
     observation = statuses.registered("default", cause)
     assert (observation.phase, observation.available, observation.warning) == (
         statuses.Phase.PROVISIONING,
@@ -159,6 +165,57 @@ def test_a_pool_that_serves_again_makes_its_session_ready_with_a_normal_event() 
     ready = statuses.registered("default", None)
     notes = events.notes({"phase": "Provisioning", "reason": "PoolUnavailable"}, ready)
     assert notes == [events.Note(events.Type.NORMAL, "Ready", ready.message)]
+
+
+def _crash_loop(name: str, *, now: datetime) -> list[dict[str, Any]]:
+    """One restart of a crash-looping gateway as the kubelet reports it, state by state: waiting
+    in back-off, running again (not Ready), exited, back-off again."""
+    exited = {"reason": "Error", "exitCode": 1, "finishedAt": _stamp(now - timedelta(seconds=20))}
+    base = {
+        "name": "gateway",
+        "ready": False,
+        "restartCount": 4,
+        "lastState": {"terminated": exited},
+    }
+    back_off = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}}
+    now_exited = {**exited, "finishedAt": _stamp(now)}
+    states = [
+        back_off,
+        {"running": {"startedAt": _stamp(now - timedelta(seconds=2))}},
+        {"terminated": now_exited},
+        back_off,
+    ]
+    return [_pod(name, containerStatuses=[{**base, "state": state}]) for state in states]
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_crash_looping_pool_stays_crash_loop_back_off_between_restarts() -> None:
+    reasons = [
+        diagnosis.reason if diagnosis else None
+        for pod in _crash_loop("earshot-pool-default-a", now=NOW)
+        for diagnosis in [diagnosing.from_pool(POOL, _deployment(0), pods=[pod], now=NOW)]
+    ]
+    assert reasons == ["CrashLoopBackOff"] * 4
+
+
+def test_a_running_pod_says_it_restarts_after_a_crash() -> None:
+    running = _crash_loop("earshot-pool-default-a", now=NOW)[1]
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), pods=[running], now=NOW)
+    assert diagnosis is not None
+    assert diagnosis.message.endswith(
+        "container gateway of pod earshot-pool-default-a: restarting after a crash, "
+        "last exit Error (code 1), restarted 4 times"
+    )
+
+
+def test_a_pod_that_crashed_long_ago_and_is_not_ready_is_only_unavailable() -> None:
+    running = _crash_loop("earshot-pool-default-a", now=NOW - timedelta(hours=1))[1]
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), pods=[running], now=NOW)
+    assert diagnosis is not None
+    assert diagnosis.reason == "PoolUnavailable"
 
 
 # --- the loop that keeps each pool's answer -------------------------------------------------------
@@ -248,6 +305,19 @@ async def test_a_pass_hands_on_only_the_pools_whose_answer_changed() -> None:
     assert await watch.diagnose(POOL) is None
 
 
+async def test_a_crash_looping_pool_is_handed_on_once_not_on_every_restart() -> None:
+    states = _crash_loop("earshot-pool-default-a", now=datetime.now(UTC))
+    api = ApiTable({DEPLOYMENT_PATH: _deployment(2)})
+    changed: list[str] = []
+    watch = _watch(api, changed)
+    await watch.diagnose(POOL)
+    api.answers[DEPLOYMENT_PATH] = _deployment(0)
+    for pod in states * 3:
+        api.answers[PODS_PATH] = {"items": [pod]}
+        await watch.check_all()
+    assert changed == ["default"]  # Ready -> CrashLoopBackOff, and no flapping after it
+
+
 async def test_an_unreadable_pool_keeps_its_answer_and_the_loop_goes_on() -> None:
     api = ApiTable({DEPLOYMENT_PATH: _deployment(2)})
     changed: list[str] = []
@@ -270,7 +340,7 @@ def test_a_pool_whose_gateways_cannot_start_for_their_configuration_says_why() -
         "earshot-pool-default-c",
         containerStatuses=[{"name": "gateway", "state": {"waiting": waiting}}],
     )
-    diagnosis = diagnosing.from_pool(POOL, _deployment(0), pods=[pod])
+    diagnosis = diagnosing.from_pool(POOL, _deployment(0), pods=[pod], now=NOW)
     assert diagnosis is not None
     assert diagnosis.reason == "CreateContainerConfigError"
     assert 'secret "earshot-db" not found' in diagnosis.message

@@ -137,6 +137,9 @@ class TritonRecognizer:
             raise ValueError(f"unknown engine {engine!r}; known: {', '.join(sorted(MODELS))}")
         self._engine = engine
         self._model = model or MODELS[engine].name
+        for series in (ROUND_TRIP, AUDIO_LOST, RECONNECTS):
+            # at 0 from the start: rate() misses the first observations of a series it never saw
+            series.labels(self._model)
         self._url = url
         self._keepalive_seconds = keepalive_seconds
         self._request_timeout = request_timeout_seconds
