@@ -45,6 +45,7 @@ from tests.cluster.release import REPO, SAMPLE_SESSION, VALUES, Release, install
 REPORT = Path(__file__).parent / "reports" / "cluster_sessions.md"
 READY_TIMEOUT_S = 900.0
 POLL_S = 0.25
+MEMORY_READS = 5
 _MEMORY = Path("/sys/fs/cgroup/memory")
 
 
@@ -88,8 +89,7 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
     started = time.monotonic()
     release.kubectl("apply", "-f", "-", stdin=json.dumps(listing))
     ready_at, polls = _wait_ready(release, {b["metadata"]["name"] for b in bodies}, started)
-    pods = release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]
-    memories = {pod["metadata"]["name"]: _pod_memory(release.cluster, pod) for pod in pods}
+    memories, restarts = _memories(release)
     load_after = procstats.loadavg()
     release.kubectl("delete", "transcriptionsessions", "--all", "--wait=true", "--timeout=600s")
     while release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]:
@@ -110,7 +110,28 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
             c: statistics.median(m[c] for m in memories.values() if c in m) for c in containers
         },
         "each_pod_rss": dict(sorted(memories.items())),
+        "restarts": dict(sorted(restarts.items())),
     }
+
+
+def _memories(release: Release) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Each gateway pod's RSS (:func:`_pod_memory`) and its containers' restarts so far.
+
+    A container the kubelet restarts between the listing and the read has left its cgroup: the
+    pods are listed and read again (the restart is counted in the next listing).
+    """
+    for _ in range(MEMORY_READS):
+        pods = release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]
+        try:
+            memories = {p["metadata"]["name"]: _pod_memory(release.cluster, p) for p in pods}
+        except FileNotFoundError:
+            continue
+        restarts = {
+            p["metadata"]["name"]: sum(s["restartCount"] for s in p["status"]["containerStatuses"])
+            for p in pods
+        }
+        return memories, restarts
+    raise RuntimeError(f"the gateway pods' containers kept changing over {MEMORY_READS} reads")
 
 
 def _wait_ready(
@@ -175,7 +196,8 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
         "* **pod RSS**: `total_rss` of `memory.stat` in each gateway pod's memory cgroup (v1; "
         "the resident anonymous memory of its gateway and persister containers together), and "
         "of each container's own cgroup, read from the node once all N are Ready, before any "
-        "audio is streamed. Every pod's figures are listed below the summary.",
+        "audio is streamed. Every pod's figures are listed below the summary, with the restarts of "
+        "its containers by then (a liveness probe that failed under load, or a crash).",
         "",
         "The sessions and their pods are gone before the next N is applied.",
         "",
@@ -204,12 +226,12 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
             "",
             f"## Each gateway pod's RSS, {r['sessions']} sessions (MiB)",
             "",
-            "| pod | pod cgroup | " + " | ".join(containers) + " |",
-            "|---|---|" + "---|" * len(containers),
+            "| pod | pod cgroup | " + " | ".join(containers) + " | container restarts |",
+            "|---|---|" + "---|" * len(containers) + "---|",
         ]
         for name, memory in r["each_pod_rss"].items():
             cells = " | ".join(f"{memory[c]:.1f}" if c in memory else "-" for c in containers)
-            lines.append(f"| {name} | {memory['pod']:.1f} | {cells} |")
+            lines.append(f"| {name} | {memory['pod']:.1f} | {cells} | {r['restarts'][name]} |")
     lines.append("")
     return "\n".join(lines)
 
