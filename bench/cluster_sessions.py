@@ -6,11 +6,13 @@ private network namespace), installs the chart with the images built here
 then for each N applies N sessions in one ``kubectl apply`` and reports, from real pods:
 
 * apply -> Ready: from the apply until each session's status says Ready (the operator's Deployment
-  is available: its pod passed its readiness probe on the real kubelet), p50/p99/max;
+  is available: its pod passed its readiness probe on the real kubelet), p50/p99/max, and the
+  median gap between two polls (the resolution of those figures);
 * time until all N are Ready;
 * each gateway pod's RSS: ``total_rss`` of the pod's memory cgroup (v1), that is the resident
-  anonymous memory of its gateway and persister containers together, after all are Ready;
-  median and max, and the per-container medians.
+  anonymous memory of its gateway and persister containers together, and of each container's,
+  after all are Ready: every pod's, with the median and max;
+* the machine's load average before the apply and after the RSS is read.
 
 The sessions are deleted (and their pods gone) before the next N.
 
@@ -22,21 +24,28 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from bench import procstats
 from bench.quantiles import percentiles_ms
 from tests.cluster.harness import Cluster, running_cluster
-from tests.cluster.release import SAMPLE_SESSION, Release, installed_release
+from tests.cluster.release import REPO, SAMPLE_SESSION, VALUES, Release, installed_release
 
 REPORT = Path(__file__).parent / "reports" / "cluster_sessions.md"
 READY_TIMEOUT_S = 900.0
+POLL_S = 0.25
+MEMORY_READS = 5
 _MEMORY = Path("/sys/fs/cgroup/memory")
 
 
@@ -76,37 +85,89 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
     """Apply ``sessions`` sessions at once; apply->Ready per session and pod RSS once all Ready."""
     bodies = [_session(i) for i in range(sessions)]
     listing = {"apiVersion": "v1", "kind": "List", "items": bodies}
+    load_before = procstats.loadavg()
     started = time.monotonic()
     release.kubectl("apply", "-f", "-", stdin=json.dumps(listing))
-    ready_at: dict[str, float] = {}
-    deadline = started + READY_TIMEOUT_S
-    names = {b["metadata"]["name"] for b in bodies}
-    while len(ready_at) < sessions:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(ready_at)} of {sessions} Ready in {READY_TIMEOUT_S} s")
-        now = time.monotonic()
-        for name, phase in _statuses(release).items():
-            if name in names and phase == "Ready" and name not in ready_at:
-                ready_at[name] = now - started
-        time.sleep(0.25)
-    pods = release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]
-    memories = [_pod_memory(release.cluster, pod) for pod in pods]
+    ready_at, polls = _wait_ready(release, {b["metadata"]["name"] for b in bodies}, started)
+    memories, restarts = _memories(release)
+    load_after = procstats.loadavg()
     release.kubectl("delete", "transcriptionsessions", "--all", "--wait=true", "--timeout=600s")
     while release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]:
         time.sleep(1)
     durations = sorted(ready_at.values())
-    containers = sorted({k for m in memories for k in m if k != "pod"})
+    containers = sorted({k for m in memories.values() for k in m if k != "pod"})
     return {
         "sessions": sessions,
+        "load_before": load_before,
+        "load_after": load_after,
         "ready_ms": percentiles_ms(durations, (50, 99, 100)),
         "all_ready_s": durations[-1],
+        "poll_gap_median_s": statistics.median(b - a for a, b in itertools.pairwise(polls)),
         "pods": len(memories),
-        "pod_rss_median": statistics.median(m["pod"] for m in memories),
-        "pod_rss_max": max(m["pod"] for m in memories),
+        "pod_rss_median": statistics.median(m["pod"] for m in memories.values()),
+        "pod_rss_max": max(m["pod"] for m in memories.values()),
         "container_rss_median": {
-            c: statistics.median(m[c] for m in memories if c in m) for c in containers
+            c: statistics.median(m[c] for m in memories.values() if c in m) for c in containers
         },
+        "each_pod_rss": dict(sorted(memories.items())),
+        "restarts": dict(sorted(restarts.items())),
     }
+
+
+def _memories(release: Release) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Each gateway pod's RSS (:func:`_pod_memory`) and its containers' restarts so far.
+
+    A container the kubelet restarts between the listing and the read has left its cgroup: the
+    pods are listed and read again (the restart is counted in the next listing).
+    """
+    for _ in range(MEMORY_READS):
+        pods = release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]
+        try:
+            memories = {p["metadata"]["name"]: _pod_memory(release.cluster, p) for p in pods}
+        except FileNotFoundError:
+            continue
+        restarts = {
+            p["metadata"]["name"]: sum(s["restartCount"] for s in p["status"]["containerStatuses"])
+            for p in pods
+        }
+        return memories, restarts
+    raise RuntimeError(f"the gateway pods' containers kept changing over {MEMORY_READS} reads")
+
+
+def _wait_ready(
+    release: Release, names: set[str], started: float
+) -> tuple[dict[str, float], list[float]]:
+    """Seconds from ``started`` to the poll that first saw each session Ready, and every poll's end.
+
+    A poll's time is taken when its ``kubectl get`` has returned, so a session became Ready at
+    most that long after the apply and later than the poll before.
+    """
+    ready_at: dict[str, float] = {}
+    polls = [started]
+    while len(ready_at) < len(names):
+        if time.monotonic() - started > READY_TIMEOUT_S:
+            raise RuntimeError(f"only {len(ready_at)} of {len(names)} Ready in {READY_TIMEOUT_S} s")
+        phases = _statuses(release)
+        polls.append(time.monotonic())
+        for name, phase in phases.items():
+            if name in names and phase == "Ready" and name not in ready_at:
+                ready_at[name] = polls[-1] - started
+        time.sleep(POLL_S)
+    return ready_at, polls
+
+
+def _setup() -> str:
+    """The requests of tests/cluster/values.yaml that share the node with the sessions."""
+    values = yaml.safe_load(VALUES.read_text())
+    operator = values["operator"]
+    pool = values["pools"]["gateways"]["default"]
+    return (
+        f"operator {operator['resources']['requests']['cpu']} CPU; each session's gateway pod: "
+        f"gateway {operator['gateway']['resources']['cpuRequest']}, persister "
+        f"{operator['gateway']['persisterResources']['cpuRequest']}; the default pool's "
+        f"{pool['replicas']} gateway pods also run; Triton "
+        f"{values['triton']['cpu']['resources']['requests']['cpu']}"
+    )
 
 
 def _report(results: list[dict[str, Any]], command: str) -> str:
@@ -114,37 +175,75 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
     lines = [
         "# Cluster sessions: N TranscriptionSessions on a real node",
         "",
-        f"Measured {when} with `{command}` on {platform.node()}, {os.cpu_count()} CPUs (shared "
-        f"with other work), Python {platform.python_version()}, Kubernetes v1.20.2 (kubelet, "
-        "containerd 1.6, runc) from tests/cluster/harness.py, the chart installed from the "
-        "images built here with tests/cluster/values.yaml (gateway requests 10m CPU).",
+        f"Measured {when} at commit {_commit()} with `{command}` on {platform.node()}, "
+        f"{os.cpu_count()} CPUs (shared with other work), Python {platform.python_version()}, "
+        "Kubernetes v1.20.2 (kubelet, containerd 1.6, runc) from tests/cluster/harness.py, the "
+        "chart installed from the images built here with tests/cluster/values.yaml (CPU "
+        f"requests: {_setup()}).",
         "",
-        "All N sessions are applied in one `kubectl apply`. apply -> Ready is measured per "
-        "session from the apply until its status phase is Ready (its gateway pod passed its "
-        "readiness probe on the real kubelet), polled every 0.25 s. Pod RSS is `total_rss` of "
-        "the pod's memory cgroup once all N are Ready (gateway and persister containers together), "
-        "before any audio is streamed.",
+        "How each figure was obtained:",
         "",
-        "| sessions | apply->Ready p50 | p99 | max | all Ready after | gateway pod RSS median "
-        "| max | per container (median) |",
-        "|---|---|---|---|---|---|---|---|",
+        "* all N sessions are applied in one `kubectl apply`; **apply -> Ready** is, per session, "
+        "the time from just before that apply to the end of the first `kubectl get "
+        "transcriptionsessions` that shows its status phase Ready (the operator's Deployment is "
+        "available: its pod passed its readiness probe on the real kubelet). The gets run one "
+        f"after another with {POLL_S} s between them; a get takes longer under load, so the "
+        "median gap between the ends of two gets is given: a session became Ready at most that "
+        "much earlier than measured. p99 of 10 samples is their maximum;",
+        "* **all Ready after**: the largest apply -> Ready of the N;",
+        "* **load**: the 1, 5 and 15 minute load averages of the machine (`/proc/loadavg`) just "
+        "before the apply and once all N pods' memory was read;",
+        "* **pod RSS**: `total_rss` of `memory.stat` in each gateway pod's memory cgroup (v1; "
+        "the resident anonymous memory of its gateway and persister containers together), and "
+        "of each container's own cgroup, read from the node once all N are Ready, before any "
+        "audio is streamed. Every pod's figures are listed below the summary, with the restarts of "
+        "its containers by then (a liveness probe that failed under load, or a crash).",
+        "",
+        "The sessions and their pods are gone before the next N is applied.",
+        "",
+        "| sessions | apply->Ready p50 | p99 | max | all Ready after | median poll gap "
+        "| load before | load after | gateway pod RSS median | max | per container (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p50, p99, top = r["ready_ms"]
         per = ", ".join(f"{c} {v:.1f} MiB" for c, v in r["container_rss_median"].items())
         lines.append(
             f"| {r['sessions']} | {p50 / 1000:.1f} s | {p99 / 1000:.1f} s | {top / 1000:.1f} s "
-            f"| {r['all_ready_s']:.1f} s | {r['pod_rss_median']:.1f} MiB "
+            f"| {r['all_ready_s']:.1f} s | {r['poll_gap_median_s']:.2f} s "
+            f"| {r['load_before']} | {r['load_after']} | {r['pod_rss_median']:.1f} MiB "
             f"| {r['pod_rss_max']:.1f} MiB | {per} |"
         )
     lines += [
         "",
         "The node's 2 CPUs are shared by the control plane, the operator, Triton, Redis, "
-        "MariaDB and every gateway pod, and by whatever else runs on the machine: these are "
-        "figures for one busy shared 2-core machine, not for a dedicated node.",
-        "",
+        "MariaDB and every gateway pod, and by whatever else runs on the machine (the load "
+        "columns): these are figures for one busy shared 2-core machine, not for a dedicated node.",
     ]
+    for r in results:
+        containers = sorted(r["container_rss_median"])
+        lines += [
+            "",
+            f"## Each gateway pod's RSS, {r['sessions']} sessions (MiB)",
+            "",
+            "| pod | pod cgroup | " + " | ".join(containers) + " | container restarts |",
+            "|---|---|" + "---|" * len(containers) + "---|",
+        ]
+        for name, memory in r["each_pod_rss"].items():
+            cells = " | ".join(f"{memory[c]:.1f}" if c in memory else "-" for c in containers)
+            lines.append(f"| {name} | {memory['pod']:.1f} | {cells} | {r['restarts'][name]} |")
+    lines.append("")
     return "\n".join(lines)
+
+
+def _commit() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def main(argv: list[str]) -> int:

@@ -548,7 +548,7 @@ async def main_async(args: argparse.Namespace) -> str:
     frames = client.frames_of(sample_audio(), codec=Codec.ALAW, rate=8000, frame_ms=20)
     rows: list[Row] = []
     notes: list[str] = []
-    loads = [f"before {_loadavg()}"]
+    loads = [f"before {procstats.loadavg()}"]
     with tempfile.TemporaryDirectory(prefix="earshot-bench-") as scratch:
         work = Path(scratch)
         plan: list[tuple[str, Sequence[int], dict[str, str], Path, bool]] = []
@@ -582,12 +582,8 @@ async def main_async(args: argparse.Namespace) -> str:
             )
             rows += made
             notes.append(check)
-    loads.append(f"after {_loadavg()}")
+    loads.append(f"after {procstats.loadavg()}")
     return report(rows, args, notes, loads)
-
-
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def report(rows: list[Row], args: argparse.Namespace, notes: list[str], loads: list[str]) -> str:

@@ -1,9 +1,10 @@
-"""CPU time and resident memory of a process, read from /proc (Linux), for the benchmarks."""
+"""CPU time and resident memory of a process, and the machine's load, read from /proc (Linux)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -27,3 +28,8 @@ def read(pid: int) -> ProcStats:
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
     return ProcStats((utime + stime) / _TICKS, rss_kb * 1024)
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as ``/proc/loadavg`` (and ``uptime``) give them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -3,7 +3,9 @@
 The images come from tests/cluster/images.py (built here, imported into containerd, pull policy
 Never: ``images.local_values()``); tests/cluster/values.yaml sizes the install for a 2-core node and
 points the Triton CPU pool's model provisioning at a claim that already holds the tiny Paraformer
-(the chart's fetch init container then finds the model and fetches nothing: no network here). A
+(the chart's fetch init container then finds the model and fetches nothing: no network here). That
+model is earshot's own tiny Paraformer from its cache directory (``EARSHOT_CACHE_DIR``, by default
+``~/.cache/earshot``), built there on first use as ``earshot demo`` builds it. A
 node has no volume provisioner, so the harness's folder backs two hostPath PersistentVolumes: the
 models and the evaluation MariaDB's data.
 """
@@ -24,6 +26,8 @@ from typing import Any, Final
 
 import yaml
 
+from earshot.engines import paraformer
+from earshot.settings import Settings
 from tests.chart.charts import CHART, helm
 from tests.cluster import images
 from tests.cluster.harness import Cluster, ClusterError
@@ -37,7 +41,6 @@ REPO: Final = Path(__file__).resolve().parents[2]
 SAMPLE_SESSION: Final[dict[str, Any]] = yaml.safe_load(
     (REPO / "docs" / "samples" / "transcriptionsession.yaml").read_text()
 )
-TINY_PARAFORMER: Final = Path.home() / ".cache" / "earshot" / "models" / "tiny-paraformer"
 INSTALL_TIMEOUT_S: Final = 600.0
 
 
@@ -114,8 +117,6 @@ def installed_release(
     ``values`` go on top of the test values (each namespace gets its own volumes, so a second
     release in the same cluster finds its own empty MariaDB).
     """
-    if not (TINY_PARAFORMER / "tokens.txt").exists():
-        raise ClusterError(f"{TINY_PARAFORMER} is missing: run make prerequisites")
     load_images(cluster)
     cluster.kubectl("create", "namespace", namespace)
     _provide_volumes(cluster, namespace)
@@ -143,11 +144,22 @@ def wait_all_ready(release: Release, timeout_s: float = INSTALL_TIMEOUT_S) -> No
     release.kubectl("wait", "--for=condition=Ready", "pod", "--all", f"--timeout={timeout_s}s")
 
 
+def tiny_paraformer() -> Path:
+    """The folder of the tiny Paraformer that fills the models claim.
+
+    It is earshot's cached tiny model (``paraformer.cached_tiny_paraformer`` under the cache
+    directory earshot's settings name), built there first when missing: nothing else has to have
+    run before the cluster tests.
+    """
+    files = paraformer.cached_tiny_paraformer(Settings().cache_dir)
+    return files.tokens.parent
+
+
 def _provide_volumes(cluster: Cluster, namespace: str) -> None:
     """hostPath PersistentVolumes for the models (pre-filled) and MariaDB's data."""
     volumes = cluster.folder / "volumes" / namespace
     models = volumes / "models"
-    shutil.copytree(TINY_PARAFORMER, models / "paraformer")
+    shutil.copytree(tiny_paraformer(), models / "paraformer")
     mysql = volumes / "mysql"
     mysql.mkdir(parents=True)
     mysql.chmod(0o777)  # MariaDB runs as uid 999

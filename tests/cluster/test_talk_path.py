@@ -32,7 +32,7 @@ import numpy.typing as npt
 import pytest
 import pytest_asyncio
 
-from tests.cluster import netns
+from tests.cluster import hardening, netns
 from tests.cluster.harness import POD_CIDR, Cluster
 from tests.cluster.release import RELEASE, Release, installed_release
 from tests.e2e.controlplane.cluster import ControlPlaneError
@@ -233,6 +233,10 @@ async def _caption_call(
             assert ready["Ready"] == "True", pod["status"]
             assert pod["spec"]["nodeName"] == "earshot-node"
             assert [c["name"] for c in pod["spec"]["containers"]] == ["gateway", "persister"]
+            # the room's gateway pod and the ExApp pod: non-root, read-only root, no restart
+            exapp_pod = await asyncio.to_thread(release.get, "pod", release.pod_of("talk"))
+            for checked in (pod, exapp_pod):
+                await asyncio.to_thread(hardening.assert_hardened, release, checked)
 
             names = {alice.session_id: "alice", bob.session_id: "bob"}
 
