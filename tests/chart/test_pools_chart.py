@@ -142,6 +142,31 @@ def test_the_autoscaler_scales_on_active_streams_and_lag_per_pod() -> None:
     )
 
 
+#: kube-controller-manager's --horizontal-pod-autoscaler-tolerance (its default): the HPA changes the
+#: scale only once a metric's ratio to its target is further than this from 1.
+HPA_TOLERANCE = 0.1
+
+
+def test_the_autoscaler_adds_pods_for_lag_before_the_gateways_refuse_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    manifests = template(sets={"pools.gateways.default.autoscaling.enabled": "true"})
+    hpa = find(manifests, "HorizontalPodAutoscaler", "-pool-default")
+    (target,) = [
+        float(m["pods"]["target"]["averageValue"])
+        for m in hpa["spec"]["metrics"]
+        if m["pods"]["metric"]["name"] == metrics.GATEWAY_LAG._name
+    ]
+    pool = find(manifests, "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    (gateway,) = [c for c in pool["containers"] if c["name"] == dataplane.GATEWAY_CONTAINER]
+    for variable, value in _env(gateway).items():
+        monkeypatch.setenv(variable, value)
+    # a pool pod refuses new streams past its limit; the HPA adds pods once the pods' average lag
+    # passes the target by its tolerance. At a target of the limit, it adds them only once a pod
+    # refuses (an average past the limit has a pod past it).
+    assert target * (1 + HPA_TOLERANCE) < Settings().max_lag_seconds
+
+
 def test_a_pool_gateway_is_probed_as_the_operators_gateways_are() -> None:
     # tests/integration/test_liveness.py shows the operator's probe failing on a wedged gateway;
     # a pool's gateway runs the same process, so it must be probed the same way.
