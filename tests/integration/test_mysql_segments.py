@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -280,3 +281,18 @@ async def test_unreachable_database_fails_to_open_with_storage_error() -> None:
     with pytest.raises(StorageError, match="cannot be opened") as caught:
         await backends.open_segment_store(f"mysql://root:secret@127.0.0.1:{free_port()}/nowhere")
     assert "secret" not in str(caught.value)
+
+
+async def test_stores_opened_at_once_on_a_new_database_all_open(mysql_url: str) -> None:
+    # A pool's gateways and persisters start together against a new MariaDB: each creates the
+    # tables it misses, and the losers of that race ("Table 'segments' already exists") must look
+    # again, not exit (a pod restart in the cluster tests, a refused start in test_session_pod).
+    opened = await asyncio.gather(
+        *(backends.open_segment_store(mysql_url) for _ in range(8)), return_exceptions=True
+    )
+    try:
+        assert [o for o in opened if isinstance(o, BaseException)] == []
+    finally:
+        for store in opened:
+            if not isinstance(store, BaseException):
+                await store.aclose()

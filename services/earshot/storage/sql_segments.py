@@ -14,6 +14,7 @@ and read back as aware UTC datetimes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 # Fixed forever (it is uuid5(NAMESPACE_DNS, "segments.earshot.dev")): ids written by earlier
 # releases must stay reproducible.
 SEGMENT_ID_NAMESPACE = uuid.UUID("63ac9d93-7aeb-5f84-9d68-b79cf4a839b8")
+#: Looks at the schema before a failure to create it is final (0.1 s, then doubling: 3.1 s in all).
+_SCHEMA_ATTEMPTS = 6
 
 metadata = MetaData()
 
@@ -214,20 +217,22 @@ class SqlSegmentStore:
         return store
 
     async def _create_schema(self) -> None:
-        # Two processes (gateway, persister) may race to create the tables: the loser finds them on
-        # its second look.
-        for attempt in (1, 2):
+        # Several processes (a pool's gateways and persisters) may race to create the tables on a
+        # new database: a loser ("table already exists") finds them on a later look, once the
+        # winner's DDL is done.
+        for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
             try:
                 async with self._engine.begin() as conn:
                     await conn.run_sync(metadata.create_all, checkfirst=True)
                     await conn.run_sync(_migrate)
                 return
             except SQLAlchemyError as exc:
-                if attempt == 2:
+                if attempt == _SCHEMA_ATTEMPTS:
                     message = (
                         f"segment store at {self._where} cannot be opened (connect, create tables)"
                     )
                     raise StorageError(f"{message}: {_cause(exc)}") from exc
+                await asyncio.sleep(0.1 * 2 ** (attempt - 1))
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
