@@ -96,6 +96,15 @@ class Participant:
             and m["message"].get("data", {}).get("type") == "transcript"
         }
 
+    def saw_leave(self, session_id: str) -> bool:
+        """Whether the room told this participant that ``session_id`` left."""
+        return any(
+            m.get("type") == "event"
+            and m["event"].get("type") == "leave"
+            and session_id in m["event"].get("leave", [])
+            for m in self.messages
+        )
+
     async def close(self) -> None:
         if self.pc is not None:
             await self.pc.close()

@@ -273,15 +273,7 @@ async def _caption_call(
             )
     [bot] = alice.transcript_senders()
 
-    def bot_left() -> bool:
-        return any(
-            m.get("type") == "event"
-            and m["event"].get("type") == "leave"
-            and bot in m["event"].get("leave", [])
-            for m in bob.messages
-        )
-
-    await until(bot_left, "the room to see the gateway leave", 60)
+    await until(lambda: bob.saw_leave(bot), "the room to see the gateway leave", 60)
     left = await until(lambda: in_state(release, "Left"), "the TalkRoom to say Left")
     assert "inactive" in left["room"]["message"], json.dumps(left)
     await until(

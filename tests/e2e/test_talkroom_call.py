@@ -471,15 +471,9 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             assert (await http.post("/api/v1/call/transcribe", json=body)).status_code == 200
             [bot] = alice.transcript_senders()
 
-            def bot_left() -> bool:
-                return any(
-                    m.get("type") == "event"
-                    and m["event"].get("type") == "leave"
-                    and bot in m["event"].get("leave", [])
-                    for m in bob.messages
-                )
-
-            await _until(bot_left, 30, "the room to see the gateway leave", gateway)
+            await _until(
+                lambda: bob.saw_leave(bot), 30, "the room to see the gateway leave", gateway
+            )
             left = await eventually(
                 lambda: room_is(api, namespace, "Left"), what="the TalkRoom to say Left"
             )
@@ -718,15 +712,7 @@ async def test_a_room_gateway_leaves_when_its_caption_targets_empty_while_the_ro
         assert (await talkroom(api, namespace, name))["spec"]["active"] is True
         assert ("Normal", "Left") in await events_of(api, namespace, name=name)
 
-        def bot_left() -> bool:
-            return any(
-                m.get("type") == "event"
-                and m["event"].get("type") == "leave"
-                and bot in m["event"].get("leave", [])
-                for m in bob.messages
-            )
-
-        await _until(bot_left, 30, "the room to see the gateway leave", gateway)
+        await _until(lambda: bob.saw_leave(bot), 30, "the room to see the gateway leave", gateway)
         status, _ = gateway.probe(ready_url)
         assert status == 503
 

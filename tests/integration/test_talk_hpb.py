@@ -168,15 +168,7 @@ async def test_captions_reach_only_the_participant_who_asked_and_the_gateway_lea
             status = await http.get("/api/v1/status", headers=appapi_headers())
             assert status.json()["rooms"] == []
 
-            def bot_left() -> bool:
-                return any(
-                    m.get("type") == "event"
-                    and m["event"].get("type") == "leave"
-                    and bot in m["event"].get("leave", [])
-                    for m in bob.messages
-                )
-
-            await until(bot_left, 10, "the room to see the gateway leave")
+            await until(lambda: bob.saw_leave(bot), 10, "the room to see the gateway leave")
     finally:
         await stack.aclose()
         await nextcloud.aclose()
