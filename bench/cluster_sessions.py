@@ -70,15 +70,22 @@ def _total_rss_mib(cgroup: Path) -> float:
 
 
 def _pod_memory(cluster: Cluster, pod: dict[str, Any]) -> dict[str, float]:
-    """RSS of one pod's cgroup and of each container's, in MiB."""
+    """RSS of one pod's cgroup and of each of its running containers', in MiB."""
     uid = pod["metadata"]["uid"]
     root = _MEMORY / cluster.netns / "kubepods"
     (pod_cgroup,) = list(root.glob(f"**/pod{uid}"))
     memory = {"pod": _total_rss_mib(pod_cgroup)}
     for status in pod["status"]["containerStatuses"]:
-        container_id = status["containerID"].split("://", 1)[1]
-        memory[status["name"]] = _total_rss_mib(pod_cgroup / container_id)
+        if "running" in (status.get("state") or {}):
+            container_id = status["containerID"].split("://", 1)[1]
+            memory[status["name"]] = _total_rss_mib(pod_cgroup / container_id)
     return memory
+
+
+def _started(pod: dict[str, Any]) -> bool:
+    """Whether the kubelet has made the pod's cgroup and started a container in it."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return any("running" in (s.get("state") or {}) for s in statuses)
 
 
 def measure(release: Release, sessions: int) -> dict[str, Any]:
@@ -89,6 +96,7 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
     started = time.monotonic()
     release.kubectl("apply", "-f", "-", stdin=json.dumps(listing))
     ready_at, polls = _wait_ready(release, {b["metadata"]["name"] for b in bodies}, started)
+    not_ready = _not_ready(release, set(ready_at))
     memories, restarts = _memories(release)
     load_after = procstats.loadavg()
     release.kubectl("delete", "transcriptionsessions", "--all", "--wait=true", "--timeout=600s")
@@ -100,8 +108,10 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
         "sessions": sessions,
         "load_before": load_before,
         "load_after": load_after,
-        "ready_ms": percentiles_ms(durations, (50, 99, 100)),
-        "all_ready_s": durations[-1],
+        "ready": len(durations),
+        "ready_ms": percentiles_ms(durations, (50, 99, 100)) if durations else None,
+        "all_ready_s": durations[-1] if not not_ready else None,
+        "not_ready": not_ready,
         "poll_gap_median_s": statistics.median(b - a for a, b in itertools.pairwise(polls)),
         "pods": len(memories),
         "pod_rss_median": statistics.median(m["pod"] for m in memories.values()),
@@ -115,13 +125,15 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
 
 
 def _memories(release: Release) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """Each gateway pod's RSS (:func:`_pod_memory`) and its containers' restarts so far.
+    """Each started gateway pod's RSS (:func:`_pod_memory`) and its containers' restarts so far.
 
     A container the kubelet restarts between the listing and the read has left its cgroup: the
     pods are listed and read again (the restart is counted in the next listing).
     """
     for _ in range(MEMORY_READS):
-        pods = release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]
+        pods = [
+            p for p in release.get("pods", "-l", "earshot.dev/kind=tsess")["items"] if _started(p)
+        ]
         try:
             memories = {p["metadata"]["name"]: _pod_memory(release.cluster, p) for p in pods}
         except FileNotFoundError:
@@ -140,13 +152,12 @@ def _wait_ready(
     """Seconds from ``started`` to the poll that first saw each session Ready, and every poll's end.
 
     A poll's time is taken when its ``kubectl get`` has returned, so a session became Ready at
-    most that long after the apply and later than the poll before.
+    most that long after the apply and later than the poll before. Polling stops after
+    ``READY_TIMEOUT_S``: the sessions not Ready by then are missing from the result.
     """
     ready_at: dict[str, float] = {}
     polls = [started]
-    while len(ready_at) < len(names):
-        if time.monotonic() - started > READY_TIMEOUT_S:
-            raise RuntimeError(f"only {len(ready_at)} of {len(names)} Ready in {READY_TIMEOUT_S} s")
+    while len(ready_at) < len(names) and time.monotonic() - started <= READY_TIMEOUT_S:
         phases = _statuses(release)
         polls.append(time.monotonic())
         for name, phase in phases.items():
@@ -154,6 +165,31 @@ def _wait_ready(
                 ready_at[name] = polls[-1] - started
         time.sleep(POLL_S)
     return ready_at, polls
+
+
+def _not_ready(release: Release, ready: set[str]) -> dict[str, str]:
+    """Each session not Ready: its phase and what its pod's containers wait for."""
+    waiting: dict[str, list[str]] = {}
+    for pod in release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]:
+        # The operator names a session's gateway ``tsess-<session>`` (bench names need no hash).
+        instance = (pod["metadata"].get("labels") or {}).get("app.kubernetes.io/instance", "")
+        session = instance.removeprefix("tsess-")
+        states = [
+            f"{s['name']} {next(iter(s.get('state') or {'unknown': {}}))}"
+            + (f" ({reason})" if (reason := _waiting_reason(s)) else "")
+            for s in (pod.get("status") or {}).get("containerStatuses") or []
+        ]
+        phase = (pod.get("status") or {}).get("phase", "?")
+        waiting.setdefault(session, []).append(f"pod {phase}: " + (", ".join(states) or "-"))
+    return {
+        name: f"{phase or 'no phase'}; " + ("; ".join(waiting.get(name, [])) or "no pod")
+        for name, phase in sorted(_statuses(release).items())
+        if name.startswith("bench-") and name not in ready
+    }
+
+
+def _waiting_reason(status: dict[str, Any]) -> str:
+    return str(((status.get("state") or {}).get("waiting") or {}).get("reason", ""))
 
 
 def _setup() -> str:
@@ -190,12 +226,16 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
         f"after another with {POLL_S} s between them; a get takes longer under load, so the "
         "median gap between the ends of two gets is given: a session became Ready at most that "
         "much earlier than measured. p99 of 10 samples is their maximum;",
-        "* **all Ready after**: the largest apply -> Ready of the N;",
+        "* **all Ready after**: the largest apply -> Ready of the N; polling stops "
+        f"{READY_TIMEOUT_S:.0f} s after the apply, and a row whose sessions were not all Ready by "
+        "then gives how many were, with p50/p99/max over those (each session that was not, and "
+        "what its pod's containers were doing, is listed below the summary);",
         "* **load**: the 1, 5 and 15 minute load averages of the machine (`/proc/loadavg`) just "
         "before the apply and once all N pods' memory was read;",
         "* **pod RSS**: `total_rss` of `memory.stat` in each gateway pod's memory cgroup (v1; "
         "the resident anonymous memory of its gateway and persister containers together), and "
-        "of each container's own cgroup, read from the node once all N are Ready, before any "
+        "of each running container's own cgroup, read from the node once all N are Ready (or "
+        "polling stopped; then of the pods with a running container), before any "
         "audio is streamed. Every pod's figures are listed below the summary, with the restarts of "
         "its containers by then (a liveness probe that failed under load, or a crash).",
         "",
@@ -206,11 +246,17 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        p50, p99, top = r["ready_ms"]
         per = ", ".join(f"{c} {v:.1f} MiB" for c, v in r["container_rss_median"].items())
+        if r["ready_ms"] is None:
+            ready = "- | - | -"
+        else:
+            ready = " | ".join(f"{ms / 1000:.1f} s" for ms in r["ready_ms"])
+        if r["all_ready_s"] is None:
+            everyone = f"**not all: {r['ready']} of {r['sessions']} in {READY_TIMEOUT_S:.0f} s**"
+        else:
+            everyone = f"{r['all_ready_s']:.1f} s"
         lines.append(
-            f"| {r['sessions']} | {p50 / 1000:.1f} s | {p99 / 1000:.1f} s | {top / 1000:.1f} s "
-            f"| {r['all_ready_s']:.1f} s | {r['poll_gap_median_s']:.2f} s "
+            f"| {r['sessions']} | {ready} | {everyone} | {r['poll_gap_median_s']:.2f} s "
             f"| {r['load_before']} | {r['load_after']} | {r['pod_rss_median']:.1f} MiB "
             f"| {r['pod_rss_max']:.1f} MiB | {per} |"
         )
@@ -221,6 +267,15 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
         "columns): these are figures for one busy shared 2-core machine, not for a dedicated node.",
     ]
     for r in results:
+        if r["not_ready"]:
+            lines += [
+                "",
+                f"## Not Ready after {READY_TIMEOUT_S:.0f} s, {r['sessions']} sessions",
+                "",
+                "| session | phase; its pod and containers |",
+                "|---|---|",
+            ]
+            lines += [f"| {name} | {state} |" for name, state in r["not_ready"].items()]
         containers = sorted(r["container_rss_median"])
         lines += [
             "",
