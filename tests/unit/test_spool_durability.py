@@ -38,6 +38,8 @@ class FsyncLog:
     def __init__(self, real_fsync: Callable[[int], None]) -> None:
         self.durable: dict[str, int] = {}
         self.entries: dict[int, set[str]] = {}
+        #: each directory's entries at its latest fsync, by name, with the inode each named
+        self.inodes: dict[int, dict[str, int]] = {}
         self._real = real_fsync
 
     def fsync(self, fd: int) -> None:
@@ -47,10 +49,31 @@ class FsyncLog:
             self.durable[path] = os.fstat(fd).st_size
         elif os.path.isdir(path):
             self.entries[os.fstat(fd).st_ino] = set(os.listdir(path))
+            self.inodes[os.fstat(fd).st_ino] = {
+                name: os.stat(os.path.join(path, name)).st_ino for name in os.listdir(path)
+            }
 
     def named_durably(self, path: Path) -> bool:
         """Whether ``path``'s name was in its directory at the directory's latest fsync."""
         return path.name in self.entries.get(path.parent.stat().st_ino, set())
+
+
+def test_a_new_acknowledgement_is_durable_by_its_name_and_its_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a power loss an older acknowledgement must not come back: records would be read again."""
+    log = FsyncLog(os.fsync)
+    monkeypatch.setattr(os, "fsync", log.fsync)
+    stream = tmp_path / "call-1"
+    stream.mkdir()
+    for ack in (spool.Ack(Position(1, 40), 1), spool.Ack(Position(2, 80), 3)):
+        spool.write_ack(stream, ack)
+        acked = stream / spool.ACK_FILE
+        # its content was fsynced (under the temporary name it was written as)
+        assert log.durable[str(stream / f".{spool.ACK_FILE}.tmp")] == acked.stat().st_size
+        # the directory was fsynced after the rename: its durable entry is this file
+        assert log.inodes[stream.stat().st_ino].get(spool.ACK_FILE) == acked.stat().st_ino
+    assert spool.read_ack(stream) == spool.Ack(Position(2, 80), 3)
 
 
 def up(component: str) -> float:

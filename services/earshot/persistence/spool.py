@@ -112,13 +112,18 @@ def _start(stream: Path) -> Ack:
 
 
 def write_ack(stream: Path, ack: Ack) -> None:
-    """Replace the acknowledgement atomically (write, fsync, rename)."""
+    """Replace the acknowledgement atomically and durably (write, fsync, rename, fsync the directory).
+
+    The directory's fsync makes the rename durable: after a power loss the stream's records up to
+    ``ack`` are not read (and stored) again.
+    """
     temporary = stream / f".{ACK_FILE}.tmp"
     with temporary.open("w") as out:
         out.write(f"{ack.position.file} {ack.position.offset} {ack.records}\n")
         out.flush()
         os.fsync(out.fileno())
     temporary.replace(stream / ACK_FILE)
+    fsync_dir(stream)
 
 
 def unacked_bytes(stream: Path, ack: Ack, *, sizes: dict[int, int] | None = None) -> int:
