@@ -188,6 +188,7 @@ def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
         "httpGet": {"path": gateway.health_path, "port": dataplane.PORT_NAME},
         "periodSeconds": 5,
     }
+    gateway_container["startupProbe"] = _startup(gateway.liveness_path, dataplane.PORT_NAME)
     gateway_container["livenessProbe"] = _liveness(gateway.liveness_path, dataplane.PORT_NAME)
     persister = _container(
         dataplane.PERSISTER_CONTAINER,
@@ -210,6 +211,9 @@ def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
         },
         "periodSeconds": 5,
     }
+    persister["startupProbe"] = _startup(
+        dataplane.PERSISTER_LIVENESS_PATH, dataplane.PERSISTER_PORT_NAME
+    )
     persister["livenessProbe"] = _liveness(
         dataplane.PERSISTER_LIVENESS_PATH, dataplane.PERSISTER_PORT_NAME
     )
@@ -232,11 +236,17 @@ def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
     return spec
 
 
+def _startup(path: str, port: str) -> Manifest:
+    # Up to 5 min to start before the liveness probe takes over: on a busy node (many pods starting
+    # at once, each loading its model) a start takes minutes, and a liveness probe that restarted
+    # it after 40 s would only start it again from nothing (bench/reports/cluster_sessions.md).
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": 5, "failureThreshold": 60}
+
+
 def _liveness(path: str, port: str) -> Manifest:
-    # a few missed answers in a row (30 s): a wedged event loop, not one slow moment
+    # once started, a few missed answers in a row (30 s): a wedged event loop, not one slow moment
     return {
         "httpGet": {"path": path, "port": port},
-        "initialDelaySeconds": 10,
         "periodSeconds": 10,
         "timeoutSeconds": 5,
         "failureThreshold": 3,

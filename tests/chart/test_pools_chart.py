@@ -17,10 +17,10 @@ import pytest
 
 from earshot import metrics
 from earshot.settings import Settings
-from earshot_operator import dataplane
+from earshot_operator import dataplane, gateways, manifests
 from earshot_operator.settings import OperatorSettings
 from tests.chart.charts import CHART, find, helm_binary, template
-from tests.integration import test_liveness as liveness
+from tests.integration.test_session_pod import SESSION
 from tests.unit.test_operator_dataplane_contract import SECRET_VALUES, own_variables
 
 STORAGE = {"EARSHOT_PARTIALS_URL": "redis://r:6379/0", "EARSHOT_SEGMENTS_URL": "sqlite:///x.db"}
@@ -169,10 +169,13 @@ def test_the_autoscaler_adds_pods_for_lag_before_the_gateways_refuse_for_it(
 
 def test_a_pool_gateway_is_probed_as_the_operators_gateways_are() -> None:
     # tests/integration/test_liveness.py shows the operator's probe failing on a wedged gateway;
-    # a pool's gateway runs the same process, so it must be probed the same way.
-    operator_made = liveness.gateway_container()["livenessProbe"]
+    # a pool pod runs the same two processes, so they must be probed the same way.
+    settings = OperatorSettings()
+    session = manifests.build_deployment(gateways.build(SESSION, settings), settings=settings)
+    operator_made = {c["name"]: c for c in session["spec"]["template"]["spec"]["containers"]}
     pool = find(template(), "Deployment", "-pool-default")
-    [gateway] = [
-        c for c in pool["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"
-    ]
-    assert gateway["livenessProbe"] == operator_made
+    chart_made = {c["name"]: c for c in pool["spec"]["template"]["spec"]["containers"]}
+    assert set(chart_made) == set(operator_made) == {"gateway", "persister"}
+    for name, container in chart_made.items():
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe] == operator_made[name][probe], (name, probe)

@@ -289,3 +289,16 @@ def test_every_container_has_a_liveness_probe_on_the_endpoint_that_fails_with_it
         ("room", "gateway"): {"path": "/heartbeat", "port": "http"},
         ("room", "persister"): {"path": "/health", "port": "persister"},
     }
+
+
+def test_every_container_may_take_minutes_to_start_before_its_liveness_probe_counts() -> None:
+    # 30 sessions applied at once on a 2-core node: starts took minutes, and a liveness probe
+    # counting from 10 s restarted them over and over (bench/reports/cluster_sessions.md).
+    session = manifests.build_deployment(gateways.build(_session(), SETTINGS), settings=SETTINGS)
+    room = manifests.build_deployment(gateways.build(_room(), SETTINGS), settings=SETTINGS)
+    for deployment in (session, room):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            startup, liveness = container["startupProbe"], container["livenessProbe"]
+            assert startup["httpGet"] == liveness["httpGet"], container["name"]
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+            assert "initialDelaySeconds" not in liveness  # the startup probe holds it back
