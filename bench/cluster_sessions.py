@@ -23,6 +23,7 @@ Writes ``bench/reports/cluster_sessions.md``.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import itertools
 import json
@@ -98,6 +99,7 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
     ready_at, polls = _wait_ready(release, {b["metadata"]["name"] for b in bodies}, started)
     not_ready = _not_ready(release, set(ready_at))
     memories, restarts = _memories(release)
+    probes, endings = _restart_causes(release)
     load_after = procstats.loadavg()
     release.kubectl("delete", "transcriptionsessions", "--all", "--wait=true", "--timeout=600s")
     while release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]:
@@ -121,6 +123,8 @@ def measure(release: Release, sessions: int) -> dict[str, Any]:
         },
         "each_pod_rss": dict(sorted(memories.items())),
         "restarts": dict(sorted(restarts.items())),
+        "probe_failures": probes,
+        "container_endings": endings,
     }
 
 
@@ -144,6 +148,31 @@ def _memories(release: Release) -> tuple[dict[str, dict[str, float]], dict[str, 
         }
         return memories, restarts
     raise RuntimeError(f"the gateway pods' containers kept changing over {MEMORY_READS} reads")
+
+
+def _restart_causes(release: Release) -> tuple[dict[str, int], dict[str, int]]:
+    """What the kubelet said about the session pods: failed probes, and how containers last ended.
+
+    Probe failures are the ``Unhealthy`` events of the pods, by probe and container ("Liveness
+    gateway": the kubelet restarts a container after ``failureThreshold`` of them in a row); the
+    endings are each container's last termination (reason and exit code) before its restart.
+    """
+    pods = release.get("pods", "-l", "earshot.dev/kind=tsess")["items"]
+    names = {p["metadata"]["name"] for p in pods}
+    probes: collections.Counter[str] = collections.Counter()
+    for event in release.get("events")["items"]:
+        involved = event.get("involvedObject") or {}
+        if event.get("reason") == "Unhealthy" and involved.get("name") in names:
+            probe = str(event.get("message", "")).split(" ", 1)[0]
+            container = str(involved.get("fieldPath", "")).removeprefix("spec.containers{")
+            probes[f"{probe} {container.rstrip('}')}"] += int(event.get("count") or 1)
+    endings: collections.Counter[str] = collections.Counter()
+    for pod in pods:
+        for status in pod["status"].get("containerStatuses") or []:
+            ended = (status.get("lastState") or {}).get("terminated")
+            if ended:
+                endings[f"{status['name']} {ended.get('reason')} ({ended.get('exitCode')})"] += 1
+    return dict(sorted(probes.items())), dict(sorted(endings.items()))
 
 
 def _wait_ready(
@@ -260,6 +289,23 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
             f"| {r['load_before']} | {r['load_after']} | {r['pod_rss_median']:.1f} MiB "
             f"| {r['pod_rss_max']:.1f} MiB | {per} |"
         )
+    lines += [
+        "",
+        "What the kubelet said about the session pods by then: failed probes (`Unhealthy` events, "
+        "summed over their counts, by probe and container) and each container's last ending "
+        "before a restart (reason and exit code; one per container that restarted):",
+        "",
+        "| sessions | failed probes | last endings before a restart |",
+        "|---|---|---|",
+        *[
+            f"| {r['sessions']} | "
+            + (", ".join(f"{k}: {v}" for k, v in r["probe_failures"].items()) or "none")
+            + " | "
+            + (", ".join(f"{k}: {v}" for k, v in r["container_endings"].items()) or "none")
+            + " |"
+            for r in results
+        ],
+    ]
     lines += [
         "",
         "The node's 2 CPUs are shared by the control plane, the operator, Triton, Redis, "
