@@ -429,6 +429,13 @@ class Settings(BaseSettings):
         validation_alias=_env("PERSISTER_RETRY_MAX_SECONDS"),
         description="Cap of the exponential backoff between retries of a failed store write.",
     )
+    persister_stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        validation_alias=_env("PERSISTER_STALL_SECONDS"),
+        description="How long a drainer may make no step (a store write or a spool read that "
+        "hangs) before /health fails; a store that is down is retried, which is no stall.",
+    )
     persister_shutdown_seconds: float = Field(
         10.0,
         gt=0,

@@ -16,12 +16,13 @@ import pytest
 from websockets.asyncio.client import connect
 
 from earshot.events import Recognition
-from earshot.gateways.g711 import app
+from earshot.gateways.g711 import app, serving
 from earshot.gateways.g711.app import Services
 from earshot.persistence.draining import Drainer
 from earshot.persistence.records import MAX_TEXT_BYTES
 from earshot.settings import Settings
 from tests.gateway import session_url
+from tests.hanging import HangingSegmentWrites
 from tests.integration.scripted import (
     CHUNK,
     ScriptedDecoder,
@@ -157,3 +158,45 @@ async def test_health_fails_once_the_embedded_drainer_stopped(
                 answers.append(await http.get(url))
     assert answers[-1].status_code == 503
     assert answers[-1].json()["reason"] == "persistence stopped working"
+
+
+async def health_when(http: httpx.AsyncClient, url: str, status: int) -> httpx.Response:
+    """The first ``/health`` answer with ``status``, or the last one after 20 s."""
+    answer = await http.get(url)
+    for _ in range(200):
+        if answer.status_code == status:
+            break
+        await asyncio.sleep(0.1)
+        answer = await http.get(url)
+    return answer
+
+
+async def test_health_fails_while_the_embedded_drainer_hangs_in_a_store_write(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stalling = settings.model_copy(update={"persister_stall_seconds": 2.0})
+    async with (
+        serving.open_services(stalling) as services,
+        scripted_gateway(stalling, services) as (base, _),
+        httpx.AsyncClient() as http,
+    ):
+        url = base.replace("ws://", "http://") + "/health"
+        healthy = await http.get(url)
+        hanging = HangingSegmentWrites(monkeypatch)
+        try:
+            async with connect(session_url(base, "h")) as ws:
+                await ws.send(CHUNK)
+                await heard(ws)
+            await asyncio.wait_for(hanging.entered.wait(), 20.0)
+            stuck = await health_when(http, url, 503)
+        finally:
+            hanging.let_go()
+        moving = await health_when(http, url, 200)
+        texts = await stored(services, "h", 1)
+    assert healthy.status_code == 200
+    assert stuck.status_code == 503
+    assert stuck.json()["reason"] == "persistence stopped working"
+    # A store write that hangs is a stall, not a death: the drainer beats again once it returns,
+    # and what it was writing is stored.
+    assert moving.status_code == 200
+    assert [seq for seq, _ in texts] == [1]

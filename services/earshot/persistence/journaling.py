@@ -201,4 +201,5 @@ def drain_policy(settings: Settings) -> DrainPolicy:
         batch_size=settings.persister_batch_size,
         poll_seconds=settings.persister_poll_seconds,
         retry_max_seconds=settings.persister_retry_max_seconds,
+        stall_seconds=settings.persister_stall_seconds,
     )
