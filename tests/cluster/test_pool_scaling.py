@@ -51,7 +51,7 @@ SAMPLE_S: Final = 9.6
 SCALE_DOWN_PERIOD_S: Final = 60.0
 #: What a long stream sends beyond the load's rest and one scale-down period: the HPA's syncs
 #: (3 s) and metric reads, a pod's drain (seconds), the reconnect and a final on the pod kept.
-LONG_SLACK_S: Final = 45.0
+LONG_SLACK_S: Final = 30.0
 POOL_PORT: Final = 8000
 _T = TypeVar("_T")
 
