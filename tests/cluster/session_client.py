@@ -4,15 +4,18 @@
 bundled A-law sample (``--repeat`` times, then trailing silence) at ``--speed`` times real time
 and prints every server message as one JSON line, then ``{"type": "closed", ...}`` per connection.
 With ``--reconnect`` a connection that drops before everything was sent is opened again with the
-same URL (the session id) and the rest of the audio follows: what a client does when its gateway
-pod is replaced. Names resolve through the cluster's DNS (``ip netns exec`` gives the process the
-namespace's resolv.conf).
+same URL (the session id), or with ``--reconnect-url`` (the same session through another address,
+e.g. its pool's Service after a first connection straight to one pod), and the rest of the audio
+follows: what a client does when its gateway pod is replaced. Each ``closed`` line names the URL
+of its connection. Names resolve through the cluster's DNS (``ip netns exec`` gives the process
+the namespace's resolv.conf).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import time
@@ -40,8 +43,9 @@ async def _run(args: argparse.Namespace) -> int:
     frames = _frames(args.repeat)
     sent = 0
     deadline = time.monotonic() + args.reconnect_for
+    urls = itertools.chain([args.url], itertools.repeat(args.reconnect_url or args.url))
     while True:
-        base = sent
+        base, url = sent, next(urls)
 
         def count(done: int, base: int = base) -> None:
             nonlocal sent
@@ -49,7 +53,7 @@ async def _run(args: argparse.Namespace) -> int:
 
         try:
             result = await client.stream(
-                args.url,
+                url,
                 frames[sent:],
                 frame_seconds=FRAME_SECONDS,
                 speed=args.speed,
@@ -59,7 +63,7 @@ async def _run(args: argparse.Namespace) -> int:
                 linger=args.linger,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as error:
-            _say({"type": "connect_failed", "error": str(error), "sent": sent})
+            _say({"type": "connect_failed", "error": str(error), "sent": sent, "url": url})
             if not args.reconnect or time.monotonic() > deadline:
                 return 1
             await asyncio.sleep(0.5)
@@ -71,6 +75,7 @@ async def _run(args: argparse.Namespace) -> int:
                 "reason": result.close_reason,
                 "sent": sent,
                 "total": len(frames),
+                "url": url,
             }
         )
         if not args.reconnect or sent >= len(frames) or result.close_code == 1008:
@@ -90,6 +95,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="send the sample this many times")
     parser.add_argument("--linger", type=float, default=20.0, help="seconds to wait for a final")
     parser.add_argument("--reconnect", action="store_true", help="reopen a dropped connection")
+    parser.add_argument("--reconnect-url", default="", help="reopen it here (default: url)")
     parser.add_argument("--reconnect-for", type=float, default=180.0, help="give up after (s)")
     return asyncio.run(_run(parser.parse_args(argv)))
 

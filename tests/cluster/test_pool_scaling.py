@@ -10,12 +10,18 @@ serves Prometheus series). The lag target is set out of reach, so only the strea
 What this shows: at rest the HPA reads both metrics of the one pod; five pooled sessions streaming
 at real time through the pool's Service (all landing on that pod) make the HPA raise the
 Deployment to three pods while the streams run; the kubelet makes the new pods Ready; no stream
-is cut by the scale-up, every final is stored; once the streams end the pool goes back to one pod.
+is cut by the scale-up, every final is stored. Two more sessions stream meanwhile, each straight
+to one of the two pods a scale-down to one gives up (by pod IP, reconnecting through the pool's
+Service). Once the load ends the HPA gives those pods up, one a minute, while these two streams
+are live: each is drained (its last finals told, then 1012), reconnects with its session id and
+ends normally on the pod kept; its finals are numbered with no gap or repeat and each is stored
+once in MariaDB.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +45,14 @@ MAX_REPLICAS: Final = 3
 #: Each stream sends the 9.6 s sample this many times at real time: long enough for the HPA to
 #: see it (a 3 s sync here) and for the new pods to start.
 REPEAT: Final = 8
+#: The bundled sample's length (earshot.cli.demoing.sample_audio).
+SAMPLE_S: Final = 9.6
+#: The chart's scale-down policy gives up one pod per this period.
+SCALE_DOWN_PERIOD_S: Final = 60.0
+#: What a long stream sends beyond the load's rest and one scale-down period: the HPA's syncs
+#: (3 s) and metric reads, a pod's drain (seconds), the reconnect and a final on the pod kept.
+LONG_SLACK_S: Final = 30.0
+POOL_PORT: Final = 8000
 _T = TypeVar("_T")
 
 
@@ -148,26 +162,116 @@ def _messages(folder: Path, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-def test_a_pool_scales_up_under_load_and_back_down(release: Release, tmp_path: Path) -> None:
+def _given_up_first(pods: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The pods a scale-down from these Ready pods to one gives up, and the one it keeps.
+
+    The ReplicaSet controller (kube-controller-manager 1.20, ``controller.ActivePodsWithRanks``)
+    removes, among Ready pods on one node, the one Ready the shortest time first, then the one
+    with more container restarts, then the newest.
+    """
+
+    def rank(pod: dict[str, Any]) -> tuple[str, int, str]:
+        (ready,) = [c for c in pod["status"]["conditions"] if c["type"] == "Ready"]
+        restarts = max(s["restartCount"] for s in pod["status"]["containerStatuses"])
+        return ready["lastTransitionTime"], restarts, pod["metadata"]["creationTimestamp"]
+
+    *given_up, kept = sorted(pods, key=rank, reverse=True)
+    return given_up, kept
+
+
+def _start_long_streams(
+    release: Release,
+    folder: Path,
+    sessions: list[tuple[str, str, str]],
+    pods: list[dict[str, Any]],
+    *,
+    load_left_s: float,
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """One stream straight to each pod (its IP), reconnecting through the pool's Service.
+
+    ``sessions`` are (name, endpoint, token) of registered sessions. Each stream must still be
+    live when its pod goes: the first pod once the load has ended (no stabilization window here),
+    the second one policy period later; then come that pod's drain, the reconnect and at least
+    one final told on the pod kept.
+    """
+    repeat = math.ceil((load_left_s + SCALE_DOWN_PERIOD_S + LONG_SLACK_S) / SAMPLE_S)
+    clients = []
+    for (name, endpoint, token), pod in zip(sessions, pods, strict=True):
+        path = endpoint.split("/", 3)[3]
+        argv = client_argv(
+            f"ws://{pod['status']['podIP']}:{POOL_PORT}/{path}",
+            f"--token={token}",
+            "--repeat", str(repeat),
+            "--reconnect", "--reconnect-url", endpoint,
+            "--reconnect-for", str(repeat * SAMPLE_S + LONG_SLACK_S),
+        )  # fmt: skip
+        with (folder / f"{name}.jsonl").open("wb") as out:
+            clients.append((name, subprocess.Popen(release.cluster.exec_inside(argv), stdout=out)))
+    return clients
+
+
+def _streaming(folder: Path, names: list[str]) -> bool | None:
+    """True once every named stream has been told a partial or final (admitted, recognised)."""
+    told = ('"type": "partial"', '"type": "final"')
+    texts = [(folder / f"{name}.jsonl").read_text() for name in names]
+    return all(any(t in text for t in told) for text in texts) or None
+
+
+def _wait_all(clients: list[tuple[str, subprocess.Popen[bytes]]], timeout_s: float) -> None:
+    for _, client in clients:
+        client.wait(timeout=timeout_s)
+
+
+def _stop_all(clients: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    for _, client in clients:
+        client.kill()
+        client.wait()
+
+
+def _check_stored_once(release: Release, name: str, finals: list[dict[str, Any]]) -> None:
+    seqs = [f["seq"] for f in finals]
+    assert seqs == list(range(1, len(finals) + 1)), seqs  # no number skipped or repeated
+    assert _stored(release, name, len(finals)) == [[str(f["seq"]), f["text"]] for f in finals]
+
+
+def test_a_pool_scales_up_under_load_and_back_down_draining_live_streams(
+    release: Release, tmp_path: Path
+) -> None:
+    long_names = [f"long-{index}" for index in range(MAX_REPLICAS - 1)]
+    sessions = [(name, *_apply_pooled(release, name)) for name in long_names]
+    endpoints = {name: endpoint for name, endpoint, _ in sessions}
     clients = _start_streams(release, tmp_path)
     started = time.monotonic()
+    long_clients: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
         _eventually(lambda: _replicas(release, MAX_REPLICAS), "scaled up", 90.0)
         scaled = time.monotonic()
         readings = _current_metrics(release)
         pods = _eventually(lambda: _ready_pods(release, MAX_REPLICAS), "Ready", 120.0)
         ready = time.monotonic()
+        # Streams on the two pods a scale-down to one gives up, none on the pod it keeps: at two
+        # streams per pod, three live streams hold the pool at two pods, two let it go to one.
+        given_up, kept = _given_up_first(pods)
+        load_left_s = started + REPEAT * SAMPLE_S - ready
+        long_clients = _start_long_streams(
+            release, tmp_path, sessions, given_up, load_left_s=load_left_s
+        )
+        _eventually(lambda: _streaming(tmp_path, long_names), "streaming", 30.0)
         still_streaming = [name for name, client in clients if client.poll() is None]
         rescales = _rescales(release)
-        for _, client in clients:
-            client.wait(timeout=300)
+        _wait_all(clients, 300.0)
+        load_ended = time.monotonic()
+        # one pod given up at a time, a minute apart (the chart's scale-down policy)
+        (left,) = _eventually(lambda: _ready_pods(release, 1), "scaled back down", 180.0)
+        one_pod = time.monotonic()
+        _wait_all(long_clients, 300.0)
     finally:
-        for _, client in clients:
-            client.kill()
-            client.wait()
+        _stop_all(clients + long_clients)
     print(
         f"streams started -> {MAX_REPLICAS} replicas {scaled - started:.1f} s -> "
-        f"all Ready {ready - started:.1f} s; HPA read {readings}"
+        f"all Ready {ready - started:.1f} s -> load ended {load_ended - started:.1f} s -> "
+        f"1 pod {one_pod - started:.1f} s -> long streams ended {time.monotonic() - started:.1f} s;"
+        f" HPA read {readings}; rescales {_rescales(release)}"
     )
     assert still_streaming == [name for name, _ in clients], "the load ended before the scale-up"
     # every step up (there may be two: 1 -> 2 -> 3) was made for the streams, the last to 3
@@ -183,9 +287,23 @@ def test_a_pool_scales_up_under_load_and_back_down(release: Release, tmp_path: P
         assert [(c["code"], c["sent"]) for c in closes] == [(1000, closes[0]["total"])], messages
         finals = [m for m in messages if m["type"] == "final"]
         assert finals, messages
-        assert _stored(release, name, len(finals)) == [[str(f["seq"]), f["text"]] for f in finals]
-    ended = time.monotonic()
-    # one pod given up at a time, a minute apart (the chart's scale-down policy)
-    _eventually(lambda: _ready_pods(release, 1), "scaled back down", 180.0)
-    print(f"streams ended -> 1 pod {time.monotonic() - ended:.1f} s; rescales {_rescales(release)}")
-    assert _rescales(release)[-1] == "New size: 1; reason: All metrics below target"
+        _check_stored_once(release, name, finals)
+    # the HPA gave both pods up, for the load's end, while the long streams were live on them
+    assert _rescales(release)[-2:] == [
+        f"New size: {size}; reason: All metrics below target" for size in (2, 1)
+    ], _rescales(release)
+    assert left["metadata"]["name"] == kept["metadata"]["name"], "another pod was kept"
+    for name, _ in long_clients:
+        messages = _messages(tmp_path, name)
+        closes = _closes(messages)
+        # drained (its last finals told, then 1012), reopened through the Service, perhaps drained
+        # again or refused while the old pod still held the session (1013), ended on the kept pod
+        assert closes[0]["code"] == 1012, messages
+        assert {c["code"] for c in closes[1:-1]} <= {1012, 1013}, closes
+        assert (closes[-1]["code"], closes[-1]["sent"]) == (1000, closes[-1]["total"]), closes
+        assert {c["url"] for c in closes[1:]} == {endpoints[name]}, closes  # the Service
+        ends = [index for index, m in enumerate(messages) if m["type"] == "closed"]
+        last = messages[ends[-2] : ends[-1]]
+        assert [m for m in last if m["type"] == "final"], f"no final on the kept pod: {messages}"
+        finals = [m for m in messages if m["type"] == "final"]
+        _check_stored_once(release, name, finals)
