@@ -33,7 +33,11 @@ class RecognizerStream(Protocol):
     """One audio stream being recognised."""
 
     async def accept(self, samples: Samples) -> list[Recognition]:
-        """Feed audio and return what it made the recogniser say (often nothing).
+        """Feed audio and return what the recogniser said since the last call (often nothing).
+
+        In-process engines answer a chunk in the call that takes it; an engine may also return a
+        chunk's recognitions with a later call, or with :meth:`finish` (Triton pipelines its
+        requests, see :mod:`earshot.engines.triton`). Recognitions always come in order.
 
         Raises:
             EngineOverloaded: the audio was not taken; nothing of the stream is lost so far.
