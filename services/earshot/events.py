@@ -57,10 +57,15 @@ class Recognition:
 
     A partial (``is_final`` false) replaces the previous partial of the same segment; a final closes the
     segment, and the next recognition starts a new one.
+
+    ``heard`` is the ``time.perf_counter()`` at which the recogniser was handed the audio whose
+    processing produced it, for a recogniser that may return it with a later call (Triton pipelines
+    its requests); None means the audio of the call that returns it.
     """
 
     text: str
     is_final: bool
+    heard: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

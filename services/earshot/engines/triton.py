@@ -28,7 +28,11 @@ model say is returned in order, and only whole (all of a chunk's responses toget
   :class:`EngineError` at the next call (or within ``finish``).
 
 :attr:`TritonStream.sent_chunks` and :attr:`TritonStream.answered_chunks` let a caller that times
-chunks attribute each answer to the call that sent the chunk. ``earshot_triton_round_trip_seconds``
+chunks attribute each answer to the call that sent the chunk. Every recognition returned carries in
+:attr:`~earshot.events.Recognition.heard` the ``time.perf_counter()`` of the call that handed over
+the audio of its request (the ``accept`` that sent it, for audio gathered towards a model frame the
+one that completed the frame; ``finish`` for the END; the earliest such call for audio resent after
+a lost connection). ``earshot_triton_round_trip_seconds``
 is observed when a chunk's last response arrives, whenever it is returned.
 
 When the gRPC stream breaks (Triton restarted, a proxy cut it), the recogniser reconnects with
@@ -50,7 +54,7 @@ import secrets
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 import grpc
@@ -138,10 +142,12 @@ class _Pending:
 
 @dataclass(frozen=True, slots=True)
 class _Audio:
-    """Audio of a stream for one request, and how many of the caller's chunks it carries."""
+    """Audio of a stream for one request, how many of the caller's chunks it carries, and the
+    ``time.perf_counter()`` of the call that handed it over (the earliest, for audio merged)."""
 
     samples: Samples
     chunks: int
+    heard: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +415,7 @@ class TritonStream:
         # Audio for the next request: what a lost sequence left unanswered, to resend.
         self._unsent: list[_Audio] = []
         self._partial = ""
+        self._partial_heard: float | None = None
         self._unfinal_samples = 0
         # Audio gathered until it completes one of the model's frames.
         self._gathered = FrameGatherer(owner.window)
@@ -438,6 +445,7 @@ class TritonStream:
             EngineOverloaded: the model had no room for a new sequence; the next chunk tries again.
             EngineError: Triton rejected a chunk, did not answer one in time, or stayed unreachable.
         """
+        heard = time.perf_counter()
         if self._finished:
             raise EngineError("audio arrived after the stream was finished")
         async with self._lock:
@@ -446,7 +454,7 @@ class TritonStream:
             self._collect()
             # The first chunk goes at once: its START is refused at once when the model is full.
             if self._gathered.add(samples) or self._sequence_id is None:
-                await self._hand_over(self._gathered.take(), end=False)
+                await self._hand_over(self._gathered.take(), heard, end=False)
             await self._wait(ANSWER_WAIT_SHARE * len(samples) / self._owner.sample_rate)
             return self._take_held()
 
@@ -468,11 +476,12 @@ class TritonStream:
         return said_tail + await self._end()
 
     async def _end(self) -> list[Recognition]:
+        heard = time.perf_counter()
         async with self._lock:
             self._finished = True
             try:
                 if self._error is None and (self._sequence_id is not None or self._unsent):
-                    await self._end_sequence()
+                    await self._end_sequence(heard)
                 if self._sequence_id is None or self._error is not None:
                     return self._take_held() + self._salvage()
                 return self._take_held()
@@ -480,12 +489,12 @@ class TritonStream:
                 self._abandon()
                 self._owner._forget(self)
 
-    async def _end_sequence(self) -> None:
+    async def _end_sequence(self, heard: float) -> None:
         try:
-            await self._hand_over(self._gathered.take(), end=True)
+            await self._hand_over(self._gathered.take(), heard, end=True)
             while not await self._drain():
                 # The link broke before every answer came: what got none ends a new sequence.
-                await self._hand_over(_EMPTY, end=True, chunks=0)
+                await self._hand_over(_EMPTY, heard, end=True, chunks=0)
         except EngineOverloaded as exc:
             _log.warning("the end of a stream was not recognised: %s", exc)
 
@@ -493,12 +502,14 @@ class TritonStream:
         held, self._held = self._held, []
         return held
 
-    async def _hand_over(self, samples: Samples, *, end: bool, chunks: int = 1) -> None:
+    async def _hand_over(
+        self, samples: Samples, heard: float, *, end: bool, chunks: int = 1
+    ) -> None:
         """Send audio on the stream's sequence, or start one (after a lost one, resending)."""
         owner = self._owner
         deadline = time.monotonic() + owner._reconnect_timeout
         self._sent_chunks += chunks
-        self._unsent.append(_Audio(samples, chunks))
+        self._unsent.append(_Audio(samples, chunks, heard))
         while True:
             generation = await owner._generation_when_connected(deadline)
             if self._sequence_id is not None and self._generation != generation:
@@ -588,8 +599,9 @@ class TritonStream:
             if isinstance(answer, EngineError):
                 self._fail(answer)
             self._in_flight.popleft()
-            self._note(request.audio.samples, answer)
-            self._held.extend(answer)
+            said = [replace(recognition, heard=request.audio.heard) for recognition in answer]
+            self._note(request.audio.samples, said)
+            self._held.extend(said)
             self._answered_chunks += request.audio.chunks
         return True
 
@@ -609,7 +621,8 @@ class TritonStream:
         if len(unsent) == 1:
             return unsent[0]
         samples = np.concatenate([audio.samples for audio in unsent]) if unsent else _EMPTY
-        return _Audio(samples, sum(audio.chunks for audio in unsent))
+        heard = min((audio.heard for audio in unsent), default=time.perf_counter())
+        return _Audio(samples, sum(audio.chunks for audio in unsent), heard)
 
     def _note(self, samples: Samples, said: list[Recognition]) -> None:
         self._unfinal_samples += len(samples)
@@ -617,7 +630,7 @@ class TritonStream:
             if recognition.is_final:
                 self._partial, self._unfinal_samples = "", 0
             else:
-                self._partial = recognition.text
+                self._partial, self._partial_heard = recognition.text, recognition.heard
 
     def _lose_sequence(self) -> None:
         """The sequence died with its connection: what it left unanswered is sent again."""
@@ -645,7 +658,7 @@ class TritonStream:
 
     def _salvage(self) -> list[Recognition]:
         partial, self._partial, self._unfinal_samples = self._partial, "", 0
-        return [Recognition(text=partial, is_final=True)] if partial else []
+        return [Recognition(partial, is_final=True, heard=self._partial_heard)] if partial else []
 
     def _on_link(self) -> bool:
         # A sequence of a broken connection is left to the next chunk, which restarts it.
@@ -666,7 +679,7 @@ class TritonStream:
         async with self._lock:
             # An empty chunk resets Triton's idle timer; what it says comes with the next call.
             if self._on_link():
-                await self._send(_Audio(_EMPTY, 0), start=False, end=False)
+                await self._send(_Audio(_EMPTY, 0, time.perf_counter()), start=False, end=False)
 
 
 def _request(
