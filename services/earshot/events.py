@@ -7,7 +7,7 @@ A recogniser emits :class:`Recognition` values; the gateway numbers finals and t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NewType
 
@@ -60,12 +60,13 @@ class Recognition:
 
     ``heard`` is the ``time.perf_counter()`` at which the recogniser was handed the audio whose
     processing produced it, for a recogniser that may return it with a later call (Triton pipelines
-    its requests); None means the audio of the call that returns it.
+    its requests); None means the audio of the call that returns it. It says when, not what:
+    recognitions that differ only in it are equal.
     """
 
     text: str
     is_final: bool
-    heard: float | None = None
+    heard: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ still comes back, once and in order, across several streams, a broken link and a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -83,6 +84,38 @@ async def test_a_streams_next_chunk_goes_out_before_the_previous_chunk_is_answer
 
     assert said == counted(sizes)
     assert stream.sent_chunks == stream.answered_chunks == len(sizes) + 1  # and the END
+
+
+@pytest.mark.asyncio
+async def test_each_answer_carries_when_its_own_chunk_was_handed_over_also_when_returned_later(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=10.0)
+    stream = recognizer.open_stream()
+    sizes = [1600, 800, 2400, 3200]
+    calls: list[tuple[float, float]] = []  # (called, returned) of each accept, then of finish
+    returned: list[list[Recognition]] = []  # what each call returned
+    try:
+        for size in sizes:
+            called = time.perf_counter()
+            returned.append(await stream.accept(silence(size)))
+            calls.append((called, time.perf_counter()))
+    finally:
+        called = time.perf_counter()
+        returned.append(await stream.finish())
+        calls.append((called, time.perf_counter()))
+        await recognizer.aclose()
+
+    said = [recognition for answers in returned for recognition in answers]
+    assert said == counted(sizes)
+    # The i-th partial answers the i-th chunk, the final the END (handed over by finish).
+    answered_by = [i for i, answers in enumerate(returned) for _ in answers]
+    late = 0
+    for chunk, (recognition, call) in enumerate(zip(said, answered_by, strict=True)):
+        assert recognition.heard is not None
+        assert calls[chunk][0] <= recognition.heard <= calls[chunk][1], (chunk, call)
+        late += call > chunk
+    assert late >= len(sizes) - 1  # late_answer answers a chunk once the next one arrives
 
 
 @pytest.mark.asyncio
