@@ -19,9 +19,12 @@ the first one finished, so ramp-up and the end-of-stream flush are left out:
 * fill: the streams each step advanced over the live streams at that step, summed over the window's
   steps (clocked: the clock's own counters, for Triton read from its metrics endpoint; unclocked:
   the streams in each ``_step`` call over N);
-* chunk latency p50/p99/max: ``accept`` called to returned (client side), over every chunk of the
-  window. A chunk that completes a frame waits for the next tick: the clock adds at most one
-  80 ms period plus the step to it; chunks that complete none are answered at once.
+* chunk latency p50/p99/max: from ``accept`` called with the chunk to the return of the call that
+  brought its answer (client side, :mod:`bench.chunk_timing`), over every chunk sent in the
+  window: in process the same call; through Triton, whose client pipelines its requests, the same
+  call, a later one or ``finish``. A chunk that completes a frame waits for the next tick: the
+  clock adds at most one 80 ms period plus the step to it; chunks that complete none are answered
+  at once.
 
 Usage: ``python -m bench.kyutai_clock [--streams 16 64] [--seconds 12] [--chunk-ms 20]
 [--engines clocked unclocked triton]``. Writes ``bench/reports/kyutai_clock.md``.
@@ -46,6 +49,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")  # before moshi is imported: it r
 import numpy as np
 import torch
 
+from bench.chunk_timing import ChunkTimer
 from bench.quantiles import percentiles_ms
 from earshot.engines import kyutai, kyutai_checkpoints, tiny_kyutai
 from earshot.engines.batching import BatchingRecognizer
@@ -162,24 +166,21 @@ async def one_stream(
 ) -> list[tuple[float, float]]:
     """Send ``audio`` in real time from ``offset``; return (sent at, latency) per chunk."""
     chunk = round(chunk_seconds * SAMPLE_RATE)
-    stream = recognizer.open_stream()
+    stream = ChunkTimer(recognizer.open_stream())
     await asyncio.sleep(offset)
     t0 = time.monotonic()
-    timed: list[tuple[float, float]] = []
     try:
         for k, start in enumerate(range(0, len(audio), chunk)):
             delay = t0 + k * chunk_seconds - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            sent = time.monotonic()
             await stream.accept(audio[start : start + chunk])
-            timed.append((sent, time.monotonic() - sent))
             if k == 0:
                 window.stream_started()
     finally:
         window.stream_ending()
         await stream.finish()
-    return timed
+    return stream.timed
 
 
 async def run_round(
@@ -363,9 +364,11 @@ def report(rows: Sequence[Row], args: argparse.Namespace, load: str) -> str:
         "* fill: streams advanced over live streams, summed over the window's steps "
         "(`earshot_engine_streams_advanced_total / earshot_engine_streams_live_total`; unclocked: "
         "the streams in each step over N);",
-        "* chunk latency: `accept()` called to returned, client side, chunks sent in the window. "
-        "With the clock a chunk that completes a frame waits for the next tick (at most 80 ms) "
-        "plus the step; the others are answered at once.",
+        "* chunk latency: from `accept()` called with the chunk to the return of the call that "
+        "brought its answer (client side, `bench/chunk_timing.py`), chunks sent in the window: in "
+        "process the same call; through Triton, whose client pipelines its requests, the same "
+        "call, a later one or `finish()`. With the clock a chunk that completes a frame waits for "
+        "the next tick (at most 80 ms) plus the step; the others are answered at once.",
         "",
         "The tiny model's step costs milliseconds on CPU, so these figures show the scheduling "
         "(how many streams each step advances), not a real model's capacity: see "

@@ -6,7 +6,11 @@ streams that each send the bundled speech sample (16 kHz) as 200 ms chunks in re
 through :class:`TritonRecognizer`, then through the in-process :class:`BatchingRecognizer` (one
 worker thread) on the same model. For each engine and N it reports:
 
-* per-chunk latency p50/p99: from ``accept`` called to its recognitions returned;
+* per-chunk latency p50/p99: from ``accept`` called with the chunk to the return of the call that
+  brought its recognitions (:mod:`bench.chunk_timing`): in process the same call; through Triton,
+  whose client pipelines its requests, the same call, a later one or ``finish``;
+* late chunks: sent after their real-time slot because the stream's previous ``accept`` had not
+  returned;
 * average batch size: Triton's ``nv_inference_count / nv_inference_exec_count`` over the round;
   in process, the streams per ``decode`` call of the decoder;
 * CPU per stream in % of one core: the serving side (tritonserver and its Python stub, or the
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import procstats
+from bench.chunk_timing import ChunkTimer
 from bench.quantiles import percentiles_ms
 from earshot.audio import codecs
 from earshot.audio.resampling import StreamResampler
@@ -97,8 +102,7 @@ async def one_stream(
     """Send ``seconds`` of audio in real time; return the chunk latencies and the late chunks."""
     chunk = int(chunk_seconds * RATE)
     looped = np.resize(audio, int(seconds * RATE))
-    stream = recognizer.open_stream()
-    latencies: list[float] = []
+    stream = ChunkTimer(recognizer.open_stream())
     late = 0
     try:
         for k, start in enumerate(range(0, len(looped), chunk)):
@@ -107,12 +111,10 @@ async def one_stream(
                 await asyncio.sleep(delay)
             else:
                 late += 1
-            sent = time.monotonic()
             await stream.accept(looped[start : start + chunk])
-            latencies.append(time.monotonic() - sent)
     finally:
         await stream.finish()
-    return latencies, late
+    return [latency for _, latency in stream.timed], late
 
 
 async def load(
@@ -329,9 +331,13 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "",
         *overheads(rounds),
         "",
-        f"* latency: `accept()` called to returned, per {chunk_seconds * 1000:.0f} ms chunk "
-        "(client side; for Triton it includes gRPC and the sequence batcher's queue delay);",
-        "* late: chunks sent after their real-time slot because the previous one was still out;",
+        f"* latency: per {chunk_seconds * 1000:.0f} ms chunk, from `accept()` called with it to "
+        "the return of the call that brought its recognitions (client side, "
+        "`bench/chunk_timing.py`): in process the same call; through Triton, whose client "
+        "pipelines its requests, the same call, a later one or `finish()` (it includes gRPC and "
+        "the sequence batcher's queue delay);",
+        "* late: chunks sent after their real-time slot because the stream's previous `accept()` "
+        "had not returned;",
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
         "process, streams per `decode` call;",
         "* serving CPU: tritonserver plus its Python stub (Triton) or the benchmark process (in "

@@ -45,6 +45,8 @@ from earshot.events import Recognition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPO = REPO_ROOT / "model-repo"
+#: Models only tests serve (same tensor contract as ``model-repo/``'s).
+TEST_MODELS = REPO_ROOT / "tests" / "triton_models"
 #: The releases the tests ran with, numpy<2 for the backend (the pool images install with it too).
 BACKEND_CONSTRAINTS = MODEL_REPO / "constraints.txt"
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
@@ -217,13 +219,15 @@ def with_queue_delay(config: str, microseconds: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """One model to serve: a folder of ``model-repo/`` under a name, with changed parameters."""
+    """One model to serve: a folder of ``model-repo/`` (or ``root``) under a name, with changed
+    parameters."""
 
     source: str
     parameters: Mapping[str, str]
     name: str = ""
     idle_timeout_microseconds: int | None = None
     queue_delay_microseconds: int | None = None
+    root: Path = MODEL_REPO
 
     @property
     def served_name(self) -> str:
@@ -258,7 +262,7 @@ def build_model_repository(target: Path, install: TritonInstall, models: list[Mo
         folder = target / spec.served_name
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(
-            MODEL_REPO / spec.source, folder, ignore=shutil.ignore_patterns("__pycache__")
+            spec.root / spec.source, folder, ignore=shutil.ignore_patterns("__pycache__")
         )
         parameters = {"EXECUTION_ENV_PATH": str(python_env), **spec.parameters}
         # config.pbtxt and the variants in configs/ (picked with --model-config-name)

@@ -7,7 +7,7 @@ A recogniser emits :class:`Recognition` values; the gateway numbers finals and t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NewType
 
@@ -57,10 +57,16 @@ class Recognition:
 
     A partial (``is_final`` false) replaces the previous partial of the same segment; a final closes the
     segment, and the next recognition starts a new one.
+
+    ``heard`` is the ``time.perf_counter()`` at which the recogniser was handed the audio whose
+    processing produced it, for a recogniser that may return it with a later call (Triton pipelines
+    its requests); None means the audio of the call that returns it. It says when, not what:
+    recognitions that differ only in it are equal.
     """
 
     text: str
     is_final: bool
+    heard: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,25 +23,28 @@ FIRST_PARTIAL_LATENCY = Histogram(
 )
 FINAL_LATENCY = Histogram(
     "earshot_final_latency_seconds",
-    "From the chunk that ended a segment (or the stream) arriving to its final being stored and sent.",
+    "From the chunk that ended a segment (or the stream) arriving to its final being stored and sent "
+    "(the chunk whose answer held the final, also when a pipelined recogniser returned it later).",
     ["gateway", "engine"],
     buckets=LATENCY_BUCKETS,
 )
 CHUNK_LATENCY = Histogram(
     "earshot_chunk_processing_seconds",
-    "From an audio chunk arriving to the recogniser having processed it (audio-to-text lag).",
+    "From an audio chunk arriving to the recogniser's answer to it being returned to the gateway "
+    "(audio-to-text lag; a pipelined recogniser, Triton, may return it with a later chunk's call).",
     ["gateway", "engine"],
     buckets=CHUNK_BUCKETS,
 )
 REPLY_LATENCY = Histogram(
     "earshot_reply_latency_seconds",
-    "From the audio chunk that made the recogniser say something arriving to the reply being sent.",
+    "From the audio chunk that made the recogniser say something arriving to the reply being sent "
+    "(the earliest such chunk of a reply, also when its answer came with a later chunk's call).",
     ["gateway", "engine"],
     buckets=CHUNK_BUCKETS,
 )
 REAL_TIME_FACTOR = Histogram(
     "earshot_real_time_factor",
-    "Processing time of a chunk divided by the duration of its audio.",
+    "A chunk's earshot_chunk_processing_seconds divided by the duration of its audio.",
     ["gateway", "engine"],
     buckets=RTF_BUCKETS,
 )

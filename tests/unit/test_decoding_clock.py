@@ -197,6 +197,40 @@ def test_a_stream_that_fell_behind_catches_up_in_steps_of_its_own_within_one_tic
     assert clock.stats.ticks == 3
 
 
+def test_a_chunk_sent_before_the_previous_one_was_answered_does_not_hold_that_answer_back(
+    checkpoint: Path,
+) -> None:
+    # A pipelining client (Triton's) sends a stream's next frame before the previous one is
+    # answered: both wait at a tick, which steps one. The first is answered after that tick, the
+    # second after the next one; the second must not hold the first's answer back a tick.
+    held = HeldFirstStep()
+    clock = DecodingClock(_decoder(checkpoint, 2), observe=held.observe, clock=_slowed(16))
+    frame_one, frame_two = _pieces(_talk(12)[: FRAME_SAMPLES * 2], FRAME_SAMPLES)
+    steps_when_answered: list[int] = []
+    answered = threading.Semaphore(0)
+
+    def reply(said: list[Recognition], error: EngineError | None) -> None:
+        assert error is None
+        steps_when_answered.append(len(held.steps))
+        answered.release()
+
+    try:
+        other, pipelined = clock.open(), clock.open()
+        clock.submit(other, frame_one, ends=False, reply=lambda said, error: None)
+        assert held.inside.wait(10.0)
+        clock.submit(pipelined, frame_one, ends=False, reply=reply)
+        clock.submit(pipelined, frame_two, ends=False, reply=reply)
+        held.release.set()
+        for _ in range(2):
+            assert answered.acquire(timeout=30.0)
+    finally:
+        held.release.set()
+        clock.close()
+    # The other stream's step, then one step per tick for the pipelined stream's frames.
+    assert held.steps == [(1, 1), (1, 2), (1, 2)]
+    assert steps_when_answered == [2, 3]
+
+
 class _SlowDecoder(kyutai.KyutaiDecoder):
     """The tiny decoder with steps of at least ``seconds``, as a larger model's."""
 

@@ -11,11 +11,14 @@ of audio, each advancing one stream. The clock instead ticks once per frame peri
 one frame, in one step.
 
 Work flows like this: :meth:`DecodingClock.submit` hands audio (or the end of a stream) and a reply
-to the clock's thread, which feeds it to the decoder at once. A stream that has no full frame
-waiting is answered at once (with its partial if its text changed); one that has is answered after
-the tick that leaves it without one, so a chunk's answer holds exactly what its audio made the model
-say, as the unclocked ``decode`` would (unless the stream is late, see below). A chunk that
-completes one frame waits for at most one tick.
+to the clock's thread, which feeds it to the decoder at once. A chunk that leaves no full frame
+waiting is answered at once (with its partial if its text changed); one that completes frames is
+answered after the tick whose steps decode the last of them, so a chunk's answer holds exactly what
+its audio made the model say, as the unclocked ``decode`` would (unless the stream is late, see
+below). A chunk that completes one frame waits for at most one tick. A client may send a stream's
+next chunk before the previous one is answered (Triton's client pipelines its requests): each chunk
+is answered once its own frames are stepped, whatever arrived after it, its partial with it only
+when the steps stopped at its last frame (not part-way into the next chunk's).
 
 Steps happen only at ticks. A tick runs one step of every stream with a frame waiting; a step
 costs the same whatever the streams in it (a fixed slot batch), so any step besides that one
@@ -85,13 +88,27 @@ class StepStats:
     step_seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A chunk waiting for its answer, and the stream's frames stepped once its frames are.
+
+    ``frames`` is None for the end of a stream (answered once it is flushed) and for a chunk that
+    failed or came to a failed stream (answered with the error).
+    """
+
+    reply: Reply
+    frames: int | None
+
+
 @dataclass(eq=False, slots=True, weakref_slot=True)
 class ClockedStream(Generic[StreamT]):
     """A stream of the clock: its decoder state, what it said since its last answer, who waits."""
 
     state: StreamT
     said: list[Recognition] = field(default_factory=list)
-    replies: list[Reply] = field(default_factory=list)
+    replies: list[_Waiting] = field(default_factory=list)
+    # Frames the steps advanced it by.
+    stepped: int = 0
     ended: bool = False
     # The most frames one chunk of the stream brought: more waiting than that is lag.
     burst: int = 1
@@ -233,8 +250,8 @@ class DecodingClock(Generic[StreamT]):
 
     def _take(self, submission: _Submission[StreamT]) -> None:
         stream = submission.stream
-        stream.replies.append(submission.reply)
         if stream.error is not None:  # it failed in a step while no chunk of it waited
+            stream.replies.append(_Waiting(submission.reply, None))
             self._answer(stream, stream.error)
             return
         self._open.add(stream)
@@ -242,7 +259,7 @@ class DecodingClock(Generic[StreamT]):
         # When the client sent it (not when this thread got to it): a stalled clock is no pause.
         sent_at = submission.at
         if stream.anchor is None or (
-            len(stream.replies) == 1 and sent_at - stream.answered_at > self._period
+            not stream.replies and sent_at - stream.answered_at > self._period
         ):
             stream.anchor = sent_at - stream.sent_seconds  # on time: its client waited to send
         if submission.samples is not None:
@@ -255,9 +272,12 @@ class DecodingClock(Generic[StreamT]):
             if submission.ends:
                 self._decoder.finish(stream.state)
         except Exception as error:
+            stream.replies.append(_Waiting(submission.reply, None))
             self._live.pop(id(stream), None)
             self._answer(stream, _as_engine_error(error))
             return
+        frames = None if stream.ended else stream.stepped + self._decoder.frames(stream.state)
+        stream.replies.append(_Waiting(submission.reply, frames))
         if not self._decoder.behind(stream.state):
             self._answer(stream, None)
             return
@@ -292,6 +312,8 @@ class DecodingClock(Generic[StreamT]):
                 self._answer(stream, None)
             elif stream.replies and self._late(stream, now):
                 self._answer(stream, None, early=True)
+            else:
+                self._answer_stepped(stream)
 
     def _holding_frames(self) -> list[ClockedStream[StreamT]]:
         return [s for s in self._live.values() if self._decoder.frames(s.state)]
@@ -322,6 +344,7 @@ class DecodingClock(Generic[StreamT]):
             seconds=self._clock() - started,
         )
         for stream, said in zip(streams, results, strict=True):
+            stream.stepped += 1
             stream.said.extend(said)
         return True
 
@@ -351,14 +374,40 @@ class DecodingClock(Generic[StreamT]):
             if error is not None:
                 stream.error = error
             return
-        stream.answered_at = self._clock()
         replies, stream.replies = stream.replies, []
+        self._reply(stream, replies, error, partial=error is None and not early)
+
+    def _answer_stepped(self, stream: ClockedStream[StreamT]) -> None:
+        """Answer the chunks whose frames are all stepped while later ones still wait (pipelined).
+
+        With the partial only when the steps stopped at the last such chunk's frames: further on,
+        it would be one its unclocked decoding never says.
+        """
+        count = 0
+        for waiting in stream.replies:
+            if waiting.frames is None or waiting.frames > stream.stepped:
+                break
+            count += 1
+        if count:
+            exact = stream.replies[count - 1].frames == stream.stepped
+            replies, stream.replies = stream.replies[:count], stream.replies[count:]
+            self._reply(stream, replies, None, partial=exact)
+
+    def _reply(
+        self,
+        stream: ClockedStream[StreamT],
+        replies: list[_Waiting],
+        error: EngineError | None,
+        *,
+        partial: bool,
+    ) -> None:
+        stream.answered_at = self._clock()
         said, stream.said = stream.said, []
-        if error is None and not early:
+        if partial:
             said.extend(self._decoder.report(stream.state))
         # Several chunks answered together: the last one carries what they made the model say.
-        for position, reply in enumerate(replies, start=1):
-            reply(said if position == len(replies) else [], error)
+        for position, waiting in enumerate(replies, start=1):
+            waiting.reply(said if position == len(replies) else [], error)
 
 
 def _as_engine_error(error: Exception) -> EngineError:

@@ -8,7 +8,7 @@ PCM in [-1, 1) at the recogniser's own :attr:`Recognizer.sample_rate`: resamplin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,11 @@ class RecognizerStream(Protocol):
     """One audio stream being recognised."""
 
     async def accept(self, samples: Samples) -> list[Recognition]:
-        """Feed audio and return what it made the recogniser say (often nothing).
+        """Feed audio and return what the recogniser said since the last call (often nothing).
+
+        In-process engines answer a chunk in the call that takes it; an engine may also return a
+        chunk's recognitions with a later call, or with :meth:`finish` (Triton pipelines its
+        requests, see :mod:`earshot.engines.triton`). Recognitions always come in order.
 
         Raises:
             EngineOverloaded: the audio was not taken; nothing of the stream is lost so far.
@@ -49,6 +53,25 @@ class RecognizerStream(Protocol):
         pending text finalised. Always call it, also after an error: it frees the stream's
         resources. The returned list ends with a final when the stream had unfinalised text.
         """
+        ...
+
+
+@runtime_checkable
+class PipelinedStream(Protocol):
+    """A stream that may return a chunk's answer with a later call: it counts chunks to tell when.
+
+    Chunks are answered in order: the ``i``-th chunk sent (from 0) once :attr:`answered_chunks`
+    exceeds ``i``. A call that sends nothing (audio held back) is answered by that call.
+    """
+
+    @property
+    def sent_chunks(self) -> int:
+        """How many calls sent audio (or the end of the stream) to the engine."""
+        ...
+
+    @property
+    def answered_chunks(self) -> int:
+        """How many of :attr:`sent_chunks` have had their answers returned by a call."""
         ...
 
 

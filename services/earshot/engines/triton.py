@@ -5,16 +5,43 @@ Must not: run inference, read the environment (the caller passes the URL and opt
 
 Each audio stream is one Triton *sequence* (a random 62-bit base plus a counter, so gateways sharing
 a server do not collide): START rides on its first chunk, END on :meth:`TritonStream.finish`. Every
-request asks for an empty final response, so ``accept`` knows when a chunk's responses are complete
-and returns exactly what that chunk produced. Responses are routed by request id, errors included
-(the raw gRPC stub is used because tritonclient drops the id of an error response).
+request asks for an empty final response, so the stream knows when a chunk's responses are
+complete. Responses are routed by request id, errors included (the raw gRPC stub is used because
+tritonclient drops the id of an error response).
+
+Requests are pipelined: sending a stream's chunk never waits for the answers of the chunks before
+it (Triton's sequence batcher keeps a sequence's requests in order). Waiting for them would hold
+the stream's next chunk for a whole round trip; for a model stepped on a clock (Kyutai) that is up
+to a tick plus a step, so the next frame reaches Triton after its tick. What a chunk makes the
+model say is returned in order, and only whole (all of a chunk's responses together):
+
+* :meth:`TritonStream.accept` sends the chunk, then waits for the answers still out, but at most
+  half the chunk's audio duration (:data:`ANSWER_WAIT_SHARE`), and returns every answer complete
+  by then. A real-time caller's next chunk arrives one chunk duration later, so the wait never
+  makes it late; an answer arriving within the wait is returned at once, a later one with the
+  next call (at most half a chunk later than it arrived), or with ``finish``.
+* The first chunk of a sequence (START) is the exception: it waits for its answer, so a model
+  with no room refuses it at once (:class:`EngineOverloaded` from that call) before any other
+  chunk is sent on a sequence that does not exist.
+* :meth:`TritonStream.finish` sends END and waits for every answer still out.
+* A chunk unanswered ``request_timeout_seconds`` after it was sent fails the stream with
+  :class:`EngineError` at the next call (or within ``finish``).
+
+:attr:`TritonStream.sent_chunks` and :attr:`TritonStream.answered_chunks` let a caller that times
+chunks attribute each answer to the call that sent the chunk. Every recognition returned carries in
+:attr:`~earshot.events.Recognition.heard` the ``time.perf_counter()`` of the call that handed over
+the audio of its request (the ``accept`` that sent it, for audio gathered towards a model frame the
+one that completed the frame; ``finish`` for the END; the earliest such call for audio resent after
+a lost connection). ``earshot_triton_round_trip_seconds``
+is observed when a chunk's last response arrives, whenever it is returned.
 
 When the gRPC stream breaks (Triton restarted, a proxy cut it), the recogniser reconnects with
 backoff; a stream whose sequence lived on the broken connection starts a new sequence with its next
-chunk, resending a chunk that got no answer. What the old sequence had heard since its last final
-is lost: its last partial is kept as a final, and ``earshot_triton_audio_lost_seconds_total`` and a
-warning say how much audio it covered. A sequence idle for ``keepalive_seconds`` gets an empty chunk
-so Triton's ``max_sequence_idle_microseconds`` never drops a stream that pauses.
+chunk (or with ``finish``), resending in it, in order, the audio of every chunk that got no answer.
+What the old sequence had heard since its last final is lost: its last partial is kept as a final,
+and ``earshot_triton_audio_lost_seconds_total`` and a warning say how much audio it covered. A
+sequence idle for ``keepalive_seconds`` gets an empty chunk so Triton's
+``max_sequence_idle_microseconds`` never drops a stream that pauses.
 """
 
 from __future__ import annotations
@@ -26,8 +53,9 @@ import logging
 import secrets
 import time
 import weakref
-from dataclasses import dataclass, field
-from typing import Any
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -88,6 +116,9 @@ _CHANNEL_OPTIONS = [
 ]
 _EMPTY = np.zeros(0, dtype=np.float32)
 _CLOSE_TIMEOUT_SECONDS = 5.0
+#: How long ``accept`` waits for answers still out, as a share of the audio it was given: a real-time
+#: caller's next chunk comes one chunk duration later, and must not be made late by the wait.
+ANSWER_WAIT_SHARE = 0.5
 # What writing to a call that broke or ended raises.
 _CALL_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
 
@@ -96,10 +127,37 @@ class _LinkBroken(Exception):
     """The gRPC stream a request was sent on broke before the request was answered."""
 
 
+# What a request gets: its recognitions, Triton's error, or the news that its link broke.
+_Answer = list[Recognition] | EngineError | _LinkBroken
+
+
 @dataclass(eq=False, slots=True)
 class _Pending:
-    future: asyncio.Future[list[Recognition]]
+    """A request sent and not fully answered: the responses so far, when it was sent."""
+
+    future: asyncio.Future[_Answer]
+    sent: float
     said: list[Recognition] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    """Audio of a stream for one request, how many of the caller's chunks it carries, and the
+    ``time.perf_counter()`` of the call that handed it over (the earliest, for audio merged)."""
+
+    samples: Samples
+    chunks: int
+    heard: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A request of a stream's sequence whose answer has not been returned to the caller yet."""
+
+    request_id: str
+    audio: _Audio
+    future: asyncio.Future[_Answer]
+    deadline: float
 
 
 class TritonRecognizer:
@@ -249,11 +307,11 @@ class TritonRecognizer:
             await channel.close(grace=None)
         return opened
 
-    def _fail_pending(self, error: Exception) -> None:
+    def _fail_pending(self, error: EngineError | _LinkBroken) -> None:
         pending, self._pending = self._pending, {}
         for request in pending.values():
             if not request.future.done():
-                request.future.set_exception(error)
+                request.future.set_result(error)
 
     def _route(self, response: Any) -> None:
         infer = response.infer_response
@@ -262,13 +320,14 @@ class TritonRecognizer:
             return  # the answer to a request that timed out
         if response.error_message:
             del self._pending[infer.id]
-            pending.future.set_exception(_error(response.error_message))
+            pending.future.set_result(_error(response.error_message))
             return
         if len(infer.outputs):
             pending.said.append(_recognition(infer))
         final = infer.parameters.get("triton_final_response")
         if final is not None and final.bool_param:
             del self._pending[infer.id]
+            ROUND_TRIP.labels(self._model).observe(time.monotonic() - pending.sent)
             pending.future.set_result(pending.said)
 
     async def _generation_when_connected(self, deadline: float) -> int:
@@ -282,27 +341,25 @@ class TritonRecognizer:
             raise EngineError("the Triton recogniser is closed")
         return self._generation
 
-    async def _exchange(
+    async def _send_request(
         self, sequence_id: int, samples: Samples, *, start: bool, end: bool
-    ) -> list[Recognition]:
-        """Send one chunk of a sequence and wait for all its responses."""
+    ) -> tuple[str, asyncio.Future[_Answer]]:
+        """Send one chunk of a sequence; the future gets its answer (a broken link included)."""
         request_id = f"{sequence_id:x}-{next(self._requests)}"
-        future: asyncio.Future[list[Recognition]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future)
+        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future, time.monotonic())
         request = _request(self._model, request_id, sequence_id, samples, start=start, end=end)
-        sent = time.monotonic()
         try:
             await self._write(request)
-            said = await asyncio.wait_for(future, self._request_timeout)
-        except TimeoutError:
-            raise EngineError(
-                f"Triton did not answer a chunk of sequence {sequence_id} of model {self._model} "
-                f"within {self._request_timeout:g} s"
-            ) from None
-        finally:
+        except _LinkBroken as exc:
             self._pending.pop(request_id, None)
-        ROUND_TRIP.labels(self._model).observe(time.monotonic() - sent)
-        return said
+            if not future.done():
+                future.set_result(exc)
+        return request_id, future
+
+    def _abandon(self, request_id: str) -> None:
+        """Stop routing the answer of a request nobody waits for any more."""
+        self._pending.pop(request_id, None)
 
     async def _release(self, sequence_id: int) -> None:
         """End a sequence whose START the model refused.
@@ -313,8 +370,13 @@ class TritonRecognizer:
         being refused at once. The model answers an END for a sequence it does not hold with an
         error, which is expected here.
         """
-        with contextlib.suppress(EngineError, _LinkBroken):
-            await self._exchange(sequence_id, _EMPTY, start=False, end=True)
+        request_id, future = await self._send_request(sequence_id, _EMPTY, start=False, end=True)
+        try:
+            await asyncio.wait_for(future, self._request_timeout)
+        except TimeoutError:
+            _log.warning("Triton did not answer the END of refused sequence %d", sequence_id)
+        finally:
+            self._pending.pop(request_id, None)
 
     async def _write(self, request: Any) -> None:
         async with self._write_lock:
@@ -335,7 +397,10 @@ class TritonRecognizer:
 
 
 class TritonStream:
-    """One audio stream: a Triton sequence (a new one after a lost connection)."""
+    """One audio stream: a Triton sequence (a new one after a lost connection).
+
+    Its requests are pipelined and their answers returned in order: see the module docstring.
+    """
 
     def __init__(self, owner: TritonRecognizer) -> None:
         """Belong to a recogniser; nothing is sent before the first chunk."""
@@ -344,37 +409,61 @@ class TritonStream:
         self._generation = 0
         self._lock = asyncio.Lock()
         self._last_sent = time.monotonic()
+        # What the next call returns, in order: answers, and the partial of a lost sequence.
         self._held: list[Recognition] = []
+        self._in_flight: deque[_Request] = deque()
+        # Audio for the next request: what a lost sequence left unanswered, to resend.
+        self._unsent: list[_Audio] = []
         self._partial = ""
+        self._partial_heard: float | None = None
         self._unfinal_samples = 0
         # Audio gathered until it completes one of the model's frames.
         self._gathered = FrameGatherer(owner.window)
         self._error: EngineError | None = None
         self._finished = False
+        self._sent_chunks = 0
+        self._answered_chunks = 0
+
+    @property
+    def sent_chunks(self) -> int:
+        """How many calls of :meth:`accept` and :meth:`finish` sent audio (or the END) to Triton."""
+        return self._sent_chunks
+
+    @property
+    def answered_chunks(self) -> int:
+        """How many of :attr:`sent_chunks` have had their answers returned by a call.
+
+        Chunks are answered in order: the ``i``-th chunk sent (from 0) once this exceeds ``i``.
+        A chunk refused for overload counts as answered (its call raised).
+        """
+        return self._answered_chunks
 
     async def accept(self, samples: Samples) -> list[Recognition]:
-        """Send a chunk; return what it made the model say.
+        """Send a chunk; return the answers complete by then, in order (see the module docstring).
 
         Raises:
             EngineOverloaded: the model had no room for a new sequence; the next chunk tries again.
-            EngineError: Triton rejected the chunk, did not answer in time, or stayed unreachable.
+            EngineError: Triton rejected a chunk, did not answer one in time, or stayed unreachable.
         """
+        heard = time.perf_counter()
         if self._finished:
             raise EngineError("audio arrived after the stream was finished")
         async with self._lock:
             if self._error is not None:
                 raise self._error
-            said = self._take_held()
+            self._collect()
             # The first chunk goes at once: its START is refused at once when the model is full.
             if self._gathered.add(samples) or self._sequence_id is None:
-                said.extend(await self._send(self._gathered.take(), end=False))
-            return said
+                await self._hand_over(self._gathered.take(), heard, end=False)
+            await self._wait(ANSWER_WAIT_SHARE * len(samples) / self._owner.sample_rate)
+            return self._take_held()
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
         """End the sequence and return its last recognitions (a final when text was pending).
 
         ``tail`` is sent first; when it cannot be (Triton overloaded or failing) it is dropped with
-        a log line and the sequence still ends, so the text recognised so far is finalised.
+        a log line and the sequence still ends, so the text recognised so far is finalised. Every
+        answer still out is waited for.
         """
         said_tail: list[Recognition] = []
         if tail is not None and tail.size and not self._finished:
@@ -387,51 +476,153 @@ class TritonStream:
         return said_tail + await self._end()
 
     async def _end(self) -> list[Recognition]:
+        heard = time.perf_counter()
         async with self._lock:
             self._finished = True
             try:
-                said = self._take_held()
-                unsent = self._gathered.take()
+                if self._error is None and (self._sequence_id is not None or self._unsent):
+                    await self._end_sequence(heard)
                 if self._sequence_id is None or self._error is not None:
-                    return said + self._salvage()
-                said.extend(await self._send(unsent, end=True))
-                return said
+                    return self._take_held() + self._salvage()
+                return self._take_held()
             finally:
+                self._abandon()
                 self._owner._forget(self)
+
+    async def _end_sequence(self, heard: float) -> None:
+        try:
+            await self._hand_over(self._gathered.take(), heard, end=True)
+            while not await self._drain():
+                # The link broke before every answer came: what got none ends a new sequence.
+                await self._hand_over(_EMPTY, heard, end=True, chunks=0)
+        except EngineOverloaded as exc:
+            _log.warning("the end of a stream was not recognised: %s", exc)
 
     def _take_held(self) -> list[Recognition]:
         held, self._held = self._held, []
         return held
 
-    async def _send(self, samples: Samples, *, end: bool) -> list[Recognition]:
+    async def _hand_over(
+        self, samples: Samples, heard: float, *, end: bool, chunks: int = 1
+    ) -> None:
+        """Send audio on the stream's sequence, or start one (after a lost one, resending)."""
         owner = self._owner
         deadline = time.monotonic() + owner._reconnect_timeout
+        self._sent_chunks += chunks
+        self._unsent.append(_Audio(samples, chunks, heard))
         while True:
             generation = await owner._generation_when_connected(deadline)
-            start = self._sequence_id is None or self._generation != generation
-            if start and self._sequence_id is not None:
-                self._restart_after_loss()
-                if end:  # the lost sequence was the whole stream: nothing is left to end
-                    return self._take_held()
-            if start:
-                self._sequence_id, self._generation = owner._next_sequence_id(), generation
-                self._gathered.restart(len(samples))
-            assert self._sequence_id is not None
-            self._last_sent = time.monotonic()
-            try:
-                answer = await owner._exchange(self._sequence_id, samples, start=start, end=end)
-            except _LinkBroken:
-                continue  # resend on a new sequence once reconnected
-            except EngineOverloaded:
-                if start:  # the model made no sequence: the next chunk tries to START again
-                    await owner._release(self._sequence_id)
-                    self._sequence_id = None
-                raise
-            except EngineError as exc:
-                self._error = exc
-                raise
-            self._note(samples, answer)
-            return self._take_held() + answer
+            if self._sequence_id is not None and self._generation != generation:
+                self._lose_sequence()
+            audio = self._take_unsent()
+            if self._sequence_id is not None:
+                request = await self._send(audio, start=False, end=end)
+            elif end and not audio.samples.size:
+                # The lost sequence was the whole stream: nothing is left to end.
+                self._answered_chunks += audio.chunks
+                return
+            else:
+                request = await self._start(audio, generation, end=end)
+            if not (request.future.done() and isinstance(request.future.result(), _LinkBroken)):
+                return
+
+    async def _start(self, audio: _Audio, generation: int, *, end: bool) -> _Request:
+        """Start a sequence with ``audio`` and wait for its answer (a refusal comes at once)."""
+        owner = self._owner
+        self._sequence_id, self._generation = owner._next_sequence_id(), generation
+        self._gathered.restart(len(audio.samples))
+        request = await self._send(audio, start=True, end=end)
+        await asyncio.wait([request.future], timeout=max(0.0, request.deadline - time.monotonic()))
+        answer = request.future.result() if request.future.done() else None
+        if isinstance(answer, EngineOverloaded):
+            # The model made no sequence: the next chunk tries to START again.
+            self._in_flight.clear()
+            self._answered_chunks += audio.chunks
+            await owner._release(self._sequence_id)
+            self._sequence_id = None
+            raise answer
+        if not isinstance(answer, _LinkBroken):
+            self._collect()  # its answer, or its error, or its timeout
+        return request
+
+    async def _send(self, audio: _Audio, *, start: bool, end: bool) -> _Request:
+        owner = self._owner
+        assert self._sequence_id is not None
+        self._last_sent = time.monotonic()
+        request_id, future = await owner._send_request(
+            self._sequence_id, audio.samples, start=start, end=end
+        )
+        request = _Request(request_id, audio, future, self._last_sent + owner._request_timeout)
+        self._in_flight.append(request)
+        return request
+
+    async def _wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the answers out, then collect those complete."""
+        waiting = [request for request in self._in_flight if not request.future.done()]
+        if waiting and seconds > 0:
+            timeout = min(seconds, waiting[0].deadline - time.monotonic())
+            await asyncio.wait([r.future for r in waiting], timeout=max(0.0, timeout))
+        self._collect()
+
+    async def _drain(self) -> bool:
+        """Wait for every answer out (each until its deadline); False when the link broke first."""
+        while self._in_flight:
+            waiting = [request for request in self._in_flight if not request.future.done()]
+            if waiting:
+                timeout = max(0.0, waiting[0].deadline - time.monotonic())
+                await asyncio.wait([r.future for r in waiting], timeout=timeout)
+            if not self._collect():
+                return False
+        return True
+
+    def _collect(self) -> bool:
+        """Hold the answers complete so far, in order; False when the next one's link broke.
+
+        Raises:
+            EngineError: Triton answered a chunk with an error, or not within the request timeout.
+        """
+        now = time.monotonic()
+        while self._in_flight:
+            request = self._in_flight[0]
+            if not request.future.done():
+                if now >= request.deadline:
+                    self._fail(
+                        EngineError(
+                            f"Triton did not answer a chunk of sequence {self._sequence_id} of "
+                            f"model {self._owner.model} within {self._owner._request_timeout:g} s"
+                        )
+                    )
+                return True
+            answer = request.future.result()
+            if isinstance(answer, _LinkBroken):
+                return False
+            if isinstance(answer, EngineError):
+                self._fail(answer)
+            self._in_flight.popleft()
+            said = [replace(recognition, heard=request.audio.heard) for recognition in answer]
+            self._note(request.audio.samples, said)
+            self._held.extend(said)
+            self._answered_chunks += request.audio.chunks
+        return True
+
+    def _fail(self, error: EngineError) -> NoReturn:
+        self._error = error
+        self._abandon()
+        raise error
+
+    def _abandon(self) -> None:
+        for request in self._in_flight:
+            self._owner._abandon(request.request_id)
+            request.future.cancel()
+        self._in_flight.clear()
+
+    def _take_unsent(self) -> _Audio:
+        unsent, self._unsent = self._unsent, []
+        if len(unsent) == 1:
+            return unsent[0]
+        samples = np.concatenate([audio.samples for audio in unsent]) if unsent else _EMPTY
+        heard = min((audio.heard for audio in unsent), default=time.perf_counter())
+        return _Audio(samples, sum(audio.chunks for audio in unsent), heard)
 
     def _note(self, samples: Samples, said: list[Recognition]) -> None:
         self._unfinal_samples += len(samples)
@@ -439,7 +630,16 @@ class TritonStream:
             if recognition.is_final:
                 self._partial, self._unfinal_samples = "", 0
             else:
-                self._partial = recognition.text
+                self._partial, self._partial_heard = recognition.text, recognition.heard
+
+    def _lose_sequence(self) -> None:
+        """The sequence died with its connection: what it left unanswered is sent again."""
+        self._collect()  # what it answered before, in order
+        lost = [request.audio for request in self._in_flight]
+        self._abandon()
+        self._unsent[:0] = lost
+        self._restart_after_loss()
+        self._sequence_id = None
 
     def _restart_after_loss(self) -> None:
         """Account for a sequence that died with its connection; keep its last partial as a final.
@@ -458,26 +658,28 @@ class TritonStream:
 
     def _salvage(self) -> list[Recognition]:
         partial, self._partial, self._unfinal_samples = self._partial, "", 0
-        return [Recognition(text=partial, is_final=True)] if partial else []
+        return [Recognition(partial, is_final=True, heard=self._partial_heard)] if partial else []
 
-    def _idle_since(self, moment: float) -> bool:
+    def _on_link(self) -> bool:
         # A sequence of a broken connection is left to the next chunk, which restarts it.
         return (
             self._sequence_id is not None
             and self._error is None
+            and not self._finished
             and self._generation == self._owner._generation
             and self._owner._connected.is_set()
-            and not self._lock.locked()
-            and self._last_sent <= moment
         )
+
+    def _idle_since(self, moment: float) -> bool:
+        return self._on_link() and not self._lock.locked() and self._last_sent <= moment
 
     async def _keep_alive(self) -> None:
         if self._lock.locked():
             return
         async with self._lock:
-            # An empty chunk resets Triton's idle timer; what it says is returned by the next call.
-            with contextlib.suppress(EngineError):
-                self._held.extend(await self._send(_EMPTY, end=False))
+            # An empty chunk resets Triton's idle timer; what it says comes with the next call.
+            if self._on_link():
+                await self._send(_Audio(_EMPTY, 0, time.perf_counter()), start=False, end=False)
 
 
 def _request(

@@ -622,7 +622,7 @@ async def _pump_frames(
                 duration_seconds(len(chunk), settings.audio_codec, settings.audio_rate)
             )
             try:
-                out = await transcription.feed(chunk)
+                out = await transcription.feed(chunk, arrived)
             except InvalidAudio as exc:
                 if settings.bad_frame_policy == "refuse":
                     return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
@@ -653,7 +653,9 @@ async def _pump_frames(
                 dump.write(chunk)
             if listening and out:
                 listening = await _send(websocket, out, settings)
-                meters.reply_latency.observe(time.perf_counter() - arrived)
+                replied_for = transcription.replied_for
+                cause = arrived if replied_for is None else replied_for
+                meters.reply_latency.observe(time.perf_counter() - cause)
     finally:
         idle.close()
 

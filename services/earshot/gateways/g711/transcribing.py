@@ -9,6 +9,7 @@ with the embedded persister, stored) before its message is returned.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -18,13 +19,16 @@ from earshot import metrics
 from earshot.audio import codecs
 from earshot.audio.framing import duration_seconds
 from earshot.audio.resampling import Samples, StreamResampler
-from earshot.engines.recognizers import Recognizer, RecognizerStream
+from earshot.engines.recognizers import PipelinedStream, Recognizer, RecognizerStream
 from earshot.events import Partial, Recognition, Segment, SessionId
 from earshot.gateways.g711 import messages
 from earshot.persistence.journaling import Journal
 from earshot.storage.ports import PartialStore, SegmentStore
 
 GATEWAY = "g711"
+#: How many chunks' arrival times a stream keeps to attribute answers a recogniser returns late
+#: (Triton: at most a few chunks late; 4096 chunks are over a minute of 20 ms frames).
+_ARRIVALS_KEPT = 4096
 
 
 class SpoolFull(Exception):
@@ -87,6 +91,47 @@ class _Timing:
 
 
 @dataclass(slots=True)
+class _Arrivals:
+    """When the chunks handed to the recogniser arrived, to attribute each answer to its chunk.
+
+    A recognition's ``heard`` is taken within the call that handed its audio over, so its chunk is
+    the last one handed over at or before it. Answers come in order: chunks before an answered one
+    are forgotten.
+    """
+
+    handed: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_ARRIVALS_KEPT))
+
+    def hand(self, arrived: float) -> None:
+        """A chunk that arrived at ``arrived`` is handed to the recogniser now."""
+        self.handed.append((time.perf_counter(), arrived))
+
+    def of(self, recognition: Recognition, arrived: float) -> float:
+        """When the chunk behind ``recognition`` arrived (``arrived``: the chunk of this call)."""
+        if recognition.heard is None:
+            while len(self.handed) > 1:
+                self.handed.popleft()
+            return arrived
+        while len(self.handed) > 1 and self.handed[1][0] <= recognition.heard:
+            self.handed.popleft()
+        if self.handed and self.handed[0][0] <= recognition.heard:
+            return self.handed[0][1]
+        return min(recognition.heard, arrived)  # older than what is kept
+
+    def after_answered(self) -> float | None:
+        """When the chunk after the one last answered arrived; None if none was handed over yet."""
+        return self.handed[1][1] if len(self.handed) > 1 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unanswered:
+    """A chunk a pipelined recogniser sent and has not answered yet."""
+
+    index: int
+    arrived: float
+    audio_seconds: float
+
+
+@dataclass(slots=True)
 class Transcription:
     """Decode, resample, recognise, number and store one session's audio."""
 
@@ -99,7 +144,11 @@ class Transcription:
     engine: str
     next_seq: int
     meters: Meters
+    #: When the chunk behind the messages the last call returned arrived (the earliest of them).
+    replied_for: float | None = None
     _timing: _Timing = field(default_factory=_Timing)
+    _arrivals: _Arrivals = field(default_factory=_Arrivals)
+    _unanswered: deque[_Unanswered] = field(default_factory=deque)
 
     @classmethod
     async def open(
@@ -133,8 +182,14 @@ class Transcription:
             meters=Meters.for_engine(recognizer.name),
         )
 
-    async def feed(self, chunk: bytes) -> list[messages.ServerMessage]:
-        """Recognise one encoded chunk.
+    async def feed(
+        self, chunk: bytes, arrived: float | None = None
+    ) -> list[messages.ServerMessage]:
+        """Recognise one encoded chunk that arrived at ``arrived`` (``time.perf_counter()``; None:
+        now).
+
+        A recogniser may answer the chunk with a later call (Triton pipelines its requests): each
+        message's latency is measured from the chunk behind it, see :attr:`replied_for`.
 
         Raises:
             codecs.InvalidAudio: the chunk cannot be decoded (nothing is lost so far).
@@ -143,13 +198,23 @@ class Transcription:
         """
         if self.stores.journal.full:
             raise SpoolFull
-        arrived = time.perf_counter()
+        if arrived is None:
+            arrived = time.perf_counter()
+        decoding = time.perf_counter()
         samples = self.resampler.process(codecs.decode(chunk, self.codec))
-        self.meters.decode_seconds.inc(time.perf_counter() - arrived)
+        self.meters.decode_seconds.inc(time.perf_counter() - decoding)
         if self._timing.segment_started is None:
             self._timing.segment_started = arrived
+        self._arrivals.hand(arrived)
+        pipelined = self.stream if isinstance(self.stream, PipelinedStream) else None
+        sent_before = pipelined.sent_chunks if pipelined is not None else 0
         recognitions = await self.stream.accept(samples)
-        self._observe_chunk(arrived, duration_seconds(len(chunk), self.codec, self.source_rate))
+        audio_seconds = duration_seconds(len(chunk), self.codec, self.source_rate)
+        if pipelined is not None and pipelined.sent_chunks > sent_before:
+            self._unanswered.append(_Unanswered(sent_before, arrived, audio_seconds))
+        else:
+            self._observe_chunk(arrived, audio_seconds)
+        self._observe_answered()
         if not any(r.text for r in recognitions):
             self.meters.without_text.inc()
         return await self._publish(recognitions, arrived)
@@ -167,7 +232,9 @@ class Transcription:
         """
         arrived = time.perf_counter()
         tail: Samples = self.resampler.flush()
+        self._arrivals.hand(arrived)
         recognitions: list[Recognition] = await self.stream.finish(tail)
+        self._observe_answered()
         said = await self._publish(recognitions, arrived)
         finals = sum(message["type"] == "final" for message in said)
         self.meters.finals_at_end.inc(finals)
@@ -177,16 +244,20 @@ class Transcription:
         self, recognitions: list[Recognition], arrived: float
     ) -> list[messages.ServerMessage]:
         out: list[messages.ServerMessage] = []
+        self.replied_for = None
         for recognition in recognitions:
+            cause = self._arrivals.of(recognition, arrived)
             if not recognition.text:
                 continue
+            if self.replied_for is None:
+                self.replied_for = cause
             if recognition.is_final:
-                out.append(await self._store_final(recognition.text, arrived))
+                out.append(await self._store_final(recognition.text, cause))
             else:
-                out.append(await self._store_partial(recognition.text, arrived))
+                out.append(await self._store_partial(recognition.text))
         return out
 
-    async def _store_partial(self, text: str, arrived: float) -> messages.PartialMessage:
+    async def _store_partial(self, text: str) -> messages.PartialMessage:
         partial = Partial(self.session_id, self.next_seq, text, datetime.now(UTC))
         self.stores.journal.partial(partial)
         self.meters.partials.inc()
@@ -202,10 +273,20 @@ class Transcription:
         segment = Segment(self.session_id, seq, text, datetime.now(UTC))
         await self.stores.journal.final(segment)
         self.next_seq = seq + 1
-        self._timing = _Timing()
+        # The next segment starts with the chunk after this one, maybe already handed over.
+        self._timing = _Timing(segment_started=self._arrivals.after_answered())
         self.meters.final_latency.observe(time.perf_counter() - arrived)
         self.meters.segments.inc()
         return messages.final(text, seq)
+
+    def _observe_answered(self) -> None:
+        """Time the chunks a pipelined recogniser has answered by now (with this call or before)."""
+        if not self._unanswered or not isinstance(self.stream, PipelinedStream):
+            return
+        answered = self.stream.answered_chunks
+        while self._unanswered and self._unanswered[0].index < answered:
+            chunk = self._unanswered.popleft()
+            self._observe_chunk(chunk.arrived, chunk.audio_seconds)
 
     def _observe_chunk(self, arrived: float, audio_seconds: float) -> None:
         elapsed = time.perf_counter() - arrived

@@ -1,0 +1,55 @@
+"""Per-chunk latency of a recogniser stream, each answer attributed to the chunk that caused it.
+
+An in-process stream answers a chunk in the ``accept`` call that takes it: the chunk's latency is
+that call's duration. A :class:`~earshot.engines.triton.TritonStream` pipelines its requests and
+may return a chunk's answer with a later call or with ``finish``: a chunk it sent to Triton is timed
+from the ``accept`` that took it to the return of the call that brought its answer (when the
+stream's ``answered_chunks`` passes it); a chunk it held back (gathered towards a model frame) sent
+nothing and is answered by its own call, as in process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from earshot.engines.recognizers import RecognizerStream, Samples
+from earshot.engines.triton import TritonStream
+from earshot.events import Recognition
+
+
+class ChunkTimer:
+    """A stream whose chunks are timed: :attr:`timed` holds (accept called at, latency) per chunk."""
+
+    def __init__(self, stream: RecognizerStream) -> None:
+        """Time the chunks fed to ``stream`` through :meth:`accept`."""
+        self._stream = stream
+        self._triton = stream if isinstance(stream, TritonStream) else None
+        # Chunks sent to Triton whose answer has not come back: (index among sent, accept called).
+        self._out: deque[tuple[int, float]] = deque()
+        self.timed: list[tuple[float, float]] = []
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        """Feed a chunk to the stream."""
+        called = time.monotonic()
+        sent_before = self._triton.sent_chunks if self._triton is not None else 0
+        said = await self._stream.accept(samples)
+        returned = time.monotonic()
+        if self._triton is not None and self._triton.sent_chunks > sent_before:
+            self._out.append((sent_before, called))
+        else:
+            self.timed.append((called, returned - called))
+        self._settle(returned)
+        return said
+
+    async def finish(self) -> list[Recognition]:
+        """Finish the stream; the chunks it answers are timed to its return."""
+        said = await self._stream.finish()
+        self._settle(time.monotonic())
+        return said
+
+    def _settle(self, now: float) -> None:
+        answered = self._triton.answered_chunks if self._triton is not None else 0
+        while self._out and self._out[0][0] < answered:
+            _, called = self._out.popleft()
+            self.timed.append((called, now - called))

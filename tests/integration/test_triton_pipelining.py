@@ -1,0 +1,190 @@
+"""TritonRecognizer pipelines a stream's requests: the next chunk never waits for earlier answers.
+
+A real tritonserver serves ``tests/triton_models/late_answer``, a model that answers a chunk of a
+sequence only when the sequence's next chunk (or its END) arrives, with the number of samples the
+sequence has heard so far (a partial; the END's answer is a final). A client that waited for each
+chunk's answer before sending the next would wait for ever; these tests show that every answer
+still comes back, once and in order, across several streams, a broken link and a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from earshot.engines.recognizers import EngineError, Samples
+from earshot.engines.triton import TritonRecognizer
+from earshot.events import Recognition
+from tests import triton_server
+
+pytestmark = pytest.mark.integration
+
+MODEL = "late_answer"
+RATE = 16_000
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[triton_server.TritonServer]:
+    """A running tritonserver; failing (never skipping) when it cannot be prepared."""
+    workdir = tmp_path_factory.mktemp("triton-late-answer")
+    spec = triton_server.ModelSpec(MODEL, {}, root=triton_server.TEST_MODELS)
+    try:
+        install = triton_server.prepare()
+        repository = triton_server.build_model_repository(workdir / "models", install, [spec])
+        server = triton_server.TritonServer(install, repository, workdir).start()
+    except triton_server.TritonUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+def silence(samples: int) -> Samples:
+    return np.zeros(samples, dtype=np.float32)
+
+
+def counted(sizes: list[int]) -> list[Recognition]:
+    """What late_answer says about chunks of these sizes, then END: a partial per chunk, a final."""
+    totals = [str(total) for total in np.cumsum(sizes)]
+    return [Recognition(t, is_final=False) for t in totals] + [Recognition(totals[-1], True)]
+
+
+async def sent_and_finished(recognizer: TritonRecognizer, sizes: list[int]) -> list[Recognition]:
+    stream = recognizer.open_stream()
+    said: list[Recognition] = []
+    try:
+        for size in sizes:
+            said.extend(await stream.accept(silence(size)))
+    finally:
+        said.extend(await stream.finish())
+    return said
+
+
+@pytest.mark.asyncio
+async def test_a_streams_next_chunk_goes_out_before_the_previous_chunk_is_answered(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=10.0)
+    stream = recognizer.open_stream()
+    sizes = [1600, 800, 2400, 3200]
+    try:
+        said = await stream.accept(silence(sizes[0]))
+        said.extend(await stream.accept(silence(sizes[1])))
+        # The model answers the second chunk only once the third reaches it.
+        assert (stream.sent_chunks, stream.answered_chunks) == (2, 1)
+        for size in sizes[2:]:
+            said.extend(await stream.accept(silence(size)))
+        said.extend(await stream.finish())
+    finally:
+        await recognizer.aclose()
+
+    assert said == counted(sizes)
+    assert stream.sent_chunks == stream.answered_chunks == len(sizes) + 1  # and the END
+
+
+@pytest.mark.asyncio
+async def test_each_answer_carries_when_its_own_chunk_was_handed_over_also_when_returned_later(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=10.0)
+    stream = recognizer.open_stream()
+    sizes = [1600, 800, 2400, 3200]
+    calls: list[tuple[float, float]] = []  # (called, returned) of each accept, then of finish
+    returned: list[list[Recognition]] = []  # what each call returned
+    try:
+        for size in sizes:
+            called = time.perf_counter()
+            returned.append(await stream.accept(silence(size)))
+            calls.append((called, time.perf_counter()))
+    finally:
+        called = time.perf_counter()
+        returned.append(await stream.finish())
+        calls.append((called, time.perf_counter()))
+        await recognizer.aclose()
+
+    said = [recognition for answers in returned for recognition in answers]
+    assert said == counted(sizes)
+    # The i-th partial answers the i-th chunk, the final the END (handed over by finish).
+    answered_by = [i for i, answers in enumerate(returned) for _ in answers]
+    late = 0
+    for chunk, (recognition, call) in enumerate(zip(said, answered_by, strict=True)):
+        assert recognition.heard is not None
+        assert calls[chunk][0] <= recognition.heard <= calls[chunk][1], (chunk, call)
+        late += call > chunk
+    assert late >= len(sizes) - 1  # late_answer answers a chunk once the next one arrives
+
+
+@pytest.mark.asyncio
+async def test_the_answers_of_interleaved_pipelined_streams_come_back_once_and_in_order(
+    triton: triton_server.TritonServer,
+) -> None:
+    inputs = [[160 * (i + 1) + 16 * k for k in range(12)] for i in range(8)]
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=10.0)
+    try:
+        said = await asyncio.gather(*(sent_and_finished(recognizer, sizes) for sizes in inputs))
+    finally:
+        await recognizer.aclose()
+
+    assert said == [counted(sizes) for sizes in inputs]
+
+
+@pytest.mark.asyncio
+async def test_a_link_broken_mid_pipeline_resends_the_unanswered_chunks_on_a_new_sequence(
+    triton: triton_server.TritonServer,
+) -> None:
+    before, after = [1600, 800, 2400], 3200
+    lost_before = _audio_lost_seconds()
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL)
+    stream = recognizer.open_stream()
+    try:
+        heard = [r for size in before for r in await stream.accept(silence(size))]
+        # The last chunk cannot have been answered: its answer waits for the next chunk.
+        await asyncio.to_thread(triton.stop, hard=True)
+        waiting = asyncio.create_task(stream.accept(silence(after)))
+        await asyncio.to_thread(triton.start)
+        heard.extend(await asyncio.wait_for(waiting, 10.0))
+        heard.extend(await stream.finish())
+    finally:
+        await recognizer.aclose()
+
+    print(f"heard across the restart: {heard}")
+    (kept, new_final) = [r for r in heard if r.is_final]
+    answered_before = int(kept.text)
+    # The old sequence's last partial is kept as a final; the new sequence heard all the rest.
+    assert heard[heard.index(kept) - 1] == Recognition(kept.text, is_final=False)
+    assert answered_before + int(new_final.text) == sum(before) + after
+    assert int(new_final.text) >= before[-1] + after
+    assert heard[-1] == new_final
+    assert _audio_lost_seconds() - lost_before == pytest.approx(answered_before / RATE)
+    assert stream.answered_chunks == stream.sent_chunks == len(before) + 2
+
+
+@pytest.mark.asyncio
+async def test_a_chunk_left_unanswered_past_the_request_timeout_fails_the_stream(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=0.5)
+    stream = recognizer.open_stream()
+    try:
+        said = await stream.accept(silence(1600))
+        said.extend(await stream.accept(silence(800)))  # answered only when another chunk comes
+        await asyncio.sleep(1.0)
+        with pytest.raises(EngineError, match="did not answer a chunk"):
+            await stream.accept(silence(800))
+        with pytest.raises(EngineError, match="did not answer a chunk"):
+            await stream.accept(silence(800))
+        said.extend(await stream.finish())
+    finally:
+        await recognizer.aclose()
+
+    # What the stream had heard before stays: its last partial becomes a final.
+    assert said == [Recognition("1600", is_final=False), Recognition("1600", is_final=True)]
+
+
+def _audio_lost_seconds() -> float:
+    value = REGISTRY.get_sample_value("earshot_triton_audio_lost_seconds_total", {"model": MODEL})
+    return value or 0.0
