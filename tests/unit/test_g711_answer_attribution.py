@@ -2,7 +2,8 @@
 
 A pipelined recogniser (Triton) may return chunk N's answer with chunk N+1's call: the final, the
 reply and the chunk's own latency are then measured from chunk N's arrival, not from N+1's. The
-clock of the transcribing module is a fake one the test moves, so the figures are exact.
+clock of the transcribing and arrivals modules is a fake one the test moves, so the figures are
+exact.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from earshot.audio import codecs
 from earshot.audio.resampling import StreamResampler
 from earshot.engines.recognizers import Samples
 from earshot.events import Recognition, SessionId
+from earshot.gateways import arrivals
 from earshot.gateways.g711 import transcribing
 from earshot.gateways.g711.transcribing import Meters, Stores, Transcription
 from earshot.persistence import journaling
@@ -94,6 +96,7 @@ class InProcessStream:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(transcribing, "time", fake)
+    monkeypatch.setattr(arrivals, "time", fake)
     return fake
 
 

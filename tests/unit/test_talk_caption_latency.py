@@ -99,3 +99,64 @@ async def test_a_room_observes_first_caption_and_final_latency_per_engine(
 
 def _sample(name: str, engine: str) -> float:
     return REGISTRY.get_sample_value(name, {"engine": engine}) or 0.0
+
+
+class _LateStream:
+    """Answers each chunk with the next call, as a pipelined recogniser (Triton) may."""
+
+    def __init__(self) -> None:
+        self._heard: list[float] = []
+        self._answered = 0
+
+    async def accept(self, samples: np.ndarray) -> list[Recognition]:
+        said = self._answer_earlier()
+        self._heard.append(time.perf_counter())
+        return said
+
+    async def finish(self, tail: np.ndarray | None = None) -> list[Recognition]:
+        return self._answer_earlier()
+
+    def _answer_earlier(self) -> list[Recognition]:
+        said = [
+            Recognition(f"chunk {n}", False, heard=h)
+            for n, h in enumerate(self._heard, self._answered + 1)
+        ]
+        self._answered += len(said)
+        self._heard.clear()
+        return said
+
+
+class _LateRecognizer:
+    name = "late"
+    sample_rate = RATE
+
+    def open_stream(self) -> _LateStream:
+        return _LateStream()
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_an_answer_returned_with_a_later_chunk_is_timed_from_its_own_chunk() -> None:
+    heard: dict[str, Heard] = {}
+
+    async def note(speaker: str, recognition: Recognition, when: Heard) -> None:
+        heard[recognition.text] = when
+
+    audio = SpeakerAudio("s1", _LateRecognizer(), queue_frames=10, on_recognition=note)
+    speech = _frames(syllables(0.2))
+    arrivals: list[float] = []
+    audio.start()
+    for frame in speech[:3]:  # one chunk each: the speaker's task takes a frame before the next
+        arrivals.append(time.perf_counter())
+        audio.offer(frame)
+        await asyncio.sleep(0.02)
+    await audio.close()
+    # chunk 1 was answered with chunk 2's call, chunk 2 with chunk 3's, chunk 3 with finish()
+    assert sorted(heard) == ["chunk 1", "chunk 2", "chunk 3"]
+    for n, offered in enumerate(arrivals, 1):
+        when = heard[f"chunk {n}"]
+        assert offered <= when.chunk_arrived, n
+        if n < len(arrivals):
+            assert when.chunk_arrived < arrivals[n], n  # before the chunk whose call returned it
+        assert when.segment_started <= when.chunk_arrived

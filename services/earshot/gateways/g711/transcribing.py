@@ -21,14 +21,12 @@ from earshot.audio.framing import duration_seconds
 from earshot.audio.resampling import Samples, StreamResampler
 from earshot.engines.recognizers import PipelinedStream, Recognizer, RecognizerStream
 from earshot.events import Partial, Recognition, Segment, SessionId
+from earshot.gateways.arrivals import ChunkArrivals
 from earshot.gateways.g711 import messages
 from earshot.persistence.journaling import Journal
 from earshot.storage.ports import PartialStore, SegmentStore
 
 GATEWAY = "g711"
-#: How many chunks' arrival times a stream keeps to attribute answers a recogniser returns late
-#: (Triton: at most a few chunks late; 4096 chunks are over a minute of 20 ms frames).
-_ARRIVALS_KEPT = 4096
 
 
 class SpoolFull(Exception):
@@ -90,38 +88,6 @@ class _Timing:
     first_partial_sent: bool = False
 
 
-@dataclass(slots=True)
-class _Arrivals:
-    """When the chunks handed to the recogniser arrived, to attribute each answer to its chunk.
-
-    A recognition's ``heard`` is taken within the call that handed its audio over, so its chunk is
-    the last one handed over at or before it. Answers come in order: chunks before an answered one
-    are forgotten.
-    """
-
-    handed: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_ARRIVALS_KEPT))
-
-    def hand(self, arrived: float) -> None:
-        """A chunk that arrived at ``arrived`` is handed to the recogniser now."""
-        self.handed.append((time.perf_counter(), arrived))
-
-    def of(self, recognition: Recognition, arrived: float) -> float:
-        """When the chunk behind ``recognition`` arrived (``arrived``: the chunk of this call)."""
-        if recognition.heard is None:
-            while len(self.handed) > 1:
-                self.handed.popleft()
-            return arrived
-        while len(self.handed) > 1 and self.handed[1][0] <= recognition.heard:
-            self.handed.popleft()
-        if self.handed and self.handed[0][0] <= recognition.heard:
-            return self.handed[0][1]
-        return min(recognition.heard, arrived)  # older than what is kept
-
-    def after_answered(self) -> float | None:
-        """When the chunk after the one last answered arrived; None if none was handed over yet."""
-        return self.handed[1][1] if len(self.handed) > 1 else None
-
-
 @dataclass(frozen=True, slots=True)
 class _Unanswered:
     """A chunk a pipelined recogniser sent and has not answered yet."""
@@ -147,7 +113,7 @@ class Transcription:
     #: When the chunk behind the messages the last call returned arrived (the earliest of them).
     replied_for: float | None = None
     _timing: _Timing = field(default_factory=_Timing)
-    _arrivals: _Arrivals = field(default_factory=_Arrivals)
+    _arrivals: ChunkArrivals = field(default_factory=ChunkArrivals)
     _unanswered: deque[_Unanswered] = field(default_factory=deque)
 
     @classmethod

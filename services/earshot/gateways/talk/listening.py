@@ -25,6 +25,7 @@ from earshot.audio.downmixing import InvalidLayout, downmix_s16
 from earshot.audio.resampling import StreamResampler
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
 from earshot.events import Recognition
+from earshot.gateways.arrivals import ChunkArrivals
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class SpeakerAudio:
         self._task: asyncio.Task[None] | None = None
         self._segment_started: float | None = None
         self._chunk_arrived = 0.0
+        self._arrivals = ChunkArrivals()
         self.frames = 0
         self.dropped = 0
 
@@ -115,10 +117,12 @@ class SpeakerAudio:
         try:
             while (samples := await self._next_audio()) is not None:
                 if samples.size:
+                    self._arrivals.hand(self._chunk_arrived)
                     await self._accept(stream.accept(samples), samples.size)
             if self._resampler is not None:
                 tail = self._resampler.flush()
                 if tail.size:
+                    self._arrivals.hand(self._chunk_arrived)
                     await self._accept(stream.accept(tail), tail.size)
         except EngineError as exc:
             metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
@@ -176,7 +180,9 @@ class SpeakerAudio:
             if recognition.is_final:
                 self._segment_started = None  # the next audio begins a new segment
             if recognition.text:
-                heard = Heard(started or self._chunk_arrived, self._chunk_arrived)
+                # the chunk behind it: a pipelined recogniser (Triton) may answer with a later call
+                arrived = self._arrivals.of(recognition, self._chunk_arrived)
+                heard = Heard(min(started or arrived, arrived), arrived)
                 await self._on_recognition(self.speaker, recognition, heard)
 
 
