@@ -238,8 +238,9 @@ def _pod_spec(gateway: Gateway, settings: OperatorSettings) -> Manifest:
 
 def _startup(path: str, port: str) -> Manifest:
     # Up to 5 min to start before the liveness probe takes over: on a busy node (many pods starting
-    # at once, each loading its model) a start takes minutes, and a liveness probe that restarted
-    # it after 40 s would only start it again from nothing (bench/reports/cluster_sessions.md).
+    # at once, each loading its model) a start can be slow, and a liveness probe that restarts it
+    # only makes it start again (30 sessions on 2 cores: 6 to 12 restarts each without this probe,
+    # none with it; bench/reports/cluster_sessions.md).
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": 5, "failureThreshold": 60}
 
 
