@@ -20,6 +20,8 @@ from earshot.events import Segment, SessionId
 from earshot.persistence import spool
 from earshot.persistence.spool import Position, SpoolError
 from earshot.persistence.writing import SpoolWriter
+from earshot.storage import backends
+from tests.unit.test_spool_damage import drain, sealed
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -157,3 +159,24 @@ async def test_a_writer_whose_thread_dies_fails_its_appends_and_says_so(
         assert up("spool_writer") == 0
     finally:
         await writer.close()
+
+
+async def test_a_drained_stream_loses_its_records_durably_before_the_rest_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream directory a power loss brings back must not hold records to store again."""
+    segments = await backends.open_segment_store(f"sqlite:///{tmp_path / 'seg.db'}")
+    try:
+        spool_dir = tmp_path / "spool"
+        stream = await sealed(spool_dir, final(1), final(2))
+        inode = stream.stat().st_ino
+        log = FsyncLog(os.fsync)
+        monkeypatch.setattr(os, "fsync", log.fsync)
+        await drain(spool_dir, segments)
+        assert [s.seq for s in await segments.segments(SessionId("call-1"))] == [1, 2]
+        assert not stream.exists()
+        # the directory's last fsync saw its acknowledgement at most, no segment file
+        assert inode in log.entries
+        assert [n for n in log.entries[inode] if spool.segment_number(n) is not None] == []
+    finally:
+        await segments.aclose()

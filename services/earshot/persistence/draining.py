@@ -34,7 +34,6 @@ import contextlib
 import logging
 import os
 import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -338,7 +337,7 @@ class Drainer:
             self._acked[reader.stream] = reader.ack.position
         for stream, claim in list(self._claims.items()):
             if claim.reader.exhausted():
-                shutil.rmtree(stream, ignore_errors=True)
+                spool.remove_stream(stream)
                 os.close(claim.lock_fd)
                 del self._claims[stream]
 

@@ -17,8 +17,10 @@ acknowledgement file and the locks. Blocking file I/O: call it from a thread.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +126,20 @@ def write_ack(stream: Path, ack: Ack) -> None:
         os.fsync(out.fileno())
     temporary.replace(stream / ACK_FILE)
     fsync_dir(stream)
+
+
+def remove_stream(stream: Path) -> None:
+    """Remove a drained stream so that a power loss cannot bring its records back.
+
+    Its segment files go first and the directory is fsynced, then the rest (its acknowledgement, its
+    locks): a directory that comes back after a power loss holds no record to read again, whatever
+    else of it comes back.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        for number in segment_numbers(stream):
+            (stream / segment_name(number)).unlink(missing_ok=True)
+        fsync_dir(stream)
+    shutil.rmtree(stream, ignore_errors=True)
 
 
 def unacked_bytes(stream: Path, ack: Ack, *, sizes: dict[int, int] | None = None) -> int:
