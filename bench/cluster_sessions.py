@@ -266,7 +266,8 @@ def _report(results: list[dict[str, Any]], command: str) -> str:
         "of each running container's own cgroup, read from the node once all N are Ready (or "
         "polling stopped; then of the pods with a running container), before any "
         "audio is streamed. Every pod's figures are listed below the summary, with the restarts of "
-        "its containers by then (a liveness probe that failed under load, or a crash).",
+        "its containers by then (a liveness probe that failed under load, a startup probe that failed "
+        "60 times in a row, or a crash).",
         "",
         "The sessions and their pods are gone before the next N is applied.",
         "",

@@ -489,8 +489,9 @@ def report(
 
 #: RSS flatness: what counts as warm-up, how long a window is, and the growth still called flat.
 #: With a 30 s warm-up the first processes' baseline (30 to 90 s) ends when the first fault of a
-#: 10-minute soak begins (15 % of 600 s), so the faults' churn is judged, not taken as the baseline,
-#: and a process restarted at 75 % (450 s) lives the 150 s it takes to be judged.
+#: 10-minute soak begins (15 % of 600 s), so the faults' churn is judged, not taken as the baseline.
+#: A process needs 150 s of samples to be judged: the gateway restarted at 75 % (450 s) of a
+#: 10-minute soak falls just short.
 WARMUP_S = 30.0
 FLAT_WINDOW_S = 60.0
 FLAT_GROWTH = 0.10

@@ -32,7 +32,7 @@ def test_a_process_that_stays_at_its_baseline_is_flat() -> None:
     assert round(judged.growth, 2) == 0.04
 
 
-def test_a_gateway_restarted_at_three_quarters_of_a_soak_is_judged() -> None:
+def test_a_restarted_gateway_with_150_s_of_samples_is_judged_on_its_own() -> None:
     first = gateway_samples({0: 100, 450: 100}, pid=1)
     second = [
         Sample(s.at + 451, 2, s.gateway_rss, None, 0, 0, s.drain_lag, 0.0)
