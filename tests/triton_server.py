@@ -285,6 +285,32 @@ def free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def serving(
+    workdir: Path,
+    models: list[ModelSpec],
+    *,
+    engines: tuple[str, ...] = ("paraformer",),
+    config_name: str | None = None,
+) -> Iterator[TritonServer]:
+    """A running tritonserver serving ``models`` for a test module, stopped afterwards.
+
+    A test that needs it fails, never skips, when Triton cannot be prepared or does not come up.
+    """
+    import pytest  # the test suite's, not the ``python -m tests.triton_server`` command's
+
+    try:
+        install = prepare(engines=engines)
+        repository = build_model_repository(workdir / "models", install, models)
+        server = TritonServer(install, repository, workdir, config_name=config_name).start()
+    except TritonUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class TritonServer:
     """A tritonserver process on 127.0.0.1, restartable on the same ports, logging to a file."""
 

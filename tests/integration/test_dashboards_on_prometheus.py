@@ -167,14 +167,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[triton_server.T
     workdir = tmp_path_factory.mktemp("triton-dashboards")
     files = paraformer.cached_tiny_paraformer(workdir / "cache")
     spec = triton_server.ModelSpec("paraformer_streaming", {"model_dir": str(files.encoder.parent)})
-    try:
-        install = triton_server.prepare()
-        repository = triton_server.build_model_repository(workdir / "models", install, [spec])
-        server = triton_server.TritonServer(install, repository, workdir).start()
-    except triton_server.TritonUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+    with triton_server.serving(workdir, [spec]) as server:
+        yield server
 
 
 @dataclass(frozen=True)

@@ -58,15 +58,10 @@ def triton(
             MODEL, parameters, name=SHORT_IDLE_MODEL, idle_timeout_microseconds=1_000_000
         ),
     ]
-    try:
-        install = triton_server.prepare(engines=triton_server.ENGINES)
-        repository = triton_server.build_model_repository(workdir / "models", install, models)
-        server = triton_server.TritonServer(install, repository, workdir, config_name="cpu")
-        server.start()
-    except triton_server.TritonUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+    with triton_server.serving(
+        workdir, models, engines=triton_server.ENGINES, config_name="cpu"
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -69,14 +69,8 @@ def triton(
             idle_timeout_microseconds=1_000_000,
         ),
     ]  # fmt: skip
-    try:
-        install = triton_server.prepare()
-        repository = triton_server.build_model_repository(workdir / "models", install, models)
-        server = triton_server.TritonServer(install, repository, workdir).start()
-    except triton_server.TritonUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+    with triton_server.serving(workdir, models) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

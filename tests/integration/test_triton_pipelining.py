@@ -33,14 +33,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[triton_server.T
     """A running tritonserver; failing (never skipping) when it cannot be prepared."""
     workdir = tmp_path_factory.mktemp("triton-late-answer")
     spec = triton_server.ModelSpec(MODEL, {}, root=triton_server.TEST_MODELS)
-    try:
-        install = triton_server.prepare()
-        repository = triton_server.build_model_repository(workdir / "models", install, [spec])
-        server = triton_server.TritonServer(install, repository, workdir).start()
-    except triton_server.TritonUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+    with triton_server.serving(workdir, [spec]) as server:
+        yield server
 
 
 def silence(samples: int) -> Samples:
