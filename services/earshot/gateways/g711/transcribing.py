@@ -115,6 +115,12 @@ class Transcription:
     _timing: _Timing = field(default_factory=_Timing)
     _arrivals: ChunkArrivals = field(default_factory=ChunkArrivals)
     _unanswered: deque[_Unanswered] = field(default_factory=deque)
+    #: the stream, when it answers chunks with later calls (decided once, not per chunk)
+    _pipelined: PipelinedStream | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stream, PipelinedStream):
+            self._pipelined = self.stream
 
     @classmethod
     async def open(
@@ -172,7 +178,7 @@ class Transcription:
         if self._timing.segment_started is None:
             self._timing.segment_started = arrived
         self._arrivals.hand(arrived)
-        pipelined = self.stream if isinstance(self.stream, PipelinedStream) else None
+        pipelined = self._pipelined
         sent_before = pipelined.sent_chunks if pipelined is not None else 0
         recognitions = await self.stream.accept(samples)
         audio_seconds = duration_seconds(len(chunk), self.codec, self.source_rate)
@@ -247,9 +253,9 @@ class Transcription:
 
     def _observe_answered(self) -> None:
         """Time the chunks a pipelined recogniser has answered by now (with this call or before)."""
-        if not self._unanswered or not isinstance(self.stream, PipelinedStream):
+        if not self._unanswered or self._pipelined is None:
             return
-        answered = self.stream.answered_chunks
+        answered = self._pipelined.answered_chunks
         while self._unanswered and self._unanswered[0].index < answered:
             chunk = self._unanswered.popleft()
             self._observe_chunk(chunk.arrived, chunk.audio_seconds)
