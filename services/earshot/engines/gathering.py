@@ -1,4 +1,4 @@
-"""Gathering a stream's audio until the model's next step can use it (a :class:`DecodingWindow`).
+"""Gathering a stream's audio until it is due at the model (a :class:`HandOver` says when).
 
 May do: hold audio of one stream. Must not: call a model, use asyncio or threads.
 
@@ -8,7 +8,9 @@ gRPC and a Python-backend round trip through Triton). A stream therefore hands i
 when, with what the model already holds of an unfinished frame, it completes one: with 20 ms
 chunks, one hand-over per 80 ms instead of four. What the model says can only change when a frame
 is stepped, so the chunks held answer nothing new; the one that completes a frame is answered with
-what the model said.
+what the model said. A streaming Paraformer through Triton decodes 0.6 s windows but takes its
+audio in 40 ms requests, and at once what completes a window
+(:data:`~earshot.engines.windowing.PARAFORMER_THROUGH_TRITON`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from earshot.engines.recognizers import Samples
-from earshot.engines.windowing import DecodingWindow
+from earshot.engines.windowing import HandOver
 
 _EMPTY = np.zeros(0, dtype=np.float32)
 
@@ -24,7 +26,7 @@ _EMPTY = np.zeros(0, dtype=np.float32)
 class FrameGatherer:
     """The audio of one stream not yet handed over, and how much of a frame the model holds."""
 
-    def __init__(self, window: DecodingWindow | None) -> None:
+    def __init__(self, window: HandOver | None) -> None:
         """Gather for a model stepping by ``window`` (None: hand every chunk over at once)."""
         self._window = window
         self._held: list[Samples] = []

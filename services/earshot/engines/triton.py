@@ -66,7 +66,7 @@ from earshot.engines import windowing
 from earshot.engines.gathering import FrameGatherer
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Samples
 from earshot.engines.sequencing import OVERLOADED_MARK
-from earshot.engines.windowing import DecodingWindow
+from earshot.engines.windowing import HandOver
 from earshot.events import Recognition
 
 _log = logging.getLogger(__name__)
@@ -90,20 +90,21 @@ RECONNECTS = Counter(
 
 @dataclass(frozen=True, slots=True)
 class TritonModel:
-    """A Triton model serving an engine, the audio rate it takes and the window it steps by.
+    """A Triton model serving an engine, the audio rate it takes and when audio is sent to it.
 
-    ``window``: when the model's next step can use a stream's audio (None: send every chunk). A
-    stream sends its audio only when that step is ready (and its first chunk at once, which opens
-    the sequence): see :mod:`earshot.engines.gathering`.
+    ``window``: when a stream's gathered audio is due at the model (None: send every chunk): when
+    the model's next step can use it (Kyutai), or every 40 ms and when the next step can use it
+    (Paraformer). The first chunk goes at once, which opens the sequence: see
+    :mod:`earshot.engines.gathering`.
     """
 
     name: str
     sample_rate: int
-    window: DecodingWindow | None = None
+    window: HandOver | None = None
 
 
 MODELS = {
-    "paraformer": TritonModel("paraformer_streaming", 16_000),
+    "paraformer": TritonModel("paraformer_streaming", 16_000, windowing.PARAFORMER_THROUGH_TRITON),
     "kyutai": TritonModel("kyutai_stt", 24_000, windowing.KYUTAI),
 }
 
@@ -232,7 +233,7 @@ class TritonRecognizer:
         return self._model
 
     @property
-    def window(self) -> DecodingWindow | None:
+    def window(self) -> HandOver | None:
         """When the model's next step can use a stream's audio (None: every chunk is sent)."""
         return MODELS[self._engine].window
 

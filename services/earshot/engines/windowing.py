@@ -12,6 +12,7 @@ May do: arithmetic. Must not: import an engine, use asyncio or threads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,29 @@ class DecodingWindow:
         return self.first + ((fed - self.first) // self.step + 1) * self.step
 
 
+class HandOver(Protocol):
+    """When a stream's gathered audio goes to the model (:mod:`earshot.engines.gathering`)."""
+
+    def ready_at(self, fed: int) -> int:
+        """The total of samples fed at which the next hand-over after ``fed`` samples is due."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EarliestOf:
+    """Hands audio over at whichever of several windows' boundaries comes first."""
+
+    windows: tuple[DecodingWindow, ...]
+
+    def __post_init__(self) -> None:
+        if not self.windows:
+            raise ValueError("hand-over needs at least one window")
+
+    def ready_at(self, fed: int) -> int:
+        """The nearest boundary of any of the windows after ``fed`` samples."""
+        return min(window.ready_at(fed) for window in self.windows)
+
+
 # Kyutai (moshi's Mimi) steps 80 ms frames at 24 kHz: earshot.engines.kyutai.FRAME_SAMPLES, checked
 # by tests/unit/test_frame_gathering.py (this module must not import the engine, which needs torch).
 KYUTAI_FRAME_SAMPLES = 1920
@@ -52,4 +76,16 @@ _PARAFORMER_CHUNK_FRAMES = 61
 SHERPA_PARAFORMER = DecodingWindow(
     first=_FBANK_WINDOW + _PARAFORMER_CHUNK_FRAMES * _FBANK_SHIFT,
     step=(_PARAFORMER_CHUNK_FRAMES - 1) * _FBANK_SHIFT,
+)
+
+# A streaming Paraformer through Triton: a request costs a gRPC and a Python-backend round trip, so
+# a stream sends 40 ms of audio per request (telephony's 20 ms frames two by two), and at once
+# whatever completes sherpa's next step, so no decoding waits for the 40 ms: checked by
+# tests/unit/test_frame_gathering.py. bench/reports/triton_batching.md measures the batches.
+PARAFORMER_REQUEST_SAMPLES = 640
+PARAFORMER_THROUGH_TRITON = EarliestOf(
+    (
+        DecodingWindow(first=PARAFORMER_REQUEST_SAMPLES, step=PARAFORMER_REQUEST_SAMPLES),
+        SHERPA_PARAFORMER,
+    )
 )
