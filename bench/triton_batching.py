@@ -2,21 +2,24 @@
 
 Starts a real tritonserver (tests/triton_server.py) serving ``model-repo/paraformer_streaming`` on
 the tiny random-weight Paraformer (one CPU instance, one ONNX thread), then for each N runs N
-streams that each send the bundled speech sample (16 kHz) as 200 ms chunks in real time, first
-through :class:`TritonRecognizer`, then through the in-process :class:`BatchingRecognizer` (one
-worker thread) on the same model. For each engine and N it reports:
+streams that each feed the bundled speech sample (16 kHz) as 20 ms chunks (telephony's frames) in
+real time, first through :class:`TritonRecognizer`, which sends them as 40 ms requests
+(:data:`earshot.engines.windowing.PARAFORMER_THROUGH_TRITON`), then through the in-process
+:class:`BatchingRecognizer` as the gateway runs it (one worker thread, audio handed over once per
+sherpa decoding window) on the same model. For each engine and N it reports:
 
 * per-chunk latency p50/p99: from ``accept`` called with the chunk to the return of the call that
   brought its recognitions (:mod:`bench.chunk_timing`): in process the same call; through Triton,
   whose client pipelines its requests, the same call, a later one or ``finish``;
 * late chunks: sent after their real-time slot because the stream's previous ``accept`` had not
   returned;
+* requests: the requests Triton executed over the round (``nv_inference_count``);
 * average batch size: Triton's ``nv_inference_count / nv_inference_exec_count`` over the round;
   in process, the streams per ``decode`` call of the decoder;
 * CPU per stream in % of one core: the serving side (tritonserver and its Python stub, or the
   benchmark process running the in-process engine) and, for Triton, the client side (this process).
 
-Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 200]
+Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 20]
 [--queue-delay-us N] [--quick]``. Writes ``bench/reports/triton_batching.md``.
 """
 
@@ -30,6 +33,7 @@ import math
 import os
 import platform
 import random
+import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,7 +48,7 @@ from bench.quantiles import percentiles_ms
 from earshot.audio import codecs
 from earshot.audio.resampling import StreamResampler
 from earshot.cli.demoing import sample_audio
-from earshot.engines import paraformer, tiny_paraformer
+from earshot.engines import paraformer, tiny_paraformer, windowing
 from earshot.engines.batching import BatchingRecognizer
 from earshot.engines.recognizers import Recognizer, Samples
 from earshot.engines.triton import TritonRecognizer
@@ -52,7 +56,7 @@ from earshot.events import Recognition
 from tests import triton_server
 
 REPORT = Path(__file__).parent / "reports" / "triton_batching.md"
-CHUNK_SECONDS = 0.2
+CHUNK_SECONDS = 0.02
 RATE = 16_000
 MODEL = "paraformer_streaming"
 
@@ -68,6 +72,7 @@ class Round:
     batch: float
     server_cpu: float
     client_cpu: float
+    requests: float = math.nan
 
 
 class CountingDecoder(paraformer.ParaformerDecoder):
@@ -188,6 +193,7 @@ async def measured(
         batch=items / calls if calls else float("nan"),
         server_cpu=(server1 - server0) * per_stream,
         client_cpu=(client1 - client0) * per_stream,
+        requests=items,
     )
 
 
@@ -239,7 +245,10 @@ async def run_rounds(
                     await triton.aclose()
                 print(row(rounds[-1]), flush=True)
         for n in counts:
-            local = BatchingRecognizer(CountingDecoder(files), workers=1)
+            # As the gateway runs it (earshot.engines.loading): audio handed over once per window.
+            local = BatchingRecognizer(
+                CountingDecoder(files), workers=1, window=windowing.SHERPA_PARAFORMER
+            )
             try:
                 result = await measured(
                     functools.partial(
@@ -268,9 +277,9 @@ async def run_rounds(
 
 
 HEADER = (
-    "| engine | streams | chunks | late | latency p50 ms | p99 ms | avg batch "
+    "| engine | streams | chunks | late | requests | latency p50 ms | p99 ms | avg batch "
     "| serving CPU %/stream | client CPU %/stream |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -279,8 +288,10 @@ def row(r: Round) -> str:
     p50, p99 = percentiles_ms(r.latencies, (50, 99))
     engine = r.engine if "in process" in r.engine else f"{r.engine} (Triton)"
     client = "-" if math.isnan(r.client_cpu) else f"{r.client_cpu:.2f}"
+    requests = "-" if math.isnan(r.requests) else f"{r.requests:.0f}"
     return (
-        f"| {engine} | {r.streams} | {len(r.latencies)} | {r.late_chunks} | {p50:.1f} | {p99:.1f} "
+        f"| {engine} | {r.streams} | {len(r.latencies)} | {r.late_chunks} | {requests} "
+        f"| {p50:.1f} | {p99:.1f} "
         f"| {r.batch:.2f} | {r.server_cpu:.2f} | {client} |"
     )
 
@@ -307,11 +318,6 @@ def overheads(rounds: list[Round]) -> list[str]:
 def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
     """The Markdown report."""
     chunk_seconds = args.chunk_ms / 1000
-    delay = (
-        f"{args.queue_delay_us} µs (set by the run)"
-        if args.queue_delay_us is not None
-        else "as in `model-repo/paraformer_streaming/config.pbtxt`"
-    )
     lines = [
         "# Triton batching: concurrent real-time streams, Triton vs in process",
         "",
@@ -323,8 +329,9 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "",
         "Model: the tiny random-weight streaming Paraformer (sherpa-onnx), one ONNX thread; Triton: "
         "tritonserver 2.51 (nvidia-pytriton 0.7.0), `paraformer_streaming` with one CPU instance, "
-        f"sequence batching `oldest`, `max_queue_delay_microseconds` {delay}; in process: "
-        "`BatchingRecognizer` with one worker thread.",
+        f"sequence batching `oldest`, {batcher(args.queue_delay_us)}; the client sends 40 ms "
+        "requests; in process: `BatchingRecognizer` with one worker thread, audio handed over "
+        "once per sherpa decoding window, as the gateway runs it.",
         "",
         HEADER,
         *(row(r) for r in rounds),
@@ -349,6 +356,22 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "indicative.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def batcher(queue_delay_us: int | None) -> str:
+    """The sequence batcher's settings the run served: the model's config, maybe another delay."""
+    config = (triton_server.MODEL_REPO / MODEL / "config.pbtxt").read_text()
+    preferred = re.search(r"preferred_batch_size:\s*\[([^\]]*)\]", config)
+    delay = re.search(r"max_queue_delay_microseconds:\s*(\d+)", config)
+    sizes = f"[{preferred.group(1).strip()}]" if preferred else "none"
+    if queue_delay_us is not None:
+        waits = f"{queue_delay_us} µs (set by the run)"
+    else:
+        waits = f"{delay.group(1) if delay else 0} µs"
+    return (
+        f"`preferred_batch_size` {sizes}, `max_queue_delay_microseconds` {waits} "
+        f"(`model-repo/{MODEL}/config.pbtxt`)"
+    )
 
 
 def command(args: argparse.Namespace) -> str:
