@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from earshot.events import Partial, Segment, SessionId
-from earshot.persistence import sidecar
+from earshot.persistence import journaling, sidecar
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.persistence.writing import SpoolWriter
 from earshot.settings import Settings
@@ -193,3 +193,41 @@ async def test_a_spool_writer_whose_disk_stops_answering_is_not_alive_until_it_a
         await asyncio.sleep(0.01)
     assert writer.alive
     await writer.close()
+
+
+@pytest.mark.parametrize(("variable", "unhealthy"), [(None, False), ("1", True)])
+async def test_a_gateways_spool_writer_counts_as_stalled_after_the_settings_stall_time(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    segments: SegmentStore,
+    variable: str | None,
+    unhealthy: bool,
+) -> None:
+    # EARSHOT_SPOOL_STALL_SECONDS reaches the writer a gateway's journal opens: a disk hung for
+    # 1.5 s fails the journal's health at a 1 s stall time, not at the default's 30 s.
+    if variable is not None:
+        monkeypatch.setenv("EARSHOT_SPOOL_STALL_SECONDS", variable)
+    settings = Settings(spool_dir=tmp_path / "spool", persister="sidecar")
+    answering = threading.Event()
+    entered = threading.Event()
+    real_fsync = os.fsync
+
+    def hanging_fsync(fd: int) -> None:
+        entered.set()
+        answering.wait()
+        real_fsync(fd)
+
+    async with journaling.open_journal(
+        settings, partials=MemoryPartialStore(ttl_seconds=60), segments=segments
+    ) as journal:
+        session = await journal.open_session(SessionId("call-1"), "alice")
+        monkeypatch.setattr(os, "fsync", hanging_fsync)
+        final = asyncio.create_task(journal.final(Segment(SessionId("call-1"), session, "hi", T0)))
+        try:
+            await asyncio.to_thread(entered.wait, 5.0)
+            assert entered.is_set()
+            await asyncio.sleep(1.5)
+            assert journal.healthy is not unhealthy
+        finally:
+            answering.set()
+        await asyncio.wait_for(final, 10.0)
