@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from earshot.events import Partial, Segment, SessionId
 from earshot.persistence import journaling, sidecar
@@ -112,6 +113,41 @@ async def test_a_drainer_stuck_in_a_hanging_store_write_fails_health(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_the_oldest_records_age_grows_while_a_store_write_hangs(
+    tmp_path: Path, segments: SegmentStore
+) -> None:
+    # A hung write is what EarshotPersisterLagging must see: the age of what waits in the spool,
+    # not the age it had when the write began.
+    writer = SpoolWriter(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 30)
+    writer.start()
+    await writer.append(Segment(SessionId("call-1"), 1, "hello", datetime.now(UTC)))
+    await writer.close()
+    hanging = HangingSegments(segments)
+    drainer = Drainer(
+        tmp_path,
+        partials=MemoryPartialStore(ttl_seconds=60),
+        segments=hanging,  # type: ignore[arg-type]
+        policy=POLICY,
+    )
+    task = asyncio.create_task(drainer.run())
+    try:
+        await asyncio.wait_for(hanging.entered.wait(), 5.0)
+        before = _sample("earshot_persister_oldest_unacked_age_seconds")
+        await asyncio.sleep(1.0)
+        after = _sample("earshot_persister_oldest_unacked_age_seconds")
+        assert after - before >= 0.9, (before, after)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def _sample(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None, name
+    return value
 
 
 async def test_a_store_that_is_down_is_retried_without_failing_health(tmp_path: Path) -> None:
