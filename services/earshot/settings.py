@@ -401,6 +401,16 @@ class Settings(BaseSettings):
         validation_alias=_env("SPOOL_SEGMENT_BYTES"),
         description="Size at which the spool starts its next segment file.",
     )
+    # Not EARSHOT_PERSISTER_STALL_SECONDS: the writer's I/O is one batch's write and fsync on a
+    # local disk, on the path of every final a client waits for; the drainer's step includes a
+    # store write over the network, which may be slow without anything being wrong.
+    spool_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("SPOOL_STALL_SECONDS"),
+        description="How long one batch's spool write and fsync may take (a disk that stopped "
+        "answering, as a hung NFS server) before the gateway's /health fails.",
+    )
     persister: Literal["embedded", "sidecar"] = Field(
         "embedded",
         validation_alias=_env("PERSISTER"),

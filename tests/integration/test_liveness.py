@@ -43,6 +43,7 @@ pytestmark = pytest.mark.integration
 
 FAULTS = Path(__file__).resolve().parents[1] / "faults"
 SESSION_ID = "pbx:call-42"  # SESSION's
+SPOOL_STALL_SECONDS = 5.0  # the gateway's EARSHOT_SPOOL_STALL_SECONDS here
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,12 @@ async def faulty(
     faults.mkdir()
     paths = [str(FAULTS), *filter(None, [os.environ.get("PYTHONPATH")])]
     environments[dataplane.GATEWAY_CONTAINER].update(
-        {"EARSHOT_TEST_FAULTS": str(faults), "PYTHONPATH": os.pathsep.join(paths)}
+        {
+            "EARSHOT_TEST_FAULTS": str(faults),
+            "PYTHONPATH": os.pathsep.join(paths),
+            # below the default (writing.STALL_SECONDS): the hung disk test sees it honoured
+            "EARSHOT_SPOOL_STALL_SECONDS": str(SPOOL_STALL_SECONDS),
+        }
     )
     assert cast(dict[str, Any], SESSION["spec"])["sessionId"] == SESSION_ID
     container = gateway_container()
@@ -165,8 +171,9 @@ async def test_a_gateway_whose_spool_disk_stopped_answering_fails_its_probe_and_
         async def restarted() -> bool:
             return await faulty.probe.restarts()
 
-        await wait_until(restarted, writing.STALL_SECONDS + 30, what="the probe failing")
-        assert time.monotonic() - hung_at >= writing.STALL_SECONDS - 1
+        await wait_until(restarted, SPOOL_STALL_SECONDS + 30, what="the probe failing")
+        # the gateway's EARSHOT_SPOOL_STALL_SECONDS, not the default, decided when it failed
+        assert SPOOL_STALL_SECONDS - 1 <= time.monotonic() - hung_at < writing.STALL_SECONDS
         async with httpx.AsyncClient(timeout=5) as http:
             health = await http.get(f"http://127.0.0.1:{faulty.probe.port}{faulty.probe.path}")
         assert health.status_code == 503

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from earshot.events import Partial, Segment, SessionId
-from earshot.persistence import sidecar
+from earshot.persistence import journaling, sidecar
 from earshot.persistence.draining import Drainer, DrainPolicy
 from earshot.persistence.writing import SpoolWriter
 from earshot.settings import Settings
@@ -114,6 +115,41 @@ async def test_a_drainer_stuck_in_a_hanging_store_write_fails_health(
             await task
 
 
+async def test_the_oldest_records_age_grows_while_a_store_write_hangs(
+    tmp_path: Path, segments: SegmentStore
+) -> None:
+    # A hung write is what EarshotPersisterLagging must see: the age of what waits in the spool,
+    # not the age it had when the write began.
+    writer = SpoolWriter(tmp_path, segment_bytes=1 << 20, max_bytes=1 << 30)
+    writer.start()
+    await writer.append(Segment(SessionId("call-1"), 1, "hello", datetime.now(UTC)))
+    await writer.close()
+    hanging = HangingSegments(segments)
+    drainer = Drainer(
+        tmp_path,
+        partials=MemoryPartialStore(ttl_seconds=60),
+        segments=hanging,  # type: ignore[arg-type]
+        policy=POLICY,
+    )
+    task = asyncio.create_task(drainer.run())
+    try:
+        await asyncio.wait_for(hanging.entered.wait(), 5.0)
+        before = _sample("earshot_persister_oldest_unacked_age_seconds")
+        await asyncio.sleep(1.0)
+        after = _sample("earshot_persister_oldest_unacked_age_seconds")
+        assert after - before >= 0.9, (before, after)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def _sample(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
 async def test_a_store_that_is_down_is_retried_without_failing_health(tmp_path: Path) -> None:
     await spooled(tmp_path)
     drainer = Drainer(
@@ -193,3 +229,41 @@ async def test_a_spool_writer_whose_disk_stops_answering_is_not_alive_until_it_a
         await asyncio.sleep(0.01)
     assert writer.alive
     await writer.close()
+
+
+@pytest.mark.parametrize(("variable", "unhealthy"), [(None, False), ("1", True)])
+async def test_a_gateways_spool_writer_counts_as_stalled_after_the_settings_stall_time(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    segments: SegmentStore,
+    variable: str | None,
+    unhealthy: bool,
+) -> None:
+    # EARSHOT_SPOOL_STALL_SECONDS reaches the writer a gateway's journal opens: a disk hung for
+    # 1.5 s fails the journal's health at a 1 s stall time, not at the default's 30 s.
+    if variable is not None:
+        monkeypatch.setenv("EARSHOT_SPOOL_STALL_SECONDS", variable)
+    settings = Settings(spool_dir=tmp_path / "spool", persister="sidecar")
+    answering = threading.Event()
+    entered = threading.Event()
+    real_fsync = os.fsync
+
+    def hanging_fsync(fd: int) -> None:
+        entered.set()
+        answering.wait()
+        real_fsync(fd)
+
+    async with journaling.open_journal(
+        settings, partials=MemoryPartialStore(ttl_seconds=60), segments=segments
+    ) as journal:
+        session = await journal.open_session(SessionId("call-1"), "alice")
+        monkeypatch.setattr(os, "fsync", hanging_fsync)
+        final = asyncio.create_task(journal.final(Segment(SessionId("call-1"), session, "hi", T0)))
+        try:
+            await asyncio.to_thread(entered.wait, 5.0)
+            assert entered.is_set()
+            await asyncio.sleep(1.5)
+            assert journal.healthy is not unhealthy
+        finally:
+            answering.set()
+        await asyncio.wait_for(final, 10.0)

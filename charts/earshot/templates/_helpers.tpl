@@ -135,3 +135,35 @@ dashboards' Release variable) and, when monitoring.serviceMonitor.cluster is set
   replacement: {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The startup and liveness probes of every long-running container the chart makes, the same as the
+operator gives its gateway pods (operator/earshot_operator/manifests.py, _startup and _liveness).
+Argument: a dict with "path" and "port".
+
+Startup: up to 5 min to start before the liveness probe counts: on a busy node a start can be
+slow, and a liveness probe that restarts it only makes it start again (30 sessions on 2 cores: 6
+to 12 restarts each without one, none with it; bench/reports/cluster_sessions.md). So the liveness
+probe has no initialDelaySeconds.
+*/}}
+{{- define "earshot.startupProbe" -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .port }}
+periodSeconds: 5
+failureThreshold: 60
+{{- end -}}
+
+{{/*
+Liveness, once started: three missed answers in a row (30 s) restart the container, a wedged
+process, not one slow moment. Each answer may take 5 s (Kubernetes' default is 1 s), which a
+process on a busy 2-core node can need.
+*/}}
+{{- define "earshot.livenessProbe" -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .port }}
+periodSeconds: 10
+timeoutSeconds: 5
+failureThreshold: 3
+{{- end -}}

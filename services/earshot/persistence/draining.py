@@ -153,6 +153,9 @@ class Drainer:
         self._beat = time.monotonic()
         self._failed = False
         self._tidied = 0.0
+        # The moment of the oldest record of the batch being stored (None: none is), so that the
+        # age gauge grows while a store write hangs, not only when the write returns.
+        self._oldest: datetime | None = None
 
     def wake(self) -> None:
         """Say that records were appended (the embedded writer's hint; the sidecar polls)."""
@@ -182,6 +185,7 @@ class Drainer:
             Exception: whatever unexpected error stopped it; :attr:`healthy` is then False.
         """
         metrics.PERSISTENCE_UP.labels("drainer").set_function(lambda: float(self.healthy))
+        metrics.PERSISTER_OLDEST_UNACKED_AGE.set_function(self._oldest_age)
         metrics.initialise_persister()
         try:
             while True:
@@ -205,6 +209,10 @@ class Drainer:
             for claim in self._claims.values():
                 os.close(claim.lock_fd)
             self._claims.clear()
+
+    def _oldest_age(self) -> float:
+        oldest = self._oldest
+        return 0.0 if oldest is None else _age(oldest)
 
     def _writers_live(self) -> bool:
         # A pod's containers get SIGTERM together: the gateway then still tells and spools the
@@ -239,7 +247,7 @@ class Drainer:
             await self._store(found)
             metrics.PERSISTER_BATCH_RECORDS.observe(len(found))
         else:
-            metrics.PERSISTER_OLDEST_UNACKED_AGE.set(0)
+            self._oldest = None  # caught up (until then the last batch's, as a backlog has)
         # Also without records: skipped damage moves the acknowledgement, sealed streams go.
         await asyncio.to_thread(self._acknowledge, batch)
         self._hot.merge(found)
@@ -295,10 +303,9 @@ class Drainer:
         opened = [r for r in batch if isinstance(r, records.SessionOpened)]
         users = {r.session_id: r.user_id for r in opened}
         languages = {r.session_id: r.language for r in opened if r.language is not None}
-        oldest = min(records.moment_of(r) for r in batch)
+        self._oldest = min(records.moment_of(r) for r in batch)
         attempt = 0
         while True:
-            metrics.PERSISTER_OLDEST_UNACKED_AGE.set(_age(oldest))
             if not finals and not users:
                 return
             started = time.perf_counter()

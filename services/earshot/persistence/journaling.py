@@ -141,7 +141,10 @@ async def open_journal(
     """
     spool_dir = settings.resolved_spool_dir()
     writer = SpoolWriter(
-        spool_dir, segment_bytes=settings.spool_segment_bytes, max_bytes=settings.spool_max_bytes
+        spool_dir,
+        segment_bytes=settings.spool_segment_bytes,
+        max_bytes=settings.spool_max_bytes,
+        stall_seconds=settings.spool_stall_seconds,
     )
     async with AsyncExitStack() as stack:
         writer.start()

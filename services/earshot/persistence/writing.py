@@ -18,9 +18,9 @@ Failure: should the writer thread ever stop on an unexpected error, it fails eve
 later append with :class:`SpoolError` (no final waits forever), says so in the log and in
 ``earshot_persistence_up{component="spool_writer"}``, and :attr:`SpoolWriter.alive` turns False,
 which fails the gateway's ``/health``. A writer whose disk stopped answering (a write or fsync that
-has not returned for ``stall_seconds``, :data:`STALL_SECONDS` by default, as on a hung NFS server)
-is not alive either, though its thread still runs: the liveness probe restarts the gateway instead
-of leaving every final waiting on it.
+has not returned for ``stall_seconds``, in a gateway ``EARSHOT_SPOOL_STALL_SECONDS``, as on a hung
+NFS server) is not alive either, though its thread still runs: the liveness probe restarts the
+gateway instead of leaving every final waiting on it.
 """
 
 from __future__ import annotations
@@ -48,14 +48,16 @@ from earshot.persistence.spool import (
     streams,
     unacked_bytes,
 )
+from earshot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # How often the writer thread re-reads the acknowledgement to refresh its depth.
 _REFRESH_SECONDS = 0.2
-#: How long one batch's I/O may take before the writer counts as stalled (not alive). Far above a
-#: slow fsync (seconds on a busy disk), far below a human noticing that finals stopped.
-STALL_SECONDS = 30.0
+#: How long one batch's I/O may take before the writer counts as stalled (not alive), unless the
+#: gateway's settings say otherwise (``EARSHOT_SPOOL_STALL_SECONDS``, whose default this is). Far
+#: above a slow fsync (seconds on a busy disk), far below a human noticing that finals stopped.
+STALL_SECONDS: float = Settings.model_fields["spool_stall_seconds"].default
 
 
 @dataclass(slots=True)
