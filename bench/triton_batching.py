@@ -2,11 +2,11 @@
 
 Starts a real tritonserver (tests/triton_server.py) serving ``model-repo/paraformer_streaming`` on
 the tiny random-weight Paraformer (one CPU instance, one ONNX thread), then for each N runs N
-streams that each feed the bundled speech sample (16 kHz) as 20 ms chunks (telephony's frames) in
-real time, first through :class:`TritonRecognizer`, which sends them as 40 ms requests
-(:data:`earshot.engines.windowing.PARAFORMER_THROUGH_TRITON`), then through the in-process
-:class:`BatchingRecognizer` as the gateway runs it (one worker thread, audio handed over once per
-sherpa decoding window) on the same model. For each engine and N it reports:
+streams that each feed the bundled speech sample (16 kHz) as 40 ms chunks in real time (the
+requests :class:`TritonRecognizer` sends, also when fed telephony's 20 ms frames:
+:data:`earshot.engines.windowing.PARAFORMER_THROUGH_TRITON`), first through Triton, then
+through the in-process :class:`BatchingRecognizer` as the gateway runs it (one worker thread,
+audio handed over once per sherpa decoding window) on the same model. For each engine and N it reports:
 
 * per-chunk latency p50/p99: from ``accept`` called with the chunk to the return of the call that
   brought its recognitions (:mod:`bench.chunk_timing`): in process the same call; through Triton,
@@ -19,7 +19,7 @@ sherpa decoding window) on the same model. For each engine and N it reports:
 * CPU per stream in % of one core: the serving side (tritonserver and its Python stub, or the
   benchmark process running the in-process engine) and, for Triton, the client side (this process).
 
-Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 20]
+Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 40]
 [--queue-delay-us N] [--quick]``. Writes ``bench/reports/triton_batching.md``.
 """
 
@@ -56,7 +56,7 @@ from earshot.events import Recognition
 from tests import triton_server
 
 REPORT = Path(__file__).parent / "reports" / "triton_batching.md"
-CHUNK_SECONDS = 0.02
+CHUNK_SECONDS = 0.04
 RATE = 16_000
 MODEL = "paraformer_streaming"
 
