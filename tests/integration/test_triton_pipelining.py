@@ -10,6 +10,8 @@ still comes back, once and in order, across several streams, a broken link and a
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -18,8 +20,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from earshot.engines.recognizers import EngineError, Samples
-from earshot.engines.triton import TritonRecognizer
+from earshot.engines.triton import MAX_IN_FLIGHT, TritonRecognizer
 from earshot.events import Recognition
+from earshot.gateways.lagging import Backlogged
 from tests import triton_server
 
 pytestmark = pytest.mark.integration
@@ -125,6 +128,38 @@ async def test_the_answers_of_interleaved_pipelined_streams_come_back_once_and_i
         await recognizer.aclose()
 
     assert said == [counted(sizes) for sizes in inputs]
+
+
+@pytest.mark.asyncio
+async def test_a_stream_with_too_many_chunks_unanswered_waits_for_the_oldest(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=20.0)
+    stream = recognizer.open_stream()
+    sizes = [1600] + [800] * MAX_IN_FLIGHT
+    try:
+        said = await stream.accept(silence(sizes[0]))  # late_answer holds its answer: 1 out
+        os.kill(triton.pid, signal.SIGSTOP)  # Triton stops answering
+        try:
+            for size in sizes[1:-1]:  # up to MAX_IN_FLIGHT out: each call returns after its wait
+                said.extend(await asyncio.wait_for(stream.accept(silence(size)), 2.0))
+            assert stream.sent_chunks - stream.answered_chunks == MAX_IN_FLIGHT
+            one_more = asyncio.create_task(stream.accept(silence(sizes[-1])))
+            await asyncio.sleep(1.0)
+            assert not one_more.done()  # held up until Triton answers the oldest
+            # and the gateway's lag sees Triton falling behind
+            assert isinstance(recognizer, Backlogged)
+            assert recognizer.backlog_seconds() >= 1.0
+        finally:
+            os.kill(triton.pid, signal.SIGCONT)
+        said.extend(await asyncio.wait_for(one_more, 10.0))
+        assert stream.sent_chunks - stream.answered_chunks <= MAX_IN_FLIGHT
+        said.extend(await stream.finish())
+        assert recognizer.backlog_seconds() == 0.0
+    finally:
+        await recognizer.aclose()
+
+    assert said == counted(sizes)
 
 
 @pytest.mark.asyncio

@@ -19,7 +19,9 @@ model say is returned in order, and only whole (all of a chunk's responses toget
   half the chunk's audio duration (:data:`ANSWER_WAIT_SHARE`), and returns every answer complete
   by then. A real-time caller's next chunk arrives one chunk duration later, so the wait never
   makes it late; an answer arriving within the wait is returned at once, a later one with the
-  next call (at most half a chunk later than it arrived), or with ``finish``.
+  next call (at most half a chunk later than it arrived), or with ``finish``. With more than
+  :data:`MAX_IN_FLIGHT` requests out, it waits for the oldest: a Triton that falls behind holds
+  the caller up (its lag shows it) rather than queueing audio until requests time out.
 * The first chunk of a sequence (START) is the exception: it waits for its answer, so a model
   with no room refuses it at once (:class:`EngineOverloaded` from that call) before any other
   chunk is sent on a sequence that does not exist.
@@ -120,6 +122,9 @@ _CLOSE_TIMEOUT_SECONDS = 5.0
 #: How long ``accept`` waits for answers still out, as a share of the audio it was given: a real-time
 #: caller's next chunk comes one chunk duration later, and must not be made late by the wait.
 ANSWER_WAIT_SHARE = 0.5
+#: The most requests of a stream out at once; ``accept`` waits for the oldest beyond them (160 ms
+#: of Paraformer's 40 ms requests, 320 ms of Kyutai's 80 ms frames).
+MAX_IN_FLIGHT = 4
 # What writing to a call that broke or ended raises.
 _CALL_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
 
@@ -236,6 +241,16 @@ class TritonRecognizer:
     def window(self) -> HandOver | None:
         """When the model's next step can use a stream's audio (None: every chunk is sent)."""
         return MODELS[self._engine].window
+
+    def backlog_seconds(self) -> float:
+        """Seconds since the oldest request still unanswered was sent; 0 when none is out.
+
+        A gateway's lag (``earshot.gateways.lagging``): a Triton falling behind shows here before
+        its requests time out, and the gateway refuses new streams by it.
+        """
+        # Requests are sent in order and leave when answered: the first left is the oldest.
+        oldest = next(iter(self._pending.values()), None)
+        return time.monotonic() - oldest.sent if oldest is not None else 0.0
 
     def open_stream(self) -> TritonStream:
         """Start a stream; its sequence starts with its first chunk."""
@@ -457,6 +472,7 @@ class TritonStream:
             if self._gathered.add(samples) or self._sequence_id is None:
                 await self._hand_over(self._gathered.take(), heard, end=False)
             await self._wait(ANSWER_WAIT_SHARE * len(samples) / self._owner.sample_rate)
+            await self._bound_in_flight()
             return self._take_held()
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
@@ -564,6 +580,20 @@ class TritonStream:
             timeout = min(seconds, waiting[0].deadline - time.monotonic())
             await asyncio.wait([r.future for r in waiting], timeout=max(0.0, timeout))
         self._collect()
+
+    async def _bound_in_flight(self) -> None:
+        """Back pressure: with over :data:`MAX_IN_FLIGHT` requests out, wait for the oldest ones.
+
+        A Triton that falls behind then holds up the caller, whose lag shows it (a gateway refuses
+        new streams by it), instead of a queue growing until requests time out.
+        """
+        while len(self._in_flight) > MAX_IN_FLIGHT:
+            oldest = self._in_flight[0]
+            if not oldest.future.done():
+                timeout = max(0.0, oldest.deadline - time.monotonic())
+                await asyncio.wait([oldest.future], timeout=timeout)
+            if not self._collect():
+                return  # the link broke: the next hand-over resends what went unanswered
 
     async def _drain(self) -> bool:
         """Wait for every answer out (each until its deadline); False when the link broke first."""
