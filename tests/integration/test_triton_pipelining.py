@@ -136,9 +136,9 @@ async def test_a_stream_with_too_many_chunks_unanswered_waits_for_the_oldest(
 ) -> None:
     recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=20.0)
     stream = recognizer.open_stream()
-    sizes = [1600] + [800] * MAX_IN_FLIGHT
+    sizes = [1600] + [800] * (MAX_IN_FLIGHT + 1)
     try:
-        said = await stream.accept(silence(sizes[0]))  # late_answer holds its answer: 1 out
+        said = await stream.accept(silence(sizes[0]))  # a START waits for its answer: none out
         os.kill(triton.pid, signal.SIGSTOP)  # Triton stops answering
         try:
             for size in sizes[1:-1]:  # up to MAX_IN_FLIGHT out: each call returns after its wait
