@@ -107,6 +107,7 @@ class Timing:
     refused_at: float | None = None
     ended: bool = False
     refused: str = ""
+    refusal: str = ""
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     replied: asyncio.Event = field(default_factory=asyncio.Event)
     status: dict[str, Any] = field(default_factory=dict)
@@ -220,6 +221,7 @@ async def _converse(ws: ClientConnection, timing: Timing, run: Round) -> None:
                 timing.replied.set()
             elif message["type"] == "error" and timing.first_reply is None:
                 timing.refused = message["code"]  # before any reply: not counted as accepted
+                timing.refusal = str(message.get("message", ""))
                 timing.refused_at = time.monotonic()
     except ConnectionClosed:
         pass
@@ -491,7 +493,7 @@ def _summary(
                 None if moment is None else round((moment - t.applied) * 1000)
                 for moment in (t.created, t.ready, t.connected, t.accepted, t.first_reply)
             ]
-            + ([t.refused] if t.refused else [])
+            + ([t.refused, t.refusal] if t.refused else [])
             for name, t in timings.items()
         },
     }
