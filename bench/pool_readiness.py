@@ -66,7 +66,7 @@ import kopf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from bench.cluster_sessions import _pod_memory
+from bench.cluster_sessions import _pod_memory, _started
 from bench.quantiles import percentiles_ms
 from earshot.audio.codecs import Codec
 from earshot.cli import demoing
@@ -92,6 +92,7 @@ RECONCILE = "earshot_operator_reconcile_duration_seconds"
 OPERATOR_LABEL = "app.kubernetes.io/component=operator"
 _CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 LAG_TICK_S = 0.01
+MEMORY_READS = 5
 
 
 @dataclass
@@ -315,8 +316,18 @@ def _reconcile_summary(before: dict[str, float], after: dict[str, float]) -> dic
 
 
 def _memory(release: Release, label: str) -> tuple[int, float]:
+    """The pods with ``label`` and their cgroups' RSS; a container restarted between the listing
+    and the read has left its cgroup: listed and read again."""
+    for _ in range(MEMORY_READS - 1):
+        pods = release.get("pods", "-l", label)["items"]
+        try:
+            return len(pods), sum(
+                _pod_memory(release.cluster, pod)["pod"] for pod in pods if _started(pod)
+            )
+        except (FileNotFoundError, ValueError):
+            time.sleep(1.0)
     pods = release.get("pods", "-l", label)["items"]
-    return len(pods), sum(_pod_memory(release.cluster, pod)["pod"] for pod in pods)
+    return len(pods), sum(_pod_memory(release.cluster, pod)["pod"] for pod in pods if _started(pod))
 
 
 def _settled(timing: Timing) -> bool:
