@@ -66,7 +66,7 @@ import kopf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from bench.cluster_sessions import _pod_memory, _started
+from bench.cluster_sessions import _total_rss_mib
 from bench.quantiles import percentiles_ms
 from earshot.audio.codecs import Codec
 from earshot.cli import demoing
@@ -91,8 +91,8 @@ OPERATOR_METRICS_PORT = 8080
 RECONCILE = "earshot_operator_reconcile_duration_seconds"
 OPERATOR_LABEL = "app.kubernetes.io/component=operator"
 _CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+_MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 LAG_TICK_S = 0.01
-MEMORY_READS = 5
 
 
 @dataclass
@@ -316,18 +316,26 @@ def _reconcile_summary(before: dict[str, float], after: dict[str, float]) -> dic
 
 
 def _memory(release: Release, label: str) -> tuple[int, float]:
-    """The pods with ``label`` and their cgroups' RSS; a container restarted between the listing
-    and the read has left its cgroup: listed and read again."""
-    for _ in range(MEMORY_READS - 1):
-        pods = release.get("pods", "-l", label)["items"]
-        try:
-            return len(pods), sum(
-                _pod_memory(release.cluster, pod)["pod"] for pod in pods if _started(pod)
-            )
-        except (FileNotFoundError, ValueError):
-            time.sleep(1.0)
+    """The pods with ``label`` and the RSS of their pod cgroups (``total_rss``: every container's,
+    also across a restart); a pod whose cgroup is not there (not started, or gone) counts 0."""
     pods = release.get("pods", "-l", label)["items"]
-    return len(pods), sum(_pod_memory(release.cluster, pod)["pod"] for pod in pods if _started(pod))
+    total = 0.0
+    for pod in pods:
+        root = _MEMORY_CGROUPS / release.cluster.netns / "kubepods"
+        for cgroup in root.glob(f"**/pod{pod['metadata']['uid']}"):
+            with contextlib.suppress(FileNotFoundError):
+                total += _total_rss_mib(cgroup)
+    return len(pods), total
+
+
+def _restarts(release: Release, label: str) -> int:
+    """Container restarts so far in the pods with ``label``."""
+    pods = release.get("pods", "-l", label)["items"]
+    return sum(
+        int(status.get("restartCount", 0))
+        for pod in pods
+        for status in (pod.get("status") or {}).get("containerStatuses") or ()
+    )
 
 
 def _settled(timing: Timing) -> bool:
@@ -404,6 +412,7 @@ async def _measure(
         unsettled = sum(not _settled(t) for t in timings.values())
         live = run.live
         rss = await asyncio.to_thread(_memory, release, label)
+        restarts = await asyncio.to_thread(_restarts, release, label)
         reconciles = _reconcile_summary(before, await asyncio.to_thread(_reconciles, release))
         operator_cpu = await asyncio.to_thread(_cpu_seconds, release, OPERATOR_LABEL) - operator_cpu
         own_cpu = time.process_time() - own_cpu
@@ -425,6 +434,7 @@ async def _measure(
         "stream_s": stream_seconds,
         "reconciles": reconciles,
         "unsettled": unsettled,
+        "restarts": restarts,
         "settled_s": settled_s,
         "operator_cpu_s": operator_cpu,
         "bench_cpu_s": own_cpu,
@@ -613,15 +623,16 @@ def _report(
         "MemAvailable while it waited:",
         "",
         "| mode | stream | sessions | settled after | unsettled | operator CPU | bench CPU "
-        "| bench loop lag | lowest MemAvailable |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bench loop lag | lowest MemAvailable | gateway container restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lag = r["loop_lag_ms"]
         lines.append(
             f"| {r['mode']} | {r['stream_s']:g} s | {r['sessions']} | {r['settled_s']:.1f} s "
             f"| {r['unsettled']} | {r['operator_cpu_s']:.1f} s | {r['bench_cpu_s']:.1f} s "
-            f"| {lag[0]:.0f} / {lag[1]:.0f} / {lag[2]:.0f} ms | {r['lowest_free_gib']:.1f} GiB |"
+            f"| {lag[0]:.0f} / {lag[1]:.0f} / {lag[2]:.0f} ms | {r['lowest_free_gib']:.1f} GiB "
+            f"| {r.get('restarts', 'n/a')} |"
         )
     capped = [r["capped"] for r in results if r.get("capped")]
     if capped:
