@@ -29,8 +29,15 @@ has ended) it counts the gateway pods that carry them and sums their RSS (``tota
 pod's memory cgroup: gateway and persister containers), with the number of streams live then.
 Each stream then ends and the sessions are deleted before the next round.
 
+It also notes, per round, the CPU time of the operator's pod and of this process, how late this
+process's event loop runs (the moments it notes are late by as much) and the machine's lowest
+MemAvailable. Dedicated sessions are capped to what leaves ``--min-free-gib`` free; sessions
+neither accepted nor refused ``--settle-timeout`` seconds after the last was created count as
+unsettled; each round deletes its sessions, also when it fails.
+
 Usage: ``python -m bench.pool_readiness [--pooled 100] [--dedicated 10] [--rate 10]
-[--stream-seconds 1 3 30] [--reply-wait 10] [--pool-cpu 500m] [--report PATH]``. Writes
+[--stream-seconds 1 3 30] [--reply-wait 10] [--pool-cpu 500m] [--operator-cpu 500m]
+[--settle-timeout 300] [--min-free-gib 3] [--report PATH]``. Writes
 ``bench/reports/pool_readiness.md`` unless told otherwise.
 """
 
@@ -59,7 +66,7 @@ import kopf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from bench.cluster_sessions import _pod_memory
+from bench.cluster_sessions import _total_rss_mib
 from bench.quantiles import percentiles_ms
 from earshot.audio.codecs import Codec
 from earshot.cli import demoing
@@ -71,7 +78,7 @@ from tests.cluster.release import Release, installed_release
 REPORT = Path(__file__).parent / "reports" / "pool_readiness.md"
 API = "earshot.dev/v1alpha1"
 COLLECTION = "transcriptionsessions"
-SETTLE_TIMEOUT_S = 900.0
+SETTLE_TIMEOUT_S = 300.0
 FRAME_SECONDS = 0.02
 CONNECT_RETRY_S = 60.0
 RETRY_SECONDS = 0.05
@@ -82,6 +89,10 @@ DEDICATED_LABEL = "earshot.dev/kind=tsess"
 POOL_STREAMS = 100
 OPERATOR_METRICS_PORT = 8080
 RECONCILE = "earshot_operator_reconcile_duration_seconds"
+OPERATOR_LABEL = "app.kubernetes.io/component=operator"
+_CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+_MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
+LAG_TICK_S = 0.01
 
 
 @dataclass
@@ -97,6 +108,7 @@ class Timing:
     refused_at: float | None = None
     ended: bool = False
     refused: str = ""
+    refusal: str = ""
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     replied: asyncio.Event = field(default_factory=asyncio.Event)
     status: dict[str, Any] = field(default_factory=dict)
@@ -210,6 +222,7 @@ async def _converse(ws: ClientConnection, timing: Timing, run: Round) -> None:
                 timing.replied.set()
             elif message["type"] == "error" and timing.first_reply is None:
                 timing.refused = message["code"]  # before any reply: not counted as accepted
+                timing.refusal = str(message.get("message", ""))
                 timing.refused_at = time.monotonic()
     except ConnectionClosed:
         pass
@@ -303,8 +316,26 @@ def _reconcile_summary(before: dict[str, float], after: dict[str, float]) -> dic
 
 
 def _memory(release: Release, label: str) -> tuple[int, float]:
+    """The pods with ``label`` and the RSS of their pod cgroups (``total_rss``: every container's,
+    also across a restart); a pod whose cgroup is not there (not started, or gone) counts 0."""
     pods = release.get("pods", "-l", label)["items"]
-    return len(pods), sum(_pod_memory(release.cluster, pod)["pod"] for pod in pods)
+    total = 0.0
+    for pod in pods:
+        root = _MEMORY_CGROUPS / release.cluster.netns / "kubepods"
+        for cgroup in root.glob(f"**/pod{pod['metadata']['uid']}"):
+            with contextlib.suppress(FileNotFoundError):
+                total += _total_rss_mib(cgroup)
+    return len(pods), total
+
+
+def _restarts(release: Release, label: str) -> int:
+    """Container restarts so far in the pods with ``label``."""
+    pods = release.get("pods", "-l", label)["items"]
+    return sum(
+        int(status.get("restartCount", 0))
+        for pod in pods
+        for status in (pod.get("status") or {}).get("containerStatuses") or ()
+    )
 
 
 def _settled(timing: Timing) -> bool:
@@ -318,12 +349,42 @@ async def measure(
     rate: float,
     stream_seconds: float,
     reply_wait: float,
+    settle_timeout: float = SETTLE_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Create ``sessions`` sessions of ``mode`` at ``rate`` per second and stream each."""
+    """Create ``sessions`` sessions of ``mode`` at ``rate`` per second and stream each.
+
+    Sessions neither accepted nor refused ``settle_timeout`` seconds after the last was created
+    count as unsettled (their streams are cancelled); the sessions are deleted whatever happens.
+    """
+    try:
+        result = await _measure(
+            release, mode, sessions, rate, stream_seconds, reply_wait, settle_timeout
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):  # the round's own error says more
+            release.kubectl("delete", COLLECTION, "--all", "--wait=true", "--timeout=300s")
+        raise
+    release.kubectl("delete", COLLECTION, "--all", "--wait=true", "--timeout=600s")
+    return result
+
+
+async def _measure(
+    release: Release,
+    mode: str,
+    sessions: int,
+    rate: float,
+    stream_seconds: float,
+    reply_wait: float,
+    settle_timeout: float,
+) -> dict[str, Any]:
     placement = {"pool": "default"} if mode == "pooled" else {"dedicated": True}
     label = POOL_LABEL if mode == "pooled" else DEDICATED_LABEL
     timings = {f"{mode}-{i:03d}": Timing() for i in range(sessions)}
     before = await asyncio.to_thread(_reconciles, release)
+    operator_cpu = await asyncio.to_thread(_cpu_seconds, release, OPERATOR_LABEL)
+    own_cpu = time.process_time()
+    lag = _LoopLag()
+    lagging = asyncio.create_task(lag.run())
     info = release.cluster.connection_info()
     async with KubeClient.connect(info) as api:
         run = Round(release, api, _frames(stream_seconds), reply_wait)
@@ -338,23 +399,83 @@ async def measure(
             await api.create(_body(name, release.namespace, placement))
             timing.created = time.monotonic()
             streams.append(asyncio.create_task(_stream(run, timing)))
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        deadline = time.monotonic() + settle_timeout
+        lowest_free = _available_gib()
         while not all(_settled(t) for t in timings.values()):
             if follower.done():
                 raise RuntimeError("the watch of sessions ended") from follower.exception()
             if time.monotonic() > deadline:
-                raise RuntimeError("not every session was accepted or refused in time")
+                break
+            lowest_free = min(lowest_free, _available_gib())
             await asyncio.sleep(0.1)
+        settled_s = time.monotonic() - start
+        unsettled = sum(not _settled(t) for t in timings.values())
         live = run.live
         rss = await asyncio.to_thread(_memory, release, label)
+        restarts = await asyncio.to_thread(_restarts, release, label)
         reconciles = _reconcile_summary(before, await asyncio.to_thread(_reconciles, release))
-        await asyncio.wait_for(asyncio.gather(*streams), stream_seconds + reply_wait + 120.0)
+        operator_cpu = await asyncio.to_thread(_cpu_seconds, release, OPERATOR_LABEL) - operator_cpu
+        own_cpu = time.process_time() - own_cpu
+        for task, timing in zip(streams, timings.values(), strict=True):
+            if not _settled(timing):
+                task.cancel()
+        await asyncio.wait_for(
+            asyncio.gather(*streams, return_exceptions=True), stream_seconds + reply_wait + 120.0
+        )
         follower.cancel()
+        lagging.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-    release.kubectl("delete", COLLECTION, "--all", "--wait=true", "--timeout=600s")
+        with contextlib.suppress(asyncio.CancelledError):
+            await lagging
     summary = _summary(mode, sessions, timings, rss, live)
-    return {**summary, "stream_s": stream_seconds, "reconciles": reconciles}
+    return {
+        **summary,
+        "stream_s": stream_seconds,
+        "reconciles": reconciles,
+        "unsettled": unsettled,
+        "restarts": restarts,
+        "settled_s": settled_s,
+        "operator_cpu_s": operator_cpu,
+        "bench_cpu_s": own_cpu,
+        "loop_lag_ms": lag.summary(),
+        "lowest_free_gib": lowest_free,
+    }
+
+
+class _LoopLag:
+    """How late this process's event loop wakes a task that sleeps ``LAG_TICK_S`` at a time: the
+    moments it notes (Ready, connected, accepted) are late by as much."""
+
+    def __init__(self) -> None:
+        self.late: list[float] = []
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_TICK_S)
+            self.late.append(max(0.0, time.monotonic() - before - LAG_TICK_S))
+
+    def summary(self) -> list[float]:
+        return [*percentiles_ms(self.late, (50, 99)), 1000 * max(self.late, default=float("nan"))]
+
+
+def _cpu_seconds(release: Release, label: str) -> float:
+    """CPU time the pods with ``label`` have used so far (``cpuacct.usage`` of their cgroups)."""
+    total = 0.0
+    for pod in release.get("pods", "-l", label)["items"]:
+        root = _CPUACCT / release.cluster.netns / "kubepods"
+        (cgroup,) = list(root.glob(f"**/pod{pod['metadata']['uid']}"))
+        total += int((cgroup / "cpuacct.usage").read_text()) / 1e9
+    return total
+
+
+def _available_gib() -> float:
+    """The machine's MemAvailable."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
 def _summary(
@@ -393,13 +514,20 @@ def _summary(
                 None if moment is None else round((moment - t.applied) * 1000)
                 for moment in (t.created, t.ready, t.connected, t.accepted, t.first_reply)
             ]
-            + ([t.refused] if t.refused else [])
+            + ([t.refused, t.refusal] if t.refused else [])
             for name, t in timings.items()
         },
     }
 
 
-def _report(results: list[dict[str, Any]], command: str, load: str, pool_cpu: str | None) -> str:
+def _report(
+    results: list[dict[str, Any]],
+    command: str,
+    load: str,
+    pool_cpu: str | None,
+    operator_cpu: str | None = None,
+    gateway_cpu: str | None = None,
+) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Pool readiness: pooled against dedicated sessions on a real node",
@@ -409,7 +537,10 @@ def _report(results: list[dict[str, Any]], command: str, load: str, pool_cpu: st
         f"{platform.python_version()}, Kubernetes v1.20.2 from tests/cluster/harness.py, the "
         "chart installed from the images built here with tests/cluster/values.yaml and the "
         "default pool's two gateways taking up to 100 streams each"
-        + (f", each gateway container requesting {pool_cpu} CPU." if pool_cpu else "."),
+        + (f", each gateway container requesting {pool_cpu} CPU" if pool_cpu else "")
+        + (f", the operator requesting {operator_cpu} CPU" if operator_cpu else "")
+        + (f", each dedicated pod's containers {gateway_cpu} CPU" if gateway_cpu else "")
+        + ".",
         "",
         "Sessions are created through the API by this process (one POST each, at the given rate; "
         "no kubectl process per session). **apply -> accepted** is the first accepted audio: "
@@ -482,17 +613,51 @@ def _report(results: list[dict[str, Any]], command: str, load: str, pool_cpu: st
             f"| {r['mode']} | {r['stream_s']:g} s | {rec['count']:.0f} | {rec['mean_ms']:.0f} ms "
             f"| {rec['p50_le_ms']:.0f} ms | {rec['p99_le_ms']:.0f} ms |"
         )
+    lines += [
+        "",
+        "Each round's resources, from just before its first POST until every session was accepted or refused "
+        "(or the settle timeout passed: the sessions then neither are unsettled): the CPU time the "
+        "operator's pod used (`cpuacct.usage` of its cgroup) and this process (which sends every "
+        "stream), how late this process's event loop woke a task sleeping 10 ms at a time "
+        "(p50 / p99 / max: the moments it notes are late by as much), and the machine's lowest "
+        "MemAvailable while it waited:",
+        "",
+        "| mode | stream | sessions | settled after | unsettled | operator CPU | bench CPU "
+        "| bench loop lag | lowest MemAvailable | gateway container restarts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lag = r["loop_lag_ms"]
+        lines.append(
+            f"| {r['mode']} | {r['stream_s']:g} s | {r['sessions']} | {r['settled_s']:.1f} s "
+            f"| {r['unsettled']} | {r['operator_cpu_s']:.1f} s | {r['bench_cpu_s']:.1f} s "
+            f"| {lag[0]:.0f} / {lag[1]:.0f} / {lag[2]:.0f} ms | {r['lowest_free_gib']:.1f} GiB "
+            f"| {r.get('restarts', 'n/a')} |"
+        )
+    capped = [r["capped"] for r in results if r.get("capped")]
+    if capped:
+        lines += ["", *capped]
     lines.append("")
     return "\n".join(lines)
 
 
 @contextlib.contextmanager
-def _release(pool_cpu: str | None) -> Iterator[Release]:
+def _release(
+    pool_cpu: str | None, operator_cpu: str | None = None, gateway_cpu: str | None = None
+) -> Iterator[Release]:
     # installed with the streams allowed (no upgrade: a rollout races kubectl wait's pod list)
     pool: dict[str, Any] = {"maxConnections": POOL_STREAMS}
     if pool_cpu is not None:
         pool["resources"] = {"requests": {"cpu": pool_cpu}}
-    values = {"pools": {"gateways": {"default": pool}}}
+    values: dict[str, Any] = {"pools": {"gateways": {"default": pool}}}
+    operator: dict[str, Any] = values.setdefault("operator", {})
+    if operator_cpu is not None:
+        operator["resources"] = {"requests": {"cpu": operator_cpu}}
+    if gateway_cpu is not None:  # the node's 2 CPUs of requests must hold every dedicated pod
+        operator["gateway"] = {
+            "resources": {"cpuRequest": gateway_cpu},
+            "persisterResources": {"cpuRequest": gateway_cpu},
+        }
     with running_cluster() as cluster, installed_release(cluster, values=values) as release:
         yield release
 
@@ -520,21 +685,81 @@ def main(argv: list[str]) -> int:
         "--pool-cpu",
         help="CPU request of each pool gateway container (default: tests/cluster/values.yaml's)",
     )
+    parser.add_argument(
+        "--operator-cpu",
+        help="CPU request of the operator container (default: tests/cluster/values.yaml's)",
+    )
+    parser.add_argument(
+        "--gateway-cpu",
+        help="CPU request of each dedicated gateway pod's gateway and persister containers "
+        "(default: tests/cluster/values.yaml's)",
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=SETTLE_TIMEOUT_S,
+        help="after the last session is created, wait this long at most for every session to be "
+        "accepted or refused; the rest count as unsettled",
+    )
+    parser.add_argument(
+        "--min-free-gib",
+        type=float,
+        default=3.0,
+        help="create only as many dedicated sessions as leave this much MemAvailable, at "
+        "--dedicated-pod-mib each",
+    )
+    parser.add_argument(
+        "--dedicated-pod-mib",
+        type=float,
+        default=180.0,
+        help="memory one dedicated session's pod is counted to take (measured: about 166 MiB)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT, help="where the report goes")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.pool_readiness", *argv])
     load = Path("/proc/loadavg").read_text().split(" ", 3)[:3]
     results = []
-    with _release(args.pool_cpu) as release:
+    with _release(args.pool_cpu, args.operator_cpu, args.gateway_cpu) as release:
         for seconds in args.stream_seconds:
             for mode, count in (("pooled", args.pooled), ("dedicated", args.dedicated)):
+                capped = ""
+                if mode == "dedicated" and count:
+                    free = _available_gib()
+                    fits = int((free - args.min_free_gib) * 1024 // args.dedicated_pod_mib)
+                    if fits < count:
+                        capped = (
+                            f"Dedicated sessions of the {seconds:g} s round: {max(fits, 0)} "
+                            f"instead of {count}: MemAvailable was {free:.1f} GiB before it, "
+                            f"{args.min_free_gib:g} GiB is kept free and a dedicated pod is "
+                            f"counted at {args.dedicated_pod_mib:g} MiB."
+                        )
+                        print(capped, flush=True)
+                        count = max(fits, 0)
                 if count:
                     result = asyncio.run(
-                        measure(release, mode, count, args.rate, seconds, args.reply_wait)
+                        measure(
+                            release,
+                            mode,
+                            count,
+                            args.rate,
+                            seconds,
+                            args.reply_wait,
+                            args.settle_timeout,
+                        )
                     )
+                    result["capped"] = capped
                     print(json.dumps(result), flush=True)
                     results.append(result)
-                    args.report.write_text(_report(results, command, " ".join(load), args.pool_cpu))
+                    args.report.write_text(
+                        _report(
+                            results,
+                            command,
+                            " ".join(load),
+                            args.pool_cpu,
+                            args.operator_cpu,
+                            args.gateway_cpu,
+                        )
+                    )
     print(args.report.read_text())
     return 0
 

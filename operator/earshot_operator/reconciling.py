@@ -7,6 +7,7 @@ the operator changes nothing that is already right.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
@@ -87,7 +88,7 @@ async def reconcile(
     if ingress is not None:
         wanted.append(ingress)
     wanted.append(manifests.build_deployment(gateway, settings=settings))  # last: its status
-    changes = [((await ensure(client, token, update=False))[0], token)]
+    changes = [((await ensure_token(client, token, body))[0], token)]
     deployment: Mapping[str, Any] | None = None
     for manifest in wanted:
         change, deployment = await ensure(client, manifest)
@@ -132,7 +133,7 @@ async def reconcile_pooled(
     pooled: dict[str, Any] = {"endpoint": pools.endpoint(pool, spec)}
     if spec.auth == "token":
         secret = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
-        change, actual = await ensure(client, secret, update=False)
+        change, actual = await ensure_token(client, secret, body)
         if change is Change.CREATED:
             created.append(_name_of(secret))
         token = base64.b64decode(actual["data"][dataplane.TOKEN_KEY]).decode()
@@ -251,14 +252,35 @@ async def refresh_from_pod(
     return await refresh_status(client, deployment, settings=settings)
 
 
-async def ensure(
-    client: KubeClient, wanted: Mapping[str, Any], *, update: bool = True
+async def ensure_token(
+    client: KubeClient, secret: Mapping[str, Any], body: Mapping[str, Any]
 ) -> tuple[Change, dict[str, Any]]:
-    """Create ``wanted`` if missing; patch it if ``update`` and it differs; else leave it."""
+    """Create the token Secret of ``body`` if missing, never change one that exists.
+
+    A resource whose status names no token Secret yet is new: its Secret is created without
+    reading first (a pooled session is Ready after this and its status write, so the read would be
+    a third of its round trips); one that exists anyway (a restart between the two) ends in a 409
+    and a read.
+    """
+    new = not (body.get("status") or {}).get("tokenSecret")
+    return await ensure(client, secret, update=False, create_first=new)
+
+
+async def ensure(
+    client: KubeClient,
+    wanted: Mapping[str, Any],
+    *,
+    update: bool = True,
+    create_first: bool = False,
+) -> tuple[Change, dict[str, Any]]:
+    """Create ``wanted`` if missing; patch it if ``update`` and it differs; else leave it.
+
+    ``create_first``: the object is most likely missing: create it without reading it first.
+    """
     path = path_of_object(wanted)
     # the watch cache is enough: a stale "missing" ends in a 409 and a fresh read below, a
     # stale "matches" is corrected by the next drift check
-    actual = await client.get(path, cached=True)
+    actual = None if create_first else await client.get(path, cached=True)
     if actual is None:
         try:
             return Change.CREATED, await client.create(wanted)
@@ -350,8 +372,10 @@ async def write_status(
             current = fresh
     previous = body.get("status") or {}
     notes = events.notes(previous, observation, created=created, updated=updated, drift=drift)
-    for note in notes:
-        await post_event(client, body, note, now=now, previous=previous)
+    # at once, not one round trip each: a new pooled session's reconcile posts Created and Ready
+    await asyncio.gather(
+        *(post_event(client, body, note, now=now, previous=previous) for note in notes)
+    )
     meta = body["metadata"]
     return Outcome(body["kind"], meta["namespace"], meta["name"], observation.phase, changes)
 
