@@ -21,7 +21,9 @@ model say is returned in order, and only whole (all of a chunk's responses toget
   makes it late; an answer arriving within the wait is returned at once, a later one with the
   next call (at most half a chunk later than it arrived), or with ``finish``. With more than
   :data:`MAX_IN_FLIGHT` requests out, it waits for the oldest: a Triton that falls behind holds
-  the caller up (its lag shows it) rather than queueing audio until requests time out.
+  the caller up rather than queueing audio until requests time out, and
+  :meth:`TritonRecognizer.remote_backlog_seconds` says how far behind it is (a gateway refuses new
+  streams by it).
 * The first chunk of a sequence (START) is the exception: it waits for its answer, so a model
   with no room refuses it at once (:class:`EngineOverloaded` from that call) before any other
   chunk is sent on a sequence that does not exist.
@@ -122,8 +124,9 @@ _CLOSE_TIMEOUT_SECONDS = 5.0
 #: How long ``accept`` waits for answers still out, as a share of the audio it was given: a real-time
 #: caller's next chunk comes one chunk duration later, and must not be made late by the wait.
 ANSWER_WAIT_SHARE = 0.5
-#: The most requests of a stream out at once; ``accept`` waits for the oldest beyond them (160 ms
-#: of Paraformer's 40 ms requests, 320 ms of Kyutai's 80 ms frames).
+#: The most requests of a stream left out when ``accept`` returns: beyond them it waits for the
+#: oldest (so at most one more is out while it does: 200 ms of Paraformer's 40 ms requests, 400 ms
+#: of Kyutai's 80 ms frames).
 MAX_IN_FLIGHT = 4
 # What writing to a call that broke or ended raises.
 _CALL_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
@@ -242,15 +245,20 @@ class TritonRecognizer:
         """When the model's next step can use a stream's audio (None: every chunk is sent)."""
         return MODELS[self._engine].window
 
-    def backlog_seconds(self) -> float:
-        """Seconds since the oldest request still unanswered was sent; 0 when none is out.
+    def remote_backlog_seconds(self) -> float:
+        """How far Triton is behind this process's streams; 0 when it keeps up.
 
-        A gateway's lag (``earshot.gateways.lagging``): a Triton falling behind shows here before
-        its requests time out, and the gateway refuses new streams by it.
+        The larger of the age of the oldest request still unanswered and how far the back
+        pressure (:data:`MAX_IN_FLIGHT`) has held a live stream's caller behind real time
+        (:attr:`TritonStream.held_behind_seconds`): a Triton serving a share of real time keeps
+        each stream's requests out for a bounded time, but holds its caller further behind with
+        every chunk. A gateway refuses new streams by it (``earshot.gateways.lagging``).
         """
         # Requests are sent in order and leave when answered: the first left is the oldest.
         oldest = next(iter(self._pending.values()), None)
-        return time.monotonic() - oldest.sent if oldest is not None else 0.0
+        waited = time.monotonic() - oldest.sent if oldest is not None else 0.0
+        held = max((s.held_behind_seconds for s in list(self._streams)), default=0.0)
+        return max(waited, held)
 
     def open_stream(self) -> TritonStream:
         """Start a stream; its sequence starts with its first chunk."""
@@ -371,6 +379,9 @@ class TritonRecognizer:
             self._pending.pop(request_id, None)
             if not future.done():
                 future.set_result(exc)
+        except BaseException:  # cancelled mid-write: nobody will wait for its answer
+            self._pending.pop(request_id, None)
+            raise
         return request_id, future
 
     def _abandon(self, request_id: str) -> None:
@@ -439,6 +450,8 @@ class TritonStream:
         self._finished = False
         self._sent_chunks = 0
         self._answered_chunks = 0
+        # How far the calls of accept have taken longer than the audio they carried.
+        self._held_behind = 0.0
 
     @property
     def sent_chunks(self) -> int:
@@ -453,6 +466,16 @@ class TritonStream:
         A chunk refused for overload counts as answered (its call raised).
         """
         return self._answered_chunks
+
+    @property
+    def held_behind_seconds(self) -> float:
+        """How far :meth:`accept` calls have held a real-time caller behind the audio it gave.
+
+        Each call adds what it took beyond its chunk's duration and takes off what it took less,
+        never going below 0: a Triton that keeps up leaves it at 0, one serving half of real time
+        adds half a second per second of audio. A finished stream is 0.
+        """
+        return 0.0 if self._finished else self._held_behind
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Send a chunk; return the answers complete by then, in order (see the module docstring).
@@ -471,8 +494,11 @@ class TritonStream:
             # The first chunk goes at once: its START is refused at once when the model is full.
             if self._gathered.add(samples) or self._sequence_id is None:
                 await self._hand_over(self._gathered.take(), heard, end=False)
-            await self._wait(ANSWER_WAIT_SHARE * len(samples) / self._owner.sample_rate)
+            duration = len(samples) / self._owner.sample_rate
+            await self._wait(ANSWER_WAIT_SHARE * duration)
             await self._bound_in_flight()
+            took = time.perf_counter() - heard
+            self._held_behind = max(0.0, self._held_behind + took - duration)
             return self._take_held()
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
