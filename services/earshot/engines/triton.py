@@ -471,9 +471,10 @@ class TritonStream:
     def held_behind_seconds(self) -> float:
         """How far :meth:`accept` calls have held a real-time caller behind the audio it gave.
 
-        Each call adds what it took beyond its chunk's duration and takes off what it took less,
-        never going below 0: a Triton that keeps up leaves it at 0, one serving half of real time
-        adds half a second per second of audio. A finished stream is 0.
+        Each call but a sequence's first (its START waits for the answer) adds what it took beyond
+        its chunk's duration and takes off what it took less, never going below 0: a Triton that
+        keeps up leaves it at 0, one serving half of real time adds a second per second of audio.
+        A finished stream is 0.
         """
         return 0.0 if self._finished else self._held_behind
 
@@ -492,13 +493,15 @@ class TritonStream:
                 raise self._error
             self._collect()
             # The first chunk goes at once: its START is refused at once when the model is full.
-            if self._gathered.add(samples) or self._sequence_id is None:
+            opens = self._sequence_id is None
+            if self._gathered.add(samples) or opens:
                 await self._hand_over(self._gathered.take(), heard, end=False)
             duration = len(samples) / self._owner.sample_rate
             await self._wait(ANSWER_WAIT_SHARE * duration)
             await self._bound_in_flight()
-            took = time.perf_counter() - heard
-            self._held_behind = max(0.0, self._held_behind + took - duration)
+            if not opens:  # a START waits for its answer by design, not by back pressure
+                took = time.perf_counter() - heard
+                self._held_behind = max(0.0, self._held_behind + took - duration)
             return self._take_held()
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
