@@ -372,10 +372,15 @@ async def write_status(
             current = fresh
     previous = body.get("status") or {}
     notes = events.notes(previous, observation, created=created, updated=updated, drift=drift)
-    # at once, not one round trip each: a new pooled session's reconcile posts Created and Ready
-    await asyncio.gather(
-        *(post_event(client, body, note, now=now, previous=previous) for note in notes)
+    # at once, not one round trip each: a new pooled session's reconcile posts Created and Ready;
+    # every post ends before a failure of one is raised, so none is left running on its own
+    posted = await asyncio.gather(
+        *(post_event(client, body, note, now=now, previous=previous) for note in notes),
+        return_exceptions=True,
     )
+    for result in posted:
+        if isinstance(result, BaseException):
+            raise result
     meta = body["metadata"]
     return Outcome(body["kind"], meta["namespace"], meta["name"], observation.phase, changes)
 
