@@ -263,6 +263,17 @@ async def _with_token_secret(api: KubeClient, namespace: str, name: str) -> dict
     return body if (body.get("status") or {}).get("tokenSecret") else None
 
 
+async def event_posted(
+    api: KubeClient, namespace: str, kind: str, reason: str, *, name: str = TALKROOM
+) -> None:
+    """Wait for an event: the operator posts a reconcile's events after its status patch."""
+
+    async def posted() -> bool:
+        return (kind, reason) in await events_of(api, namespace, name=name)
+
+    await eventually(posted, timeout_s=15, what=f"the {kind} {reason} event")
+
+
 async def events_of(
     api: KubeClient, namespace: str, *, name: str = TALKROOM
 ) -> list[tuple[str, str]]:
@@ -409,7 +420,7 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             assert in_call["phase"] == "Ready"
             condition = next(c for c in in_call["conditions"] if c["type"] == "InCall")
             assert condition["status"] == "True"
-            assert ("Normal", "InCall") in await events_of(api, namespace)
+            await event_posted(api, namespace, "Normal", "InCall")
             shown = (await http.get("/api/v1/status")).json()
             [room] = shown["rooms"]
             assert (room["roomToken"], room["state"], room["speakers"]) == (ROOM, "InCall", 2)
@@ -483,7 +494,7 @@ async def test_a_talk_request_makes_the_room_gateway_join_and_captions_follow_it
             await eventually(
                 lambda: _phase(api, namespace, "Completed"), what="the TalkRoom to complete"
             )
-            assert ("Normal", "Left") in await events_of(api, namespace)
+            await event_posted(api, namespace, "Normal", "Left")
             status, _ = gateway.probe(ready_url)
             assert status == 503
             # The call's finals were kept in the gateway's spool, for its persister sidecar.
@@ -583,7 +594,7 @@ async def test_a_room_gateway_the_hpb_refuses_reports_the_signaling_error(
         assert "retrying in" in failed["room"]["message"]
         condition = next(c for c in failed["conditions"] if c["type"] == "InCall")
         assert (condition["status"], condition["reason"]) == ("False", "Failed")
-        assert ("Warning", "Failed") in await events_of(api, namespace)
+        await event_posted(api, namespace, "Warning", "Failed")
         status, body = gateway.probe(ready_url)
         assert (status, json.loads(body)["state"]) == (503, "Failed")
         assert gateway.running, gateway.tail()
@@ -710,7 +721,7 @@ async def test_a_room_gateway_leaves_when_its_caption_targets_empty_while_the_ro
         )
         assert left["room"]["message"] == "left the call: nobody wants captions"
         assert (await talkroom(api, namespace, name))["spec"]["active"] is True
-        assert ("Normal", "Left") in await events_of(api, namespace, name=name)
+        await event_posted(api, namespace, "Normal", "Left", name=name)
 
         await _until(lambda: bob.saw_leave(bot), 30, "the room to see the gateway leave", gateway)
         status, _ = gateway.probe(ready_url)
@@ -749,7 +760,7 @@ async def test_a_room_gateway_in_a_call_where_nobody_speaks_is_idle_until_somebo
         assert idle["room"]["message"].startswith("in the call with nobody speaking yet"), idle
         condition = next(c for c in idle["conditions"] if c["type"] == "InCall")
         assert (condition["status"], condition["reason"]) == ("True", "Idle")
-        assert ("Normal", "Idle") in await events_of(api, namespace, name=name)
+        await event_posted(api, namespace, "Normal", "Idle", name=name)
         # Idle is in the call: the probe answers, the pod is Ready, and so is the TalkRoom
         status, body = gateway.probe(ready_url)
         assert (status, json.loads(body)["state"]) == (200, "Idle")
@@ -766,7 +777,7 @@ async def test_a_room_gateway_in_a_call_where_nobody_speaks_is_idle_until_somebo
             lambda: room_is(api, namespace, "InCall", name=name), what="the TalkRoom to say InCall"
         )
         assert in_call["room"]["speakers"] == 1
-        assert ("Normal", "InCall") in await events_of(api, namespace, name=name)
+        await event_posted(api, namespace, "Normal", "InCall", name=name)
 
 
 async def _answers(process: ContainerProcess, url: str) -> bool:
