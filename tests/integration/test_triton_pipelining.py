@@ -158,6 +158,9 @@ async def test_a_stream_with_too_many_chunks_unanswered_waits_for_the_oldest(
         # Answered now, but the caller was held about a second beyond its 50 ms of audio.
         assert stream.held_behind_seconds >= 0.9
         assert recognizer.remote_backlog_seconds() >= 0.9
+        held = stream.held_behind_seconds
+        await asyncio.sleep(0.5)  # a caller sending nothing is held by nobody
+        assert stream.held_behind_seconds <= held - 0.45
         said.extend(await stream.finish())
         assert recognizer.remote_backlog_seconds() == 0.0
     finally:

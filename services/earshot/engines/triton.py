@@ -450,8 +450,10 @@ class TritonStream:
         self._finished = False
         self._sent_chunks = 0
         self._answered_chunks = 0
-        # How far the calls of accept have taken longer than the audio they carried.
+        # How far the calls of accept have taken longer than the audio they carried, at the end of
+        # the last call (a caller that sends nothing is held by nobody: it decays from then on).
         self._held_behind = 0.0
+        self._held_at = time.perf_counter()
 
     @property
     def sent_chunks(self) -> int:
@@ -474,9 +476,12 @@ class TritonStream:
         Each call but a sequence's first (its START waits for the answer) adds what it took beyond
         its chunk's duration and takes off what it took less, never going below 0: a Triton that
         keeps up leaves it at 0, one serving half of real time adds a second per second of audio.
-        A finished stream is 0.
+        Between calls it decays with the time since the last one returned (a caller that pauses is
+        not held); a finished stream is 0.
         """
-        return 0.0 if self._finished else self._held_behind
+        if self._finished:
+            return 0.0
+        return max(0.0, self._held_behind - (time.perf_counter() - self._held_at))
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Send a chunk; return the answers complete by then, in order (see the module docstring).
@@ -500,8 +505,9 @@ class TritonStream:
             await self._wait(ANSWER_WAIT_SHARE * duration)
             await self._bound_in_flight()
             if not opens:  # a START waits for its answer by design, not by back pressure
-                took = time.perf_counter() - heard
-                self._held_behind = max(0.0, self._held_behind + took - duration)
+                held_before = max(0.0, self._held_behind - (heard - self._held_at))
+                self._held_at = time.perf_counter()
+                self._held_behind = max(0.0, held_before + (self._held_at - heard) - duration)
             return self._take_held()
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:
