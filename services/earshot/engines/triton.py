@@ -125,9 +125,11 @@ _CLOSE_TIMEOUT_SECONDS = 5.0
 #: caller's next chunk comes one chunk duration later, and must not be made late by the wait.
 ANSWER_WAIT_SHARE = 0.5
 #: The most requests of a stream left out when ``accept`` returns: beyond them it waits for the
-#: oldest (so at most one more is out while it does: 200 ms of Paraformer's 40 ms requests, 400 ms
-#: of Kyutai's 80 ms frames).
-MAX_IN_FLIGHT = 4
+#: oldest (2.6 s of Paraformer's 40 ms requests, 5.2 s of Kyutai's 80 ms frames). Deep enough for
+#: a client that sends faster than real time to be recognised at Triton's pace (at 4, streams sent
+#: at full speed missed their last final in the cluster tests), and for the oldest request's age
+#: to pass the gateways' 0.5 s lag limit before the bound holds a caller up.
+MAX_IN_FLIGHT = 64
 # What writing to a call that broke or ended raises.
 _CALL_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
 
