@@ -21,7 +21,9 @@ model say is returned in order, and only whole (all of a chunk's responses toget
   makes it late; an answer arriving within the wait is returned at once, a later one with the
   next call (at most half a chunk later than it arrived), or with ``finish``. With more than
   :data:`MAX_IN_FLIGHT` requests out, it waits for the oldest: a Triton that falls behind holds
-  the caller up (its lag shows it) rather than queueing audio until requests time out.
+  the caller up rather than queueing audio until requests time out. A gateway's lag counts the
+  oldest request's age (:meth:`TritonRecognizer.backlog_seconds`), which stays short while a caller
+  is held: how far a held caller drifts is not measured yet.
 * The first chunk of a sequence (START) is the exception: it waits for its answer, so a model
   with no room refuses it at once (:class:`EngineOverloaded` from that call) before any other
   chunk is sent on a sequence that does not exist.
