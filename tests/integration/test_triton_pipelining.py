@@ -163,6 +163,38 @@ async def test_a_stream_with_too_many_chunks_unanswered_waits_for_the_oldest(
 
 
 @pytest.mark.asyncio
+async def test_answers_that_come_after_the_last_call_are_collected_without_sending_audio(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=20.0)
+    stream = recognizer.open_stream()
+    sizes = [1600, 800, 2400]
+    try:
+        said = await stream.accept(silence(sizes[0]))  # START: answered within the call
+        said.extend(await stream.accept(silence(sizes[1])))  # answered when the next arrives
+        assert stream.unanswered
+        os.kill(triton.pid, signal.SIGSTOP)  # the second chunk's answer comes after this call
+        try:
+            said.extend(await stream.accept(silence(sizes[2])))
+        finally:
+            os.kill(triton.pid, signal.SIGCONT)
+        assert (stream.sent_chunks, stream.answered_chunks) == (3, 1)
+        deadline = time.monotonic() + 10.0
+        while stream.answered_chunks < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            said.extend(await stream.collect())
+        assert stream.sent_chunks == 3  # nothing was sent to get it
+        assert said == counted(sizes)[:2]
+        assert stream.unanswered  # the third chunk's answer waits for a chunk that never comes
+        said.extend(await stream.finish())
+        assert not stream.unanswered
+    finally:
+        await recognizer.aclose()
+
+    assert said == counted(sizes)
+
+
+@pytest.mark.asyncio
 async def test_a_link_broken_mid_pipeline_resends_the_unanswered_chunks_on_a_new_sequence(
     triton: triton_server.TritonServer,
 ) -> None:

@@ -64,6 +64,13 @@ class PipelinedStream:
         self._clock.now += CALL_SECONDS
         return said
 
+    @property
+    def unanswered(self) -> bool:
+        return self.answered_chunks < self.sent_chunks
+
+    async def collect(self) -> list[Recognition]:
+        return self._answer_sent()
+
     def _answer_sent(self) -> list[Recognition]:
         said: list[Recognition] = []
         while self.answered_chunks < self.sent_chunks:
@@ -180,3 +187,20 @@ async def test_an_in_process_answer_is_timed_from_the_chunk_of_its_call(
     assert said.replied_for == 1010.0
     assert observed("earshot_final_latency_seconds", engine) == (1, 0.5)
     assert observed("earshot_chunk_processing_seconds", engine) == (2, 1.0)
+
+
+async def test_an_answer_collected_while_the_client_is_quiet_is_timed_from_its_own_chunk(
+    clock: FakeClock, stores: Stores
+) -> None:
+    engine = "fake-quiet"
+    stream = PipelinedStream(clock, [[Recognition("hello", is_final=True)]])
+    said = transcription(stream, stores, engine)
+    assert await said.feed(CHUNK) == []  # the client's last chunk, at 1000: its answer is out
+    assert said.unanswered
+    clock.now = 1000.7  # no chunk comes; the gateway collects
+    out = await said.collect()
+    assert out == [{"type": "final", "text": "hello", "seq": 1}]
+    assert not said.unanswered
+    assert said.replied_for == 1000.0
+    assert observed("earshot_final_latency_seconds", engine) == (1, pytest.approx(0.7))
+    assert observed("earshot_chunk_processing_seconds", engine) == (1, pytest.approx(0.7))

@@ -56,13 +56,35 @@ class RecognizerStream(Protocol):
         ...
 
 
+#: How long a caller whose audio pauses (a client done talking, a muted speaker) waits for more
+#: before it collects the answers of a :class:`PipelinedStream` that are still out.
+QUIET_COLLECT_SECONDS = 0.1
+
+
 @runtime_checkable
 class PipelinedStream(Protocol):
     """A stream that may return a chunk's answer with a later call: it counts chunks to tell when.
 
     Chunks are answered in order: the ``i``-th chunk sent (from 0) once :attr:`answered_chunks`
     exceeds ``i``. A call that sends nothing (audio held back) is answered by that call.
+
+    The answers of the last chunks before a pause would wait for the next audio: a caller whose
+    audio stops for :data:`QUIET_COLLECT_SECONDS` while :attr:`unanswered` calls :meth:`collect`
+    (again after each such pause), so a client waiting for its last final hears it.
     """
+
+    @property
+    def unanswered(self) -> bool:
+        """Whether answers of chunks sent have not been returned by a call yet."""
+        ...
+
+    async def collect(self) -> list[Recognition]:
+        """Return the answers complete now, in order, sending no audio.
+
+        Raises:
+            EngineError: as :meth:`RecognizerStream.accept` (an error answer, or none in time).
+        """
+        ...
 
     @property
     def sent_chunks(self) -> int:

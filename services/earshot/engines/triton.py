@@ -19,7 +19,9 @@ model say is returned in order, and only whole (all of a chunk's responses toget
   half the chunk's audio duration (:data:`ANSWER_WAIT_SHARE`), and returns every answer complete
   by then. A real-time caller's next chunk arrives one chunk duration later, so the wait never
   makes it late; an answer arriving within the wait is returned at once, a later one with the
-  next call (at most half a chunk later than it arrived), or with ``finish``. With more than
+  next call (at most half a chunk later than it arrived), with :meth:`TritonStream.collect`
+  (which a caller whose audio pauses calls, see
+  :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS`), or with ``finish``. With more than
   :data:`MAX_IN_FLIGHT` requests out, it waits for the oldest: a Triton that falls behind holds
   the caller up rather than queueing audio until requests time out. A gateway's lag counts the
   oldest request's age (:meth:`TritonRecognizer.backlog_seconds`), which stays short while a caller
@@ -475,6 +477,30 @@ class TritonStream:
                 await self._hand_over(self._gathered.take(), heard, end=False)
             await self._wait(ANSWER_WAIT_SHARE * len(samples) / self._owner.sample_rate)
             await self._bound_in_flight()
+            return self._take_held()
+
+    @property
+    def unanswered(self) -> bool:
+        """Whether chunks sent have answers (or a lost sequence's last partial) not returned yet."""
+        return bool(self._in_flight or self._held or self._unsent)
+
+    async def collect(self) -> list[Recognition]:
+        """Return the answers complete now, in order, sending nothing new.
+
+        What a lost sequence left unanswered is resent on a new one, as the next chunk would.
+
+        Raises:
+            EngineError: Triton answered a chunk with an error, or not within the request timeout,
+                or stayed unreachable.
+        """
+        if self._finished:
+            return []
+        async with self._lock:
+            if self._error is not None:
+                raise self._error
+            if not self._collect() or self._unsent:
+                # The link broke: resend on a new sequence (no audio of the caller's own).
+                await self._hand_over(_EMPTY, time.perf_counter(), end=False, chunks=0)
             return self._take_held()
 
     async def finish(self, tail: Samples | None = None) -> list[Recognition]:

@@ -19,7 +19,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,12 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from earshot import metrics
 from earshot.audio.codecs import InvalidAudio
 from earshot.audio.framing import duration_seconds
-from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
+from earshot.engines.recognizers import (
+    QUIET_COLLECT_SECONDS,
+    EngineError,
+    EngineOverloaded,
+    Recognizer,
+)
 from earshot.events import InvalidSessionId, SessionId, parse_session_id
 from earshot.gateways import lagging
 from earshot.gateways.g711 import dumping, messages, registrations, releasing
@@ -591,11 +596,19 @@ async def _pump_frames(
     try:
         while True:
             try:
-                event = await _receive(occupant, idle)
+                event = await _receive(occupant, idle, quiet=transcription.unanswered)
             except TimeoutError:
                 return occupant.reason if occupant.stopping else _idle(settings)
             if event is None:
-                continue  # stop() interrupted a long wait: wait again, briefly
+                # stop() interrupted a long wait, or the client went quiet with answers out
+                if transcription.unanswered:
+                    refusal, out = await _step(transcription.collect())
+                    if refusal is not None:
+                        return refusal
+                    if listening and out:
+                        listening = await _send(websocket, out, settings)
+                        _observe_reply(transcription, time.perf_counter())
+                continue
             arrived = time.perf_counter()
             idle.heard()
             if event["type"] == "websocket.disconnect":
@@ -622,7 +635,7 @@ async def _pump_frames(
                 duration_seconds(len(chunk), settings.audio_codec, settings.audio_rate)
             )
             try:
-                out = await transcription.feed(chunk, arrived)
+                refusal, out = await _step(transcription.feed(chunk, arrived))
             except InvalidAudio as exc:
                 if settings.bad_frame_policy == "refuse":
                     return Refusal("invalid_audio", str(exc), CloseCode.INVALID_PAYLOAD)
@@ -630,34 +643,46 @@ async def _pump_frames(
                 metrics.FRAMES_SKIPPED.labels(GATEWAY, "invalid_audio").inc()
                 log.debug("session %s: frame skipped: %s", transcription.session_id, exc)
                 continue
-            except EngineOverloaded:
-                return OVERLOADED
-            except SpoolFull:
-                return SPOOL_FULL
-            except EngineError as exc:
-                return Refusal(
-                    "engine_error",
-                    f"recognition failed: {exc}",
-                    CloseCode.INTERNAL_ERROR,
-                    retryable=True,
-                )
-            except (StorageError, SpoolError) as exc:
-                return _storage_refusal(exc)
-            except OutOfRange as exc:
-                return Refusal(
-                    "result_out_of_range",
-                    f"a result cannot be stored: {exc}",
-                    CloseCode.INTERNAL_ERROR,
-                )
+            if refusal is not None:
+                return refusal
             if dump is not None:
                 dump.write(chunk)
             if listening and out:
                 listening = await _send(websocket, out, settings)
-                replied_for = transcription.replied_for
-                cause = arrived if replied_for is None else replied_for
-                meters.reply_latency.observe(time.perf_counter() - cause)
+                _observe_reply(transcription, arrived)
     finally:
         idle.close()
+
+
+def _observe_reply(transcription: Transcription, arrived: float) -> None:
+    """Time the reply just sent from the chunk behind it (``arrived``: this call's chunk)."""
+    replied_for = transcription.replied_for
+    cause = arrived if replied_for is None else replied_for
+    transcription.meters.reply_latency.observe(time.perf_counter() - cause)
+
+
+async def _step(
+    recognising: Awaitable[list[messages.ServerMessage]],
+) -> tuple[Refusal | None, list[messages.ServerMessage]]:
+    """What a transcription call returned, or why the stream ends when it raised."""
+    try:
+        return None, await recognising
+    except EngineOverloaded:
+        return OVERLOADED, []
+    except SpoolFull:
+        return SPOOL_FULL, []
+    except EngineError as exc:
+        engine_error = Refusal(
+            "engine_error", f"recognition failed: {exc}", CloseCode.INTERNAL_ERROR, retryable=True
+        )
+        return engine_error, []
+    except (StorageError, SpoolError) as exc:
+        return _storage_refusal(exc), []
+    except OutOfRange as exc:
+        out_of_range = Refusal(
+            "result_out_of_range", f"a result cannot be stored: {exc}", CloseCode.INTERNAL_ERROR
+        )
+        return out_of_range, []
 
 
 class _IdleWatch:
@@ -704,8 +729,9 @@ class _IdleWatch:
 _IDLE_RECHECK_SECONDS = 0.05
 
 
-async def _receive(occupant: _Occupant, idle: _IdleWatch) -> Message | None:
-    """The next message; None when stop() interrupted the wait for it.
+async def _receive(occupant: _Occupant, idle: _IdleWatch, *, quiet: bool) -> Message | None:
+    """The next message; None when stop() interrupted the wait for it or, with ``quiet``, when
+    none came within :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS`.
 
     Raises:
         TimeoutError: none within the idle timeout or, once stopping, the shutdown bounds.
@@ -713,7 +739,13 @@ async def _receive(occupant: _Occupant, idle: _IdleWatch) -> Message | None:
     occupant.receiving = True
     try:
         if not occupant.stopping:
-            return await occupant.websocket.receive()
+            if not quiet:
+                return await occupant.websocket.receive()
+            try:
+                async with asyncio.timeout(QUIET_COLLECT_SECONDS):
+                    return await occupant.websocket.receive()
+            except TimeoutError:
+                return None
         left = occupant.stopped_at + SHUTDOWN_READ_SECONDS - time.monotonic()
         if left <= 0:
             raise TimeoutError

@@ -191,6 +191,27 @@ class Transcription:
             self.meters.without_text.inc()
         return await self._publish(recognitions, arrived)
 
+    @property
+    def unanswered(self) -> bool:
+        """Whether the recogniser holds answers to chunks already fed (see :meth:`collect`)."""
+        return self._pipelined is not None and self._pipelined.unanswered
+
+    async def collect(self) -> list[messages.ServerMessage]:
+        """The messages of answers that came since the last call, while no audio arrived.
+
+        A pipelined recogniser returns a chunk's answer with a later call: when the client pauses
+        (or has sent its last chunk and waits for its last final), this is that call.
+
+        Raises:
+            EngineError: the recogniser failed (what it said before is stored).
+            SpoolError: the spool cannot be written.
+        """
+        if self._pipelined is None:
+            return []
+        recognitions = await self._pipelined.collect()
+        self._observe_answered()
+        return await self._publish(recognitions, time.perf_counter())
+
     async def finish(self) -> list[messages.ServerMessage]:
         """End the stream: recognise the audio still held and finalise the pending partial.
 

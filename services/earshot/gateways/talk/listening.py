@@ -3,7 +3,9 @@
 Frames from aiortc (Opus decoded to s16, 48 kHz, stereo or mono) are queued as they arrive without
 blocking the WebRTC receiver; a full queue drops the frame and counts it. One task takes what is
 queued, downmixes each frame by its own layout, resamples with one stateful resampler and feeds the
-speaker's recogniser stream. Closing finishes the stream, so a pending partial becomes a final.
+speaker's recogniser stream; while the speaker is quiet, the answers a pipelined recogniser
+(Triton) still owes are collected as they come. Closing finishes the stream, so a pending partial
+becomes a final.
 Each recognition is reported with its :class:`Heard` times (when its segment's audio began to
 arrive, when the audio that produced it arrived), from which the room measures caption latency.
 """
@@ -23,7 +25,13 @@ import numpy.typing as npt
 from earshot import metrics
 from earshot.audio.downmixing import InvalidLayout, downmix_s16
 from earshot.audio.resampling import StreamResampler
-from earshot.engines.recognizers import EngineError, EngineOverloaded, Recognizer
+from earshot.engines.recognizers import (
+    QUIET_COLLECT_SECONDS,
+    EngineError,
+    EngineOverloaded,
+    PipelinedStream,
+    Recognizer,
+)
 from earshot.events import Recognition
 from earshot.gateways.arrivals import ChunkArrivals
 
@@ -114,8 +122,9 @@ class SpeakerAudio:
         active = metrics.ACTIVE_STREAMS.labels(GATEWAY, engine)
         active.inc()
         stream = self._recognizer.open_stream()
+        pipelined = stream if isinstance(stream, PipelinedStream) else None
         try:
-            while (samples := await self._next_audio()) is not None:
+            while (samples := await self._next_audio(pipelined)) is not None:
                 if samples.size:
                     self._arrivals.hand(self._chunk_arrived)
                     await self._accept(stream.accept(samples), samples.size)
@@ -133,9 +142,11 @@ class SpeakerAudio:
             finally:
                 active.dec()
 
-    async def _next_audio(self) -> npt.NDArray[np.float32] | None:
+    async def _next_audio(
+        self, pipelined: PipelinedStream | None
+    ) -> npt.NDArray[np.float32] | None:
         """Everything queued now, as one chunk at the engine's rate; None at the end."""
-        frames = [await self._queue.get()]
+        frames = [await self._next_frame(pipelined)]
         while frames[-1] is not None and not self._queue.empty():
             frames.append(self._queue.get_nowait())
         end = frames[-1] is None
@@ -152,6 +163,17 @@ class SpeakerAudio:
             # Put the marker back: this chunk is recognised first, the next call ends the stream.
             self._queue.put_nowait(None)
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    async def _next_frame(self, pipelined: PipelinedStream | None) -> tuple[PcmFrame, float] | None:
+        """The next frame queued (None: the end); while the speaker is quiet with answers out,
+        they are reported as they come (a muted speaker's last final is captioned at once)."""
+        while pipelined is not None and pipelined.unanswered:
+            try:
+                async with asyncio.timeout(QUIET_COLLECT_SECONDS):
+                    return await self._queue.get()
+            except TimeoutError:
+                await self._report(await pipelined.collect())
+        return await self._queue.get()
 
     def _convert(self, frame: PcmFrame) -> npt.NDArray[np.float32]:
         try:
