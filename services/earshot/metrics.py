@@ -74,6 +74,13 @@ GATEWAY_LAG = Gauge(
     "of its event loop's lateness and the age of the oldest audio waiting for the recogniser.",
     ["gateway"],
 )
+TRITON_BACKLOG = Gauge(
+    "earshot_triton_backlog_seconds",
+    "How far Triton is behind the gateway process's streams, at its peak over the last second: the "
+    "larger of the age of its oldest unanswered request and how far waiting for answers has held a "
+    "stream behind real time. Above EARSHOT_MAX_LAG_SECONDS new streams are refused.",
+    ["gateway"],
+)
 INFERENCE_LOAD = Gauge(
     "earshot_inference_load_ratio",
     "The share of the in-process recogniser's workers that the telephony gateway's streams, "

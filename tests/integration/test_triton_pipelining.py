@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from earshot.engines.recognizers import EngineError, Samples
 from earshot.engines.triton import MAX_IN_FLIGHT, TritonRecognizer
 from earshot.events import Recognition
-from earshot.gateways.lagging import Backlogged
+from earshot.gateways.lagging import RemoteBacklogged
 from tests import triton_server
 
 pytestmark = pytest.mark.integration
@@ -140,6 +140,7 @@ async def test_a_stream_with_too_many_chunks_unanswered_waits_for_the_oldest(
     try:
         said = await stream.accept(silence(sizes[0]))  # a START waits for its answer: none out
         os.kill(triton.pid, signal.SIGSTOP)  # Triton stops answering
+        stopped = time.monotonic()
         try:
             for size in sizes[1:-1]:  # up to MAX_IN_FLIGHT out: each call returns after its wait
                 said.extend(await asyncio.wait_for(stream.accept(silence(size)), 2.0))
@@ -147,15 +148,21 @@ async def test_a_stream_with_too_many_chunks_unanswered_waits_for_the_oldest(
             one_more = asyncio.create_task(stream.accept(silence(sizes[-1])))
             await asyncio.sleep(1.0)
             assert not one_more.done()  # held up until Triton answers the oldest
-            # and the gateway's lag sees Triton falling behind
-            assert isinstance(recognizer, Backlogged)
-            assert recognizer.backlog_seconds() >= 1.0
+            # and a gateway sees Triton falling behind: the oldest request's age
+            assert isinstance(recognizer, RemoteBacklogged)
+            assert recognizer.remote_backlog_seconds() >= time.monotonic() - stopped - 0.1
         finally:
             os.kill(triton.pid, signal.SIGCONT)
         said.extend(await asyncio.wait_for(one_more, 10.0))
         assert stream.sent_chunks - stream.answered_chunks <= MAX_IN_FLIGHT
+        # Answered now, but the caller was held about a second beyond its 50 ms of audio.
+        assert stream.held_behind_seconds >= 0.9
+        assert recognizer.remote_backlog_seconds() >= 0.9
+        held = stream.held_behind_seconds
+        await asyncio.sleep(0.5)  # a caller sending nothing is held by nobody
+        assert stream.held_behind_seconds <= held - 0.45
         said.extend(await stream.finish())
-        assert recognizer.backlog_seconds() == 0.0
+        assert recognizer.remote_backlog_seconds() == 0.0
     finally:
         await recognizer.aclose()
 

@@ -66,6 +66,47 @@ def test_the_recognisers_backlog_counts_at_its_peak() -> None:
     assert not monitor.lagging()
 
 
+def test_a_remote_engines_backlog_refuses_but_is_not_the_processs_lag() -> None:
+    clock = Clock()
+    remote = [0.0]
+    registry = prometheus_client.CollectorRegistry()
+    lag_gauge = prometheus_client.Gauge("lag", "", registry=registry)
+    remote_gauge = prometheus_client.Gauge("remote", "", registry=registry)
+    monitor = LagMonitor(
+        0.5,
+        clock=clock,
+        gauge=lag_gauge,
+        remote_backlog=lambda: remote[0],
+        remote_gauge=remote_gauge,
+    )
+    ticks(monitor, clock, [0.0] * 5)
+    remote[0] = 0.9
+    ticks(monitor, clock, [0.0])
+    remote[0] = 0.0
+    ticks(monitor, clock, [0.0] * 5)
+    assert monitor.lagging()  # its peak over the window counts
+    assert monitor.remote_backlog_seconds == pytest.approx(0.9)
+    assert registry.get_sample_value("remote") == pytest.approx(0.9)
+    # the process itself keeps up: the gauge the gateway autoscaler reads stays low
+    assert monitor.lag_seconds == 0.0
+    assert registry.get_sample_value("lag") == 0.0
+    ticks(monitor, clock, [0.0] * 25)
+    assert not monitor.lagging()
+    assert registry.get_sample_value("remote") == 0.0
+
+
+def test_the_gateway_reads_a_remote_recognisers_backlog_apart() -> None:
+    class Remote:
+        def remote_backlog_seconds(self) -> float:
+            return 2.0
+
+    monitor = lagging.for_gateway("test-remote", 0.5, Remote())
+    monitor.sample(0.0)
+    assert monitor.lagging()
+    assert monitor.lag_seconds == 0.0
+    assert monitor.remote_backlog_seconds == 2.0
+
+
 def test_no_limit_never_refuses_but_still_measures() -> None:
     clock = Clock()
     gauge = prometheus_client.Gauge("test_lag_seconds", "lag", registry=None)

@@ -23,9 +23,9 @@ model say is returned in order, and only whole (all of a chunk's responses toget
   (which a caller whose audio pauses calls, see
   :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS`), or with ``finish``. With more than
   :data:`MAX_IN_FLIGHT` requests out, it waits for the oldest: a Triton that falls behind holds
-  the caller up rather than queueing audio until requests time out. A gateway's lag counts the
-  oldest request's age (:meth:`TritonRecognizer.backlog_seconds`), which stays short while a caller
-  is held: how far a held caller drifts is not measured yet.
+  the caller up rather than queueing audio until requests time out, and
+  :meth:`TritonRecognizer.remote_backlog_seconds` says how far behind it is (a gateway refuses new
+  streams by it).
 * The first chunk of a sequence (START) is the exception: it waits for its answer, so a model
   with no room refuses it at once (:class:`EngineOverloaded` from that call) before any other
   chunk is sent on a sequence that does not exist.
@@ -126,8 +126,11 @@ _CLOSE_TIMEOUT_SECONDS = 5.0
 #: How long ``accept`` waits for answers still out, as a share of the audio it was given: a real-time
 #: caller's next chunk comes one chunk duration later, and must not be made late by the wait.
 ANSWER_WAIT_SHARE = 0.5
-#: The most requests of a stream out at once; ``accept`` waits for the oldest beyond them (160 ms
-#: of Paraformer's 40 ms requests, 320 ms of Kyutai's 80 ms frames).
+#: The most requests of a stream left out when ``accept`` returns: beyond them it waits for the
+#: oldest (so at most one more is out while it does: 200 ms of Paraformer's 40 ms requests, 400 ms
+#: of Kyutai's 80 ms frames). Triton runs a sequence's requests one at a time, so a deeper pipeline
+#: would only queue audio there; how far the bound holds a caller back is measured
+#: (:attr:`TritonStream.held_behind_seconds`).
 MAX_IN_FLIGHT = 4
 # What writing to a call that broke or ended raises.
 _CALL_ERRORS = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
@@ -246,15 +249,20 @@ class TritonRecognizer:
         """When the model's next step can use a stream's audio (None: every chunk is sent)."""
         return MODELS[self._engine].window
 
-    def backlog_seconds(self) -> float:
-        """Seconds since the oldest request still unanswered was sent; 0 when none is out.
+    def remote_backlog_seconds(self) -> float:
+        """How far Triton is behind this process's streams; 0 when it keeps up.
 
-        A gateway's lag (``earshot.gateways.lagging``): a Triton falling behind shows here before
-        its requests time out, and the gateway refuses new streams by it.
+        The larger of the age of the oldest request still unanswered and how far the back
+        pressure (:data:`MAX_IN_FLIGHT`) has held a live stream's caller behind real time
+        (:attr:`TritonStream.held_behind_seconds`): a Triton serving a share of real time keeps
+        each stream's requests out for a bounded time, but holds its caller further behind with
+        every chunk. A gateway refuses new streams by it (``earshot.gateways.lagging``).
         """
         # Requests are sent in order and leave when answered: the first left is the oldest.
         oldest = next(iter(self._pending.values()), None)
-        return time.monotonic() - oldest.sent if oldest is not None else 0.0
+        waited = time.monotonic() - oldest.sent if oldest is not None else 0.0
+        held = max((s.held_behind_seconds for s in list(self._streams)), default=0.0)
+        return max(waited, held)
 
     def open_stream(self) -> TritonStream:
         """Start a stream; its sequence starts with its first chunk."""
@@ -375,6 +383,9 @@ class TritonRecognizer:
             self._pending.pop(request_id, None)
             if not future.done():
                 future.set_result(exc)
+        except BaseException:  # cancelled mid-write: nobody will wait for its answer
+            self._pending.pop(request_id, None)
+            raise
         return request_id, future
 
     def _abandon(self, request_id: str) -> None:
@@ -443,6 +454,10 @@ class TritonStream:
         self._finished = False
         self._sent_chunks = 0
         self._answered_chunks = 0
+        # How far the calls of accept have taken longer than the audio they carried, at the end of
+        # the last call (a caller that sends nothing is held by nobody: it decays from then on).
+        self._held_behind = 0.0
+        self._held_at = time.perf_counter()
 
     @property
     def sent_chunks(self) -> int:
@@ -457,6 +472,20 @@ class TritonStream:
         A chunk refused for overload counts as answered (its call raised).
         """
         return self._answered_chunks
+
+    @property
+    def held_behind_seconds(self) -> float:
+        """How far :meth:`accept` calls have held a real-time caller behind the audio it gave.
+
+        Each call but a sequence's first (its START waits for the answer) adds what it took beyond
+        its chunk's duration and takes off what it took less, never going below 0: a Triton that
+        keeps up leaves it at 0, one serving half of real time adds a second per second of audio.
+        Between calls it decays with the time since the last one returned (a caller that pauses is
+        not held); a finished stream is 0.
+        """
+        if self._finished:
+            return 0.0
+        return max(0.0, self._held_behind - (time.perf_counter() - self._held_at))
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Send a chunk; return the answers complete by then, in order (see the module docstring).
@@ -473,10 +502,16 @@ class TritonStream:
                 raise self._error
             self._collect()
             # The first chunk goes at once: its START is refused at once when the model is full.
-            if self._gathered.add(samples) or self._sequence_id is None:
+            opens = self._sequence_id is None
+            if self._gathered.add(samples) or opens:
                 await self._hand_over(self._gathered.take(), heard, end=False)
-            await self._wait(ANSWER_WAIT_SHARE * len(samples) / self._owner.sample_rate)
+            duration = len(samples) / self._owner.sample_rate
+            await self._wait(ANSWER_WAIT_SHARE * duration)
             await self._bound_in_flight()
+            if not opens:  # a START waits for its answer by design, not by back pressure
+                held_before = max(0.0, self._held_behind - (heard - self._held_at))
+                self._held_at = time.perf_counter()
+                self._held_behind = max(0.0, held_before + (self._held_at - heard) - duration)
             return self._take_held()
 
     @property

@@ -8,6 +8,11 @@ Two signals, the larger counts:
   (``Backlogged``, e.g. :class:`earshot.engines.batching.BatchingRecognizer`); a loop can be
   punctual while the inference worker falls behind.
 
+A recogniser whose inference runs elsewhere (``RemoteBacklogged``: Triton) says how far that is
+behind; above the same limit it refuses new streams too, but it is exported apart
+(``earshot_triton_backlog_seconds``), not as the process's lag, which the gateway autoscaler reads:
+more gateway processes would only send Triton more.
+
 Over the last :data:`WINDOW_SECONDS`, the loop's lag is its smallest sample (a loop that is behind is
 late at every tick, while one late tick, a collection or a burst of connections, says little) and
 the backlog's is its largest (it drops to nothing whenever the worker has just answered everything,
@@ -52,6 +57,15 @@ class Backlogged(Protocol):
 
 
 @runtime_checkable
+class RemoteBacklogged(Protocol):
+    """A recogniser whose inference runs elsewhere (Triton) and can say how far behind it is."""
+
+    def remote_backlog_seconds(self) -> float:
+        """Seconds the remote inference is behind this process's streams; 0 when it keeps up."""
+        ...
+
+
+@runtime_checkable
 class Loaded(Protocol):
     """A recogniser that can say how much of its workers' time one real-time stream takes."""
 
@@ -74,6 +88,8 @@ class LagMonitor:
         streams: Callable[[], int] | None = None,
         max_load: float = 0.0,
         load_gauge: Gauge | None = None,
+        remote_backlog: Callable[[], float] | None = None,
+        remote_gauge: Gauge | None = None,
     ) -> None:
         """Watch against ``max_lag_seconds`` and ``max_load`` (0: measure, never refuse).
 
@@ -87,6 +103,11 @@ class LagMonitor:
             max_load: the load (``streams`` times ``stream_load``) above which :meth:`lagging`
                 is true.
             load_gauge: where the load is exported at each tick (``earshot_inference_load_ratio``).
+            remote_backlog: how far a remote engine (Triton) is behind, when the recogniser's
+                inference runs elsewhere. Above ``max_lag_seconds`` (its peak over the window) it
+                refuses new streams too, but it is not the process's lag: more gateway processes
+                would not help it, so it is exported apart.
+            remote_gauge: where the remote backlog is exported (``earshot_triton_backlog_seconds``).
         """
         self.max_lag_seconds = max_lag_seconds
         self.max_load = max_load
@@ -96,17 +117,24 @@ class LagMonitor:
         self._stream_load = stream_load
         self._streams = streams
         self._load_gauge = load_gauge
-        # (when, loop lag, backlog age) of the ticks of the last WINDOW_SECONDS.
-        self._samples: deque[tuple[float, float, float]] = deque()
+        self._remote_backlog = remote_backlog
+        self._remote_gauge = remote_gauge
+        # (when, loop lag, backlog age, remote backlog) of the ticks of the last WINDOW_SECONDS.
+        self._samples: deque[tuple[float, float, float, float]] = deque()
 
     @property
     def lag_seconds(self) -> float:
         """How far behind the process has been over the last :data:`WINDOW_SECONDS`."""
         if not self._samples:
             return 0.0
-        loop = min(lag for _, lag, _ in self._samples)
-        backlog = max(age for _, _, age in self._samples)
+        loop = min(lag for _, lag, _, _ in self._samples)
+        backlog = max(age for _, _, age, _ in self._samples)
         return max(loop, backlog)
+
+    @property
+    def remote_backlog_seconds(self) -> float:
+        """How far the remote engine has been behind at its peak over :data:`WINDOW_SECONDS`."""
+        return max((remote for _, _, _, remote in self._samples), default=0.0)
 
     @property
     def load(self) -> float:
@@ -119,18 +147,24 @@ class LagMonitor:
     def lagging(self) -> bool:
         """Whether the process is too far behind real time, or its streams (a new one being
         admitted included) would keep the recogniser's workers too busy, to take a new stream."""
-        if self.max_lag_seconds > 0 and self.lag_seconds > self.max_lag_seconds:
+        if self.max_lag_seconds > 0 and (
+            self.lag_seconds > self.max_lag_seconds
+            or self.remote_backlog_seconds > self.max_lag_seconds
+        ):
             return True
         return self.max_load > 0 and self.load > self.max_load
 
     def sample(self, loop_lag: float) -> None:
         """Record one tick's lateness together with the backlog age at this moment."""
         now = self._clock()
-        self._samples.append((now, loop_lag, self._backlog_now()))
+        remote = self._remote_backlog() if self._remote_backlog is not None else 0.0
+        self._samples.append((now, loop_lag, self._backlog_now(), remote))
         while self._samples and self._samples[0][0] < now - WINDOW_SECONDS:
             self._samples.popleft()
         if self._gauge is not None:
             self._gauge.set(self.lag_seconds)
+        if self._remote_gauge is not None:
+            self._remote_gauge.set(self.remote_backlog_seconds)
         if self._load_gauge is not None:
             self._load_gauge.set(self.load)
 
@@ -169,6 +203,7 @@ def for_gateway(
     process's ``streams``, their load when the recogniser can say them."""
     backlog = recognizer.backlog_seconds if isinstance(recognizer, Backlogged) else None
     stream_load = recognizer.stream_load if isinstance(recognizer, Loaded) else None
+    remote = recognizer.remote_backlog_seconds if isinstance(recognizer, RemoteBacklogged) else None
     return LagMonitor(
         max_lag_seconds,
         backlog=backlog,
@@ -177,4 +212,6 @@ def for_gateway(
         streams=streams,
         max_load=max_load,
         load_gauge=metrics.INFERENCE_LOAD.labels(gateway) if stream_load is not None else None,
+        remote_backlog=remote,
+        remote_gauge=metrics.TRITON_BACKLOG.labels(gateway) if remote is not None else None,
     )
