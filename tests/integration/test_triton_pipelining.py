@@ -182,10 +182,11 @@ async def test_answers_that_come_after_the_last_call_are_collected_without_sendi
         assert stream.unanswered
         os.kill(triton.pid, signal.SIGSTOP)  # the second chunk's answer comes after this call
         try:
+            await asyncio.sleep(0.1)  # the stop takes hold
             said.extend(await stream.accept(silence(sizes[2])))
+            assert (stream.sent_chunks, stream.answered_chunks) == (3, 1)
         finally:
             os.kill(triton.pid, signal.SIGCONT)
-        assert (stream.sent_chunks, stream.answered_chunks) == (3, 1)
         deadline = time.monotonic() + 10.0
         while stream.answered_chunks < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

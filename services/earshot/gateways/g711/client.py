@@ -7,7 +7,6 @@ speaks PROTOCOLS.md §1 exactly like the older server's clients do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import wave
@@ -43,6 +42,11 @@ class StreamResult:
 
 
 OnMessage = Callable[[messages.ServerMessage], None]
+
+#: A lingering client leaves once the server's last answer is a final and it has said nothing more
+#: for this long: a server behind the client (audio sent faster than real time) says a segment's
+#: final before the next segment's first partial, so a final alone does not mean it is done.
+SETTLE_SECONDS = 1.5
 
 # How compressed formats begin: such a file is never raw telephony audio.
 _CONTAINERS = {b"ID3": "MP3", b"\xff\xfb": "MP3", b"fLaC": "FLAC", b"OggS": "Ogg"}
@@ -118,26 +122,23 @@ async def stream(
 
     The protocol has no end-of-stream message: the server finalises a pending partial when the
     client leaves, but can no longer send that final. With ``linger`` the client waits up to that
-    many seconds, once everything is sent, for the server's last answer to be a final (also when
-    nothing has arrived yet) before it closes.
+    many seconds, once everything is sent, for the server's last answer to be a final followed by
+    :data:`SETTLE_SECONDS` of quiet (also when nothing has arrived yet) before it closes.
 
     Returns:
         What the server answered before the connection closed.
     """
     headers = {"Authorization": f"Bearer {token}"} if token else None
     result = StreamResult()
-    # Unsettled until a final arrives with no partial after it: a client that finished sending
-    # before the server's first answer must still wait for it (the server may be behind).
-    settled = asyncio.Event()
+    heard = _Heard()
     async with connect(url, additional_headers=headers, max_size=None) as ws:
-        receiver = asyncio.create_task(_receive(ws, result, settled, on_message))
+        receiver = asyncio.create_task(_receive(ws, result, heard, on_message))
         try:
             await _send_paced(
                 ws, frames, frame_seconds / speed if speed > 0 else 0.0, on_frame_sent
             )
             if linger > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(settled.wait(), linger)
+                await _linger(receiver, heard, linger)
             await ws.close()
         except ConnectionClosed:
             pass
@@ -150,6 +151,44 @@ async def stream(
         result.close_code = ws.close_code
         result.close_reason = ws.close_reason or ""
     return result
+
+
+@dataclass(slots=True)
+class _Heard:
+    """Whether the server's last answer is a final, and when it last said anything."""
+
+    # Unset until a final arrives with no partial after it: a client that finished sending before
+    # the server's first answer must still wait for it (the server may be behind).
+    final_last: asyncio.Event = field(default_factory=asyncio.Event)
+    last_at: float = field(default_factory=time.monotonic)
+
+    def said(self, message: messages.ServerMessage) -> None:
+        self.last_at = time.monotonic()
+        if message["type"] == "partial":
+            self.final_last.clear()
+        elif message["type"] == "final":
+            self.final_last.set()
+
+    async def settle(self) -> None:
+        """Return once the last answer is a final and nothing came for :data:`SETTLE_SECONDS`."""
+        while True:
+            await self.final_last.wait()
+            quiet_left = self.last_at + SETTLE_SECONDS - time.monotonic()
+            if quiet_left <= 0:
+                return
+            await asyncio.sleep(quiet_left)
+
+
+async def _linger(receiver: asyncio.Task[None], heard: _Heard, seconds: float) -> None:
+    """Wait up to ``seconds`` for the server to settle, or to close the connection."""
+    settling = asyncio.create_task(heard.settle())
+    try:
+        await asyncio.wait(
+            {receiver, settling}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        settling.cancel()
+        await asyncio.wait([settling])
 
 
 async def _send_paced(
@@ -172,18 +211,17 @@ async def _send_paced(
 async def _receive(
     ws: ClientConnection,
     result: StreamResult,
-    settled: asyncio.Event,
+    heard: _Heard,
     on_message: OnMessage | None,
 ) -> None:
     try:
         async for raw in ws:
             message = cast(messages.ServerMessage, json.loads(raw))
+            heard.said(message)
             if message["type"] == "partial":
                 result.partials.append(message)
-                settled.clear()
             elif message["type"] == "final":
                 result.finals.append(message)
-                settled.set()
             else:
                 result.errors.append(message)
             if on_message is not None:
