@@ -27,7 +27,8 @@ may be given: short streams measure readiness without 100 concurrent real-time s
 node, long ones measure it under that load. Once every session has been accepted or refused (or
 has ended) it counts the gateway pods that carry them and sums their RSS (``total_rss`` of each
 pod's memory cgroup: gateway and persister containers), with the number of streams live then.
-Each stream then ends and the sessions are deleted before the next round.
+Each stream then ends (an error the gateway tells it after its first reply, and the close code it
+ends with, are recorded over its whole life) and the sessions are deleted before the next round.
 
 It also notes, per round, the CPU time of the operator's pod and of this process, how late this
 process's event loop runs (the moments it notes are late by as much) and the machine's lowest
@@ -37,7 +38,7 @@ unsettled; each round deletes its sessions, also when it fails.
 
 Usage: ``python -m bench.pool_readiness [--pooled 100] [--dedicated 10] [--rate 10]
 [--stream-seconds 1 3 30] [--reply-wait 10] [--pool-cpu 500m] [--operator-cpu 500m]
-[--settle-timeout 300] [--min-free-gib 3] [--report PATH]``. Writes
+[--pool-max-lag 0] [--settle-timeout 300] [--min-free-gib 3] [--report PATH]``. Writes
 ``bench/reports/pool_readiness.md`` unless told otherwise.
 """
 
@@ -56,6 +57,7 @@ import socket
 import ssl
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,9 @@ class Timing:
     ended: bool = False
     refused: str = ""
     refusal: str = ""
+    #: the error a stream was told after its first reply (it failed mid-stream), and how it closed
+    failed: str = ""
+    close_code: int | None = None
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     replied: asyncio.Event = field(default_factory=asyncio.Event)
     status: dict[str, Any] = field(default_factory=dict)
@@ -224,9 +229,13 @@ async def _converse(ws: ClientConnection, timing: Timing, run: Round) -> None:
                 timing.refused = message["code"]  # before any reply: not counted as accepted
                 timing.refusal = str(message.get("message", ""))
                 timing.refused_at = time.monotonic()
+            elif message["type"] == "error":
+                timing.failed = message["code"]  # after replying: the stream failed
+                timing.refusal = str(message.get("message", ""))
     except ConnectionClosed:
         pass
     finally:
+        timing.close_code = ws.close_code
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
             await sender
@@ -486,6 +495,7 @@ def _summary(
     replied = [t for t in accepted if t.first_reply is not None]
     in_time = [t for t in accepted if t.accepted - t.applied < TARGET_S]  # type: ignore[operator]
     told = [t for t in ready if t.refused_at is not None and t.accepted is not None]
+    closes = Counter(str(t.close_code) for t in accepted)
     return {
         "mode": mode,
         "sessions": sessions,
@@ -493,6 +503,8 @@ def _summary(
         "replied": len(replied),
         "in_target": len(in_time),
         "refused": sorted(t.refused for t in timings.values() if t.refused),
+        "failed": sorted(t.failed for t in accepted if t.failed),
+        "closes": ", ".join(f"{code}: {n}" for code, n in sorted(closes.items())) or "none",
         "post_ms": percentiles_ms([t.created - t.applied for t in ready], (50, 99)),
         "ready_ms": percentiles_ms([t.ready - t.applied for t in ready], (50, 99)),  # type: ignore[operator]
         "connect_ms": percentiles_ms([t.connected - t.ready for t in accepted], (50, 99)),  # type: ignore[operator]
@@ -514,20 +526,59 @@ def _summary(
                 None if moment is None else round((moment - t.applied) * 1000)
                 for moment in (t.created, t.ready, t.connected, t.accepted, t.first_reply)
             ]
-            + ([t.refused, t.refusal] if t.refused else [])
+            + ([t.refused or t.failed, t.refusal] if t.refused or t.failed else [])
             for name, t in timings.items()
         },
     }
 
 
-def _report(
-    results: list[dict[str, Any]],
-    command: str,
-    load: str,
-    pool_cpu: str | None,
-    operator_cpu: str | None = None,
-    gateway_cpu: str | None = None,
-) -> str:
+@dataclass(frozen=True)
+class Install:
+    """What the release is installed with beyond tests/cluster/values.yaml (None: its value)."""
+
+    pool_cpu: str | None = None
+    operator_cpu: str | None = None
+    gateway_cpu: str | None = None
+    pool_max_lag: float | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The chart values that say it, the pool's stream cap included."""
+        pool: dict[str, Any] = {"maxConnections": POOL_STREAMS}
+        if self.pool_cpu is not None:
+            pool["resources"] = {"requests": {"cpu": self.pool_cpu}}
+        if self.pool_max_lag is not None:
+            pool["maxLagSeconds"] = self.pool_max_lag
+        values: dict[str, Any] = {"pools": {"gateways": {"default": pool}}}
+        operator: dict[str, Any] = values.setdefault("operator", {})
+        if self.operator_cpu is not None:
+            operator["resources"] = {"requests": {"cpu": self.operator_cpu}}
+        if self.gateway_cpu is not None:  # the node's 2 CPUs of requests must hold every pod
+            operator["gateway"] = {
+                "resources": {"cpuRequest": self.gateway_cpu},
+                "persisterResources": {"cpuRequest": self.gateway_cpu},
+            }
+        return values
+
+    def describe(self) -> str:
+        """The report's words for it, each starting with a comma."""
+        return (
+            (f", each gateway container requesting {self.pool_cpu} CPU" if self.pool_cpu else "")
+            + (
+                f", the pool's gateways refusing new streams past {self.pool_max_lag:g} s of lag"
+                " (0: never)"
+                if self.pool_max_lag is not None
+                else ""
+            )
+            + (f", the operator requesting {self.operator_cpu} CPU" if self.operator_cpu else "")
+            + (
+                f", each dedicated pod's containers {self.gateway_cpu} CPU"
+                if self.gateway_cpu
+                else ""
+            )
+        )
+
+
+def _report(results: list[dict[str, Any]], command: str, load: str, install: Install) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Pool readiness: pooled against dedicated sessions on a real node",
@@ -536,11 +587,7 @@ def _report(
         f"with other work (load average before the run: {load}), Python "
         f"{platform.python_version()}, Kubernetes v1.20.2 from tests/cluster/harness.py, the "
         "chart installed from the images built here with tests/cluster/values.yaml and the "
-        "default pool's two gateways taking up to 100 streams each"
-        + (f", each gateway container requesting {pool_cpu} CPU" if pool_cpu else "")
-        + (f", the operator requesting {operator_cpu} CPU" if operator_cpu else "")
-        + (f", each dedicated pod's containers {gateway_cpu} CPU" if gateway_cpu else "")
-        + ".",
+        "default pool's two gateways taking up to 100 streams each" + install.describe() + ".",
         "",
         "Sessions are created through the API by this process (one POST each, at the given rate; "
         "no kubectl process per session). **apply -> accepted** is the first accepted audio: "
@@ -584,19 +631,21 @@ def _report(
         "",
         "The streams: accepted -> first reply (the first partial or final; it includes the "
         "engine's first decoding window) and apply -> first reply over the accepted sessions that "
-        "got one, and, once every session was accepted or refused, the streams live at that "
-        "moment, the gateway pods carrying them and their RSS (`total_rss` of their memory "
-        "cgroups, gateway and persister containers):",
+        "got one; over each accepted stream's whole life, the errors told after its first reply "
+        "(a stream that failed mid-way) and the close codes the streams ended with (1000: the "
+        "client closed after its audio); and, once every session was accepted or refused, the "
+        "streams live at that moment, the gateway pods carrying them and their RSS (`total_rss` "
+        "of their memory cgroups, gateway and persister containers):",
         "",
-        "| mode | stream | accepted->first reply | apply->first reply | replied | live streams "
-        "| gateway pods | their RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | stream | accepted->first reply | apply->first reply | replied | failed after "
+        "replying | closed with | live streams | gateway pods | their RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['mode']} | {r['stream_s']:g} s | {cell(r['reply_ms'])} | {cell(r['total_ms'])} "
-            f"| {r['replied']} of {r['accepted']} | {r['live']} | {r['pods']} "
-            f"| {r['rss_mib']:.0f} MiB |"
+            f"| {r['replied']} of {r['accepted']} | {len(r['failed'])} {sorted(set(r['failed']))} "
+            f"| {r['closes']} | {r['live']} | {r['pods']} | {r['rss_mib']:.0f} MiB |"
         )
     lines += [
         "",
@@ -642,23 +691,12 @@ def _report(
 
 
 @contextlib.contextmanager
-def _release(
-    pool_cpu: str | None, operator_cpu: str | None = None, gateway_cpu: str | None = None
-) -> Iterator[Release]:
+def _release(install: Install) -> Iterator[Release]:
     # installed with the streams allowed (no upgrade: a rollout races kubectl wait's pod list)
-    pool: dict[str, Any] = {"maxConnections": POOL_STREAMS}
-    if pool_cpu is not None:
-        pool["resources"] = {"requests": {"cpu": pool_cpu}}
-    values: dict[str, Any] = {"pools": {"gateways": {"default": pool}}}
-    operator: dict[str, Any] = values.setdefault("operator", {})
-    if operator_cpu is not None:
-        operator["resources"] = {"requests": {"cpu": operator_cpu}}
-    if gateway_cpu is not None:  # the node's 2 CPUs of requests must hold every dedicated pod
-        operator["gateway"] = {
-            "resources": {"cpuRequest": gateway_cpu},
-            "persisterResources": {"cpuRequest": gateway_cpu},
-        }
-    with running_cluster() as cluster, installed_release(cluster, values=values) as release:
+    with (
+        running_cluster() as cluster,
+        installed_release(cluster, values=install.values()) as release,
+    ):
         yield release
 
 
@@ -684,6 +722,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--pool-cpu",
         help="CPU request of each pool gateway container (default: tests/cluster/values.yaml's)",
+    )
+    parser.add_argument(
+        "--pool-max-lag",
+        type=float,
+        help="the pool gateways' lag limit, EARSHOT_MAX_LAG_SECONDS (0: never refuse for lag, to "
+        "hold every stream whatever the engine's pace; default: the chart's)",
     )
     parser.add_argument(
         "--operator-cpu",
@@ -719,7 +763,8 @@ def main(argv: list[str]) -> int:
     command = " ".join(["python -m bench.pool_readiness", *argv])
     load = Path("/proc/loadavg").read_text().split(" ", 3)[:3]
     results = []
-    with _release(args.pool_cpu, args.operator_cpu, args.gateway_cpu) as release:
+    install = Install(args.pool_cpu, args.operator_cpu, args.gateway_cpu, args.pool_max_lag)
+    with _release(install) as release:
         for seconds in args.stream_seconds:
             for mode, count in (("pooled", args.pooled), ("dedicated", args.dedicated)):
                 capped = ""
@@ -750,16 +795,7 @@ def main(argv: list[str]) -> int:
                     result["capped"] = capped
                     print(json.dumps(result), flush=True)
                     results.append(result)
-                    args.report.write_text(
-                        _report(
-                            results,
-                            command,
-                            " ".join(load),
-                            args.pool_cpu,
-                            args.operator_cpu,
-                            args.gateway_cpu,
-                        )
-                    )
+                    args.report.write_text(_report(results, command, " ".join(load), install))
     print(args.report.read_text())
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +180,17 @@ def test_a_pool_gateway_is_probed_as_the_operators_gateways_are() -> None:
     for name, container in chart_made.items():
         for probe in ("startupProbe", "livenessProbe"):
             assert container[probe] == operator_made[name][probe], (name, probe)
+
+
+@pytest.mark.parametrize(("values", "limit"), [("", 0.5), ("maxLagSeconds: 0", 0.0),
+                                               ("maxLagSeconds: 1.5", 1.5)])  # fmt: skip
+def test_a_pools_lag_limit_is_what_its_gateways_refuse_by(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, values: str, limit: float
+) -> None:
+    pool_values = tmp_path / "pool.yaml"
+    pool_values.write_text(f"pools:\n  gateways:\n    default: {{{values}}}\n")
+    pool = find(template(pool_values), "Deployment", "-pool-default")["spec"]["template"]["spec"]
+    (gateway,) = [c for c in pool["containers"] if c["name"] == dataplane.GATEWAY_CONTAINER]
+    for variable, env_value in _env(gateway).items():
+        monkeypatch.setenv(variable, env_value)
+    assert Settings().max_lag_seconds == limit
