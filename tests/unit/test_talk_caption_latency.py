@@ -16,13 +16,13 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from earshot.engines import loading
-from earshot.engines.recognizers import Recognizer
+from earshot.engines.recognizers import EngineOverloaded, Recognizer
 from earshot.events import Recognition
 from earshot.gateways.talk import messages
 from earshot.gateways.talk.hosting import Rooms
 from earshot.gateways.talk.listening import Heard, PcmFrame, SpeakerAudio
 from earshot.settings import Settings
-from tests.hpb_double import SignalingDouble
+from tests.hpb_double import SignalingDouble, eventually
 from tests.talk_media import FRAME, RATE, syllables
 from tests.unit.test_talk_rooms import double as double
 from tests.unit.test_talk_rooms import publish, talk_settings, transcripts, until
@@ -160,3 +160,79 @@ async def test_an_answer_returned_with_a_later_chunk_is_timed_from_its_own_chunk
         if n < len(arrivals):
             assert when.chunk_arrived < arrivals[n], n  # before the chunk whose call returned it
         assert when.segment_started <= when.chunk_arrived
+
+
+class _PipelinedLateStream(_LateStream):
+    """A :class:`_LateStream` that says it has answers out, and returns them when collected; its
+    first ``refusals`` collections are refused (a re-START after a lost link, the model full)."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self._refusals = refusals
+        self.sent_chunks = 0
+        self.answered_chunks = 0
+        self.collections = 0
+
+    async def accept(self, samples: np.ndarray) -> list[Recognition]:
+        self.sent_chunks += 1
+        return await super().accept(samples)
+
+    @property
+    def unanswered(self) -> bool:
+        return bool(self._heard)
+
+    async def collect(self) -> list[Recognition]:
+        self.collections += 1
+        if self._refusals:
+            self._refusals -= 1
+            raise EngineOverloaded("no room for the sequence")
+        return self._answer_earlier()
+
+
+class _PipelinedLateRecognizer(_LateRecognizer):
+    def __init__(self, refusals: int = 0) -> None:
+        self.streams: list[_PipelinedLateStream] = []
+        self._refusals = refusals
+
+    def open_stream(self) -> _PipelinedLateStream:
+        self.streams.append(_PipelinedLateStream(self._refusals))
+        return self.streams[-1]
+
+
+async def test_a_quiet_speakers_answers_still_out_are_captioned_without_more_audio() -> None:
+    heard: list[str] = []
+
+    async def note(speaker: str, recognition: Recognition, when: Heard) -> None:
+        heard.append(recognition.text)
+
+    recognizer = _PipelinedLateRecognizer()
+    audio = SpeakerAudio("s1", recognizer, queue_frames=10, on_recognition=note)
+    audio.start()
+    audio.offer(_frames(syllables(0.2))[0])  # then the speaker mutes: no frame, no close
+    try:
+        await eventually(lambda: heard == ["chunk 1"], 5.0, what="the collected caption")
+        (stream,) = recognizer.streams
+        assert stream.sent_chunks == 1  # collected, not answered by more audio
+    finally:
+        await audio.close()
+
+
+async def test_a_refused_collection_loses_nothing_after_it() -> None:
+    heard: list[str] = []
+
+    async def note(speaker: str, recognition: Recognition, when: Heard) -> None:
+        heard.append(recognition.text)
+
+    recognizer = _PipelinedLateRecognizer(refusals=1)
+    audio = SpeakerAudio("s1", recognizer, queue_frames=10, on_recognition=note)
+    audio.start()
+    speech = _frames(syllables(0.2))
+    audio.offer(speech[0])
+    await eventually(lambda: bool(recognizer.streams), 5.0, what="the stream")
+    (stream,) = recognizer.streams
+    # the first collection was refused, the second returned chunk 1's answer
+    await eventually(lambda: stream.collections >= 2, 5.0, what="a second collection")
+    audio.offer(speech[1])  # the speaker talks again: still recognised
+    await eventually(lambda: stream.sent_chunks == 2, 5.0, what="the second chunk")
+    await audio.close()
+    assert heard == ["chunk 1", "chunk 2"]

@@ -19,7 +19,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -593,10 +593,11 @@ async def _pump_frames(
     leases = transcription.stores.journal.leases
     listening = True
     idle = _IdleWatch(occupant, settings.idle_timeout_seconds)
+    quiet = _QuietWatch(occupant, idle, lambda: transcription.unanswered)
     try:
         while True:
             try:
-                event = await _receive(occupant, idle, quiet=transcription.unanswered)
+                event = await _receive(occupant, idle, quiet)
             except TimeoutError:
                 return occupant.reason if occupant.stopping else _idle(settings)
             if event is None:
@@ -652,6 +653,7 @@ async def _pump_frames(
                 _observe_reply(transcription, arrived)
     finally:
         idle.close()
+        quiet.close()
 
 
 def _observe_reply(transcription: Transcription, arrived: float) -> None:
@@ -706,6 +708,11 @@ class _IdleWatch:
         """A frame came (the only per-frame cost: no timer is touched)."""
         self._heard = self._loop.time()
 
+    @property
+    def heard_at(self) -> float:
+        """When the last frame came (the event loop's clock), or the watch began."""
+        return self._heard
+
     def close(self) -> None:
         """Stop watching."""
         self._timer.cancel()
@@ -729,9 +736,54 @@ class _IdleWatch:
 _IDLE_RECHECK_SECONDS = 0.05
 
 
-async def _receive(occupant: _Occupant, idle: _IdleWatch, *, quiet: bool) -> Message | None:
-    """The next message; None when stop() interrupted the wait for it or, with ``quiet``, when
-    none came within :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS`.
+class _QuietWatch:
+    """Wakes a stream's task from its wait for a frame once the client has sent none for
+    :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS` while the recogniser holds answers
+    to its chunks (a pipelined one, Triton), so they are collected: the client may be waiting for
+    its last final. As :class:`_IdleWatch`, one timer at a time, not one per frame.
+    """
+
+    def __init__(
+        self, occupant: _Occupant, idle: _IdleWatch, unanswered: Callable[[], bool]
+    ) -> None:
+        """Watch ``occupant``'s task, from the frames ``idle`` hears."""
+        self._occupant = occupant
+        self._idle = idle
+        self._unanswered = unanswered
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def expect(self) -> None:
+        """The task is about to wait for a frame: watch it if answers are out."""
+        if self._timer is None and self._unanswered():
+            due = self._idle.heard_at + QUIET_COLLECT_SECONDS
+            self._timer = self._loop.call_at(due, self._check)
+
+    def close(self) -> None:
+        """Stop watching."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _check(self) -> None:
+        self._timer = None
+        task = self._occupant.task
+        if task is None or self._occupant.stopping or not self._unanswered():
+            return  # answered meanwhile (the next wait looks again), or ending: finish tells all
+        now = self._loop.time()
+        due = self._idle.heard_at + QUIET_COLLECT_SECONDS
+        if now < due:
+            self._timer = self._loop.call_at(due, self._check)  # a frame came meanwhile
+        elif not self._occupant.receiving or task.cancelling():
+            self._timer = self._loop.call_at(now + _IDLE_RECHECK_SECONDS, self._check)
+        else:
+            self.fired = True
+            task.cancel()
+
+
+async def _receive(occupant: _Occupant, idle: _IdleWatch, quiet: _QuietWatch) -> Message | None:
+    """The next message; None when stop() interrupted the wait for it, or the quiet watch did
+    (answers to collect).
 
     Raises:
         TimeoutError: none within the idle timeout or, once stopping, the shutdown bounds.
@@ -739,13 +791,8 @@ async def _receive(occupant: _Occupant, idle: _IdleWatch, *, quiet: bool) -> Mes
     occupant.receiving = True
     try:
         if not occupant.stopping:
-            if not quiet:
-                return await occupant.websocket.receive()
-            try:
-                async with asyncio.timeout(QUIET_COLLECT_SECONDS):
-                    return await occupant.websocket.receive()
-            except TimeoutError:
-                return None
+            quiet.expect()
+            return await occupant.websocket.receive()
         left = occupant.stopped_at + SHUTDOWN_READ_SECONDS - time.monotonic()
         if left <= 0:
             raise TimeoutError
@@ -758,6 +805,10 @@ async def _receive(occupant: _Occupant, idle: _IdleWatch, *, quiet: bool) -> Mes
         if idle.fired:
             task.uncancel()  # the idle watch interrupted the wait for a frame, nothing else
             raise TimeoutError from None
+        if quiet.fired:
+            quiet.fired = False
+            task.uncancel()  # the quiet watch did: answers are due
+            return None
         if not occupant.stopping:
             raise
         task.uncancel()  # stop() cancelled the wait for a frame, nothing else

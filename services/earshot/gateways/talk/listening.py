@@ -172,7 +172,8 @@ class SpeakerAudio:
                 async with asyncio.timeout(QUIET_COLLECT_SECONDS):
                     return await self._queue.get()
             except TimeoutError:
-                await self._report(await pipelined.collect())
+                # a re-START after a lost link may be refused: handled as a refused chunk
+                await self._accept(pipelined.collect(), 0)
         return await self._queue.get()
 
     def _convert(self, frame: PcmFrame) -> npt.NDArray[np.float32]:
