@@ -170,6 +170,33 @@ async def test_a_stream_with_too_many_chunks_unanswered_waits_for_the_oldest(
 
 
 @pytest.mark.asyncio
+async def test_a_caller_at_real_time_on_a_triton_that_keeps_up_is_held_behind_by_nothing(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=20.0)
+    stream = recognizer.open_stream()
+    try:
+        os.kill(triton.pid, signal.SIGSTOP)  # the START's answer comes half a second late
+        opening = asyncio.create_task(stream.accept(silence(640)))
+        await asyncio.sleep(0.5)
+        os.kill(triton.pid, signal.SIGCONT)
+        await asyncio.wait_for(opening, 10.0)
+        assert stream.held_behind_seconds == 0.0  # a START waits by design, not by back pressure
+        start = time.monotonic()
+        for index in range(1, 26):  # a second of 40 ms chunks, each sent on time
+            await asyncio.sleep(max(0.0, start + index * 0.04 - time.monotonic()))
+            await stream.accept(silence(640))
+            # each call waits at most half its chunk for answers: nothing accumulates (a call that
+            # ran late counts, but far under the gateways' 0.5 s limit)
+            assert stream.held_behind_seconds <= 0.2, index
+        assert recognizer.remote_backlog_seconds() <= 0.2
+    finally:
+        os.kill(triton.pid, signal.SIGCONT)
+        await stream.finish()
+        await recognizer.aclose()
+
+
+@pytest.mark.asyncio
 async def test_answers_that_come_after_the_last_call_are_collected_without_sending_audio(
     triton: triton_server.TritonServer,
 ) -> None:

@@ -477,11 +477,12 @@ class TritonStream:
     def held_behind_seconds(self) -> float:
         """How far :meth:`accept` calls have held a real-time caller behind the audio it gave.
 
-        Each call but a sequence's first (its START waits for the answer) adds what it took beyond
-        its chunk's duration and takes off what it took less, never going below 0: a Triton that
-        keeps up leaves it at 0, one serving half of real time adds a second per second of audio.
-        Between calls it decays with the time since the last one returned (a caller that pauses is
-        not held); a finished stream is 0.
+        Each call but one that starts a sequence (its START waits for the answer: a stream's first
+        call, or its first after a lost link) adds what it took beyond its chunk's duration and
+        takes off what it took less, never going below 0: a Triton that keeps up leaves it at 0,
+        one serving half of real time adds a second per second of audio. Between calls it decays
+        with the time since the last one returned (a caller that pauses is not held); a finished
+        stream is 0.
         """
         if self._finished:
             return 0.0
@@ -502,13 +503,15 @@ class TritonStream:
                 raise self._error
             self._collect()
             # The first chunk goes at once: its START is refused at once when the model is full.
-            opens = self._sequence_id is None
-            if self._gathered.add(samples) or opens:
+            sequence = self._sequence_id
+            if self._gathered.add(samples) or sequence is None:
                 await self._hand_over(self._gathered.take(), heard, end=False)
             duration = len(samples) / self._owner.sample_rate
             await self._wait(ANSWER_WAIT_SHARE * duration)
             await self._bound_in_flight()
-            if not opens:  # a START waits for its answer by design, not by back pressure
+            # A START (a stream's first, or after a lost link) waits for its answer by design, not
+            # by back pressure.
+            if sequence is not None and self._sequence_id == sequence:
                 held_before = max(0.0, self._held_behind - (heard - self._held_at))
                 self._held_at = time.perf_counter()
                 self._held_behind = max(0.0, held_before + (self._held_at - heard) - duration)
