@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 import wave
 
 import g711
@@ -25,7 +26,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 RATE = 8000
 FRAME_MS = 20
-LAST_FINAL_WAIT_SECONDS = 5.0
+LAST_FINAL_WAIT_SECONDS = 10.0
+# The last final is the last once nothing more comes for this long: a gateway behind the client
+# (audio sent faster than real time) says a segment's final before the next one's first partial.
+SETTLE_SECONDS = 1.5
 MAX_ATTEMPTS = 5
 
 
@@ -46,7 +50,10 @@ def alaw_frames(path: str) -> list[bytes]:
     return [audio[i : i + size] for i in range(0, len(audio), size)]
 
 
-async def listen(ws: ClientConnection, last: list[dict[str, object]]) -> None:
+Heard = list[tuple[dict[str, object], float]]  # the last message and when it came
+
+
+async def listen(ws: ClientConnection, last: Heard) -> None:
     """Print every message; keep the last one (the sender waits for it to be a final).
 
     Returns when the connection ends (normally or not: the caller reconnects if frames are left).
@@ -55,10 +62,10 @@ async def listen(ws: ClientConnection, last: list[dict[str, object]]) -> None:
         await _print_messages(ws, last)
 
 
-async def _print_messages(ws: ClientConnection, last: list[dict[str, object]]) -> None:
+async def _print_messages(ws: ClientConnection, last: Heard) -> None:
     async for raw in ws:
         message = json.loads(raw)
-        last[:] = [message]
+        last[:] = [(message, time.monotonic())]
         if message["type"] == "partial":
             print(f"  ... {message['seq']}: {message['text']}", flush=True)
         elif message["type"] == "final":
@@ -69,11 +76,20 @@ async def _print_messages(ws: ClientConnection, last: list[dict[str, object]]) -
                 raise Refused(message["code"])
 
 
+def _settled(last: Heard) -> bool:
+    """Whether the last message is a final, with nothing after it for SETTLE_SECONDS."""
+    return (
+        bool(last)
+        and last[0][0]["type"] == "final"
+        and time.monotonic() - last[0][1] > SETTLE_SECONDS
+    )
+
+
 async def send(url: str, token: str | None, frames: list[bytes], start: int, speed: float) -> int:
     """Send frames from ``start``; return how many were sent in all when the connection ended."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     sent = start
-    last: list[dict[str, object]] = []
+    last: Heard = []
     async with connect(url, additional_headers=headers) as ws:
         listener = asyncio.create_task(listen(ws, last))
         try:
@@ -85,7 +101,7 @@ async def send(url: str, token: str | None, frames: list[bytes], start: int, spe
                 await asyncio.sleep(FRAME_MS / 1000 / speed if speed > 0 else 0)
             # The stream ends when we close: wait (a little) for the last final first.
             for _ in range(int(LAST_FINAL_WAIT_SECONDS * 10)):
-                if listener.done() or (last and last[0]["type"] == "final"):
+                if listener.done() or _settled(last):
                     break
                 await asyncio.sleep(0.1)
             await ws.close()

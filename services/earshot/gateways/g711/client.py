@@ -45,7 +45,9 @@ OnMessage = Callable[[messages.ServerMessage], None]
 
 #: A lingering client leaves once the server's last answer is a final and it has said nothing more
 #: for this long: a server behind the client (audio sent faster than real time) says a segment's
-#: final before the next segment's first partial, so a final alone does not mean it is done.
+#: final before the next segment's first partial, so a final alone does not mean it is done. A
+#: server that takes longer than this to say the next partial still loses the client early (its
+#: finals are stored all the same); every lingering stream ends this much later.
 SETTLE_SECONDS = 1.5
 
 # How compressed formats begin: such a file is never raw telephony audio.
