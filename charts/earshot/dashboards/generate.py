@@ -284,6 +284,18 @@ def overview() -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
+                "Triton behind the gateways",
+                "s",
+                Query("max by (pod) (earshot_triton_backlog_seconds)", "{{pod}}"),
+                description="How far Triton is behind each gateway's streams: the age of its "
+                "oldest unanswered request, or how far waiting for answers has held a stream "
+                "behind real time. Above EARSHOT_MAX_LAG_SECONDS (0.5 s) the gateway refuses new "
+                "streams with 1013; scale the Triton pool for it, not the gateways. Empty for "
+                "gateways with an in-process engine.",
+            )
+        )
+        .with_panel(
+            graph(
                 "Inference load (in-process engine)",
                 "percentunit",
                 Query("max by (pod) (earshot_inference_load_ratio)", "{{pod}}"),
