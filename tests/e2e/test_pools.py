@@ -211,7 +211,7 @@ async def test_the_pool_admits_each_session_with_its_own_token_only(
 ) -> None:
     tokens = {}
     for name in ("iso-a", "iso-b"):
-        body = helpers.session_body(name, namespace, idleTimeoutSeconds=1, **PLACED)
+        body = helpers.session_body(name, namespace, **PLACED)
         await api.create(body)
         tokens[name] = await _token(api, namespace, (await _ready(api, body))["status"])
     url_a = f"{pool_gateway}/ws/transcribe/iso-a"
