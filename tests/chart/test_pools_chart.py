@@ -194,29 +194,3 @@ def test_a_pools_lag_limit_is_what_its_gateways_refuse_by(
     for variable, env_value in _env(gateway).items():
         monkeypatch.setenv(variable, env_value)
     assert Settings().max_lag_seconds == limit
-
-
-@pytest.mark.parametrize(
-    ("target", "max_lag", "refused"),
-    [("0.25", "0.25", True), ("0.25", "0.27", True), ("0.25", "0.3", False), ("2", "0", False)],
-)
-def test_an_autoscaler_lag_target_at_the_gateways_own_limit_fails_the_render(
-    tmp_path: Path, target: str, max_lag: str, refused: bool
-) -> None:
-    # the HPA adds pods once the average passes the target by 10 %: that must come before the
-    # gateways' own limit (0: they never refuse for lag)
-    values = tmp_path / "pool.yaml"
-    values.write_text(
-        "pools:\n  gateways:\n    default:\n"
-        f"      maxLagSeconds: {max_lag}\n"
-        f"      autoscaling: {{enabled: true, targetLagSeconds: {target}}}\n"
-    )
-    done = subprocess.run(
-        [helm_binary(), "template", "rel", str(CHART), "-f", str(values)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (done.returncode != 0) is refused, done.stderr
-    if refused:
-        assert "targetLagSeconds" in done.stderr
