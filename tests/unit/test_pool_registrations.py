@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from earshot.audio.codecs import Codec
 from earshot.events import SessionId
-from earshot.gateways.g711 import registrations
+from earshot.gateways.g711 import following, registrations
 from earshot.gateways.g711.registrations import NotAdmitted, Registry
 from earshot.settings import Settings
 from earshot_operator import dataplane, pools, specs
@@ -103,6 +104,23 @@ def test_another_pools_or_an_inactive_sessions_registration_is_not_ours() -> Non
     assert registrations.parse(_body(), pool="other", base=BASE) is None
     assert registrations.parse(_body(active=False), pool="default", base=BASE) is None
     assert registrations.parse({"metadata": {}, "spec": {}}, pool="default", base=BASE) is None
+
+
+async def test_a_session_being_deleted_ends_its_stream_before_its_object_is_gone() -> None:
+    ended: list[tuple[SessionId, str]] = []
+    registry = Registry()
+    async with httpx.AsyncClient() as unused:
+        follower = following.Follower(
+            unused, registry, settings=BASE, on_ended=lambda s, why: ended.append((s, why))
+        )
+        body = _body("a")
+        follower._apply({"type": "ADDED", "object": body})
+        assert ended == []
+        # a finalizer holds the object: it is MODIFIED with a deletionTimestamp, not yet DELETED
+        body["metadata"]["deletionTimestamp"] = "2026-12-04T04:20:00Z"
+        follower._apply({"type": "MODIFIED", "object": body})
+    assert ended == [(SessionId("a"), "its TranscriptionSession was deleted")]
+    assert registrations.parse(body, pool="default", base=BASE) is None
 
 
 def test_a_setting_the_gateway_does_not_know_is_refused() -> None:

@@ -164,7 +164,7 @@ class Follower:
 
 
 def _why(kind: object, body: Mapping[str, Any], pool: str) -> str:
-    if kind == "DELETED":
+    if kind == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
         return "its TranscriptionSession was deleted"
     if not (body.get("spec") or {}).get("active", True):
         return "its TranscriptionSession was set inactive (spec.active: false)"

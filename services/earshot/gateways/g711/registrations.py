@@ -74,10 +74,13 @@ def resource_of(body: Mapping[str, Any]) -> str:
 
 
 def parse(body: Mapping[str, Any], *, pool: str, base: Settings) -> Registration | None:
-    """The registration a TranscriptionSession holds with ``pool``; None when it has none (or one
-    that cannot be applied, logged: its clients are then refused, never served wrongly)."""
+    """The registration a TranscriptionSession holds with ``pool``; None when it has none, is being
+    deleted (a finalizer may hold it for a while), or has one that cannot be applied (logged: its
+    clients are then refused, never served wrongly)."""
     registration = (body.get("status") or {}).get(REGISTRATION) or {}
     if registration.get(POOL) != pool or not (body.get("spec") or {}).get("active", True):
+        return None
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
     resource = resource_of(body)
     values: Mapping[str, str] = registration.get(SETTINGS) or {}
