@@ -184,13 +184,29 @@ def test_a_pool_gateway_is_probed_as_the_operators_gateways_are() -> None:
 
 @pytest.mark.parametrize(("values", "limit"), [("", 0.5), ("maxLagSeconds: 0", 0.0),
                                                ("maxLagSeconds: 1.5", 1.5)])  # fmt: skip
+@pytest.mark.parametrize("pool", ["default", "spare"])  # spare: a pool of the user's, no defaults
 def test_a_pools_lag_limit_is_what_its_gateways_refuse_by(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, values: str, limit: float
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, values: str, limit: float, pool: str
 ) -> None:
     pool_values = tmp_path / "pool.yaml"
-    pool_values.write_text(f"pools:\n  gateways:\n    default: {{{values}}}\n")
-    pool = find(template(pool_values), "Deployment", "-pool-default")["spec"]["template"]["spec"]
-    (gateway,) = [c for c in pool["containers"] if c["name"] == dataplane.GATEWAY_CONTAINER]
+    pool_values.write_text(_pool_values(pool, values))
+    deployment = find(template(pool_values), "Deployment", f"-pool-{pool}")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    (gateway,) = [c for c in containers if c["name"] == dataplane.GATEWAY_CONTAINER]
     for variable, env_value in _env(gateway).items():
         monkeypatch.setenv(variable, env_value)
     assert Settings().max_lag_seconds == limit
+
+
+def _pool_values(pool: str, values: str) -> str:
+    """A values file setting ``values`` on ``pool``: the chart's default pool, or one the user adds
+    with the keys of tests/cluster/test_pool_warnings.py's (none from values.yaml's default)."""
+    if pool == "default":
+        return f"pools:\n  gateways:\n    default: {{{values}}}\n"
+    extra = f", {values}" if values else ""
+    return (
+        f"pools:\n  gateways:\n    {pool}: {{enabled: true, engine: paraformer, replicas: 1, "
+        "maxConnections: 5, port: 8000, persisterPort: 8001, serviceType: ClusterIP, "
+        "terminationGracePeriodSeconds: 30, resources: {requests: {cpu: 10m}}, "
+        f"persisterResources: {{requests: {{cpu: 10m}}}}, autoscaling: {{enabled: false}}{extra}}}\n"
+    )
