@@ -740,7 +740,9 @@ class _QuietWatch:
     """Wakes a stream's task from its wait for a frame once the client has sent none for
     :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS` while the recogniser holds answers
     to its chunks (a pipelined one, Triton), so they are collected: the client may be waiting for
-    its last final. As :class:`_IdleWatch`, one timer at a time, not one per frame.
+    its last final. While answers stay out, it wakes the task again each such period (not at once:
+    a Triton slow to answer must not make the task spin). As :class:`_IdleWatch`, one timer at a
+    time, not one per frame.
     """
 
     def __init__(
@@ -752,13 +754,17 @@ class _QuietWatch:
         self._unanswered = unanswered
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._woke_at = self._loop.time()
         self.fired = False
 
     def expect(self) -> None:
         """The task is about to wait for a frame: watch it if answers are out."""
         if self._timer is None and self._unanswered():
-            due = self._idle.heard_at + QUIET_COLLECT_SECONDS
-            self._timer = self._loop.call_at(due, self._check)
+            self._timer = self._loop.call_at(self._due(), self._check)
+
+    def _due(self) -> float:
+        """A period after the last frame, or after the last time it woke the task."""
+        return max(self._idle.heard_at, self._woke_at) + QUIET_COLLECT_SECONDS
 
     def close(self) -> None:
         """Stop watching."""
@@ -771,13 +777,14 @@ class _QuietWatch:
         if task is None or self._occupant.stopping or not self._unanswered():
             return  # answered meanwhile (the next wait looks again), or ending: finish tells all
         now = self._loop.time()
-        due = self._idle.heard_at + QUIET_COLLECT_SECONDS
+        due = self._due()
         if now < due:
             self._timer = self._loop.call_at(due, self._check)  # a frame came meanwhile
         elif not self._occupant.receiving or task.cancelling():
             self._timer = self._loop.call_at(now + _IDLE_RECHECK_SECONDS, self._check)
         else:
             self.fired = True
+            self._woke_at = now
             task.cancel()
 
 
