@@ -94,9 +94,9 @@ class Cluster:
         """An administrator's kubeconfig usable from the test process (and a shell)."""
         return self.plane.kubeconfig
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+    def kubectl(self, *args: str, stdin: str | None = None, timeout_s: float = 120.0) -> str:
         """Run kubectl as administrator; its stdout, or ControlPlaneError with its stderr."""
-        return self.plane.kubectl(*args, stdin=stdin)
+        return self.plane.kubectl(*args, stdin=stdin, timeout_s=timeout_s)
 
     def connection_info(self) -> kopf.ConnectionInfo:
         """Administrator credentials for API clients in tests."""

@@ -42,6 +42,8 @@ SAMPLE_SESSION: Final[dict[str, Any]] = yaml.safe_load(
     (REPO / "docs" / "samples" / "transcriptionsession.yaml").read_text()
 )
 INSTALL_TIMEOUT_S: Final = 600.0
+#: How much longer than its own ``--timeout`` a waiting kubectl process may run.
+KUBECTL_SLACK_S: Final = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +65,9 @@ class Release:
             timeout=timeout,
         )
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+    def kubectl(self, *args: str, stdin: str | None = None, timeout_s: float = 120.0) -> str:
         """kubectl in the release's namespace."""
-        return self.cluster.kubectl("-n", self.namespace, *args, stdin=stdin)
+        return self.cluster.kubectl("-n", self.namespace, *args, stdin=stdin, timeout_s=timeout_s)
 
     def get(self, *args: str) -> Any:
         """``kubectl get ... -o json`` in the release's namespace, parsed."""
@@ -139,9 +141,20 @@ def wait_all_ready(release: Release, timeout_s: float = INSTALL_TIMEOUT_S) -> No
     for kind in ("deployment", "statefulset"):
         for item in release.get(kind)["items"]:
             release.kubectl(
-                "rollout", "status", f"{kind}/{item['metadata']['name']}", f"--timeout={timeout_s}s"
+                "rollout",
+                "status",
+                f"{kind}/{item['metadata']['name']}",
+                f"--timeout={timeout_s}s",
+                timeout_s=timeout_s + KUBECTL_SLACK_S,
             )
-    release.kubectl("wait", "--for=condition=Ready", "pod", "--all", f"--timeout={timeout_s}s")
+    release.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "--all",
+        f"--timeout={timeout_s}s",
+        timeout_s=timeout_s + KUBECTL_SLACK_S,
+    )
 
 
 def tiny_paraformer() -> Path:

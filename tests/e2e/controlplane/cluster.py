@@ -58,14 +58,17 @@ class ControlPlane:
             private_key_path=str(self.admin_key),
         )
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        """Run kubectl as administrator; its stdout, or ControlPlaneError with its stderr."""
+    def kubectl(self, *args: str, stdin: str | None = None, timeout_s: float = 120.0) -> str:
+        """Run kubectl as administrator; its stdout, or ControlPlaneError with its stderr.
+
+        ``timeout_s`` bounds the process: longer than any ``--timeout`` given to kubectl itself.
+        """
         done = subprocess.run(
             ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
             input=stdin,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout_s,
             check=False,
         )
         if done.returncode != 0:
