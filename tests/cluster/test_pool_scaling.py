@@ -83,7 +83,11 @@ def _eventually(probe: Callable[[], _T | None], what: str, timeout_s: float) -> 
 
 def _current_metrics(release: Release) -> dict[str, float] | None:
     """The HPA's last reading of each Pods metric (averages per pod), once it has both."""
-    status = release.get(HPA, DEPLOYMENT).get("status", {})
+    return _readings(release.get(HPA, DEPLOYMENT).get("status", {}))
+
+
+def _readings(status: dict[str, Any]) -> dict[str, float] | None:
+    """An HPA status's reading of each Pods metric (averages per pod), if it has both."""
     readings = {
         m["pods"]["metric"]["name"]: _quantity(m["pods"]["current"]["averageValue"])
         for m in status.get("currentMetrics") or []
@@ -135,11 +139,13 @@ def test_the_hpa_reads_both_pool_metrics_from_the_custom_metrics_api(release: Re
     ]
 
 
-def _start_streams(release: Release, folder: Path) -> list[tuple[str, subprocess.Popen[bytes]]]:
+def _start_streams(
+    release: Release, folder: Path, count: int = STREAMS, repeat: int = REPEAT
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
     """Register every session first, then start their callers together (one load step)."""
-    names = [f"load-{index}" for index in range(STREAMS)]
+    names = [f"load-{index}" for index in range(count)]
     argvs = [
-        client_argv(endpoint, f"--token={token}", "--repeat", str(REPEAT))
+        client_argv(endpoint, f"--token={token}", "--repeat", str(repeat))
         for endpoint, token in (_apply_pooled(release, name) for name in names)
     ]
     clients = []
