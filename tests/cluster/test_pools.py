@@ -38,8 +38,13 @@ def release(cluster: Cluster) -> Iterator[Release]:
         installed.helm("uninstall", RELEASE, "--wait")
 
 
-def _pod_uids(release: Release) -> set[str]:
-    return {p["metadata"]["uid"] for p in release.get("pods")["items"]}
+def _containers(release: Release) -> set[tuple[str, str, int]]:
+    """Every container as (pod UID, name, restarts): a new pod or a restart changes the set."""
+    return {
+        (pod["metadata"]["uid"], status["name"], status["restartCount"])
+        for pod in release.get("pods")["items"]
+        for status in pod["status"].get("containerStatuses", [])
+    }
 
 
 def _apply_pooled(release: Release, name: str, **spec: Any) -> tuple[str, str]:
@@ -60,7 +65,7 @@ def _stored(release: Release, session: str, count: int) -> list[list[str]]:
 
 
 def test_a_pooled_session_streams_without_any_pod_start(release: Release) -> None:
-    before = _pod_uids(release)
+    before = _containers(release)
     endpoint, token = _apply_pooled(release, "pooled")
     assert (
         endpoint == f"ws://{RELEASE}-pool-default.{release.namespace}.svc:8000/ws/transcribe/pooled"
@@ -68,7 +73,7 @@ def test_a_pooled_session_streams_without_any_pod_start(release: Release) -> Non
     messages = run_client(release.cluster, endpoint, f"--token={token}", "--speed", "0")
     finals = [m for m in messages if m["type"] == "final"]
     assert finals, messages
-    assert _pod_uids(release) == before, "a pod was started for a pooled session"
+    assert _containers(release) == before, "a pod started or a container restarted"
     assert _stored(release, "pooled", len(finals)) == [[str(f["seq"]), f["text"]] for f in finals]
 
 
@@ -118,12 +123,13 @@ def test_ending_a_pooled_session_ends_its_live_stream(release: Release, ending: 
         release.kubectl("apply", "-f", "-", stdin=_session(name, **POOL, active=False))
     messages = _rest(client, messages)
     took = time.monotonic() - started
+    print(f"{ending}: the stream ended {took:.1f} s after kubectl was run")
     closes = _closes(messages)
     assert len(closes) == 1, messages
     assert (closes[0]["code"], closes[0]["reason"]) == (1000, "session ended"), messages
     (error,) = [m for m in messages if m["type"] == "error"]
     assert error["code"] == "session_ended"
-    assert took < 15.0, f"the stream ran on {took:.1f} s after its session ended"
+    assert took < 10.0, f"the stream ran on {took:.1f} s after its session ended"
     finals = [m for m in messages if m["type"] == "final"]
     assert _stored(release, name, len(finals))[: len(finals)] == [
         [str(f["seq"]), f["text"]] for f in finals
