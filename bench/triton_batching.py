@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import REGISTRY
 
 from bench import procstats
 from bench.chunk_timing import ChunkTimer
@@ -52,7 +53,7 @@ from earshot.cli.demoing import sample_audio
 from earshot.engines import paraformer, tiny_paraformer
 from earshot.engines.batching import BatchingRecognizer
 from earshot.engines.recognizers import Recognizer, Samples
-from earshot.engines.triton import TritonRecognizer
+from earshot.engines.triton import ROUND_TRIP_BUCKETS, TritonRecognizer
 from earshot.events import Recognition
 from tests import triton_server
 
@@ -74,6 +75,9 @@ class Round:
     server_cpu: float
     client_cpu: float
     requests: float = math.nan
+    #: Triton only: the share of round trips longer than :func:`wait_bound` (their answers come
+    #: with a later call than the one that sent the chunk).
+    slow_round_trips: float = math.nan
 
 
 class CountingDecoder(paraformer.ParaformerDecoder):
@@ -153,6 +157,19 @@ async def load(
     )
 
 
+def wait_bound(chunk_seconds: float) -> float:
+    """The largest round-trip bucket bound within the client's wait: half a chunk."""
+    return max((b for b in ROUND_TRIP_BUCKETS if b <= chunk_seconds / 2), default=0.0)
+
+
+def round_trips(bound: float) -> tuple[float, float]:
+    """This process's Triton round trips so far: all of them, and those within ``bound``."""
+    name, labels = "earshot_triton_round_trip_seconds", {"model": MODEL}
+    total = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
+    within = REGISTRY.get_sample_value(f"{name}_bucket", {**labels, "le": str(bound)}) or 0.0
+    return total, within
+
+
 def cpu_of_group(group: int) -> float:
     """CPU seconds of every live process in a process group (tritonserver and its stubs)."""
     total = 0.0
@@ -172,19 +189,24 @@ async def measured(
     server_cpu: Callable[[], float],
     batch: Callable[[], tuple[float, float]],
     streams: int,
+    trips: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0),
 ) -> Round:
-    """Run a round and fill in its CPU shares and batch size."""
+    """Run a round and fill in its CPU shares, batch size and (Triton) slow round trips."""
     me = os.getpid()
-    server0, client0, batch0, wall0 = (
+    server0, client0, batch0, trips0, wall0 = (
         server_cpu(),
         procstats.read(me).cpu_seconds,
         batch(),
+        trips(),
         time.monotonic(),
     )
     result = await run()
     wall = time.monotonic() - wall0
-    server1, client1, batch1 = server_cpu(), procstats.read(me).cpu_seconds, batch()
+    server1, client1, batch1, trips1 = (
+        server_cpu(), procstats.read(me).cpu_seconds, batch(), trips()
+    )  # fmt: skip
     items, calls = batch1[0] - batch0[0], batch1[1] - batch0[1]
+    sent, quick = trips1[0] - trips0[0], trips1[1] - trips0[1]
     per_stream = 100.0 / wall / streams
     return Round(
         engine=result.engine,
@@ -195,6 +217,7 @@ async def measured(
         server_cpu=(server1 - server0) * per_stream,
         client_cpu=(client1 - client0) * per_stream,
         requests=items,
+        slow_round_trips=(sent - quick) / sent if sent else math.nan,
     )
 
 
@@ -240,6 +263,7 @@ async def run_rounds(
                             server_cpu=lambda: cpu_of_group(group),
                             batch=triton_batch,
                             streams=n,
+                            trips=functools.partial(round_trips, wait_bound(chunk_seconds)),
                         )
                     )
                 finally:
@@ -278,8 +302,8 @@ async def run_rounds(
 
 HEADER = (
     "| engine | streams | chunks | late | requests | latency p50 ms | p99 ms | avg batch "
-    "| serving CPU %/stream | client CPU %/stream |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| round trips > ½ chunk | serving CPU %/stream | client CPU %/stream |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -289,10 +313,11 @@ def row(r: Round) -> str:
     engine = r.engine if "in process" in r.engine else f"{r.engine} (Triton)"
     client = "-" if math.isnan(r.client_cpu) else f"{r.client_cpu:.2f}"
     requests = "-" if math.isnan(r.requests) else f"{r.requests:.0f}"
+    slow = "-" if math.isnan(r.slow_round_trips) else f"{r.slow_round_trips:.1%}"
     return (
         f"| {engine} | {r.streams} | {len(r.latencies)} | {r.late_chunks} | {requests} "
         f"| {p50:.1f} | {p99:.1f} "
-        f"| {r.batch:.2f} | {r.server_cpu:.2f} | {client} |"
+        f"| {r.batch:.2f} | {slow} | {r.server_cpu:.2f} | {client} |"
     )
 
 
@@ -347,6 +372,11 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "had not returned;",
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
         "process, streams per `decode` call;",
+        "* round trips > ½ chunk: Triton only, the share of this process's "
+        "`earshot_triton_round_trip_seconds` (a chunk sent to its last response received) over "
+        f"{wait_bound(chunk_seconds) * 1000:g} ms, the histogram's largest bound within the "
+        "client's wait of half a chunk: such an answer misses the call that sent its chunk and "
+        "comes with a later one, about a chunk or more after the chunk was sent;",
         "* serving CPU: tritonserver plus its Python stub (Triton) or the benchmark process (in "
         "process); client CPU: the benchmark process driving Triton (the gateway's share).",
         "",
