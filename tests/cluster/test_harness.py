@@ -49,7 +49,9 @@ def test_a_deployment_of_a_local_image_gets_running_pods_on_the_bridge(
     cluster: Cluster, namespace: str
 ) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=_pause_deployment("idle", 2))
-    cluster.kubectl("rollout", "status", "-n", namespace, "deployment/idle", "--timeout=120s")
+    cluster.kubectl(
+        "rollout", "status", "-n", namespace, "deployment/idle", "--timeout=120s", timeout_s=150
+    )
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"]
     assert len(pods) == 2
     prefix = POD_CIDR.rsplit(".", 2)[0]
@@ -132,7 +134,9 @@ def test_teardown_leaves_no_namespace_mount_process_or_cgroup_behind() -> None:
         namespace = "leftover"
         second.kubectl("create", "namespace", namespace)
         second.kubectl("apply", "-n", namespace, "-f", "-", stdin=_pause_deployment("idle", 1))
-        second.kubectl("rollout", "status", "-n", namespace, "deployment/idle", "--timeout=120s")
+        second.kubectl(
+            "rollout", "status", "-n", namespace, "deployment/idle", "--timeout=120s", timeout_s=150
+        )
         shims = _processes_mentioning(str(folder))
         assert shims, "a running pod has a containerd shim"
     assert not (Path("/run/netns") / name).exists()

@@ -271,7 +271,7 @@ def test_an_inactive_session_completes_with_no_pods_and_a_deleted_one_leaves_not
         time.sleep(0.5)
     assert not release.get("pods", "-l", selector)["items"]
     uid = release.get("transcriptionsession", "finished")["metadata"]["uid"]
-    release.kubectl("delete", "transcriptionsession", "finished", "--timeout=120s")
+    release.kubectl("delete", "transcriptionsession", "finished", "--timeout=120s", timeout_s=150)
     deadline = time.monotonic() + PHASE_TIMEOUT_S
     owned: list[str] = []
     while time.monotonic() < deadline:
