@@ -38,13 +38,15 @@ def release(cluster: Cluster) -> Iterator[Release]:
         installed.helm("uninstall", RELEASE, "--wait")
 
 
-def _containers(release: Release) -> set[tuple[str, str, int]]:
-    """Every container as (pod UID, name, restarts): a new pod or a restart changes the set."""
-    return {
+def _pods_and_pool_restarts(release: Release) -> tuple[set[str], set[tuple[str, str, int]]]:
+    """Every pod's UID, and the pool's containers as (pod UID, name, restarts)."""
+    pods = release.get("pods")["items"]
+    restarts = {
         (pod["metadata"]["uid"], status["name"], status["restartCount"])
-        for pod in release.get("pods")["items"]
+        for pod in release.get("pods", "-l", POOL_LABEL)["items"]
         for status in pod["status"].get("containerStatuses", [])
     }
+    return {pod["metadata"]["uid"] for pod in pods}, restarts
 
 
 def _apply_pooled(release: Release, name: str, **spec: Any) -> tuple[str, str]:
@@ -65,7 +67,7 @@ def _stored(release: Release, session: str, count: int) -> list[list[str]]:
 
 
 def test_a_pooled_session_streams_without_any_pod_start(release: Release) -> None:
-    before = _containers(release)
+    pods, restarts = _pods_and_pool_restarts(release)
     endpoint, token = _apply_pooled(release, "pooled")
     assert (
         endpoint == f"ws://{RELEASE}-pool-default.{release.namespace}.svc:8000/ws/transcribe/pooled"
@@ -73,7 +75,9 @@ def test_a_pooled_session_streams_without_any_pod_start(release: Release) -> Non
     messages = run_client(release.cluster, endpoint, f"--token={token}", "--speed", "0")
     finals = [m for m in messages if m["type"] == "final"]
     assert finals, messages
-    assert _containers(release) == before, "a pod started or a container restarted"
+    pods_after, restarts_after = _pods_and_pool_restarts(release)
+    assert pods_after == pods, "a pod was started for a pooled session"
+    assert restarts_after == restarts, "a pool container restarted"
     assert _stored(release, "pooled", len(finals)) == [[str(f["seq"]), f["text"]] for f in finals]
 
 
