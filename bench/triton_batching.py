@@ -157,16 +157,23 @@ async def load(
     )
 
 
-def wait_bound(chunk_seconds: float) -> float:
-    """The largest round-trip bucket bound within the client's wait: half a chunk."""
-    return max((b for b in ROUND_TRIP_BUCKETS if b <= chunk_seconds / 2), default=0.0)
+def wait_bound(chunk_seconds: float) -> float | None:
+    """The client's wait, half a chunk, if it is a bound of the round-trip histogram, else None."""
+    half = chunk_seconds / 2
+    return next((b for b in ROUND_TRIP_BUCKETS if math.isclose(b, half)), None)
 
 
-def round_trips(bound: float) -> tuple[float, float]:
-    """This process's Triton round trips so far: all of them, and those within ``bound``."""
+def round_trips(bound: float | None) -> tuple[float, float]:
+    """This process's Triton round trips so far: all of them, and those within ``bound``.
+
+    (0, 0) without a bound: then the share is not reported.
+    """
+    if bound is None:
+        return 0.0, 0.0
     name, labels = "earshot_triton_round_trip_seconds", {"model": MODEL}
     total = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
-    within = REGISTRY.get_sample_value(f"{name}_bucket", {**labels, "le": str(bound)}) or 0.0
+    le = repr(bound)  # the label text prometheus_client writes for a plain float bound
+    within = REGISTRY.get_sample_value(f"{name}_bucket", {**labels, "le": le}) or 0.0
     return total, within
 
 
@@ -373,10 +380,12 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
         "process, streams per `decode` call;",
         "* round trips > ½ chunk: Triton only, the share of this process's "
-        "`earshot_triton_round_trip_seconds` (a chunk sent to its last response received) over "
-        f"{wait_bound(chunk_seconds) * 1000:g} ms, the histogram's largest bound within the "
-        "client's wait of half a chunk: such an answer misses the call that sent its chunk and "
-        "comes with a later one, about a chunk or more after the chunk was sent;",
+        "`earshot_triton_round_trip_seconds` (a request sent to its last response received) over "
+        "the client's wait of half a chunk, when that is a bound of the histogram (chunks of 10, "
+        "20, 40, 100, 200 ms and longer ones; '-' otherwise): such an answer misses the call "
+        "that sent its chunk and comes with a later one, about a chunk or more after the chunk "
+        "was sent. Every request counts, each stream's START and END too, whose calls wait for "
+        "their answers anyway;",
         "* serving CPU: tritonserver plus its Python stub (Triton) or the benchmark process (in "
         "process); client CPU: the benchmark process driving Triton (the gateway's share).",
         "",
