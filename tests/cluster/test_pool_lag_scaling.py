@@ -159,7 +159,7 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
         a - b for a, b in zip(_gateway_cpu(release, pod_name), cpu_before, strict=True)
     )
     readings = _readings(decision)
-    # no caller was refused (no lag limit, a connection cap of STREAMS): the lag is the streams'
+    # no caller was refused (no lag limit, a connection cap of STREAMS): the lag is the callers'
     errors = [line for name, _ in clients for line in _lines(tmp_path, name) if '"error"' in line]
     assert not errors, errors
     print(
