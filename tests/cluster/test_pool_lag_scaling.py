@@ -10,7 +10,7 @@ What this shows: at rest the HPA reads a lag under its target and keeps one pod;
 connecting, the HPA controller (kube-controller-manager, reading through tests/cluster/custom_metrics.py
 as it would through prometheus-adapter) raises the Deployment to two pods, and the readings it
 scaled for (its status when it first wanted two pods) are the lag above its target and the
-streams far below theirs; no caller is told an error.
+streams, where it could read them, far below theirs; no caller is told an error.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from tests.cluster.test_pool_scaling import (
     HPA,
     _current_metrics,
     _eventually,
+    _pods_readings,
     _quantity,
-    _readings,
     _replicas,
     _start_streams,
     _stop_all,
@@ -134,12 +134,12 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
     (first,) = release.get("pods", "-l", POOL_LABEL)["items"]
     pod_name = first["metadata"]["name"]
     cpu_before = _gateway_cpu(release, pod_name)
-    seen: list[dict[str, float] | None] = []
+    seen: list[dict[str, float]] = []
 
     def decided() -> dict[str, Any] | None:
         """The HPA's status once it wants two pods (its readings then are what it scaled for)."""
         status: dict[str, Any] = release.get(HPA, DEPLOYMENT)["status"]
-        seen.append(_readings(status))
+        seen.append(_pods_readings(status))
         return status if status.get("desiredReplicas") == 2 else None
 
     clients = _start_streams(release, tmp_path, count=STREAMS, repeat=REPEAT)
@@ -158,7 +158,7 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
     cpu, throttled = (
         a - b for a, b in zip(_gateway_cpu(release, pod_name), cpu_before, strict=True)
     )
-    readings = _readings(decision)
+    readings = _pods_readings(decision)
     # no caller was refused (no lag limit, a connection cap of STREAMS): the lag is the callers'
     errors = [line for name, _ in clients for line in _lines(tmp_path, name) if '"error"' in line]
     assert not errors, errors
@@ -171,6 +171,7 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
     # missing in runs of this test where the HPA had first told FailedGetPodsMetric events at every
     # sync while the pool started, most likely dropped by client-go's event spam filter (a burst
     # of 25 per object, then one per 5 minutes).
-    assert readings is not None, decision
-    assert readings["earshot_gateway_lag_seconds"] > LAG_TARGET_S, readings
-    assert readings["earshot_active_streams"] < STREAMS_TARGET, readings
+    # The streams may be unread then: the metrics server's 2 s scrape of the starved pod can time
+    # out, and the HPA scales on the metrics it has (an unread one never raises a pool).
+    assert readings["earshot_gateway_lag_seconds"] > LAG_TARGET_S, decision
+    assert readings.get("earshot_active_streams", 0.0) < STREAMS_TARGET, decision

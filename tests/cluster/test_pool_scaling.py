@@ -88,12 +88,17 @@ def _current_metrics(release: Release) -> dict[str, float] | None:
 
 def _readings(status: dict[str, Any]) -> dict[str, float] | None:
     """An HPA status's reading of each Pods metric (averages per pod), if it has both."""
-    readings = {
+    readings = _pods_readings(status)
+    return readings if len(readings) == 2 else None
+
+
+def _pods_readings(status: dict[str, Any]) -> dict[str, float]:
+    """The Pods metrics an HPA status has a reading of (one it could not read is left out)."""
+    return {
         m["pods"]["metric"]["name"]: _quantity(m["pods"]["current"]["averageValue"])
         for m in status.get("currentMetrics") or []
-        if m["type"] == "Pods"
+        if m.get("type") == "Pods" and "current" in m["pods"]
     }
-    return readings if len(readings) == 2 else None
 
 
 def _quantity(text: str) -> float:
