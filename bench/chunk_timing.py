@@ -1,11 +1,13 @@
 """Per-chunk latency of a recogniser stream, each answer attributed to the chunk that caused it.
 
-An in-process stream answers a chunk in the ``accept`` call that takes it: the chunk's latency is
-that call's duration. A :class:`~earshot.engines.triton.TritonStream` pipelines its requests and
-may return a chunk's answer with a later call or with ``finish``: a chunk it sent to Triton is timed
-from the ``accept`` that took it to the return of the call that brought its answer (when the
-stream's ``answered_chunks`` passes it); a chunk it held back (gathered towards a model frame) sent
-nothing and is answered by its own call, as in process.
+A chunk is timed from when its audio was complete (``due``: the real-time slot a caller's chunk
+arrives in; by default the ``accept`` call itself) to the return of the call that brought its
+answer. A caller still inside the previous call when a chunk is due sends it late, and that wait is
+the chunk's too. An in-process stream answers a chunk in the ``accept`` call that takes it. A
+:class:`~earshot.engines.triton.TritonStream` pipelines its requests and may return a chunk's answer
+with a later call or with ``finish``: a chunk it sent to Triton is answered by the call after which
+the stream's ``answered_chunks`` passes it; a chunk it held back (gathered towards a model frame)
+sent nothing and is answered by its own call, as in process.
 """
 
 from __future__ import annotations
@@ -19,19 +21,19 @@ from earshot.events import Recognition
 
 
 class ChunkTimer:
-    """A stream whose chunks are timed: :attr:`timed` holds (accept called at, latency) per chunk."""
+    """A stream whose chunks are timed: :attr:`timed` holds (due at, latency) per chunk."""
 
     def __init__(self, stream: RecognizerStream) -> None:
         """Time the chunks fed to ``stream`` through :meth:`accept`."""
         self._stream = stream
         self._triton = stream if isinstance(stream, TritonStream) else None
-        # Chunks sent to Triton whose answer has not come back: (index among sent, accept called).
+        # Chunks sent to Triton whose answer has not come back: (index among sent, due at).
         self._out: deque[tuple[int, float]] = deque()
         self.timed: list[tuple[float, float]] = []
 
-    async def accept(self, samples: Samples) -> list[Recognition]:
-        """Feed a chunk to the stream."""
-        called = time.monotonic()
+    async def accept(self, samples: Samples, due: float | None = None) -> list[Recognition]:
+        """Feed a chunk whose audio was complete at ``due`` (``time.monotonic()``; default now)."""
+        called = time.monotonic() if due is None else min(due, time.monotonic())
         sent_before = self._triton.sent_chunks if self._triton is not None else 0
         said = await self._stream.accept(samples)
         returned = time.monotonic()

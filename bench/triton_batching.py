@@ -9,9 +9,11 @@ through the in-process :class:`BatchingRecognizer` (one worker thread, every chu
 once: the strictest comparison; the gateway's in-process engine holds audio until sherpa's next
 decoding window) on the same model. For each engine and N it reports:
 
-* per-chunk latency p50/p99: from ``accept`` called with the chunk to the return of the call that
-  brought its recognitions (:mod:`bench.chunk_timing`): in process the same call; through Triton,
-  whose client pipelines its requests, the same call, a later one or ``finish``;
+* per-chunk latency p50/p99: from the chunk's real-time slot (its audio complete; the stream
+  calls ``accept`` with it then, or later when its previous call has not returned) to the return
+  of the call that brought its recognitions (:mod:`bench.chunk_timing`): in process the same
+  call; through Triton, whose client pipelines its requests, the same call, a later one or
+  ``finish``;
 * late chunks: sent after their real-time slot because the stream's previous ``accept`` had not
   returned;
 * requests: the requests Triton executed over the round (``nv_inference_count``);
@@ -116,12 +118,12 @@ async def one_stream(
     late = 0
     try:
         for k, start in enumerate(range(0, len(looped), chunk)):
-            delay = t0 + offset + (k + 1) * chunk_seconds - time.monotonic()
-            if delay > 0:
+            due = t0 + offset + (k + 1) * chunk_seconds
+            if (delay := due - time.monotonic()) > 0:
                 await asyncio.sleep(delay)
             else:
                 late += 1
-            await stream.accept(looped[start : start + chunk])
+            await stream.accept(looped[start : start + chunk], due)
     finally:
         await stream.finish()
     return [latency for _, latency in stream.timed], late
@@ -370,13 +372,14 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "",
         *overheads(rounds),
         "",
-        f"* latency: per {chunk_seconds * 1000:.0f} ms chunk, from `accept()` called with it to "
+        f"* latency: per {chunk_seconds * 1000:.0f} ms chunk, from its real-time slot (its audio "
+        "complete: `accept()` is called with it then, or later when it is late) to "
         "the return of the call that brought its recognitions (client side, "
         "`bench/chunk_timing.py`): in process the same call; through Triton, whose client "
         "pipelines its requests, the same call, a later one or `finish()` (it includes gRPC and "
         "the sequence batcher's queue delay);",
         "* late: chunks sent after their real-time slot because the stream's previous `accept()` "
-        "had not returned;",
+        "had not returned (the wait is in their latency);",
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
         "process, streams per `decode` call;",
         "* round trips > ½ chunk: Triton only, the share of this process's "
