@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from earshot.engines import kyutai, kyutai_checkpoints, tiny_kyutai
 from earshot.engines.clocked_sequencing import ClockedSequences
-from earshot.engines.clocking import DecodingClock
+from earshot.engines.clocking import ClockedStream, DecodingClock
 from earshot.engines.kyutai import FRAME_SAMPLES, SAMPLE_RATE, KyutaiStream
 from earshot.engines.recognizers import EngineError, EngineOverloaded, Samples
 from earshot.engines.sequencing import OVERLOADED_MARK, Chunk, Outcome
@@ -404,3 +405,10 @@ def test_clocked_sequences_number_segments_refuse_a_start_beyond_the_slots_and_f
     assert "must carry START" in (unknown.error or "")
     assert admitted.error is None
     assert len(sequences) == 0
+
+
+def test_a_clocked_stream_can_be_weakly_referenced() -> None:
+    """The clock keeps its open streams in a WeakSet: as a slotted generic dataclass a stream had no
+    weakref slot on CPython 3.12.3 (the GPU machine's), and the clock's thread died on its first."""
+    stream = ClockedStream(state=object())
+    assert weakref.ref(stream)() is stream

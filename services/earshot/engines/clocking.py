@@ -100,7 +100,7 @@ class _Waiting:
     frames: int | None
 
 
-@dataclass(eq=False, slots=True, weakref_slot=True)
+@dataclass(eq=False)  # no slots: with Generic, CPython 3.12.3 left out the weakref slot
 class ClockedStream(Generic[StreamT]):
     """A stream of the clock: its decoder state, what it said since its last answer, who waits."""
 
