@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from earshot_operator import drifting, pools, poolwatching, reconciling, resources
+from earshot_operator import claiming, drifting, pools, poolwatching, reconciling, resources
 from earshot_operator.clients import KubeClient
 from earshot_operator.metrics import OperatorMetrics
 from earshot_operator.settings import OperatorSettings, Pool
@@ -55,12 +55,31 @@ def register(
             client=client,
             metrics=metrics,
             pool_watch=pool_watch,
+            claims=claims,
             drift=True,
         )
 
     pool_watch = poolwatching.PoolWatch(client, settings=settings, on_change=recheck_pool)
     drift = drifting.DriftLoop(client, settings=settings, reconcile=recheck_drift)
+    claims = claiming.SessionClaims()
     loops = Loops(drift, pool_watch)
+
+    @kopf.on.event(
+        resources.GROUP,
+        resources.VERSION,
+        resources.SESSION.plural,
+        registry=registry,
+        id="session_claims",
+    )
+    async def session_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        # kopf runs this before the session's own handlers for the same event: their reconcile
+        # sees the session's claim
+        claimed = None if event["type"] == "DELETED" else claiming.claim_of(body, settings)
+        others = claims.update(claiming.resource_of(body), claimed)
+        if others:  # an id changed hands: its other claimants register or wait accordingly
+            await drift.check_all(
+                (resources.SESSION,), where=lambda listed: claiming.resource_of(listed) in others
+            )
 
     @kopf.on.startup(registry=registry, id="drift_start")
     async def start_loops(**_: Any) -> None:  # async: kopf runs sync handlers in threads
@@ -78,7 +97,13 @@ def register(
 
     for kind in resources.KINDS.values():
         _register_kind(
-            registry, kind, settings=settings, client=client, metrics=metrics, pool_watch=pool_watch
+            registry,
+            kind,
+            settings=settings,
+            client=client,
+            metrics=metrics,
+            pool_watch=pool_watch,
+            claims=claims,
         )
 
     @kopf.on.event(
@@ -143,12 +168,19 @@ def _register_kind(
     client: KubeClient,
     metrics: OperatorMetrics,
     pool_watch: poolwatching.PoolWatch,
+    claims: claiming.SessionClaims,
 ) -> None:
     where = (resources.GROUP, resources.VERSION, kind.plural)
 
     async def on_change(body: kopf.Body, **_: Any) -> None:
         await _reconcile(
-            kind, body, settings=settings, client=client, metrics=metrics, pool_watch=pool_watch
+            kind,
+            body,
+            settings=settings,
+            client=client,
+            metrics=metrics,
+            pool_watch=pool_watch,
+            claims=claims,
         )
 
     def on_delete(namespace: str | None, name: str | None, **_: Any) -> None:
@@ -172,10 +204,11 @@ async def _reconcile(
     client: KubeClient,
     metrics: OperatorMetrics,
     pool_watch: poolwatching.PoolWatch,
+    claims: claiming.SessionClaims,
     drift: bool = False,
 ) -> None:
     with metrics.timing(kind.kind):
         outcome = await reconciling.reconcile(
-            client, body, settings=settings, pool_watch=pool_watch, drift=drift
+            client, body, settings=settings, pool_watch=pool_watch, claims=claims, drift=drift
         )
     metrics.record_phase(outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase)

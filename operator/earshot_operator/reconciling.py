@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from earshot_operator import (
+    claiming,
     dataplane,
     diagnosing,
     events,
@@ -60,13 +61,15 @@ async def reconcile(
     *,
     settings: OperatorSettings,
     pool_watch: poolwatching.PoolWatch,
+    claims: claiming.SessionClaims,
     drift: bool = False,
 ) -> Outcome:
     """Create or correct the Secret, access objects (rooms), ConfigMap, Service and Deployment,
     then write the status; or, for a pooled session, its token and registration.
 
     ``drift`` marks a periodic re-check: whatever it has to change counts as a drift repair;
-    ``pool_watch`` says whether a pooled session's pool can take a stream.
+    ``pool_watch`` says whether a pooled session's pool can take a stream, ``claims`` which
+    session holds each session id of a pool.
     """
     try:
         gateway = gateways.build(body, settings)
@@ -76,7 +79,13 @@ async def reconcile(
         return await write_status(client, body, gateway=None, observation=observation)
     if placement is not None and placement.pool is not None:
         return await reconcile_pooled(
-            client, body, gateway=gateway, pool=placement.pool, pool_watch=pool_watch, drift=drift
+            client,
+            body,
+            gateway=gateway,
+            pool=placement.pool,
+            pool_watch=pool_watch,
+            claims=claims,
+            drift=drift,
         )
     token = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
     wanted = [
@@ -120,39 +129,44 @@ async def reconcile_pooled(
     gateway: gateways.Gateway,
     pool: Pool,
     pool_watch: poolwatching.PoolWatch,
+    claims: claiming.SessionClaims,
     drift: bool = False,
 ) -> Outcome:
     """Mint a pooled session's token and register it: no pod of its own, Ready at once while its
     pool has a Ready gateway; else Provisioning with why the pool has none.
 
     Inactive, the session is Completed and unregistered, so the pool's gateways end its stream.
+    While an older session holds its session id on the pool it is Pending and unregistered.
     """
     spec = specs.parse_session(body)
+    claimed = claiming.claim(pool, spec, body)
     created: list[str] = []
+    token_secret: dict[str, Any] = {}
     token: str | None = None
-    pooled: dict[str, Any] = {"endpoint": pools.endpoint(pool, spec)}
     if spec.auth == "token":
         secret = manifests.build_token_secret(gateway, token=secrets.token_urlsafe(32))
         change, actual = await ensure_token(client, secret, body)
         if change is Change.CREATED:
             created.append(_name_of(secret))
         token = base64.b64decode(actual["data"][dataplane.TOKEN_KEY]).decode()
-        pooled["tokenSecret"] = gateway.token_secret
-    if spec.active:
-        pooled["registration"] = pools.build_registration(pool, spec, token=token)
-    else:
-        del pooled["endpoint"]
+        token_secret["tokenSecret"] = gateway.token_secret
     while True:
-        # The pool's loop may change its answer, and reconcile the pool's sessions, while this
-        # status is on its way: this one would then overwrite the newer, so it is written again.
-        seen = pool_watch.changes(pool)
-        observation = (
-            statuses.registered(pool.name, await pool_watch.diagnose(pool))
-            if spec.active
-            else statuses.Observation(
+        # The pool's loop may change its answer, or the session id change hands, and the
+        # session be reconciled for it, while this status is on its way: this one would then
+        # overwrite the newer, so it is written again.
+        seen = (pool_watch.changes(pool), claims.changes)
+        holder = claims.taken_from(claimed) if spec.active else None
+        pooled = dict(token_secret)
+        if holder is not None:
+            observation = statuses.session_id_taken(pool.name, spec.session_id, holder.resource)
+        elif spec.active:
+            pooled["endpoint"] = pools.endpoint(pool, spec)
+            pooled["registration"] = pools.build_registration(pool, spec, token=token)
+            observation = statuses.registered(pool.name, await pool_watch.diagnose(pool))
+        else:
+            observation = statuses.Observation(
                 statuses.Phase.COMPLETED, "Inactive", "the session was ended", False
             )
-        )
         outcome = await write_status(
             client,
             body,
@@ -163,7 +177,7 @@ async def reconcile_pooled(
             placement=pools.Placement(pool).name,
             pooled=pooled,
         )
-        if not spec.active or pool_watch.changes(pool) == seen:
+        if (pool_watch.changes(pool), claims.changes) == seen:
             return outcome
         created = []  # told by the first write
 

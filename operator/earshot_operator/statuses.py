@@ -107,6 +107,16 @@ def registered(pool: str, trouble: diagnosing.Diagnosis | None) -> Observation:
     return Observation(Phase.PROVISIONING, trouble.reason, trouble.message, False, warning=True)
 
 
+def session_id_taken(pool: str, session_id: str, holder: str) -> Observation:
+    """A pooled session whose id another, older session holds on its pool: not registered."""
+    message = (
+        f"session id {session_id} is registered with gateway pool {pool} by TranscriptionSession "
+        f"{holder}: give this session another spec.sessionId, or delete or deactivate that one "
+        "(this session then takes the id)"
+    )
+    return Observation(Phase.PENDING, "SessionIdTaken", message, False, warning=True)
+
+
 def failed(reason: str, message: str) -> Observation:
     """The observation for a resource whose spec the operator cannot build."""
     return Observation(Phase.FAILED, reason, message, False, True)

@@ -111,6 +111,39 @@ async def test_a_pool_of_another_engine_or_a_move_is_refused(
     assert "runs engine paraformer, the session asks for kyutai" in failed["status"]["message"]
 
 
+async def test_a_session_id_another_session_holds_waits_unregistered_until_it_goes(
+    api: KubeClient, namespace: str
+) -> None:
+    held = helpers.session_body("call-held", namespace, sessionId="pbx:9", **PLACED)
+    await api.create(held)
+    await _ready(api, held)
+    waiting = helpers.session_body("call-waiting", namespace, sessionId="pbx:9", **PLACED)
+    await api.create(waiting)
+
+    async def taken() -> dict[str, Any] | None:
+        current = await helpers.resource(api, waiting)
+        status = (current or {}).get("status") or {}
+        return status if status.get("reason") == "SessionIdTaken" else None
+
+    status = await helpers.eventually(taken, what="the second session told the id is taken")
+    assert status["phase"] == "Pending"
+    assert f"by TranscriptionSession {namespace}/call-held" in status["message"]
+    assert "registration" not in status
+    assert "endpoint" not in status
+    holder = await helpers.resource(api, held)
+    assert holder is not None
+    assert holder["status"]["phase"] == "Ready"
+    assert holder["status"]["registration"]["sessionId"] == "pbx:9"
+    # the holder goes: its deletion event has the operator reconcile the session waiting for its
+    # id (this operator's drift pass, every 2 s, would too: the test does not tell them apart)
+    await api.delete(_path(held))
+    ready = await helpers.eventually(
+        lambda: helpers.phase_is(api, waiting, "Ready"), timeout_s=10.0, what="the id taken over"
+    )
+    assert ready["status"]["registration"]["sessionId"] == "pbx:9"
+    assert ready["status"]["endpoint"].endswith("/ws/transcribe/pbx:9")
+
+
 # --- a pool gateway process following the API server -------------------------------------------
 
 

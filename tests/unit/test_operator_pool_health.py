@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 
 from earshot_operator import (
+    claiming,
     diagnosing,
     drifting,
     events,
@@ -402,10 +403,16 @@ async def test_a_status_written_from_the_answer_before_a_pool_change_is_written_
 
     async def recheck(pool: Pool) -> None:
         await reconciling.reconcile(
-            client, copy.deepcopy(api.session), settings=settings, pool_watch=watch, drift=True
+            client,
+            copy.deepcopy(api.session),
+            settings=settings,
+            pool_watch=watch,
+            claims=claims,
+            drift=True,
         )
 
     watch = poolwatching.PoolWatch(client, settings=settings, on_change=recheck)
+    claims = claiming.SessionClaims()
     assert (await watch.diagnose(POOL)) is not None  # no Ready gateway yet
 
     async def pool_comes_back() -> None:
@@ -415,13 +422,57 @@ async def test_a_status_written_from_the_answer_before_a_pool_change_is_written_
 
     api.during_patch = pool_comes_back
     await reconciling.reconcile(
-        client, copy.deepcopy(api.session), settings=settings, pool_watch=watch
+        client, copy.deepcopy(api.session), settings=settings, pool_watch=watch, claims=claims
     )
     assert watch.changes(POOL) == 1
     assert (api.session["status"]["phase"], api.session["status"]["reason"]) == (
         "Ready",
         "Registered",
     )
+
+
+async def test_a_status_written_before_its_session_id_changed_hands_is_written_again() -> None:
+    # An older session claiming the same id is seen while this session's Registered status is on
+    # its way: the claims' handler reconciles this session Pending first, then the stale PATCH
+    # lands (after a conflict). Without a second write the session would stay registered, and the
+    # pool would refuse both sessions' clients as ambiguous.
+    api = StatusApi()
+    api.deployment = _deployment(1)
+    api.session["metadata"]["creationTimestamp"] = "2026-12-04T10:00:00Z"
+    settings = OperatorSettings(pools=(POOL,), default_placement="default")
+    client = cast(KubeClient, api)
+
+    async def unchanged(pool: Pool) -> None:
+        raise AssertionError("the pool's answer does not change here")
+
+    watch = poolwatching.PoolWatch(client, settings=settings, on_change=unchanged)
+    claims = claiming.SessionClaims()
+    mine = claiming.claim_of(api.session, settings)
+    assert mine is not None
+    claims.update("tel/call-7", mine)
+    older = (mine[0], claiming.Claim("2026-12-04T09:00:00Z", "other/call-1"))
+
+    async def older_seen() -> None:
+        assert claims.update("other/call-1", older) == {"tel/call-7"}
+        await reconciling.reconcile(
+            client,
+            copy.deepcopy(api.session),
+            settings=settings,
+            pool_watch=watch,
+            claims=claims,
+            drift=True,
+        )
+        assert api.session["status"]["reason"] == "SessionIdTaken"
+
+    api.during_patch = older_seen
+    await reconciling.reconcile(
+        client, copy.deepcopy(api.session), settings=settings, pool_watch=watch, claims=claims
+    )
+    status = api.session["status"]
+    assert (status["phase"], status["reason"]) == ("Pending", "SessionIdTaken")
+    assert "by TranscriptionSession other/call-1" in status["message"]
+    assert status.get("registration") is None
+    assert status.get("endpoint") is None
 
 
 async def test_a_pool_loop_that_died_makes_the_operator_unhealthy() -> None:
