@@ -290,3 +290,35 @@ async def test_an_unregistered_session_has_its_live_stream_ended_and_its_finals_
     assert [(s.seq, s.text) for s in stored][: len(result.finals)] == [
         (f["seq"], f["text"]) for f in result.finals
     ]
+
+
+async def test_a_stream_goes_on_when_another_resources_registration_of_its_id_is_withdrawn(
+    settings: Settings, services: Services
+) -> None:
+    # Two sessions registering one id for a moment (the operator then withdraws the younger's):
+    # the stream the older's registration admitted is not ended with the younger's.
+    audio = demoing.sample_audio()
+    frames = client.frames_of(audio * 20, codec=Codec.ALAW, rate=8000, frame_ms=20)
+    async with running_pool(settings, services) as pool:
+        held = pool.register("call-held", sessionId="shared")
+        got_final = asyncio.Event()
+        streaming = asyncio.create_task(
+            client.stream(
+                session_url(pool.base, "shared"),
+                frames,
+                frame_seconds=FRAME_SECONDS,
+                speed=1.0,
+                token="t0ken",
+                on_message=lambda m: got_final.set() if m["type"] == "final" else None,
+            )
+        )
+        await asyncio.wait_for(got_final.wait(), 30.0)
+        younger = pool.register("call-younger", sessionId="shared", token="another")
+        pool.unregister(younger, "its TranscriptionSession was deleted")
+        await asyncio.sleep(3.0)  # an ended stream reads on for at most 2 s, then closes
+        assert not streaming.done(), "the stream ended with another resource's registration"
+        pool.unregister(held, "its TranscriptionSession was deleted")
+        result = await asyncio.wait_for(streaming, 15.0)
+    [error] = result.errors
+    assert error["code"] == "session_ended"
+    assert result.close_code == 1000

@@ -111,7 +111,10 @@ async def test_a_session_being_deleted_ends_its_stream_before_its_object_is_gone
     registry = Registry()
     async with httpx.AsyncClient() as unused:
         follower = following.Follower(
-            unused, registry, settings=BASE, on_ended=lambda s, why: ended.append((s, why))
+            unused,
+            registry,
+            settings=BASE,
+            on_ended=lambda lost, why: ended.append((lost.session_id, why)),
         )
         body = _body("a")
         follower._apply({"type": "ADDED", "object": body})
@@ -133,10 +136,24 @@ def test_the_registry_reports_the_session_that_lost_its_registration() -> None:
     registry = Registry()
     first = _parse(_body("a"))
     assert registry.put(first.resource, first) is None
-    assert registry.put(first.resource, _parse(_body("a", userId="bob"))) is None  # still there
-    assert registry.put(first.resource, None) == "a"
+    bobs = _parse(_body("a", userId="bob"))
+    assert registry.put(first.resource, bobs) is None  # still there
+    assert registry.put(first.resource, None) == bobs
     registry.put(first.resource, first)
-    assert registry.replace([_parse(_body("b"))]) == {"a"}
+    assert registry.replace([_parse(_body("b"))]) == [first]
+
+
+def test_a_registration_lost_names_its_resource_also_when_another_registers_its_id() -> None:
+    # Two resources register one id for a moment (the operator then withdraws the younger's): the
+    # registration lost is the younger's, so only a stream it admitted is ended.
+    registry = Registry()
+    held, younger = _parse(_body("x", sessionId="same")), _parse(_body("y", sessionId="same"))
+    registry.put(held.resource, held)
+    registry.put(younger.resource, younger)
+    assert registry.put(younger.resource, None) == younger
+    assert registry.find(SessionId("same")) == held
+    moved = _parse(_body("x", sessionId="other"))
+    assert registry.replace([moved]) == [held]  # x registers another id now
 
 
 def test_two_resources_claiming_one_session_id_admit_neither() -> None:

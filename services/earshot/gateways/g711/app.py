@@ -143,6 +143,8 @@ class _Occupant:
     stopped_at: float = 0.0
     # Why stop() ends the stream: the gateway shutting down, or the session ending (pools).
     reason: Refusal = SHUTTING_DOWN
+    # A pool's: the TranscriptionSession (namespace/name) whose registration admitted it.
+    resource: str | None = None
 
     def stop(self, reason: Refusal = SHUTTING_DOWN) -> None:
         """Ask the stream to end (after its last finals) as the gateway shuts down, or for
@@ -202,11 +204,13 @@ class LiveSessions:
                 occupant.stop()
         await asyncio.gather(*(occupant.ended.wait() for occupant in occupants))
 
-    def end(self, session_id: SessionId, why: str) -> None:
-        """End a session's stream, if it has one here, as a drain does: its client hears its last
-        finals and then that the session ended (``why``)."""
+    def end(self, lost: registrations.Registration, why: str) -> None:
+        """End the stream a lost registration admitted, if it has one here, as a drain does: its
+        client hears its last finals and then that the session ended (``why``). A stream of the
+        same session id admitted under another resource's registration goes on."""
+        session_id = lost.session_id
         occupant = self.by_id.get(session_id)
-        if occupant is not None and not occupant.stopping:
+        if occupant is not None and occupant.resource == lost.resource and not occupant.stopping:
             log.info("session %s: ending its stream: %s", session_id, why)
             occupant.stop(session_ended(session_id, why))
 
@@ -278,11 +282,13 @@ def create_app(
         # error message and close code, the first thing the server sends.
         sid = SessionId(session_id)
         with sessions.deciding(sid):
-            admitted, own = await _decide(websocket, sid, settings, sessions, lag, registry, engine)
+            admitted, own, resource = await _decide(
+                websocket, sid, settings, sessions, lag, registry, engine
+            )
             if not admitted:
                 return
             # No await since _decide's last check: two connections cannot both pass it.
-            occupant = live[sid] = _Occupant(websocket)
+            occupant = live[sid] = _Occupant(websocket, resource=resource)
         try:
             await _stream(occupant, sid, own, services)
         finally:
@@ -302,38 +308,48 @@ async def _decide(
     lag: lagging.LagMonitor | None,
     registry: registrations.Registry | None,
     engine: str,
-) -> tuple[bool, Settings]:
+) -> tuple[bool, Settings, str | None]:
     """Admit a connection, then complete its handshake; or complete it and tell it why not.
 
     Returns:
-        Whether it may stream now, and the settings it streams with (a pooled session's own).
+        Whether it may stream now, the settings it streams with (a pooled session's own) and, on
+        a pool, the resource whose registration admitted it.
     """
     refusal = SHUTTING_DOWN if sessions.draining else _admission(websocket, sid, settings)
     if refusal is None and lag is not None and lag.lagging():
         refusal = OVERLOADED  # behind real time: the streams it holds keep their latency
-    own = settings
+    own, resource = settings, None
     if refusal is None and registry is not None:
-        own, refusal = await _pool_admission(websocket, sid, registry, settings)
+        own, resource, refusal = await _pool_admission(websocket, sid, registry, settings)
     live = sessions.by_id
     if refusal is None:
         refusal = _over_cap(live, sid, settings)
     if not await _accept(websocket):  # the client left while it waited to be admitted
         if refusal is not None:
             _count(refusal, engine)
-        return False, own
+        return False, own, resource
     if refusal is None:
         # A reconnect takes its session over after the handshake: the wait for the older
         # connection's last segment may outlast a client's handshake timeout.
         refusal = await _capacity(live, sid, settings, engine)
-    if refusal is None and registry is not None and registry.find(sid) is None:
-        refusal = session_ended(sid, "it was unregistered while this connection waited")
+    if refusal is None and registry is not None and _admitter(registry, sid) != resource:
+        refusal = session_ended(sid, "its registration was withdrawn while this connection waited")
     if refusal is None and sessions.draining:  # the drain began while this one waited
         refusal = SHUTTING_DOWN
     if refusal is not None:
         _count(refusal, engine)
         await _close(websocket, refusal)
-        return False, own
-    return True, own
+        return False, own, resource
+    return True, own, resource
+
+
+def _admitter(registry: registrations.Registry, sid: SessionId) -> str | None:
+    """The resource registering ``sid`` now (None: none, or more than one)."""
+    try:
+        found = registry.find(sid)
+    except registrations.NotAdmitted:
+        return None
+    return None if found is None else found.resource
 
 
 def public_config(settings: Settings) -> dict[str, Any]:
@@ -396,16 +412,16 @@ async def _pool_admission(
     session_id: SessionId,
     registry: registrations.Registry,
     settings: Settings,
-) -> tuple[Settings, Refusal | None]:
+) -> tuple[Settings, str | None, Refusal | None]:
     """A pool gateway's admission: the session is registered and the client has its token; then
-    the session's own settings."""
+    the session's own settings and the resource that registered it."""
     try:
         registration = await registry.admit(
             session_id, _offered(websocket), wait=settings.registration_wait_seconds
         )
     except registrations.NotAdmitted as refused:
-        return settings, Refusal(refused.code, str(refused), CloseCode.POLICY_VIOLATION)
-    return registration.settings, None
+        return settings, None, Refusal(refused.code, str(refused), CloseCode.POLICY_VIOLATION)
+    return registration.settings, registration.resource, None
 
 
 def _over_cap(

@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 
-from earshot.events import SessionId
 from earshot.gateways.g711 import registrations
 from earshot.gateways.g711.registrations import Registry
 from earshot.settings import Settings
@@ -31,8 +30,8 @@ COLLECTION = "/apis/earshot.dev/v1alpha1/transcriptionsessions"
 #: The server holds a watch open this long at most; reads wait a little longer.
 WATCH_SECONDS = 300
 RETRY_SECONDS = 1.0
-#: Told a session's stream must end, and why (for the client's message).
-OnEnded = Callable[[SessionId, str], None]
+#: Told a registration was lost (a stream admitted under it must end), and why (for the client).
+OnEnded = Callable[[registrations.Registration, str], None]
 
 
 class FollowError(Exception):
@@ -125,8 +124,8 @@ class Follower:
         body = _json(response)
         found = (self._parse(item) for item in body.get("items") or ())
         ended = self._registry.replace(r for r in found if r is not None)
-        for session_id in ended:
-            self._on_ended(session_id, f"it is no longer registered with pool {self._pool}")
+        for lost in ended:
+            self._on_ended(lost, f"it is no longer registered with pool {self._pool}")
         log.info("pool %s: %d sessions registered", self._pool, len(self._registry))
         return str(body["metadata"]["resourceVersion"])
 

@@ -128,26 +128,28 @@ class Registry:
         """How many sessions are registered."""
         return len(self._by_resource)
 
-    def put(self, resource: str, registration: Registration | None) -> SessionId | None:
+    def put(self, resource: str, registration: Registration | None) -> Registration | None:
         """Record a resource's registration (None: it has none now).
 
         Returns:
-            The session id that lost its registration (its stream must end), else None.
+            The registration lost (the resource's session id is no longer registered by it: a
+            stream admitted under it must end), else None.
         """
         old = self._by_resource.pop(resource, None)
         if registration is not None:
             self._by_resource[resource] = registration
         self._notify()
         if old is not None and (registration is None or registration.session_id != old.session_id):
-            return old.session_id
+            return old
         return None
 
-    def replace(self, registrations: Iterable[Registration]) -> set[SessionId]:
-        """Replace the whole table (a fresh list); the session ids no longer registered."""
-        before = {r.session_id for r in self._by_resource.values()}
+    def replace(self, registrations: Iterable[Registration]) -> list[Registration]:
+        """Replace the whole table (a fresh list); the registrations lost, as :meth:`put`."""
+        before = self._by_resource
         self._by_resource = {r.resource: r for r in registrations}
         self._notify()
-        return before - {r.session_id for r in self._by_resource.values()}
+        kept = {(r.resource, r.session_id) for r in self._by_resource.values()}
+        return [r for r in before.values() if (r.resource, r.session_id) not in kept]
 
     def find(self, session_id: SessionId) -> Registration | None:
         """The one registration of ``session_id``.
