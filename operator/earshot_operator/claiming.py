@@ -3,13 +3,15 @@
 A pool's gateways admit a session id that exactly one TranscriptionSession registers: two that
 register the same id would both be refused (``session_ambiguous``). So the operator registers a
 pooled session only while it holds its id: among the active sessions placed on the same pool with
-the same session id, the one created first (then by namespace/name) holds it, and the others wait,
-unregistered, saying which session holds it.
+the same session id, the one created first holds it, and the others wait, unregistered, saying
+which session holds it. Creation times are to the second: within one second a session already
+registered keeps the id, else the first by namespace/name takes it.
 
 :class:`SessionClaims` is kept from the operator's watch of the sessions (each event, before the
 session's own handlers run). When an id's holder changes (the holder deleted, ended or given
 another id, or an older claimant seen late) the table names the other claimants, which the
-operator reconciles again: the next in line registers within seconds.
+operator reconciles again: the next in line registers within seconds. A claim is of one object
+(its uid): the deletion of a session re-created under the same name does not drop the new one's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from earshot_operator import pools, resources, specs
+from earshot_operator import dataplane, gateways, pools, resources, specs
 from earshot_operator.settings import OperatorSettings, Pool
 
 #: A claimed id: (pool, session id).
@@ -31,8 +33,12 @@ class Claim:
 
     #: ``metadata.creationTimestamp``: RFC 3339 in UTC to the second, so text order is time order.
     created: str
+    #: Whether it is not registered with the pool for this id (within a second, registered first).
+    waiting: bool
     #: ``namespace/name`` of the TranscriptionSession, which breaks ties.
     resource: str
+    #: ``metadata.uid``: which object of that name.
+    uid: str = ""
 
 
 def resource_of(body: Mapping[str, Any]) -> str:
@@ -48,6 +54,9 @@ def claim_of(body: Mapping[str, Any], settings: OperatorSettings) -> tuple[Key, 
     if body.get("kind") != resources.SESSION.kind or meta.get("deletionTimestamp"):
         return None
     try:
+        gateways.build(
+            body, settings
+        )  # what reconcile checks: an InvalidSpec session holds nothing
         spec = specs.parse_session(body)
         placement = pools.place(spec, body, settings=settings)
     except specs.SpecError:
@@ -59,8 +68,15 @@ def claim_of(body: Mapping[str, Any], settings: OperatorSettings) -> tuple[Key, 
 
 def claim(pool: Pool, spec: specs.SessionSpec, body: Mapping[str, Any]) -> tuple[Key, Claim]:
     """The claim of an active session placed on ``pool``."""
-    created = str((body.get("metadata") or {}).get("creationTimestamp") or "")
-    return (pool.name, spec.session_id), Claim(created, resource_of(body))
+    meta = body.get("metadata") or {}
+    registration = (body.get("status") or {}).get(dataplane.REGISTRATION) or {}
+    waiting = (
+        registration.get(dataplane.REGISTRATION_POOL),
+        registration.get(dataplane.REGISTRATION_SESSION_ID),
+    ) != (pool.name, spec.session_id)
+    created = str(meta.get("creationTimestamp") or "")
+    key = (pool.name, spec.session_id)
+    return key, Claim(created, waiting, resource_of(body), str(meta.get("uid") or ""))
 
 
 class SessionClaims:
@@ -92,6 +108,13 @@ class SessionClaims:
         self.changes += bool(moved)
         return {other for key in moved for other in self.claimants(key) if other != resource}
 
+    def forget(self, resource: str, uid: str) -> set[str]:
+        """A resource was deleted: drop its claim if it is that object's (as :meth:`update`)."""
+        old = self._by_resource.get(resource)
+        if old is None or old[1].uid != uid:
+            return set()  # a newer object of that name claims now, or nothing did
+        return self.update(resource, None)
+
     def holder(self, key: Key) -> Claim | None:
         """The claim that holds ``key``: the oldest."""
         return min((claim for k, claim in self._by_resource.values() if k == key), default=None)
@@ -101,7 +124,9 @@ class SessionClaims:
         return {claim.resource for k, claim in self._by_resource.values() if k == key}
 
     def taken_from(self, claimed: tuple[Key, Claim]) -> Claim | None:
-        """The older claim holding ``claimed``'s id, if another session holds it."""
+        """The claim holding ``claimed``'s id, if another session's holds it."""
         key, claim = claimed
         holder = self.holder(key)
-        return holder if holder is not None and holder < claim else None
+        if holder is None or holder.resource == claim.resource or not holder < claim:
+            return None
+        return holder

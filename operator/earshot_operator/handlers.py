@@ -74,8 +74,11 @@ def register(
     async def session_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         # kopf runs this before the session's own handlers for the same event: their reconcile
         # sees the session's claim
-        claimed = None if event["type"] == "DELETED" else claiming.claim_of(body, settings)
-        others = claims.update(claiming.resource_of(body), claimed)
+        resource = claiming.resource_of(body)
+        if event["type"] == "DELETED":
+            others = claims.forget(resource, str(body.get("metadata", {}).get("uid") or ""))
+        else:
+            others = claims.update(resource, claiming.claim_of(body, settings))
         if others:  # an id changed hands: its other claimants register or wait accordingly
             await drift.check_all(
                 (resources.SESSION,), where=lambda listed: claiming.resource_of(listed) in others

@@ -156,6 +156,10 @@ async def reconcile_pooled(
         # overwrite the newer, so it is written again.
         seen = (pool_watch.changes(pool), claims.changes)
         holder = claims.taken_from(claimed) if spec.active else None
+        if holder is not None and not await _exists(client, holder):
+            # its deletion was missed (a watch that re-listed tells none): the id is free
+            claims.forget(holder.resource, holder.uid)
+            continue
         pooled = dict(token_secret)
         if holder is not None:
             observation = statuses.session_id_taken(pool.name, spec.session_id, holder.resource)
@@ -180,6 +184,14 @@ async def reconcile_pooled(
         if (pool_watch.changes(pool), claims.changes) == seen:
             return outcome
         created = []  # told by the first write
+
+
+async def _exists(client: KubeClient, claim: claiming.Claim) -> bool:
+    """Whether the session object that made ``claim`` still exists."""
+    namespace, _, name = claim.resource.partition("/")
+    path = path_of(resources.API_VERSION, resources.SESSION.kind, namespace=namespace, name=name)
+    found = await client.get(path)
+    return found is not None and (found.get("metadata") or {}).get("uid", "") == claim.uid
 
 
 async def observe(

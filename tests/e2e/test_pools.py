@@ -29,6 +29,7 @@ from tests.e2e import helpers
 from tests.e2e.controlplane.cluster import ControlPlane
 from tests.e2e.controlplane.operators import POOL, POOL_ADDRESS, free_port
 from tests.e2e.kubelets import ContainerProcess, mount_token
+from tests.e2e.test_events import _event
 
 REPO = Path(__file__).resolve().parents[2]
 POOL_TEMPLATE = REPO / "charts/earshot/templates/pools/gateways.yaml"
@@ -128,6 +129,11 @@ async def test_a_session_id_another_session_holds_waits_unregistered_until_it_go
     status = await helpers.eventually(taken, what="the second session told the id is taken")
     assert status["phase"] == "Pending"
     assert f"by TranscriptionSession {namespace}/call-held" in status["message"]
+    warning = await helpers.eventually(
+        lambda: _event(api, namespace, "call-waiting", "Warning", "SessionIdTaken"),
+        what="a Warning event",
+    )
+    assert f"{namespace}/call-held" in warning["message"]
     assert "registration" not in status
     assert "endpoint" not in status
     holder = await helpers.resource(api, held)

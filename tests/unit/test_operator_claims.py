@@ -14,21 +14,25 @@ KEY = ("default", "pbx:1")
 
 
 def _session(name: str, created: str, **spec: Any) -> dict[str, Any]:
+    meta = {"name": name, "namespace": "calls", "creationTimestamp": created, "uid": f"uid-{name}"}
     return {
         "apiVersion": "earshot.dev/v1alpha1",
         "kind": "TranscriptionSession",
-        "metadata": {"name": name, "namespace": "calls", "creationTimestamp": created},
+        "metadata": meta,
         "spec": {"sessionId": "pbx:1", "userId": "alice", **spec},
     }
 
 
-def _claim(name: str, created: str) -> tuple[claiming.Key, Claim]:
-    return KEY, Claim(created, f"calls/{name}")
+def _claim(name: str, created: str, *, waiting: bool = True) -> tuple[claiming.Key, Claim]:
+    return KEY, Claim(created, waiting, f"calls/{name}", f"uid-{name}")
 
 
 def test_an_active_pooled_session_claims_its_pool_and_session_id() -> None:
     body = _session("a", "2026-12-04T10:00:00Z")
     assert claiming.claim_of(body, SETTINGS) == _claim("a", "2026-12-04T10:00:00Z")
+    body["status"] = {"registration": {"pool": "default", "sessionId": "pbx:1"}}
+    registered = _claim("a", "2026-12-04T10:00:00Z", waiting=False)
+    assert claiming.claim_of(body, SETTINGS) == registered
 
 
 def test_an_ended_deleting_dedicated_or_invalid_session_claims_nothing() -> None:
@@ -59,8 +63,11 @@ def test_the_oldest_claimant_holds_the_id_and_the_rest_are_told_when_it_changes_
     assert claims.update("calls/a", third) == set()
     assert claims.update("calls/c", second) == set()  # an event that changes no claim
     assert claims.changes == 1
-    # b ends: c, the next oldest, holds the id; a (and c) are reconciled again
-    assert claims.update("calls/b", None) == {"calls/c", "calls/a"}
+    # the deletion of an earlier object named b (another uid) drops nothing
+    assert claims.forget("calls/b", "uid-of-an-older-b") == set()
+    assert claims.holder(KEY) == first[1]
+    # b is deleted: c, the next oldest, holds the id; a (and c) are reconciled again
+    assert claims.forget("calls/b", "uid-b") == {"calls/c", "calls/a"}
     assert claims.holder(KEY) == second[1]
     assert claims.taken_from(third) == second[1]
     assert claims.changes == 2
@@ -75,10 +82,17 @@ def test_the_oldest_claimant_holds_the_id_and_the_rest_are_told_when_it_changes_
     assert claims.holder(KEY) == second[1]
 
 
-def test_claims_of_one_second_are_ordered_by_resource() -> None:
-    claims = SessionClaims()
+def test_within_one_second_a_registered_claim_keeps_the_id_else_the_first_by_name() -> None:
     same_second = "2026-12-04T10:00:00Z"
+    claims = SessionClaims()
     claims.update("calls/b", _claim("b", same_second))
     claims.update("calls/a", _claim("a", same_second))
-    assert claims.holder(KEY) == Claim(same_second, "calls/a")
-    assert claims.taken_from(_claim("b", same_second)) == Claim(same_second, "calls/a")
+    assert claims.taken_from(_claim("b", same_second)) == _claim("a", same_second)[1]
+    # b registered first (a came later in that second): b keeps it, a waits
+    claims = SessionClaims()
+    registered_b = _claim("b", same_second, waiting=False)
+    claims.update("calls/b", registered_b)
+    assert claims.update("calls/a", _claim("a", same_second)) == set()
+    assert claims.holder(KEY) == registered_b[1]
+    assert claims.taken_from(_claim("a", same_second)) == registered_b[1]
+    assert claims.taken_from(registered_b) is None

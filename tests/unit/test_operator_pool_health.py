@@ -348,6 +348,7 @@ def test_a_pool_whose_gateways_cannot_start_for_their_configuration_says_why() -
 
 
 SESSION_PATH = "/apis/earshot.dev/v1alpha1/namespaces/tel/transcriptionsessions/call-7"
+OTHER_SESSION_PATH = "/apis/earshot.dev/v1alpha1/namespaces/other/transcriptionsessions/call-1"
 
 
 class StatusApi:
@@ -364,13 +365,15 @@ class StatusApi:
             "status": {"placement": "pool/default"},
         }
         self.during_patch: Callable[[], Awaitable[None]] | None = None
+        # Other objects by path (other sessions).
+        self.others: dict[str, dict[str, Any]] = {}
 
     async def get(self, path: str, *, cached: bool = False) -> dict[str, Any] | None:
         if path == DEPLOYMENT_PATH:
             return copy.deepcopy(self.deployment)
         if path == SESSION_PATH:
             return copy.deepcopy(self.session)
-        return None
+        return copy.deepcopy(self.others.get(path))
 
     async def request(self, method: str, path: str, **_: Any) -> dict[str, Any]:
         assert (method, path) == ("GET", PODS_PATH)
@@ -450,7 +453,8 @@ async def test_a_status_written_before_its_session_id_changed_hands_is_written_a
     mine = claiming.claim_of(api.session, settings)
     assert mine is not None
     claims.update("tel/call-7", mine)
-    older = (mine[0], claiming.Claim("2026-12-04T09:00:00Z", "other/call-1"))
+    older = (mine[0], claiming.Claim("2026-12-04T09:00:00Z", False, "other/call-1", "uid-1"))
+    api.others[OTHER_SESSION_PATH] = {"metadata": {"name": "call-1", "uid": "uid-1"}}
 
     async def older_seen() -> None:
         assert claims.update("other/call-1", older) == {"tel/call-7"}
@@ -473,6 +477,35 @@ async def test_a_status_written_before_its_session_id_changed_hands_is_written_a
     assert "by TranscriptionSession other/call-1" in status["message"]
     assert status.get("registration") is None
     assert status.get("endpoint") is None
+
+
+async def test_a_holder_whose_deletion_was_missed_gives_the_id_up() -> None:
+    # A watch that re-lists tells no deletion of what went meanwhile: the table still names a
+    # holder that is gone. The session waiting for its id looks the holder up and registers.
+    api = StatusApi()
+    api.deployment = _deployment(1)
+    api.session["metadata"]["creationTimestamp"] = "2026-12-04T10:00:00Z"
+    settings = OperatorSettings(pools=(POOL,), default_placement="default")
+    client = cast(KubeClient, api)
+
+    async def unchanged(pool: Pool) -> None:
+        raise AssertionError("the pool's answer does not change here")
+
+    watch = poolwatching.PoolWatch(client, settings=settings, on_change=unchanged)
+    claims = claiming.SessionClaims()
+    mine = claiming.claim_of(api.session, settings)
+    assert mine is not None
+    gone = claiming.Claim("2026-12-04T09:00:00Z", False, "other/call-1", "uid-1")
+    claims.update("other/call-1", (mine[0], gone))
+    claims.update("tel/call-7", mine)
+    api.others[OTHER_SESSION_PATH] = {"metadata": {"name": "call-1", "uid": "uid-of-a-new-one"}}
+    await reconciling.reconcile(
+        client, copy.deepcopy(api.session), settings=settings, pool_watch=watch, claims=claims
+    )
+    status = api.session["status"]
+    assert (status["phase"], status["reason"]) == ("Ready", "Registered")
+    assert status["registration"]["sessionId"] == "call-7"
+    assert claims.claimants(mine[0]) == {"tel/call-7"}
 
 
 async def test_a_pool_loop_that_died_makes_the_operator_unhealthy() -> None:
