@@ -48,20 +48,12 @@ def register(
         await drift.check_all((resources.SESSION,), where=pools.placed_on(pool))
 
     async def recheck_drift(kind: resources.Kind, body: Mapping[str, Any]) -> None:
-        await _reconcile(
-            kind,
-            body,
-            settings=settings,
-            client=client,
-            metrics=metrics,
-            pool_watch=pool_watch,
-            claims=claims,
-            drift=True,
-        )
+        await reconcile(kind, body, drift=True)
 
     pool_watch = poolwatching.PoolWatch(client, settings=settings, on_change=recheck_pool)
     drift = drifting.DriftLoop(client, settings=settings, reconcile=recheck_drift)
     claims = claiming.SessionClaims()
+    reconcile = _Reconciler(settings, client, metrics, pool_watch, claims)
     loops = Loops(drift, pool_watch)
 
     @kopf.on.event(
@@ -99,15 +91,7 @@ def register(
         return login
 
     for kind in resources.KINDS.values():
-        _register_kind(
-            registry,
-            kind,
-            settings=settings,
-            client=client,
-            metrics=metrics,
-            pool_watch=pool_watch,
-            claims=claims,
-        )
+        _register_kind(registry, kind, reconcile=reconcile, metrics=metrics)
 
     @kopf.on.event(
         "apps",
@@ -167,24 +151,13 @@ def _register_kind(
     registry: kopf.OperatorRegistry,
     kind: resources.Kind,
     *,
-    settings: OperatorSettings,
-    client: KubeClient,
+    reconcile: _Reconciler,
     metrics: OperatorMetrics,
-    pool_watch: poolwatching.PoolWatch,
-    claims: claiming.SessionClaims,
 ) -> None:
     where = (resources.GROUP, resources.VERSION, kind.plural)
 
     async def on_change(body: kopf.Body, **_: Any) -> None:
-        await _reconcile(
-            kind,
-            body,
-            settings=settings,
-            client=client,
-            metrics=metrics,
-            pool_watch=pool_watch,
-            claims=claims,
-        )
+        await reconcile(kind, body)
 
     def on_delete(namespace: str | None, name: str | None, **_: Any) -> None:
         metrics.record_phase(kind.kind, namespace or "", name=name or "", phase=None)
@@ -199,19 +172,29 @@ def _register_kind(
     kopf.on.delete(*where, optional=True, registry=registry, id=f"{kind.short}_delete")(on_delete)
 
 
-async def _reconcile(
-    kind: resources.Kind,
-    body: Mapping[str, Any],
-    *,
-    settings: OperatorSettings,
-    client: KubeClient,
-    metrics: OperatorMetrics,
-    pool_watch: poolwatching.PoolWatch,
-    claims: claiming.SessionClaims,
-    drift: bool = False,
-) -> None:
-    with metrics.timing(kind.kind):
-        outcome = await reconciling.reconcile(
-            client, body, settings=settings, pool_watch=pool_watch, claims=claims, drift=drift
+@dataclasses.dataclass(frozen=True)
+class _Reconciler:
+    """Reconciles a resource with what every handler shares, and records its phase."""
+
+    settings: OperatorSettings
+    client: KubeClient
+    metrics: OperatorMetrics
+    pool_watch: poolwatching.PoolWatch
+    claims: claiming.SessionClaims
+
+    async def __call__(
+        self, kind: resources.Kind, body: Mapping[str, Any], *, drift: bool = False
+    ) -> None:
+        """Reconcile ``body`` (``drift``: a periodic re-check)."""
+        with self.metrics.timing(kind.kind):
+            outcome = await reconciling.reconcile(
+                self.client,
+                body,
+                settings=self.settings,
+                pool_watch=self.pool_watch,
+                claims=self.claims,
+                drift=drift,
+            )
+        self.metrics.record_phase(
+            outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase
         )
-    metrics.record_phase(outcome.kind, outcome.namespace, name=outcome.name, phase=outcome.phase)

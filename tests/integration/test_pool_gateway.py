@@ -257,25 +257,32 @@ async def test_each_pooled_session_is_stored_with_its_own_language(
     assert stored == [("chinese", "zh"), ("english", "en"), ("unsaid", None)]
 
 
+async def _streaming_past_a_final(
+    pool: RunningPool, session_id: str
+) -> asyncio.Task[client.StreamResult]:
+    """A real-time stream of minutes of speech to ``session_id``, once it has had a final."""
+    frames = client.frames_of(demoing.sample_audio() * 20, codec=Codec.ALAW, rate=8000, frame_ms=20)
+    got_final = asyncio.Event()
+    streaming = asyncio.create_task(
+        client.stream(
+            session_url(pool.base, session_id),
+            frames,
+            frame_seconds=FRAME_SECONDS,
+            speed=1.0,
+            token="t0ken",
+            on_message=lambda m: got_final.set() if m["type"] == "final" else None,
+        )
+    )
+    await asyncio.wait_for(got_final.wait(), 30.0)
+    return streaming
+
+
 async def test_an_unregistered_session_has_its_live_stream_ended_and_its_finals_kept(
     settings: Settings, services: Services
 ) -> None:
-    audio = demoing.sample_audio()
-    frames = client.frames_of(audio * 20, codec=Codec.ALAW, rate=8000, frame_ms=20)
     async with running_pool(settings, services) as pool:
         resource = pool.register("call-end")
-        got_final = asyncio.Event()
-        streaming = asyncio.create_task(
-            client.stream(
-                session_url(pool.base, "call-end"),
-                frames,
-                frame_seconds=FRAME_SECONDS,
-                speed=1.0,
-                token="t0ken",
-                on_message=lambda m: got_final.set() if m["type"] == "final" else None,
-            )
-        )
-        await asyncio.wait_for(got_final.wait(), 30.0)
+        streaming = await _streaming_past_a_final(pool, "call-end")
         ended_at = time.monotonic()
         pool.unregister(resource, "its TranscriptionSession was deleted")
         result = await asyncio.wait_for(streaming, 15.0)
@@ -297,22 +304,9 @@ async def test_a_stream_goes_on_when_another_resources_registration_of_its_id_is
 ) -> None:
     # Two sessions registering one id for a moment (the operator then withdraws the younger's):
     # the stream the older's registration admitted is not ended with the younger's.
-    audio = demoing.sample_audio()
-    frames = client.frames_of(audio * 20, codec=Codec.ALAW, rate=8000, frame_ms=20)
     async with running_pool(settings, services) as pool:
         held = pool.register("call-held", sessionId="shared")
-        got_final = asyncio.Event()
-        streaming = asyncio.create_task(
-            client.stream(
-                session_url(pool.base, "shared"),
-                frames,
-                frame_seconds=FRAME_SECONDS,
-                speed=1.0,
-                token="t0ken",
-                on_message=lambda m: got_final.set() if m["type"] == "final" else None,
-            )
-        )
-        await asyncio.wait_for(got_final.wait(), 30.0)
+        streaming = await _streaming_past_a_final(pool, "shared")
         younger = pool.register("call-younger", sessionId="shared", token="another")
         pool.unregister(younger, "its TranscriptionSession was deleted")
         await asyncio.sleep(3.0)  # an ended stream reads on for at most 2 s, then closes

@@ -12,7 +12,7 @@ import asyncio
 import copy
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pytest
 
@@ -434,11 +434,18 @@ async def test_a_status_written_from_the_answer_before_a_pool_change_is_written_
     )
 
 
-async def test_a_status_written_before_its_session_id_changed_hands_is_written_again() -> None:
-    # An older session claiming the same id is seen while this session's Registered status is on
-    # its way: the claims' handler reconciles this session Pending first, then the stale PATCH
-    # lands (after a conflict). Without a second write the session would stay registered, and the
-    # pool would refuse both sessions' clients as ambiguous.
+class _Claimed(NamedTuple):
+    """A pooled session on a serving pool (StatusApi's), its claim, and an empty claims table."""
+
+    api: StatusApi
+    client: KubeClient
+    settings: OperatorSettings
+    watch: poolwatching.PoolWatch
+    claims: claiming.SessionClaims
+    mine: tuple[claiming.Key, claiming.Claim]
+
+
+def _claimed_session() -> _Claimed:
     api = StatusApi()
     api.deployment = _deployment(1)
     api.session["metadata"]["creationTimestamp"] = "2026-12-04T10:00:00Z"
@@ -449,9 +456,17 @@ async def test_a_status_written_before_its_session_id_changed_hands_is_written_a
         raise AssertionError("the pool's answer does not change here")
 
     watch = poolwatching.PoolWatch(client, settings=settings, on_change=unchanged)
-    claims = claiming.SessionClaims()
     mine = claiming.claim_of(api.session, settings)
     assert mine is not None
+    return _Claimed(api, client, settings, watch, claiming.SessionClaims(), mine)
+
+
+async def test_a_status_written_before_its_session_id_changed_hands_is_written_again() -> None:
+    # An older session claiming the same id is seen while this session's Registered status is on
+    # its way: the claims' handler reconciles this session Pending first, then the stale PATCH
+    # lands (after a conflict). Without a second write the session would stay registered, and the
+    # pool would refuse both sessions' clients as ambiguous.
+    api, client, settings, watch, claims, mine = _claimed_session()
     claims.update("tel/call-7", mine)
     older = (mine[0], claiming.Claim("2026-12-04T09:00:00Z", False, "other/call-1", "uid-1"))
     api.others[OTHER_SESSION_PATH] = {"metadata": {"name": "call-1", "uid": "uid-1"}}
@@ -482,19 +497,7 @@ async def test_a_status_written_before_its_session_id_changed_hands_is_written_a
 async def test_a_holder_whose_deletion_was_missed_gives_the_id_up() -> None:
     # A watch that re-lists tells no deletion of what went meanwhile: the table still names a
     # holder that is gone. The session waiting for its id looks the holder up and registers.
-    api = StatusApi()
-    api.deployment = _deployment(1)
-    api.session["metadata"]["creationTimestamp"] = "2026-12-04T10:00:00Z"
-    settings = OperatorSettings(pools=(POOL,), default_placement="default")
-    client = cast(KubeClient, api)
-
-    async def unchanged(pool: Pool) -> None:
-        raise AssertionError("the pool's answer does not change here")
-
-    watch = poolwatching.PoolWatch(client, settings=settings, on_change=unchanged)
-    claims = claiming.SessionClaims()
-    mine = claiming.claim_of(api.session, settings)
-    assert mine is not None
+    api, client, settings, watch, claims, mine = _claimed_session()
     gone = claiming.Claim("2026-12-04T09:00:00Z", False, "other/call-1", "uid-1")
     claims.update("other/call-1", (mine[0], gone))
     claims.update("tel/call-7", mine)
