@@ -54,9 +54,8 @@ def claim_of(body: Mapping[str, Any], settings: OperatorSettings) -> tuple[Key, 
     if body.get("kind") != resources.SESSION.kind or meta.get("deletionTimestamp"):
         return None
     try:
-        gateways.build(
-            body, settings
-        )  # what reconcile checks: an InvalidSpec session holds nothing
+        # what reconcile checks first: a session it reports InvalidSpec holds nothing
+        gateways.build(body, settings)
         spec = specs.parse_session(body)
         placement = pools.place(spec, body, settings=settings)
     except specs.SpecError:
