@@ -13,8 +13,13 @@ SETTINGS = OperatorSettings(pools=(POOL,), default_placement="default")
 KEY = ("default", "pbx:1")
 
 
-def _session(name: str, created: str, **spec: Any) -> dict[str, Any]:
-    meta = {"name": name, "namespace": "calls", "creationTimestamp": created, "uid": f"uid-{name}"}
+def _session(name: str, created: str, namespace: str = "calls", **spec: Any) -> dict[str, Any]:
+    meta = {
+        "name": name,
+        "namespace": namespace,
+        "creationTimestamp": created,
+        "uid": f"uid-{name}",
+    }
     return {
         "apiVersion": "earshot.dev/v1alpha1",
         "kind": "TranscriptionSession",
@@ -33,6 +38,15 @@ def test_an_active_pooled_session_claims_its_pool_and_session_id() -> None:
     body["status"] = {"registration": {"pool": "default", "sessionId": "pbx:1"}}
     registered = _claim("a", "2026-12-04T10:00:00Z", waiting=False)
     assert claiming.claim_of(body, SETTINGS) == registered
+    # the same id in another namespace claims the same: the pool's gateways know ids, not namespaces
+    elsewhere = claiming.claim_of(
+        _session("a", "2026-12-04T10:00:01Z", namespace="other"), SETTINGS
+    )
+    assert elsewhere is not None
+    assert elsewhere[0] == KEY
+    claims = SessionClaims()
+    claims.update("calls/a", registered)
+    assert claims.taken_from(elsewhere) == registered[1]
 
 
 def test_an_ended_deleting_dedicated_or_invalid_session_claims_nothing() -> None:
