@@ -33,14 +33,14 @@ class ChunkTimer:
 
     async def accept(self, samples: Samples, due: float | None = None) -> list[Recognition]:
         """Feed a chunk whose audio was complete at ``due`` (``time.monotonic()``; default now)."""
-        called = time.monotonic() if due is None else min(due, time.monotonic())
+        since = time.monotonic() if due is None else min(due, time.monotonic())
         sent_before = self._triton.sent_chunks if self._triton is not None else 0
         said = await self._stream.accept(samples)
         returned = time.monotonic()
         if self._triton is not None and self._triton.sent_chunks > sent_before:
-            self._out.append((sent_before, called))
+            self._out.append((sent_before, since))
         else:
-            self.timed.append((called, returned - called))
+            self.timed.append((since, returned - since))
         self._settle(returned)
         return said
 
@@ -53,5 +53,5 @@ class ChunkTimer:
     def _settle(self, now: float) -> None:
         answered = self._triton.answered_chunks if self._triton is not None else 0
         while self._out and self._out[0][0] < answered:
-            _, called = self._out.popleft()
-            self.timed.append((called, now - called))
+            _, since = self._out.popleft()
+            self.timed.append((since, now - since))

@@ -174,4 +174,5 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
     # The streams may be unread then: the metrics server's 2 s scrape of the starved pod can time
     # out, and the HPA scales on the metrics it has (an unread one never raises a pool).
     assert readings["earshot_gateway_lag_seconds"] > LAG_TARGET_S, decision
-    assert readings.get("earshot_active_streams", 0.0) < STREAMS_TARGET, decision
+    streams = readings.get("earshot_active_streams")
+    assert streams is None or streams < STREAMS_TARGET, decision
