@@ -43,24 +43,31 @@ _ALAW_TABLE = _table(g711.decode_alaw)
 _ULAW_TABLE = _table(g711.decode_ulaw)
 
 
-def decode(chunk: bytes, codec: Codec) -> Samples:
-    """Decode one chunk to float32 mono samples in [-1, 1).
+def check(chunk: bytes, codec: Codec) -> None:
+    """Raise what :func:`decode` would for ``chunk``, without decoding it.
 
     Raises:
         InvalidAudio: the chunk is empty, or a PCM16 chunk has an odd number of bytes.
     """
     if not chunk:
         raise InvalidAudio("empty audio frame")
-    raw = np.frombuffer(chunk, dtype=np.uint8)
-    if codec is Codec.ALAW:
-        return _ALAW_TABLE[raw]
-    if codec is Codec.ULAW:
-        return _ULAW_TABLE[raw]
-    if len(chunk) % 2:
+    if codec is Codec.PCM16LE and len(chunk) % 2:
         raise InvalidAudio(
             f"pcm16le frame has {len(chunk)} bytes; a whole number of 2-byte samples is required"
         )
-    return np.frombuffer(chunk, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+
+
+def decode(chunk: bytes, codec: Codec) -> Samples:
+    """Decode one chunk to float32 mono samples in [-1, 1).
+
+    Raises:
+        InvalidAudio: the chunk is empty, or a PCM16 chunk has an odd number of bytes.
+    """
+    check(chunk, codec)
+    if codec is Codec.PCM16LE:
+        return np.frombuffer(chunk, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    table = _ALAW_TABLE if codec is Codec.ALAW else _ULAW_TABLE
+    return table[np.frombuffer(chunk, dtype=np.uint8)]
 
 
 def encode_alaw(samples: Samples) -> bytes:

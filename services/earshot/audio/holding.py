@@ -1,0 +1,110 @@
+"""Encoded audio held until the recogniser can use it, then decoded and resampled in one go.
+
+A recogniser that decodes in steps (sherpa's Paraformer: 0.6 s windows) does nothing with a 20 ms
+frame that does not complete its next step. Decoding and resampling each frame on arrival costs two
+native calls per frame, and each releases the GIL: on a gateway whose inference thread wants the
+GIL, every release can hand it over and leave the event loop waiting for its return
+(bench/reports/gateway_streams.md measured the effect). :class:`HeldAudio` keeps the encoded frames
+instead, and decodes and resamples them only once they could complete the step, with as few calls
+as the hand-over needs.
+
+The decision is made on lengths: the held chunks' samples at the target rate plus what the
+resampler was given and has not returned yet. The resampler holds part of that back (soxr emits
+blocks), so released audio can still fall short of the step: the recogniser then holds it itself,
+and from then on each chunk is released at once, as without holding, until the step is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from earshot.audio import codecs
+from earshot.audio.resampling import Samples, StreamResampler
+
+_EMPTY: Samples = np.zeros(0, dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Audio released to the recogniser: earlier held chunks first, then the newest one."""
+
+    samples: Samples
+    #: How many of :attr:`samples` came from chunks before the newest one (what a refused call must
+    #: not lose: see :meth:`HeldAudio.restore`).
+    earlier: int
+
+
+class HeldAudio:
+    """The encoded chunks of one stream that the recogniser cannot use yet."""
+
+    def __init__(self, codec: codecs.Codec, resampler: StreamResampler) -> None:
+        """Hold ``codec`` chunks, released through ``resampler`` (its rates give the estimate)."""
+        self._codec = codec
+        self._resampler = resampler
+        self._chunks: list[bytes] = []
+        self._bytes = 0
+        # Samples given to the resampler (at its source rate) and samples it returned.
+        self._given = 0
+        self._returned = 0
+        # Decoded audio of earlier chunks that a refused call gave back, released before the rest.
+        self._restored: Samples = _EMPTY
+
+    @property
+    def holding(self) -> bool:
+        """Whether audio is held (encoded or given back)."""
+        return bool(self._chunks) or bool(self._restored.size)
+
+    def add(self, chunk: bytes, wanted: int) -> Released | None:
+        """Take a chunk; release everything held once it could make up ``wanted`` samples (at the
+        resampler's target rate; 0: release at once).
+
+        Raises:
+            codecs.InvalidAudio: the chunk cannot be decoded; it is not held, nothing else is lost.
+        """
+        codecs.check(chunk, self._codec)
+        if wanted > 0 and self._could_make(self._bytes + len(chunk)) < wanted:
+            self._chunks.append(chunk)
+            self._bytes += len(chunk)
+            return None
+        earlier = self._release_held()
+        newest = self._resample(chunk)
+        if not earlier.size:
+            return Released(newest, 0)
+        return Released(np.concatenate((earlier, newest)), earlier.size)
+
+    def restore(self, samples: Samples) -> None:
+        """Hold released audio again (a call refused it), to be released before anything else."""
+        if samples.size:
+            self._restored = np.concatenate((samples, self._restored))
+
+    def flush(self) -> Samples:
+        """Everything held, decoded and resampled, and the resampler's own tail: the stream ends."""
+        held = self._release_held()
+        tail = self._resampler.flush()
+        if not held.size:
+            return tail
+        return np.concatenate((held, tail)) if tail.size else held
+
+    def _release_held(self) -> Samples:
+        restored, self._restored = self._restored, _EMPTY
+        if not self._chunks:
+            return restored
+        chunks, self._chunks, self._bytes = self._chunks, [], 0
+        decoded = self._resample(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        return np.concatenate((restored, decoded)) if restored.size else decoded
+
+    def _resample(self, chunk: bytes) -> Samples:
+        samples = codecs.decode(chunk, self._codec)
+        out = self._resampler.process(samples)
+        self._given += samples.size
+        self._returned += out.size
+        return out
+
+    def _could_make(self, held_bytes: int) -> int:
+        """The most samples releasing ``held_bytes`` could return now (the resampler may keep some)."""
+        given = self._given + held_bytes // self._codec.bytes_per_sample
+        resampler = self._resampler
+        at_target = given * resampler.target_rate // resampler.source_rate
+        return at_target - self._returned + self._restored.size
