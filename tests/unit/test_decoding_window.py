@@ -183,3 +183,23 @@ async def test_audio_refused_for_overload_is_not_taken_and_what_was_held_is_kept
     finally:
         decoder.release.set()
         await recognizer.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_stream_says_how_much_audio_its_next_step_still_wants() -> None:
+    decoder = GatedDecoder()
+    decoder.release.set()
+    recognizer = BatchingRecognizer(decoder, window=DecodingWindow(first=300, step=200))
+    unwindowed = BatchingRecognizer(GatedDecoder())
+    try:
+        stream = recognizer.open_stream()
+        assert stream.wanted_samples == 300
+        await stream.accept(np.zeros(120, np.float32))
+        assert stream.wanted_samples == 180  # held, still short of the first step
+        await stream.accept(np.zeros(200, np.float32))
+        assert stream._work.state.sizes == [320]
+        assert stream.wanted_samples == 180  # the second step is ready at 500
+        assert unwindowed.open_stream().wanted_samples == 0
+    finally:
+        await recognizer.aclose()
+        await unwindowed.aclose()

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from earshot.audio import codecs
+from earshot.audio.holding import HeldAudio
 from earshot.audio.resampling import StreamResampler
-from earshot.engines.recognizers import Samples
+from earshot.engines.recognizers import EngineOverloaded, Samples
 from earshot.events import Recognition, SessionId
 from earshot.gateways import arrivals
 from earshot.gateways.g711 import transcribing
@@ -99,6 +101,33 @@ class InProcessStream:
         return []
 
 
+class HoldingStream:
+    """Wants ``step`` samples before a call says anything (as the in-process Paraformer's window);
+    refuses the calls numbered in ``refuse`` with EngineOverloaded."""
+
+    def __init__(self, step: int, refuse: set[int] | None = None) -> None:
+        self.step = step
+        self.refuse = refuse or set()
+        self.taken: list[Samples] = []
+        self.tail: Samples | None = None
+        self.calls = 0
+
+    @property
+    def wanted_samples(self) -> int:
+        return max(0, self.step - sum(s.size for s in self.taken))
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        self.calls += 1
+        if self.calls in self.refuse:
+            raise EngineOverloaded("full")
+        self.taken.append(samples)
+        return [Recognition("step", is_final=False)]
+
+    async def finish(self, tail: Samples | None = None) -> list[Recognition]:
+        self.tail = tail
+        return []
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
@@ -122,14 +151,14 @@ async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
 
 
 def transcription(
-    stream: PipelinedStream | InProcessStream, stores: Stores, engine: str
+    stream: PipelinedStream | InProcessStream | HoldingStream, stores: Stores, engine: str
 ) -> Transcription:
     return Transcription(
         session_id=SessionId(f"call-{engine}"),
         codec=codecs.Codec.ULAW,
         source_rate=RATE,
         stream=stream,
-        resampler=StreamResampler(RATE, RATE),
+        audio=HeldAudio(codecs.Codec.ULAW, StreamResampler(RATE, RATE)),
         stores=stores,
         engine=engine,
         next_seq=1,
@@ -204,3 +233,36 @@ async def test_an_answer_collected_while_the_client_is_quiet_is_timed_from_its_o
     assert said.replied_for == 1000.0
     assert observed("earshot_final_latency_seconds", engine) == (1, pytest.approx(0.7))
     assert observed("earshot_chunk_processing_seconds", engine) == (1, pytest.approx(0.7))
+
+
+async def test_chunks_short_of_the_recognisers_step_are_held_and_handed_over_together(
+    clock: FakeClock, stores: Stores
+) -> None:
+    engine = "fake-holding"
+    stream = HoldingStream(step=3 * len(CHUNK))
+    said = transcription(stream, stores, engine)
+    assert await said.feed(CHUNK) == []
+    assert await said.feed(CHUNK) == []
+    assert stream.calls == 0  # held, encoded: nothing decoded or handed over yet
+    out = await said.feed(CHUNK)
+    assert [message["type"] for message in out] == ["partial"]
+    assert [s.size for s in stream.taken] == [3 * len(CHUNK)]
+    assert observed("earshot_chunk_processing_seconds", engine)[0] == 3
+
+
+async def test_a_refused_chunk_loses_none_of_the_held_audio_before_it(
+    clock: FakeClock, stores: Stores
+) -> None:
+    stream = HoldingStream(step=3 * len(CHUNK), refuse={1})
+    said = transcription(stream, stores, "fake-refused")
+    earlier = [bytes([0x10 + i]) * len(CHUNK) for i in range(2)]
+    for chunk in earlier:
+        assert await said.feed(chunk) == []
+    with pytest.raises(EngineOverloaded):
+        await said.feed(bytes([0x7F]) * len(CHUNK))
+    await said.finish()
+    assert stream.tail is not None
+    expected = codecs.decode(b"".join(earlier), codecs.Codec.ULAW)
+    np.testing.assert_array_equal(stream.tail[: expected.size], expected)
+    # The refused chunk itself is not in the stream's audio.
+    assert stream.tail.size == expected.size

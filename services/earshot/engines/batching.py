@@ -373,6 +373,13 @@ class BatchedStream(Generic[StreamT]):
         self._fed = 0
         self._ready_at = 0 if recognizer.window is None else recognizer.window.first
 
+    @property
+    def wanted_samples(self) -> int:
+        """Samples missing before a call hands audio to the decoder (a ``HoldingStream``)."""
+        if self._recognizer.window is None:
+            return 0
+        return max(0, self._ready_at - self._fed - self._held_samples)
+
     async def accept(self, samples: Samples) -> list[Recognition]:
         """Feed audio; see :meth:`RecognizerStream.accept`."""
         if self._finished:

@@ -97,6 +97,21 @@ class PipelinedStream(Protocol):
         ...
 
 
+@runtime_checkable
+class HoldingStream(Protocol):
+    """A stream that holds audio until its model's next step can use it, and says how much that is.
+
+    Audio short of the step only waits in the stream, so a caller may hold it as long itself
+    (encoded, before decoding and resampling it: :class:`~earshot.audio.holding.HeldAudio`).
+    """
+
+    @property
+    def wanted_samples(self) -> int:
+        """Samples still missing before :meth:`RecognizerStream.accept` would hand audio to the
+        model (0: any call may)."""
+        ...
+
+
 class Recognizer(Protocol):
     """A recognition engine: opens streams at its own sample rate."""
 

@@ -18,8 +18,15 @@ from prometheus_client import Counter, Histogram
 from earshot import metrics
 from earshot.audio import codecs
 from earshot.audio.framing import duration_seconds
-from earshot.audio.resampling import Samples, StreamResampler
-from earshot.engines.recognizers import PipelinedStream, Recognizer, RecognizerStream
+from earshot.audio.holding import HeldAudio
+from earshot.audio.resampling import StreamResampler
+from earshot.engines.recognizers import (
+    EngineOverloaded,
+    HoldingStream,
+    PipelinedStream,
+    Recognizer,
+    RecognizerStream,
+)
 from earshot.events import Partial, Recognition, Segment, SessionId
 from earshot.gateways.arrivals import ChunkArrivals
 from earshot.gateways.g711 import messages
@@ -105,7 +112,8 @@ class Transcription:
     codec: codecs.Codec
     source_rate: int
     stream: RecognizerStream
-    resampler: StreamResampler
+    #: the chunks the recogniser cannot use yet, encoded (decoded and resampled once it can)
+    audio: HeldAudio
     stores: Stores
     engine: str
     next_seq: int
@@ -117,10 +125,14 @@ class Transcription:
     _unanswered: deque[_Unanswered] = field(default_factory=deque)
     #: the stream, when it answers chunks with later calls (decided once, not per chunk)
     _pipelined: PipelinedStream | None = field(init=False, default=None)
+    #: the stream, when it says how much audio its next step wants (decided once, not per chunk)
+    _holding: HoldingStream | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if isinstance(self.stream, PipelinedStream):
             self._pipelined = self.stream
+        if isinstance(self.stream, HoldingStream):
+            self._holding = self.stream
 
     @classmethod
     async def open(
@@ -147,7 +159,7 @@ class Transcription:
             codec=codec,
             source_rate=source_rate,
             stream=recognizer.open_stream(),
-            resampler=StreamResampler(source_rate, recognizer.sample_rate),
+            audio=HeldAudio(codec, StreamResampler(source_rate, recognizer.sample_rate)),
             stores=stores,
             engine=recognizer.name,
             next_seq=next_seq,
@@ -161,7 +173,8 @@ class Transcription:
         now).
 
         A recogniser may answer the chunk with a later call (Triton pipelines its requests): each
-        message's latency is measured from the chunk behind it, see :attr:`replied_for`.
+        message's latency is measured from the chunk behind it, see :attr:`replied_for`. A chunk
+        that cannot complete the recogniser's next step is held, encoded, and answers nothing.
 
         Raises:
             codecs.InvalidAudio: the chunk cannot be decoded (nothing is lost so far).
@@ -173,15 +186,25 @@ class Transcription:
         if arrived is None:
             arrived = time.perf_counter()
         decoding = time.perf_counter()
-        samples = self.resampler.process(codecs.decode(chunk, self.codec))
+        wanted = self._holding.wanted_samples if self._holding is not None else 0
+        released = self.audio.add(chunk, wanted)
         self.meters.decode_seconds.inc(time.perf_counter() - decoding)
         if self._timing.segment_started is None:
             self._timing.segment_started = arrived
         self._arrivals.hand(arrived)
+        audio_seconds = duration_seconds(len(chunk), self.codec, self.source_rate)
+        if released is None:
+            self._observe_chunk(arrived, audio_seconds)
+            self.meters.without_text.inc()
+            return []
         pipelined = self._pipelined
         sent_before = pipelined.sent_chunks if pipelined is not None else 0
-        recognitions = await self.stream.accept(samples)
-        audio_seconds = duration_seconds(len(chunk), self.codec, self.source_rate)
+        try:
+            recognitions = await self.stream.accept(released.samples)
+        except EngineOverloaded:
+            # This chunk was not taken; the audio of the chunks held before it was.
+            self.audio.restore(released.samples[: released.earlier])
+            raise
         if pipelined is not None and pipelined.sent_chunks > sent_before:
             self._unanswered.append(_Unanswered(sent_before, arrived, audio_seconds))
         else:
@@ -224,7 +247,7 @@ class Transcription:
             SpoolError: the spool cannot be written.
         """
         arrived = time.perf_counter()
-        tail: Samples = self.resampler.flush()
+        tail = self.audio.flush()
         self._arrivals.hand(arrived)
         recognitions: list[Recognition] = await self.stream.finish(tail)
         self._observe_answered()
