@@ -1,9 +1,12 @@
 """Concurrent real-time G.711 streams against one gateway (``earshot serve``), latency from cause.
 
-The tiny Paraformer is deterministic, so one stream sent alone first (the calibration) gives, for
-its k-th reply, the index of the chunk that caused it; under load the k-th reply of every stream is
-timed from the moment that chunk was sent (replies that differ from the calibration are counted as
-mismatched and not timed). For each N it reports:
+The tiny Paraformer is deterministic, so the recogniser fed the same frames offline gives, for its
+k-th reply, the index of the chunk that caused it: the earlier of the frame after which the model
+could say it, each frame decoded on its own, and the frame after which the gateway's own pipeline
+(frames held until they could complete a window, :mod:`earshot.audio.holding`) says it, so holding
+can never make a reply look faster. Under load the k-th reply of every stream is timed from the
+moment that chunk was sent (replies that differ from it are counted as mismatched and not timed);
+one stream sent alone first checks the attribution live. For each N it reports:
 
 * admitted and refused streams (refused: closed with 1013 at once, e.g. by the lag limit);
 * reply latency p50/p95/p99/max, client side, chunk sent -> reply received, admitted streams;
@@ -647,7 +650,8 @@ def report(rows: list[Row], args: argparse.Namespace, notes: list[str], loads: l
             "",
             "Latency is client side, from sending the chunk that caused a reply (the model is "
             "deterministic: the recogniser fed the same frames alone says which chunk causes each "
-            "reply) to receiving it; tail lag is "
+            "reply, frame by frame and through the gateway's held pipeline; the earlier of the two "
+            "counts) to receiving it; tail lag is "
             "the latency of each stream's last reply, when it stops sending. Server p50 is the gateway's "
             "`earshot_reply_latency_seconds` (chunk arrival -> reply sent; per process, so not "
             "shown with workers). CPU covers every gateway process.",

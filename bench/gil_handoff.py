@@ -1,0 +1,75 @@
+"""What a native call that releases the GIL costs the event loop when another thread wants the GIL.
+
+The gateway's event loop shares the GIL with its inference thread. A call that releases the GIL
+(soxr's ``resample_chunk``, numpy decoding a frame through its lookup table) lets a waiting thread
+take it, and the loop then waits for it back: up to ``sys.getswitchinterval()`` each time. This
+counts calls per second of the gateway's per-frame audio calls alone, and with a thread beside them
+that runs Python without pause (the worst case for the loop), against a pure-Python call of similar
+length that keeps the GIL. It prints a table; ``bench/reports/gateway_streams_held.md`` quotes it.
+
+Usage: ``python -m bench.gil_handoff [--seconds 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from earshot.audio import codecs
+from earshot.audio.resampling import StreamResampler
+
+FRAME_BYTES = 160  # 20 ms of 8 kHz G.711
+
+
+def calls_per_second(call: Callable[[], object], seconds: float) -> float:
+    done = 0
+    started = time.perf_counter()
+    end = started + seconds
+    while time.perf_counter() < end:
+        call()
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
+def beside_a_busy_thread(call: Callable[[], object], seconds: float) -> float:
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(100))
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        return calls_per_second(call, seconds)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0)
+    args = parser.parse_args()
+    frame = bytes(range(FRAME_BYTES))
+    samples = codecs.decode(frame, codecs.Codec.ALAW)
+    resampler = StreamResampler(8000, 16000)
+    calls: dict[str, Callable[[], object]] = {
+        "soxr resample_chunk, 20 ms": lambda: resampler.process(samples),
+        "A-law decode, 20 ms": lambda: codecs.decode(frame, codecs.Codec.ALAW),
+        "pure Python (keeps the GIL)": lambda: sum(range(60)),
+    }
+    print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; {args.seconds:g} s per figure")
+    print("| call | calls/s alone | calls/s beside a busy thread | ratio |")
+    print("|---|---|---|---|")
+    for name, call in calls.items():
+        alone = calls_per_second(call, args.seconds)
+        contended = beside_a_busy_thread(call, args.seconds)
+        print(f"| {name} | {alone:,.0f} | {contended:,.0f} | {contended / alone:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
