@@ -215,10 +215,10 @@ async def replies_offline(frames: Sequence[bytes], count: int, cache_dir: Path) 
     held = await replies_held(frames, count, cache_dir)
     if [(e.kind, e.text) for e in alone] != [(e.kind, e.text) for e in held]:
         raise SystemExit("the recogniser says different things when frames are held")
-    later = [h.chunk - a.chunk for a, h in zip(alone, held, strict=True) if h.chunk != a.chunk]
+    moved = [h.chunk - a.chunk for a, h in zip(alone, held, strict=True) if h.chunk != a.chunk]
     print(
-        f"-> holding frames moves {len(later)} of {len(alone)} replies (by {sorted(set(later))} "
-        "frames); each is timed from the earlier frame",
+        f"-> holding frames moves {len(moved)} of {len(alone)} replies (by {sorted(set(moved))} "
+        "frames, later if positive); each is timed from the earlier frame",
         flush=True,
     )
     return [a if a.chunk <= h.chunk else h for a, h in zip(alone, held, strict=True)]

@@ -250,7 +250,7 @@ async def test_chunks_short_of_the_recognisers_step_are_held_and_handed_over_tog
     assert observed("earshot_chunk_processing_seconds", engine)[0] == 3
 
 
-async def test_a_refused_chunk_loses_none_of_the_held_audio_before_it(
+async def test_a_refused_chunk_gives_back_the_held_audio_before_it(
     clock: FakeClock, stores: Stores
 ) -> None:
     stream = HoldingStream(step=3 * len(CHUNK), refuse={1})

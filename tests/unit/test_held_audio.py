@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
 from earshot.audio import codecs
 from earshot.audio.holding import HeldAudio, Released
 from earshot.audio.resampling import StreamResampler
+from earshot.engines.batching import BatchingRecognizer
+from earshot.engines.windowing import SHERPA_PARAFORMER
+from earshot.events import Recognition
 
 FRAME = 160  # 20 ms at 8 kHz
 STEP = 9600  # 0.6 s at 16 kHz
@@ -110,9 +115,114 @@ def test_restored_audio_comes_first_in_the_next_release_and_in_the_flush() -> No
     earlier = released.samples[: released.earlier]
     audio.restore(earlier)
     assert audio.holding
-    again = audio.add(chunks[-1], 0)
+    # Chunks held after it (enough for the resampler to return some) are released after it.
+    assert all(audio.add(c, STEP * 4) is None for c in chunks[-12:-2])
+    again = audio.add(chunks[-2], 0)
     assert again is not None
     np.testing.assert_array_equal(again.samples[: earlier.size], earlier)
-    assert again.earlier == earlier.size
+    assert again.earlier > earlier.size
     audio.restore(earlier)
+    assert audio.add(chunks[-1], STEP * 2) is None
     np.testing.assert_array_equal(audio.flush()[: earlier.size], earlier)
+
+
+def test_sixteen_bit_frames_are_counted_in_samples_not_bytes() -> None:
+    pcm = (np.random.default_rng(5).standard_normal(8000) * 3000).astype("<i2").tobytes()
+    audio = HeldAudio(codecs.Codec.PCM16LE, StreamResampler(8000, 16000))
+    chunks = [pcm[i : i + 2 * FRAME] for i in range(0, len(pcm), 2 * FRAME)]
+    # 30 frames of 160 samples (320 bytes) at 8 kHz are the 9600 samples of the step at 16 kHz.
+    assert all(audio.add(c, STEP) is None for c in chunks[:29])
+    assert audio.add(chunks[29], STEP) is not None
+
+
+class RecordingDecoder:
+    """Records, for each hand-over of audio, the chunk being fed then and how many samples came."""
+
+    name = "recording"
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        self.chunk = -1
+        self.handed: list[tuple[int, int]] = []
+
+    def open(self) -> object:
+        return object()
+
+    def accept(self, stream: object, samples: np.ndarray) -> None:
+        self.handed.append((self.chunk, samples.size))
+
+    def finish(self, stream: object) -> None:
+        pass
+
+    def decode(self, streams: Sequence[object]) -> list[list[Recognition]]:
+        return [[] for _ in streams]
+
+
+def encoded(codec: codecs.Codec, seconds: float) -> bytes:
+    audio = (np.random.default_rng(3).standard_normal(int(8000 * seconds)) * 0.1).astype(np.float32)
+    if codec is codecs.Codec.PCM16LE:
+        return (np.clip(audio, -1, 0.99) * 32768).astype("<i2").tobytes()
+    return codecs.encode_ulaw(audio) if codec is codecs.Codec.ULAW else codecs.encode_alaw(audio)
+
+
+async def hand_overs(
+    data: bytes, codec: codecs.Codec, size: int, *, holding: bool
+) -> tuple[list[tuple[int, int]], int]:
+    """Each hand-over to a windowed recogniser (chunk index, samples) and the resampler calls, for
+    ``data`` cut into ``size``-byte chunks, held or resampled on arrival."""
+    decoder = RecordingDecoder()
+    recognizer = BatchingRecognizer(decoder, window=SHERPA_PARAFORMER)
+    resampler = StreamResampler(8000, 16000)
+    calls = 0
+    process = resampler.process
+
+    def counted(samples: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        return process(samples)
+
+    resampler.process = counted  # type: ignore[method-assign]
+    held = HeldAudio(codec, resampler)
+    try:
+        stream = recognizer.open_stream()
+        for index, start in enumerate(range(0, len(data), size)):
+            decoder.chunk = index
+            chunk = data[start : start + size]
+            if holding:
+                released = held.add(chunk, stream.wanted_samples)
+                if released is not None:
+                    await stream.accept(released.samples)
+            else:
+                await stream.accept(resampler.process(codecs.decode(chunk, codec)))
+        decoder.chunk = -1
+        await stream.finish(held.flush() if holding else resampler.flush())
+    finally:
+        await recognizer.aclose()
+    return decoder.handed, calls
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("codec", list(codecs.Codec))
+@pytest.mark.parametrize("size", [160, 100])
+async def test_held_chunks_reach_the_recogniser_at_the_same_chunks_as_resampled_on_arrival(
+    codec: codecs.Codec, size: int
+) -> None:
+    data = encoded(codec, 12.0)
+    on_arrival, every_chunk = await hand_overs(data, codec, size, holding=False)
+    held, calls = await hand_overs(data, codec, size, holding=True)
+    assert held == on_arrival
+    assert len(on_arrival) >= 20  # many windows, not only the first
+    # One resampler call per chunk on arrival; held, a few per window: the release, and the chunks
+    # after it that may bring the resampler's next block out (not those that cannot: its block).
+    assert calls < every_chunk / 4
+    assert calls <= 5 * len(on_arrival)
+
+
+def test_a_flushed_stream_takes_no_more_audio() -> None:
+    audio = held()
+    audio.add(frames(1)[0], STEP)
+    audio.flush()
+    with pytest.raises(RuntimeError, match="flushed"):
+        audio.add(frames(1)[0], STEP)
+    with pytest.raises(RuntimeError, match="flushed"):
+        audio.restore(np.zeros(10, np.float32))

@@ -202,7 +202,8 @@ class Transcription:
         try:
             recognitions = await self.stream.accept(released.samples)
         except EngineOverloaded:
-            # This chunk was not taken; the audio of the chunks held before it was.
+            # This chunk was not taken: give back what the resampler returned before it (as when
+            # every chunk was resampled on arrival), so the end of the stream still hands it over.
             self.audio.restore(released.samples[: released.earlier])
             raise
         if pipelined is not None and pipelined.sent_chunks > sent_before:
