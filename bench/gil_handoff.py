@@ -5,7 +5,9 @@ The gateway's event loop shares the GIL with its inference thread. A call that r
 take it, and the loop then waits for it back: up to ``sys.getswitchinterval()`` each time. This
 counts calls per second of the gateway's per-frame audio calls alone, and with a thread beside them
 that runs Python without pause (the worst case for the loop), against a pure-Python call of similar
-length that keeps the GIL. It prints a table; ``bench/reports/gateway_streams_held.md`` quotes it.
+length that keeps the GIL; and the inference thread's sherpa ``accept_waveform`` of a 0.6 s window
+given a numpy array or a list (the binding converts it with the GIL held). It prints a table;
+``bench/reports/gateway_streams_held.md`` quotes it.
 
 Usage: ``python -m bench.gil_handoff [--seconds 1]``.
 """
@@ -14,12 +16,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from earshot.audio import codecs
 from earshot.audio.resampling import StreamResampler
+from earshot.engines import paraformer
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz G.711
 
@@ -50,6 +58,39 @@ def beside_a_busy_thread(call: Callable[[], object], seconds: float) -> float:
         thread.join()
 
 
+def progress_beside(call: Callable[[], object], seconds: float) -> float:
+    """A Python loop's progress while another thread makes ``call`` over and over, against alone."""
+    alone = calls_per_second(lambda: sum(range(60)), seconds)
+    stop = threading.Event()
+
+    def repeat() -> None:
+        while not stop.is_set():
+            call()
+
+    thread = threading.Thread(target=repeat, daemon=True)
+    thread.start()
+    try:
+        return calls_per_second(lambda: sum(range(60)), seconds) / alone
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Streams:
+    """sherpa streams to feed, a fresh one every 100 calls (a stream keeps its features)."""
+
+    def __init__(self, recognizer: Any) -> None:
+        self._recognizer = recognizer
+        self._stream = recognizer.create_stream()
+        self._calls = 0
+
+    def accept(self, audio: object) -> None:
+        self._calls += 1
+        if self._calls % 100 == 0:
+            self._stream = self._recognizer.create_stream()
+        self._stream.accept_waveform(paraformer.SAMPLE_RATE, audio)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0)
@@ -57,18 +98,31 @@ def main() -> None:
     frame = bytes(range(FRAME_BYTES))
     samples = codecs.decode(frame, codecs.Codec.ALAW)
     resampler = StreamResampler(8000, 16000)
+    model = paraformer.cached_tiny_paraformer(Path(tempfile.gettempdir()) / "earshot-bench")
+    recognizer = paraformer.ParaformerDecoder(model)._recognizer
+    window = (np.random.default_rng(1).standard_normal(9600) * 0.1).astype(np.float32)
+    streams = Streams(recognizer)
+
     calls: dict[str, Callable[[], object]] = {
         "soxr resample_chunk, 20 ms": lambda: resampler.process(samples),
         "A-law decode, 20 ms": lambda: codecs.decode(frame, codecs.Codec.ALAW),
         "pure Python (keeps the GIL)": lambda: sum(range(60)),
+        "sherpa accept_waveform, 0.6 s as numpy": lambda: streams.accept(window),
+        "sherpa accept_waveform, 0.6 s as list": lambda: streams.accept(window.tolist()),
     }
     print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; {args.seconds:g} s per figure")
-    print("| call | calls/s alone | calls/s beside a busy thread | ratio |")
-    print("|---|---|---|---|")
+    print(
+        "| call | calls/s alone | calls/s beside a busy thread | ratio | "
+        "a Python loop's speed beside a thread making the call |"
+    )
+    print("|---|---|---|---|---|")
     for name, call in calls.items():
         alone = calls_per_second(call, args.seconds)
         contended = beside_a_busy_thread(call, args.seconds)
-        print(f"| {name} | {alone:,.0f} | {contended:,.0f} | {contended / alone:.3f} |")
+        others = progress_beside(call, args.seconds)
+        print(
+            f"| {name} | {alone:,.0f} | {contended:,.0f} | {contended / alone:.3f} | {others:.3f} |"
+        )
 
 
 if __name__ == "__main__":
