@@ -167,7 +167,7 @@ def _refused(load: Load) -> str:
 
 def replies_per_frame(frames: Sequence[bytes], count: int, cache_dir: Path) -> list[Expected]:
     """What the gateway's recogniser says for ``count`` frames, and after which frame, when every
-    frame is decoded, resampled and decoded by the model on its own (the earliest it can say it)."""
+    frame is decoded, resampled and handed to the model on its own (the earliest it can say it)."""
     decoder = paraformer.load_paraformer(Settings(cache_dir=cache_dir))
     stream = decoder.open()
     resampler = StreamResampler(8000, decoder.sample_rate)

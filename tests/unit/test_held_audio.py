@@ -221,7 +221,8 @@ async def test_held_chunks_reach_the_recogniser_at_the_same_chunks_as_resampled_
 def test_a_flushed_stream_takes_no_more_audio() -> None:
     audio = held()
     audio.add(frames(1)[0], STEP)
-    audio.flush()
+    assert audio.flush().size
+    assert audio.flush().size == 0  # a second flush has nothing more
     with pytest.raises(RuntimeError, match="flushed"):
         audio.add(frames(1)[0], STEP)
     with pytest.raises(RuntimeError, match="flushed"):

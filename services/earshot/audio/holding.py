@@ -97,10 +97,10 @@ class HeldAudio:
     def flush(self) -> Samples:
         """Everything held, decoded and resampled, and the resampler's own tail: the stream ends.
 
-        Raises:
-            RuntimeError: the stream was flushed already.
+        A second flush returns nothing (as the resampler's own).
         """
-        self._check_open()
+        if self._flushed:
+            return _EMPTY
         held = self._release_held()
         self._flushed = True
         tail = self._resampler.flush()
