@@ -10,11 +10,12 @@ frames instead, and decodes and resamples them only once they could complete the
 The decision is made on lengths: the held chunks' samples at the target rate plus what the
 resampler was given and has not returned yet. The resampler holds part of that back: soxr emits
 whole blocks, and how much it returns depends only on how much it was given in all, not on how it
-was cut (from soxr 1.0, the floor in pyproject.toml; 0.3.7 differs). So released audio can fall short of the step (the recogniser then holds it itself, and
-wants the rest), and a call that returned nothing says that the resampler returns nothing while it
-would hold no more than it held then. Chunks that could not bring a block out are held; the others
-are released at once, as without holding. The recogniser gets the same audio at the same chunks as
-when every chunk is decoded and resampled on arrival (``tests/unit/test_held_audio.py``).
+was cut (from soxr 1.0, the floor in pyproject.toml; 0.3.7 differs). So released audio can fall
+short of the step (the recogniser then holds it itself, and wants the rest), and a call that
+returned nothing says that the resampler returns nothing while it would hold no more than it held
+then. Chunks that could not bring a block out are held; the others are released at once, as without
+holding. The recogniser gets the same audio at the same chunks as when every chunk is decoded and
+resampled on arrival (``tests/unit/test_held_audio.py``).
 """
 
 from __future__ import annotations
