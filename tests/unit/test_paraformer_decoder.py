@@ -198,10 +198,12 @@ def test_reading_a_streams_text_again_and_again_does_not_grow_the_heap(
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for _ in range(2000):
+        for _ in range(4000):
             decoder.decode([stream])  # reads the open segment's text each time
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    # A leaked string per read (what sherpa-onnx's result.text does) would be ~100 KiB here.
-    assert grown < 16 * 1024, grown
+    # A leaked string per read (what sherpa-onnx's result.text does) would be ~200 KiB here; the
+    # bound leaves room for what other threads of the test process allocate meanwhile (a CI run
+    # measured 19 KiB against the 16 KiB bound of 2000 reads).
+    assert grown < 48 * 1024, grown
