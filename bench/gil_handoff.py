@@ -42,35 +42,30 @@ def calls_per_second(call: Callable[[], object], seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-def beside_a_busy_thread(call: Callable[[], object], seconds: float) -> float:
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            sum(range(100))
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
-    try:
-        return calls_per_second(call, seconds)
-    finally:
-        stop.set()
-        thread.join()
+def python_work() -> int:
+    """A short piece of pure Python: it keeps the GIL throughout."""
+    return sum(range(60))
 
 
-def progress_beside(call: Callable[[], object], seconds: float) -> float:
-    """A Python loop's progress while another thread makes ``call`` over and over, against alone."""
-    alone = calls_per_second(lambda: sum(range(60)), seconds)
+def spin() -> int:
+    """What the busy thread repeats: pure Python, never releasing the GIL for long."""
+    return sum(range(100))
+
+
+def calls_per_second_beside(
+    call: Callable[[], object], other: Callable[[], object], seconds: float
+) -> float:
+    """Calls of ``call`` per second while another thread makes ``other`` over and over."""
     stop = threading.Event()
 
     def repeat() -> None:
         while not stop.is_set():
-            call()
+            other()
 
     thread = threading.Thread(target=repeat, daemon=True)
     thread.start()
     try:
-        return calls_per_second(lambda: sum(range(60)), seconds) / alone
+        return calls_per_second(call, seconds)
     finally:
         stop.set()
         thread.join()
@@ -106,7 +101,7 @@ def main() -> None:
     calls: dict[str, Callable[[], object]] = {
         "soxr resample_chunk, 20 ms": lambda: resampler.process(samples),
         "A-law decode, 20 ms": lambda: codecs.decode(frame, codecs.Codec.ALAW),
-        "pure Python (keeps the GIL)": lambda: sum(range(60)),
+        "pure Python (keeps the GIL)": python_work,
         "sherpa accept_waveform, 0.6 s as numpy": lambda: streams.accept(window),
         "sherpa accept_waveform, 0.6 s as list": lambda: streams.accept(window.tolist()),
     }
@@ -118,8 +113,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, call in calls.items():
         alone = calls_per_second(call, args.seconds)
-        contended = beside_a_busy_thread(call, args.seconds)
-        others = progress_beside(call, args.seconds)
+        contended = calls_per_second_beside(call, spin, args.seconds)
+        # A Python loop's speed while another thread makes the call, against alone.
+        others = calls_per_second_beside(python_work, call, args.seconds) / calls_per_second(
+            python_work, args.seconds
+        )
         print(
             f"| {name} | {alone:,.0f} | {contended:,.0f} | {contended / alone:.3f} | {others:.3f} |"
         )
