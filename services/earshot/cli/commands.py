@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -89,10 +89,15 @@ def _print_problems(exc: ValidationError, what: str) -> None:
         err.print(": ".join(["earshot: error", what, *where, str(cause)]), markup=False)
 
 
-def _run(work: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; known failures end in one line, Ctrl-C in 130."""
+def _run(
+    work: Coroutine[Any, Any, T],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
+    """Run a command's coroutine (on a loop from ``loop_factory``, default asyncio's); known
+    failures end in one line, Ctrl-C in 130."""
     try:
-        return asyncio.run(work)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(work)
     except CliError as exc:
         err.print(exc.line(), markup=False)
         raise typer.Exit(exc.exit_code) from None
@@ -137,13 +142,15 @@ def serve(
     ] = None,
 ) -> None:
     """Run the telephony gateway (embedded default: in-process engine, SQLite, memory)."""
+    import uvloop
+
     from earshot.gateways.g711 import serving
 
     settings = load_settings(
         host=host, port=port, demo_model=demo_model, log_format=log_format, workers=workers
     )
     _start_server(settings)
-    _stopped_by(_run(_serving(serving.serve(settings), settings)))
+    _stopped_by(_run(_serving(serving.serve(settings), settings), uvloop.new_event_loop))
 
 
 async def _serving(work: Coroutine[Any, Any, T], settings: Settings) -> T:
