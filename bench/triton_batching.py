@@ -23,7 +23,7 @@ decoding window) on the same model. For each engine and N it reports:
   benchmark process running the in-process engine) and, for Triton, the client side (this process).
 
 Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 40]
-[--queue-delay-us N] [--quick]``. Writes ``bench/reports/triton_batching.md``.
+[--queue-delay-us N] [--loop uvloop|asyncio] [--quick]``. Writes ``bench/reports/triton_batching.md``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import uvloop
 from prometheus_client import REGISTRY
 
 from bench import procstats
@@ -63,6 +64,11 @@ REPORT = Path(__file__).parent / "reports" / "triton_batching.md"
 CHUNK_SECONDS = 0.04
 RATE = 16_000
 MODEL = "paraformer_streaming"
+# The event loops the streams' callers can run on: `earshot serve` runs the gateway on uvloop.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +365,8 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
         f"`{command(args)}`: {args.seconds:g} s of audio per stream, "
         f"{args.chunk_ms:g} ms chunks sent in real time, each stream starting at a random offset "
-        f"within one chunk; load average before and after the run: {load}.",
+        f"within one chunk, from one process on {args.loop}'s event loop; load average before "
+        f"and after the run: {load}.",
         "",
         "Model: the tiny random-weight streaming Paraformer (sherpa-onnx), one ONNX thread; Triton: "
         "tritonserver 2.51 (nvidia-pytriton 0.7.0), `paraformer_streaming` with one CPU instance, "
@@ -425,6 +432,8 @@ def command(args: argparse.Namespace) -> str:
     ]
     if args.queue_delay_us is not None:
         words.append(f"--queue-delay-us {args.queue_delay_us}")
+    if args.loop != "uvloop":
+        words.append(f"--loop {args.loop}")
     return " ".join(words)
 
 
@@ -443,15 +452,22 @@ def main() -> None:
         default=None,
         help="the model's max_queue_delay_microseconds (default: its config's)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=sorted(LOOPS),
+        default="uvloop",
+        help="the event loop of both engines' callers (uvloop: as `earshot serve` runs them)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
     if args.quick:
         args.streams, args.seconds = [1, 8], 4.0
     before = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(HEADER)
-    rounds = asyncio.run(
-        run_rounds(args.streams, args.seconds, args.chunk_ms / 1000, args.queue_delay_us)
-    )
+    with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
+        rounds = runner.run(
+            run_rounds(args.streams, args.seconds, args.chunk_ms / 1000, args.queue_delay_us)
+        )
     after = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     args.report.write_text(report(rounds, args, f"{before} / {after}"))
     print("\n".join(overheads(rounds)))
