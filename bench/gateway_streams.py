@@ -15,9 +15,10 @@ one stream sent alone first checks the attribution live. For each N it reports:
 * the gateway's own histogram ``earshot_reply_latency_seconds`` (chunk arrival -> reply sent),
   p50, with a sanity check: the client's p50 must not be below it;
 * the load client's lateness p99: how late it sent frames against their real-time schedule;
-* gateway CPU per stream (% of one core) and per stream-second of audio (ms), RSS per stream.
+* gateway CPU per stream (% of one core) and per stream-second of audio (ms), RSS per stream
+  (with the persister's on the sidecar rows).
 
-``--suite`` runs N = 50, 100, 150, 200, 300 (embedded stores), then the same gateway with the
+``--suite`` runs N = 50, 100, 150, 200, 300 (embedded stores), then the same N with the
 persister as a sidecar process on private MariaDB and Redis, then ``--workers 2``, and writes
 ``bench/reports/gateway_streams.md``. ``--baseline DIR`` runs the gateway from another source tree
 (e.g. the previous commit) back to back with this one, for CPU per stream-second before and after.
@@ -63,7 +64,6 @@ from tests.servers import MariaDbServer, RedisServer, free_port
 FRAME_SECONDS = 0.02
 REPORT = Path(__file__).parent / "reports" / "gateway_streams.md"
 SUITE_STREAMS = (50, 100, 150, 200, 300)
-SIDECAR_STREAMS = (100, 120, 150)
 WORKERS_STREAMS = (150, 200, 300)
 # Streams start spread over this many seconds, so N connections do not arrive at one instant.
 RAMP_SECONDS = 2.0
@@ -336,8 +336,12 @@ async def one_stream(
 class Gateway:
     """``earshot serve`` as a child process, from this source tree or another one."""
 
-    def __init__(self, env: dict[str, str], source: Path = SERVICES) -> None:
+    def __init__(
+        self, env: dict[str, str], source: Path = SERVICES, companions: Sequence[int] = ()
+    ) -> None:
+        """``companions``: processes counted with the gateway's CPU and RSS (its sidecar)."""
         self.port = free_port()
+        self.companions = list(companions)
         self.env = {
             **env,
             "EARSHOT_PORT": str(self.port),
@@ -374,9 +378,10 @@ class Gateway:
             self.process.wait(timeout=60)
 
     def pids(self) -> list[int]:
-        """The gateway process and its descendants (the workers of ``--workers N``)."""
+        """The gateway process, its descendants (the workers of ``--workers N``) and its
+        companions."""
         assert self.process is not None
-        found, todo = [], [self.process.pid]
+        found, todo = [], [self.process.pid, *self.companions]
         while todo:
             pid = todo.pop()
             found.append(pid)
@@ -504,8 +509,10 @@ async def round_of(
 
 
 @contextlib.asynccontextmanager
-async def running(env: dict[str, str], source: Path = SERVICES) -> AsyncIterator[Gateway]:
-    gateway = Gateway(env, source)
+async def running(
+    env: dict[str, str], source: Path = SERVICES, companions: Sequence[int] = ()
+) -> AsyncIterator[Gateway]:
+    gateway = Gateway(env, source, companions)
     try:
         await gateway.start()
         yield gateway
@@ -514,8 +521,9 @@ async def running(env: dict[str, str], source: Path = SERVICES) -> AsyncIterator
 
 
 @contextlib.asynccontextmanager
-async def sidecar_stores(workdir: Path) -> AsyncIterator[dict[str, str]]:
-    """Private MariaDB and Redis, and ``earshot persister`` on the gateway's spool."""
+async def sidecar_stores(workdir: Path) -> AsyncIterator[tuple[dict[str, str], int]]:
+    """Private MariaDB and Redis, and ``earshot persister`` on the gateway's spool: the gateway's
+    settings for them and the persister's process id."""
     mariadb = MariaDbServer(workdir / "mariadb").start()
     redis = RedisServer(workdir / "redis").start()
     try:
@@ -529,12 +537,15 @@ async def sidecar_stores(workdir: Path) -> AsyncIterator[dict[str, str]]:
         )
         await persister.start()
         try:
-            yield {
-                "EARSHOT_SPOOL_DIR": str(spool_dir),
-                "EARSHOT_SEGMENTS_URL": mysql_url,
-                "EARSHOT_PARTIALS_URL": redis.url,
-                "EARSHOT_PERSISTER": "sidecar",
-            }
+            yield (
+                {
+                    "EARSHOT_SPOOL_DIR": str(spool_dir),
+                    "EARSHOT_SEGMENTS_URL": mysql_url,
+                    "EARSHOT_PARTIALS_URL": redis.url,
+                    "EARSHOT_PERSISTER": "sidecar",
+                },
+                persister.pid,
+            )
         finally:
             await persister.stop()
     finally:
@@ -564,11 +575,12 @@ async def series(
     *,
     source: Path = SERVICES,
     server_histogram: bool = True,
+    companions: Sequence[int] = (),
 ) -> tuple[list[Row], str]:
     count = int(args.seconds / FRAME_SECONDS)
     expected = await replies_offline(frames, count, Path(env["EARSHOT_CACHE_DIR"]))
     rows = []
-    async with running(env, source) as gateway:
+    async with running(env, source, companions) as gateway:
         await settle(gateway)
         live, slowest = await calibrate(gateway.ws, frames, count)
         if [(e.kind, e.text) for e in live] != [(e.kind, e.text) for e in expected]:
@@ -615,10 +627,12 @@ async def main_async(args: argparse.Namespace) -> str:
             rows += made
             notes.append(check)
         if args.suite or args.sidecar:
-            async with sidecar_stores(work / "sidecar") as stores:
+            async with sidecar_stores(work / "sidecar") as (stores, persister):
                 env = {**base_env(work / "sidecar", args), **stores}
-                streams = SIDECAR_STREAMS if args.suite else args.streams
-                made, check = await series("sidecar + MariaDB + Redis", env, streams, args, frames)
+                streams = SUITE_STREAMS if args.suite else args.streams
+                made, check = await series(
+                    "sidecar + MariaDB + Redis", env, streams, args, frames, companions=[persister]
+                )
                 rows += made
                 notes.append(check)
         if args.suite:
@@ -654,7 +668,9 @@ def report(rows: list[Row], args: argparse.Namespace, notes: list[str], loads: l
             "counts) to receiving it; tail lag is "
             "the latency of each stream's last reply, when it stops sending. Server p50 is the gateway's "
             "`earshot_reply_latency_seconds` (chunk arrival -> reply sent; per process, so not "
-            "shown with workers). CPU covers every gateway process.",
+            "shown with workers), its median interpolated within the histogram's buckets (1, 2.5, "
+            "5, 10, 20 ms and up). CPU and RSS cover every gateway process and, on the sidecar "
+            "rows, the persister (not MariaDB or Redis).",
             "",
             *table,
             "",

@@ -53,6 +53,12 @@ class PersisterProcess:
         """``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The running process's id."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     async def start(self) -> None:
         """Start the process and wait until it answers /health."""
         with self.log_path.open("ab") as log:
