@@ -93,7 +93,8 @@ ACTIVE_STREAMS = Gauge(
 )
 OVERLOAD_REJECTIONS = Counter(
     "earshot_overload_rejections_total",
-    "Streams closed with 1013 because the inference queue stayed full.",
+    "Streams refused or closed with 1013 inference_overloaded: the inference queue stayed full, "
+    "or the gateway was behind real time or at its inference load limit.",
     ["gateway", "engine"],
 )
 ENGINE_ERRORS = Counter(
