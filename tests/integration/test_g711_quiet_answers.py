@@ -1,9 +1,12 @@
-"""The telephony gateway collects a pipelined recogniser's answers while its client is quiet.
+"""The telephony gateway collects a pipelined recogniser's answers as they come, and while its
+client is quiet.
 
-A pipelined recogniser (Triton) answers a chunk after the call that sent it returned; the answers to
-a client's last chunks would wait for audio that never comes. The gateway here is the real one
-(uvicorn, the embedded stores); the recogniser stands in for Triton's timing only: each chunk is
-answered with a final ``ANSWER_DELAY`` after it was sent, whichever call returns it.
+A pipelined recogniser (Triton) answers a chunk after the call that sent it returned; the answers
+would wait for the client's next audio, and a client's last chunks for audio that never comes. The
+gateway here is the real one (uvicorn, the embedded stores); the recogniser stands in for Triton's
+timing only: each chunk is answered with a final ``ANSWER_DELAY`` after it was sent, whichever call
+returns it (:class:`LateStream`), or when the test says and then told to the gateway's listener
+(:class:`tests.told_recognizer.ToldStream`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -19,9 +23,11 @@ from websockets.exceptions import ConnectionClosed
 
 from earshot.engines.recognizers import Samples
 from earshot.events import Recognition, SessionId
+from earshot.gateways.g711 import app
 from earshot.gateways.g711.app import Services
 from earshot.settings import Settings
 from tests.gateway import running_gateway, session_url
+from tests.told_recognizer import ToldRecognizer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -46,6 +52,13 @@ class LateStream:
     @property
     def unanswered(self) -> bool:
         return self.answered_chunks < self.sent_chunks
+
+    @property
+    def ready(self) -> bool:
+        return False  # it never says an answer came: the gateway's quiet watch collects them
+
+    def on_answer(self, listener: Callable[[], None] | None) -> None:
+        return None
 
     async def accept(self, samples: Samples) -> list[Recognition]:
         self.sent.append((self.sent_chunks + 1, time.perf_counter()))
@@ -129,3 +142,27 @@ async def test_the_idle_timeout_still_ends_a_stream_whose_answers_never_come(
     assert 3 <= stream.collections <= 20, stream.collections
     stored = await services.stores.segments.segments(SessionId("never"))
     assert [s.text for s in stored] == ["chunk 1"]  # answered by finish, stored
+
+
+@pytest.mark.parametrize("during_call", [False, True], ids=["between-frames", "while-busy"])
+async def test_an_answer_told_between_calls_is_sent_at_once_not_with_the_next_frame(
+    settings: Settings, services: Services, monkeypatch: pytest.MonkeyPatch, during_call: bool
+) -> None:
+    # no quiet collection within the test: only the recogniser's word can bring the answer
+    monkeypatch.setattr(app, "QUIET_COLLECT_SECONDS", 600.0)
+    recognizer = ToldRecognizer(during_call)
+    async with (
+        running_gateway(settings, Services(recognizer, services.stores)) as base,
+        connect(session_url(base, "told")) as ws,
+    ):
+        await ws.send(FRAME)
+        async with asyncio.timeout(10.0):
+            await recognizer.opened.wait()
+            (stream,) = recognizer.streams
+            await stream.arrived.wait()
+        if not during_call:
+            await asyncio.sleep(0.05)  # the gateway waits for the next frame
+            stream.answer()
+        (said,) = await _read(ws, 1, within=10.0)
+        assert (said["type"], said["text"], said["seq"]) == ("final", "chunk 1", 1)
+        assert (stream.sent_chunks, stream.collections) == (1, 1)

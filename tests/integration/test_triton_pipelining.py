@@ -230,6 +230,46 @@ async def test_answers_that_come_after_the_last_call_are_collected_without_sendi
 
 
 @pytest.mark.asyncio
+async def test_an_answer_that_comes_between_calls_is_announced_to_the_listener_at_once(
+    triton: triton_server.TritonServer,
+) -> None:
+    recognizer = TritonRecognizer(triton.grpc_url, model=MODEL, request_timeout_seconds=20.0)
+    stream = recognizer.open_stream()
+    told = asyncio.Event()
+    ready_when_told: list[bool] = []
+
+    def listener() -> None:
+        ready_when_told.append(stream.ready)
+        told.set()
+
+    stream.on_answer(listener)
+    sizes = [1600, 800, 2400]
+    try:
+        said = await stream.accept(silence(sizes[0]))
+        said.extend(await stream.accept(silence(sizes[1])))  # answers the first chunk
+        assert not told.is_set()  # the calls returned their answers themselves
+        os.kill(triton.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.1)  # the stop takes hold
+            said.extend(await stream.accept(silence(sizes[2])))  # answers the second: not yet
+            assert (stream.answered_chunks, stream.ready) == (1, False)
+        finally:
+            os.kill(triton.pid, signal.SIGCONT)
+        async with asyncio.timeout(10.0):
+            await told.wait()  # no call runs: the listener is told as the answer comes
+        assert ready_when_told == [True]
+        said.extend(await stream.collect())
+        assert (stream.sent_chunks, stream.answered_chunks, stream.ready) == (3, 2, False)
+        assert said == counted(sizes)[:2]
+        said.extend(await stream.finish())
+    finally:
+        await recognizer.aclose()
+
+    assert said == counted(sizes)
+    assert ready_when_told == [True]  # told once: finish returned the last answers itself
+
+
+@pytest.mark.asyncio
 async def test_a_link_broken_mid_pipeline_resends_the_unanswered_chunks_on_a_new_sequence(
     triton: triton_server.TritonServer,
 ) -> None:

@@ -8,7 +8,7 @@ exact.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,13 @@ class PipelinedStream:
     @property
     def unanswered(self) -> bool:
         return self.answered_chunks < self.sent_chunks
+
+    @property
+    def ready(self) -> bool:
+        return False  # answers come with calls only
+
+    def on_answer(self, listener: Callable[[], None] | None) -> None:
+        return None
 
     async def collect(self) -> list[Recognition]:
         return self._answer_sent()

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from earshot.engines import loading
 from earshot.engines.recognizers import EngineOverloaded, Recognizer
 from earshot.events import Recognition
-from earshot.gateways.talk import messages
+from earshot.gateways.talk import listening, messages
 from earshot.gateways.talk.hosting import Rooms
 from earshot.gateways.talk.listening import Heard, PcmFrame, SpeakerAudio
 from earshot.settings import Settings
 from tests.hpb_double import SignalingDouble, eventually
 from tests.talk_media import FRAME, RATE, syllables
+from tests.told_recognizer import ToldRecognizer
 from tests.unit.test_talk_rooms import double as double
 from tests.unit.test_talk_rooms import publish, talk_settings, transcripts, until
 
@@ -181,6 +183,13 @@ class _PipelinedLateStream(_LateStream):
     def unanswered(self) -> bool:
         return bool(self._heard)
 
+    @property
+    def ready(self) -> bool:
+        return False  # no answer comes between calls: the quiet speaker's collect takes them
+
+    def on_answer(self, listener: Callable[[], None] | None) -> None:
+        return None
+
     async def collect(self) -> list[Recognition]:
         self.collections += 1
         if self._refusals:
@@ -236,3 +245,32 @@ async def test_a_refused_collection_loses_nothing_after_it() -> None:
     await eventually(lambda: stream.sent_chunks == 2, 5.0, what="the second chunk")
     await audio.close()
     assert heard == ["chunk 1", "chunk 2"]
+
+
+@pytest.mark.parametrize("during_call", [False, True], ids=["between-frames", "while-busy"])
+async def test_an_answer_told_between_calls_is_captioned_at_once_not_with_the_next_frame(
+    monkeypatch: pytest.MonkeyPatch, during_call: bool
+) -> None:
+    # no quiet collection within the test: only the recogniser's word can bring the answer
+    monkeypatch.setattr(listening, "QUIET_COLLECT_SECONDS", 600.0)
+    heard: list[str] = []
+
+    async def note(speaker: str, recognition: Recognition, when: Heard) -> None:
+        heard.append(recognition.text)
+
+    recognizer = ToldRecognizer(during_call, sample_rate=RATE)
+    audio = SpeakerAudio("s1", recognizer, queue_frames=10, on_recognition=note)
+    audio.start()
+    audio.offer(_frames(syllables(0.2))[0])  # then the speaker goes on listening
+    try:
+        async with asyncio.timeout(10.0):
+            await recognizer.opened.wait()
+            (stream,) = recognizer.streams
+            await stream.arrived.wait()
+        if not during_call:
+            await asyncio.sleep(0.05)  # the speaker's task waits for the next frame
+            stream.answer()
+        await eventually(lambda: heard == ["chunk 1"], 10.0, what="the told caption")
+        assert (stream.sent_chunks, stream.collections) == (1, 1)
+    finally:
+        await audio.close()

@@ -7,7 +7,7 @@ PCM in [-1, 1) at the recogniser's own :attr:`Recognizer.sample_rate`: resamplin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -68,14 +68,31 @@ class PipelinedStream(Protocol):
     Chunks are answered in order: the ``i``-th chunk sent (from 0) once :attr:`answered_chunks`
     exceeds ``i``. A call that sends nothing (audio held back) is answered by that call.
 
-    The answers of the last chunks before a pause would wait for the next audio: a caller whose
-    audio stops for :data:`QUIET_COLLECT_SECONDS` while :attr:`unanswered` calls :meth:`collect`
-    (again after each such pause), so a client waiting for its last final hears it.
+    An answer that comes after the call that sent its chunk returned would wait for the caller's
+    next call: a caller that can take answers between its chunks registers a listener
+    (:meth:`on_answer`) and calls :meth:`collect` when it is told, or before it next waits for
+    audio while :attr:`ready`. A caller whose audio stops for :data:`QUIET_COLLECT_SECONDS` while
+    :attr:`unanswered` calls :meth:`collect` too (again after each such pause), so a client waiting
+    for its last final hears it whatever the listener did, and a request that timed out fails the
+    stream.
     """
 
     @property
     def unanswered(self) -> bool:
         """Whether answers of chunks sent have not been returned by a call yet."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`collect` would return an answer now."""
+        ...
+
+    def on_answer(self, listener: Callable[[], None] | None) -> None:
+        """Have ``listener`` called (on the event loop, no argument) when an answer becomes
+        :attr:`ready` while no call of the stream runs; None: stop.
+
+        The listener must not block: it wakes the caller, which then calls :meth:`collect`.
+        """
         ...
 
     async def collect(self) -> list[Recognition]:

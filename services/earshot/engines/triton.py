@@ -18,9 +18,10 @@ model say is returned in order, and only whole (all of a chunk's responses toget
 * :meth:`TritonStream.accept` sends the chunk, then waits for the answers still out, but at most
   half the chunk's audio duration (:data:`ANSWER_WAIT_SHARE`), and returns every answer complete
   by then. A real-time caller's next chunk arrives one chunk duration later, so the wait never
-  makes it late; an answer arriving within the wait is returned at once, a later one with the
-  next call (at most half a chunk later than it arrived), with :meth:`TritonStream.collect`
-  (which a caller whose audio pauses calls, see
+  makes it late; an answer arriving within the wait is returned at once, a later one by
+  :meth:`TritonStream.collect` when the stream's listener (:meth:`TritonStream.on_answer`) has
+  the caller collect it as it comes, else with the next call (at most half a chunk later than it
+  arrived), with ``collect`` once the caller's audio pauses (see
   :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS`), or with ``finish``. With more than
   :data:`MAX_IN_FLIGHT` requests out, it waits for the oldest: a Triton that falls behind holds
   the caller up rather than queueing audio until requests time out, and
@@ -60,6 +61,7 @@ import secrets
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
@@ -458,6 +460,7 @@ class TritonStream:
         # the last call (a caller that sends nothing is held by nobody: it decays from then on).
         self._held_behind = 0.0
         self._held_at = time.perf_counter()
+        self._listener: Callable[[], None] | None = None
 
     @property
     def sent_chunks(self) -> int:
@@ -521,6 +524,33 @@ class TritonStream:
     def unanswered(self) -> bool:
         """Whether chunks sent have answers (or a lost sequence's last partial) not returned yet."""
         return bool(self._in_flight or self._held or self._unsent)
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`collect` would return an answer now (a recognition, or Triton's error).
+
+        The answers of a broken link are not: the next chunk (or the quiet caller's collect) sends
+        them again on a new sequence.
+        """
+        if self._held:
+            return True
+        if not self._in_flight or not (future := self._in_flight[0].future).done():
+            return False
+        return not future.cancelled() and not isinstance(future.result(), _LinkBroken)
+
+    def on_answer(self, listener: Callable[[], None] | None) -> None:
+        """Call ``listener`` (on the event loop, no argument) when the oldest chunk's answer comes
+        while no call of the stream runs, so the caller can :meth:`collect` it then instead of with
+        its next call; None: stop. See the module docstring."""
+        self._listener = listener
+
+    def _answered(self, future: asyncio.Future[_Answer]) -> None:
+        """A request's answer came: tell the listener if it is the next one to return."""
+        listener = self._listener
+        if listener is None or self._lock.locked() or self._finished:
+            return  # a call runs: it returns the answer itself, or the next one does
+        if self._in_flight and self._in_flight[0].future is future and self.ready:
+            listener()
 
     async def collect(self) -> list[Recognition]:
         """Return the answers complete now, in order, sending nothing new.
@@ -635,6 +665,7 @@ class TritonStream:
         request_id, future = await owner._send_request(
             self._sequence_id, audio.samples, start=start, end=end
         )
+        future.add_done_callback(self._answered)
         request = _Request(request_id, audio, future, self._last_sent + owner._request_timeout)
         self._in_flight.append(request)
         return request
@@ -777,6 +808,8 @@ class TritonStream:
             # An empty chunk resets Triton's idle timer; what it says comes with the next call.
             if self._on_link():
                 await self._send(_Audio(_EMPTY, 0, time.perf_counter()), start=False, end=False)
+        if self._listener is not None and self.ready:
+            self._listener()  # an answer came while the keepalive was being sent
 
 
 def _request(

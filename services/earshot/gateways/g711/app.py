@@ -609,15 +609,19 @@ async def _pump_frames(
     leases = transcription.stores.journal.leases
     listening = True
     idle = _IdleWatch(occupant, settings.idle_timeout_seconds)
-    quiet = _QuietWatch(occupant, idle, lambda: transcription.unanswered)
+    answers = _AnswerWatch(
+        occupant, idle, lambda: transcription.unanswered, lambda: transcription.ready
+    )
+    transcription.on_answer(answers.answered)
     try:
         while True:
             try:
-                event = await _receive(occupant, idle, quiet)
+                event = await _receive(occupant, idle, answers)
             except TimeoutError:
                 return occupant.reason if occupant.stopping else _idle(settings)
             if event is None:
-                # stop() interrupted a long wait, or the client went quiet with answers out
+                # stop() interrupted a long wait, or answers came (or are still out while the
+                # client is quiet)
                 if transcription.unanswered:
                     refusal, out = await _step(transcription.collect())
                     if refusal is not None:
@@ -668,8 +672,9 @@ async def _pump_frames(
                 listening = await _send(websocket, out, settings)
                 _observe_reply(transcription, arrived)
     finally:
+        transcription.on_answer(None)
         idle.close()
-        quiet.close()
+        answers.close()
 
 
 def _observe_reply(transcription: Transcription, arrived: float) -> None:
@@ -752,31 +757,48 @@ class _IdleWatch:
 _IDLE_RECHECK_SECONDS = 0.05
 
 
-class _QuietWatch:
-    """Wakes a stream's task from its wait for a frame once the client has sent none for
-    :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS` while the recogniser holds answers
-    to its chunks (a pipelined one, Triton), so they are collected: the client may be waiting for
-    its last final. While answers stay out, it wakes the task again each such period (not at once:
-    a Triton slow to answer must not make the task spin). As :class:`_IdleWatch`, one timer at a
-    time, not one per frame.
+class _AnswerWatch:
+    """Wakes a stream's task from its wait for a frame to collect the answers a pipelined recogniser
+    (Triton) returns after the call that sent their chunk: at once when the recogniser says one
+    came (:meth:`answered` is its listener), and once the client has sent no frame for
+    :data:`~earshot.engines.recognizers.QUIET_COLLECT_SECONDS` while answers are out (the client
+    may be waiting for its last final; a request that timed out fails the stream then). While
+    answers stay out, the quiet wake comes again each such period (not at once: a Triton slow to
+    answer must not make the task spin). As :class:`_IdleWatch`, one timer at a time, not one per
+    frame.
     """
 
     def __init__(
-        self, occupant: _Occupant, idle: _IdleWatch, unanswered: Callable[[], bool]
+        self,
+        occupant: _Occupant,
+        idle: _IdleWatch,
+        unanswered: Callable[[], bool],
+        ready: Callable[[], bool],
     ) -> None:
         """Watch ``occupant``'s task, from the frames ``idle`` hears."""
         self._occupant = occupant
         self._idle = idle
         self._unanswered = unanswered
+        self._ready = ready
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._woke_at = self._loop.time()
         self.fired = False
 
-    def expect(self) -> None:
-        """The task is about to wait for a frame: watch it if answers are out."""
+    def expect(self) -> bool:
+        """The task is about to wait for a frame: False when an answer is ready (collect it
+        first: it came while the task was busy); else watch the wait if answers are out."""
+        if self._ready():
+            return False
         if self._timer is None and self._unanswered():
             self._timer = self._loop.call_at(self._due(), self._check)
+        return True
+
+    def answered(self) -> None:
+        """An answer came: wake the task if it waits for a frame (if busy, it sees it in
+        :meth:`expect`)."""
+        if self._occupant.receiving and not self._occupant.stopping:
+            self._wake()
 
     def _due(self) -> float:
         """A period after the last frame, or after the last time it woke the task."""
@@ -799,14 +821,20 @@ class _QuietWatch:
         elif not self._occupant.receiving or task.cancelling():
             self._timer = self._loop.call_at(now + _IDLE_RECHECK_SECONDS, self._check)
         else:
-            self.fired = True
             self._woke_at = now
-            task.cancel()
+            self._wake()
+
+    def _wake(self) -> None:
+        task = self._occupant.task
+        if task is None or self.fired or task.cancelling():
+            return  # woken already, or being cancelled for another reason
+        self.fired = True
+        task.cancel()
 
 
-async def _receive(occupant: _Occupant, idle: _IdleWatch, quiet: _QuietWatch) -> Message | None:
-    """The next message; None when stop() interrupted the wait for it, or the quiet watch did
-    (answers to collect).
+async def _receive(occupant: _Occupant, idle: _IdleWatch, answers: _AnswerWatch) -> Message | None:
+    """The next message; None when stop() interrupted the wait for it, or answers are to be
+    collected (ready, or the answer watch woke the wait).
 
     Raises:
         TimeoutError: none within the idle timeout or, once stopping, the shutdown bounds.
@@ -814,7 +842,8 @@ async def _receive(occupant: _Occupant, idle: _IdleWatch, quiet: _QuietWatch) ->
     occupant.receiving = True
     try:
         if not occupant.stopping:
-            quiet.expect()
+            if not answers.expect():
+                return None
             return await occupant.websocket.receive()
         left = occupant.stopped_at + SHUTDOWN_READ_SECONDS - time.monotonic()
         if left <= 0:
@@ -828,9 +857,9 @@ async def _receive(occupant: _Occupant, idle: _IdleWatch, quiet: _QuietWatch) ->
         if idle.fired:
             task.uncancel()  # the idle watch interrupted the wait for a frame, nothing else
             raise TimeoutError from None
-        if quiet.fired:
-            quiet.fired = False
-            task.uncancel()  # the quiet watch did: answers are due
+        if answers.fired:
+            answers.fired = False
+            task.uncancel()  # the answer watch did: answers are due
             return None
         if not occupant.stopping:
             raise

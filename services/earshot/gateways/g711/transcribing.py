@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -220,11 +221,23 @@ class Transcription:
         """Whether the recogniser holds answers to chunks already fed (see :meth:`collect`)."""
         return self._pipelined is not None and self._pipelined.unanswered
 
+    @property
+    def ready(self) -> bool:
+        """Whether the recogniser holds an answer :meth:`collect` would return now."""
+        return self._pipelined is not None and self._pipelined.ready
+
+    def on_answer(self, listener: Callable[[], None] | None) -> None:
+        """Have ``listener`` called when an answer comes between calls (see
+        :meth:`~earshot.engines.recognizers.PipelinedStream.on_answer`); None: stop."""
+        if self._pipelined is not None:
+            self._pipelined.on_answer(listener)
+
     async def collect(self) -> list[messages.ServerMessage]:
         """The messages of answers that came since the last call, while no audio arrived.
 
-        A pipelined recogniser returns a chunk's answer with a later call: when the client pauses
-        (or has sent its last chunk and waits for its last final), this is that call.
+        A pipelined recogniser returns a chunk's answer with a later call: when it says the answer
+        came, when the client pauses, or when the client has sent its last chunk and waits for its
+        last final, this is that call.
 
         Raises:
             EngineError: the recogniser failed (what it said before is stored).

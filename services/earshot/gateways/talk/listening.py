@@ -3,9 +3,9 @@
 Frames from aiortc (Opus decoded to s16, 48 kHz, stereo or mono) are queued as they arrive without
 blocking the WebRTC receiver; a full queue drops the frame and counts it. One task takes what is
 queued, downmixes each frame by its own layout, resamples with one stateful resampler and feeds the
-speaker's recogniser stream; while the speaker is quiet, the answers a pipelined recogniser
-(Triton) still owes are collected as they come. Closing finishes the stream, so a pending partial
-becomes a final.
+speaker's recogniser stream. The answers a pipelined recogniser (Triton) gives after the call that
+sent their chunk are collected as they come: its listener puts a wake-up in the queue. Closing
+finishes the stream, so a pending partial becomes a final.
 Each recognition is reported with its :class:`Heard` times (when its segment's audio began to
 arrive, when the audio that produced it arrived), from which the room measures caption latency.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,12 @@ class Heard:
 OnRecognition = Callable[[str, Recognition, Heard], Awaitable[None]]
 
 
+class _Wake(enum.Enum):
+    """Queued by a pipelined stream's listener: an answer came between calls, to collect."""
+
+    ANSWER = enum.auto()
+
+
 @dataclass(frozen=True, slots=True)
 class PcmFrame:
     """A decoded frame: interleaved s16 samples, its channel count and sample rate."""
@@ -75,7 +82,10 @@ class SpeakerAudio:
     ) -> None:
         self.speaker = speaker
         self._recognizer = recognizer
-        self._queue: asyncio.Queue[tuple[PcmFrame, float] | None] = asyncio.Queue(queue_frames)
+        self._queue: asyncio.Queue[tuple[PcmFrame, float] | _Wake | None] = asyncio.Queue(
+            queue_frames
+        )
+        self._answer_queued = False
         self._on_recognition = on_recognition
         self._resampler: StreamResampler | None = None
         self._task: asyncio.Task[None] | None = None
@@ -109,7 +119,9 @@ class SpeakerAudio:
                 break
             except asyncio.QueueFull:
                 with contextlib.suppress(asyncio.QueueEmpty):
-                    self._queue.get_nowait()
+                    if self._queue.get_nowait() is _Wake.ANSWER:
+                        self._answer_queued = False  # finish returns the answer
+                        continue
                     self.dropped += 1
                     metrics.TALK_FRAMES_DROPPED.inc()
         try:
@@ -123,6 +135,8 @@ class SpeakerAudio:
         active.inc()
         stream = self._recognizer.open_stream()
         pipelined = stream if isinstance(stream, PipelinedStream) else None
+        if pipelined is not None:
+            pipelined.on_answer(self._answer_came)
         try:
             while (samples := await self._next_audio(pipelined)) is not None:
                 if samples.size:
@@ -137,10 +151,20 @@ class SpeakerAudio:
             metrics.ENGINE_ERRORS.labels(GATEWAY, engine).inc()
             log.error("speaker %s: recognition failed: %s", self.speaker, exc)
         finally:
+            if pipelined is not None:
+                pipelined.on_answer(None)
             try:
                 await self._report(await stream.finish())
             finally:
                 active.dec()
+
+    def _answer_came(self) -> None:
+        """The stream's listener: wake the task with a marker, once until it is taken; a full
+        queue has frames to wake it, whose call returns the answer."""
+        if not self._answer_queued:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(_Wake.ANSWER)
+                self._answer_queued = True
 
     async def _next_audio(
         self, pipelined: PipelinedStream | None
@@ -148,7 +172,10 @@ class SpeakerAudio:
         """Everything queued now, as one chunk at the engine's rate; None at the end."""
         frames = [await self._next_frame(pipelined)]
         while frames[-1] is not None and not self._queue.empty():
-            frames.append(self._queue.get_nowait())
+            if (item := self._queue.get_nowait()) is _Wake.ANSWER:
+                self._answer_queued = False  # this chunk's call returns it
+            else:
+                frames.append(item)
         end = frames[-1] is None
         chunks = []
         for frame, arrived in filter(None, frames):
@@ -165,16 +192,26 @@ class SpeakerAudio:
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
     async def _next_frame(self, pipelined: PipelinedStream | None) -> tuple[PcmFrame, float] | None:
-        """The next frame queued (None: the end); while the speaker is quiet with answers out,
-        they are reported as they come (a muted speaker's last final is captioned at once)."""
-        while pipelined is not None and pipelined.unanswered:
+        """The next frame queued (None: the end); the answers that come meanwhile are reported as
+        they come (a muted speaker's last final is captioned at once). While answers are out, the
+        stream is also collected after each :data:`QUIET_COLLECT_SECONDS` without a frame, so a
+        request that timed out fails it."""
+        while True:
             try:
-                async with asyncio.timeout(QUIET_COLLECT_SECONDS):
-                    return await self._queue.get()
+                if pipelined is not None and pipelined.unanswered:
+                    async with asyncio.timeout(QUIET_COLLECT_SECONDS):
+                        item = await self._queue.get()
+                else:
+                    item = await self._queue.get()
             except TimeoutError:
+                pass  # quiet with answers out: collect them
+            else:
+                if item is not _Wake.ANSWER:
+                    return item
+                self._answer_queued = False
+            if pipelined is not None:
                 # a re-START after a lost link may be refused: handled as a refused chunk
                 await self._accept(pipelined.collect(), 0)
-        return await self._queue.get()
 
     def _convert(self, frame: PcmFrame) -> npt.NDArray[np.float32]:
         try:
