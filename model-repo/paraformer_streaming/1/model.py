@@ -1,5 +1,6 @@
 """Triton glue for the streaming Paraformer: tensors in and out of earshot.engines.sequencing."""
 
+import gc
 import json
 
 import numpy as np
@@ -18,6 +19,10 @@ class TritonPythonModel:
         parameters["instance_device_id"] = args["model_instance_device_id"]
         decoder = sequencing.load_decoder(ENGINE, parameters)
         self.table = sequencing.SequenceTable(decoder, idle_seconds=sequencing.idle_seconds(config))
+        # What loading left alive lives as long as the model: out of the collector's sight, a full
+        # collection no longer walks it (14-22 ms in the stub, holding up a batch: see
+        # bench/reports/triton_batching.md).
+        gc.freeze()
 
     def execute(self, requests):
         chunks = [_chunk(request) for request in requests]
