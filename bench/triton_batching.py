@@ -13,7 +13,9 @@ decoding window) on the same model. For each engine and N it reports:
   calls ``accept`` with it then, or later when its previous call has not returned) to the return
   of the call that brought its recognitions (:mod:`bench.chunk_timing`): in process the same
   call; through Triton, whose client pipelines its requests, the same call, a later one or
-  ``finish``;
+  ``finish``, or (answers pushed, the default, as the gateways take them) the ``collect`` the
+  stream's listener prompted when the answer came between calls; and the p99 of the steady part
+  of the round, without its first second and its last half second;
 * late chunks: sent after their real-time slot because the stream's previous ``accept`` had not
   returned;
 * requests: the requests Triton executed over the round (``nv_inference_count``);
@@ -23,7 +25,8 @@ decoding window) on the same model. For each engine and N it reports:
   benchmark process running the in-process engine) and, for Triton, the client side (this process).
 
 Usage: ``python -m bench.triton_batching [--streams 1 8 32 64] [--seconds 10] [--chunk-ms 40]
-[--queue-delay-us N] [--loop uvloop|asyncio] [--quick]``. Writes ``bench/reports/triton_batching.md``.
+[--queue-delay-us N] [--loop uvloop|asyncio] [--answers pushed|next-call] [--quick]``. Writes
+``bench/reports/triton_batching.md``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ from tests import triton_server
 
 REPORT = Path(__file__).parent / "reports" / "triton_batching.md"
 CHUNK_SECONDS = 0.04
+#: The steady part of a round leaves out the chunks due in its first second (every stream STARTs
+#: within one chunk, each START waiting for its answer) and in its last half second (the last
+#: chunks answered by ``finish``, every END's flush at once).
+STEADY_AFTER_SECONDS = 1.0
+STEADY_BEFORE_END_SECONDS = 0.5
 RATE = 16_000
 MODEL = "paraformer_streaming"
 # The event loops the streams' callers can run on: `earshot serve` runs the gateway on uvloop.
@@ -78,6 +86,8 @@ class Round:
     engine: str
     streams: int
     latencies: list[float]
+    #: the latencies of the chunks due in the steady part of the round (:data:`STEADY_AFTER_SECONDS`)
+    steady: list[float]
     late_chunks: int
     batch: float
     server_cpu: float
@@ -86,6 +96,12 @@ class Round:
     #: Triton only: the share of round trips longer than :func:`wait_bound` (their answers come
     #: with a later call than the one that sent the chunk).
     slow_round_trips: float = math.nan
+    #: Triton only, means per request in ms: Triton's own request duration, its queue and
+    #: compute parts, and this process's round trip (sent to last response read).
+    server_request_ms: float = math.nan
+    server_queue_ms: float = math.nan
+    server_compute_ms: float = math.nan
+    client_trip_ms: float = math.nan
 
 
 class CountingDecoder(paraformer.ParaformerDecoder):
@@ -116,23 +132,23 @@ async def one_stream(
     offset: float,
     t0: float,
     chunk_seconds: float = CHUNK_SECONDS,
-) -> tuple[list[float], int]:
-    """Send ``seconds`` of audio in real time; return the chunk latencies and the late chunks."""
+    pushed: bool = True,
+) -> tuple[list[tuple[float, float]], int]:
+    """Send ``seconds`` of audio in real time; return (due at, latency) per chunk and the late
+    chunks."""
     chunk = int(chunk_seconds * RATE)
     looped = np.resize(audio, int(seconds * RATE))
-    stream = ChunkTimer(recognizer.open_stream())
+    stream = ChunkTimer(recognizer.open_stream(), pushed=pushed)
     late = 0
     try:
         for k, start in enumerate(range(0, len(looped), chunk)):
             due = t0 + offset + (k + 1) * chunk_seconds
-            if (delay := due - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
-            else:
+            if not await stream.until(due):
                 late += 1
             await stream.accept(looped[start : start + chunk], due)
     finally:
         await stream.finish()
-    return [latency for _, latency in stream.timed], late
+    return stream.timed, late
 
 
 async def load(
@@ -142,6 +158,7 @@ async def load(
     streams: int,
     seconds: float,
     chunk_seconds: float = CHUNK_SECONDS,
+    pushed: bool = True,
 ) -> Round:
     """Run N real-time streams at once, started at random offsets within one chunk."""
     t0 = time.monotonic()
@@ -150,14 +167,17 @@ async def load(
             one_stream(
                 recognizer, np.roll(audio, i * 7919), seconds=seconds,
                 offset=random.uniform(0, chunk_seconds), t0=t0, chunk_seconds=chunk_seconds,
+                pushed=pushed,
             )
             for i in range(streams)
         )
     )  # fmt: skip
+    opened, closed = t0 + STEADY_AFTER_SECONDS, t0 + seconds - STEADY_BEFORE_END_SECONDS
     return Round(
         engine=recognizer.name,
         streams=streams,
-        latencies=[lat for lats, _ in results for lat in lats],
+        latencies=[latency for timed, _ in results for _, latency in timed],
+        steady=[lat for timed, _ in results for due, lat in timed if opened <= due < closed],
         late_chunks=sum(late for _, late in results),
         batch=0.0,
         server_cpu=0.0,
@@ -185,6 +205,28 @@ def round_trips(bound: float | None) -> tuple[float, float]:
     return total, within
 
 
+#: Triton's cumulative request timings (µs), as :func:`triton_times` returns them.
+TRITON_TIMES = (
+    "nv_inference_request_success",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+)
+
+
+def triton_times(metrics_text: str) -> tuple[float, ...]:
+    """Triton's request count and timing sums (:data:`TRITON_TIMES`), then this process's round
+    trips to it: their count and their sum in seconds."""
+    name, labels = "earshot_triton_round_trip_seconds", {"model": MODEL}
+    return (
+        *(triton_server.metric_total(metrics_text, m, model=MODEL) for m in TRITON_TIMES),
+        REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0,
+        REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0,
+    )
+
+
 def cpu_of_group(group: int) -> float:
     """CPU seconds of every live process in a process group (tritonserver and its stubs)."""
     total = 0.0
@@ -205,39 +247,60 @@ async def measured(
     batch: Callable[[], tuple[float, float]],
     streams: int,
     trips: Callable[[], tuple[float, float]] = lambda: (0.0, 0.0),
+    times: Callable[[], tuple[float, ...]] | None = None,
 ) -> Round:
-    """Run a round and fill in its CPU shares, batch size and (Triton) slow round trips."""
+    """Run a round and fill in its CPU shares, batch size and (Triton) slow round trips and
+    request timings."""
     me = os.getpid()
-    server0, client0, batch0, trips0, wall0 = (
+    server0, client0, batch0, trips0, times0, wall0 = (
         server_cpu(),
         procstats.read(me).cpu_seconds,
         batch(),
         trips(),
+        times() if times is not None else (),
         time.monotonic(),
     )
     result = await run()
     wall = time.monotonic() - wall0
-    server1, client1, batch1, trips1 = (
-        server_cpu(), procstats.read(me).cpu_seconds, batch(), trips()
+    server1, client1, batch1, trips1, times1 = (
+        server_cpu(), procstats.read(me).cpu_seconds, batch(), trips(),
+        times() if times is not None else (),
     )  # fmt: skip
     items, calls = batch1[0] - batch0[0], batch1[1] - batch0[1]
     sent, quick = trips1[0] - trips0[0], trips1[1] - trips0[1]
     per_stream = 100.0 / wall / streams
+    spent = [after - before for before, after in zip(times0, times1, strict=True)]
+    timed = {}
+    if spent and spent[0] and spent[6]:
+        requests, request, queue, c_input, c_infer, c_output, trips_n, trips_s = spent
+        timed = {
+            "server_request_ms": request / requests / 1000,
+            "server_queue_ms": queue / requests / 1000,
+            "server_compute_ms": (c_input + c_infer + c_output) / requests / 1000,
+            "client_trip_ms": trips_s / trips_n * 1000,
+        }
     return Round(
         engine=result.engine,
         streams=streams,
         latencies=result.latencies,
+        steady=result.steady,
         late_chunks=result.late_chunks,
         batch=items / calls if calls else float("nan"),
         server_cpu=(server1 - server0) * per_stream,
         client_cpu=(client1 - client0) * per_stream,
         requests=items,
         slow_round_trips=(sent - quick) / sent if sent else math.nan,
+        **timed,
     )
 
 
 async def run_rounds(
-    counts: list[int], seconds: float, chunk_seconds: float, queue_delay_us: int | None = None
+    counts: list[int],
+    seconds: float,
+    chunk_seconds: float,
+    queue_delay_us: int | None = None,
+    *,
+    pushed: bool = True,
 ) -> list[Round]:
     """Every round, Triton and in-process, on one tiny model."""
     audio = speech()
@@ -274,11 +337,13 @@ async def run_rounds(
                                 streams=n,
                                 seconds=seconds,
                                 chunk_seconds=chunk_seconds,
+                                pushed=pushed,
                             ),
                             server_cpu=lambda: cpu_of_group(group),
                             batch=triton_batch,
                             streams=n,
                             trips=functools.partial(round_trips, wait_bound(chunk_seconds)),
+                            times=lambda: triton_times(server.metrics()),
                         )
                     )
                 finally:
@@ -307,8 +372,9 @@ async def run_rounds(
             # In process the engine runs in this process: its CPU is the serving side.
             rounds.append(
                 Round(
-                    result.engine + " (in process)", n, result.latencies, result.late_chunks,
-                    result.batch, server_cpu=result.client_cpu, client_cpu=float("nan"),
+                    result.engine + " (in process)", n, result.latencies, result.steady,
+                    result.late_chunks, result.batch, server_cpu=result.client_cpu,
+                    client_cpu=float("nan"),
                 )
             )  # fmt: skip
             print(row(rounds[-1]), flush=True)
@@ -316,23 +382,31 @@ async def run_rounds(
 
 
 HEADER = (
-    "| engine | streams | chunks | late | requests | latency p50 ms | p99 ms | avg batch "
-    "| round trips > ½ chunk | serving CPU %/stream | client CPU %/stream |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "| engine | streams | chunks | late | requests | latency p50 ms | p99 ms | steady p99 ms "
+    "| avg batch | round trips > ½ chunk | Triton request ms: queue + compute | client round trip "
+    "ms | serving CPU %/stream | client CPU %/stream |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def row(r: Round) -> str:
     """One table row."""
     p50, p99 = percentiles_ms(r.latencies, (50, 99))
+    steady = f"{percentiles_ms(r.steady, (99,))[0]:.1f}" if r.steady else "-"
     engine = r.engine if "in process" in r.engine else f"{r.engine} (Triton)"
     client = "-" if math.isnan(r.client_cpu) else f"{r.client_cpu:.2f}"
     requests = "-" if math.isnan(r.requests) else f"{r.requests:.0f}"
     slow = "-" if math.isnan(r.slow_round_trips) else f"{r.slow_round_trips:.1%}"
+    server = (
+        "-"
+        if math.isnan(r.server_request_ms)
+        else f"{r.server_request_ms:.1f}: {r.server_queue_ms:.1f} + {r.server_compute_ms:.1f}"
+    )
+    trip = "-" if math.isnan(r.client_trip_ms) else f"{r.client_trip_ms:.1f}"
     return (
         f"| {engine} | {r.streams} | {len(r.latencies)} | {r.late_chunks} | {requests} "
-        f"| {p50:.1f} | {p99:.1f} "
-        f"| {r.batch:.2f} | {slow} | {r.server_cpu:.2f} | {client} |"
+        f"| {p50:.1f} | {p99:.1f} | {steady} "
+        f"| {r.batch:.2f} | {slow} | {server} | {trip} | {r.server_cpu:.2f} | {client} |"
     )
 
 
@@ -347,11 +421,23 @@ def overheads(rounds: list[Round]) -> list[str]:
             continue
         (p99_triton,) = percentiles_ms(triton.latencies, (99,))
         (p99_local,) = percentiles_ms(local.latencies, (99,))
+        steady = ""
+        if triton.steady and local.steady:
+            (steady_triton,) = percentiles_ms(triton.steady, (99,))
+            (steady_local,) = percentiles_ms(local.steady, (99,))
+            steady = f" ({steady_triton - steady_local:+.1f} ms in the steady part)"
         lines.append(
             f"* {triton.streams} streams: Triton's p99 is {p99_triton - p99_local:+.1f} ms over in "
-            f"process, average batch {triton.batch:.2f} (targets at 64 streams: under 20 ms, at "
-            "least 16)."
+            f"process{steady}, average batch {triton.batch:.2f} (targets at 64 streams: under "
+            "20 ms, at least 16)."
         )
+        if not math.isnan(triton.client_trip_ms):
+            holds = triton.client_trip_ms >= triton.server_request_ms
+            lines.append(
+                f"  Check: the client's mean round trip ({triton.client_trip_ms:.2f} ms) is "
+                f"{'not ' if holds else ''}below Triton's own mean request duration "
+                f"({triton.server_request_ms:.2f} ms){'' if holds else ': the method is suspect'}."
+            )
     return lines
 
 
@@ -383,8 +469,15 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "complete: `accept()` is called with it then, or later when it is late) to "
         "the return of the call that brought its recognitions (client side, "
         "`bench/chunk_timing.py`): in process the same call; through Triton, whose client "
-        "pipelines its requests, the same call, a later one or `finish()` (it includes gRPC and "
-        "the sequence batcher's queue delay);",
+        "pipelines its requests, the same call, a later one or `finish()`, or with answers "
+        "pushed (the default, as the gateways take them) the `collect()` the stream's listener "
+        "prompted when the answer came between calls (it includes gRPC and the sequence "
+        f"batcher's queue delay); answers were {answers(args)};",
+        f"* steady p99: the same, of the chunks due from {STEADY_AFTER_SECONDS:g} s after the "
+        f"round began to {STEADY_BEFORE_END_SECONDS:g} s before its last slot: it leaves out "
+        "the start, when every stream STARTs within one chunk and waits for its START's answer, "
+        "and the end, when every stream's END is flushed at once and `finish()` returns the last "
+        "chunks' answers;",
         "* late: chunks sent after their real-time slot because the stream's previous `accept()` "
         "had not returned (the wait is in their latency);",
         "* avg batch: Triton `nv_inference_count / nv_inference_exec_count` over the round; in "
@@ -396,6 +489,12 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "that sent its chunk and comes with a later one, about a chunk or more after the chunk "
         "was sent. Every request counts, each stream's START and END too, whose calls wait for "
         "their answers anyway;",
+        "* Triton request ms: Triton's mean request duration over the round "
+        "(`nv_inference_request_duration_us` / `nv_inference_request_success`), and its parts "
+        "queued (`nv_inference_queue_duration_us`) and computing (compute input, infer and output): "
+        "each request of a batch is charged the whole batch's compute; client round trip ms: "
+        "the mean of this process's `earshot_triton_round_trip_seconds` (a request written to "
+        "its last response read), which includes Triton's request and gRPC both ways;",
         "* serving CPU: tritonserver plus its Python stub (Triton) or the benchmark process (in "
         "process); client CPU: the benchmark process driving Triton (the gateway's share).",
         "",
@@ -405,6 +504,13 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "indicative.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def answers(args: argparse.Namespace) -> str:
+    """How the run took Triton's answers that came after the call that sent their chunk."""
+    if args.answers == "pushed":
+        return "pushed: collected when the stream's listener said they came"
+    return "left to the stream's next call (`--answers next-call`)"
 
 
 def batcher(queue_delay_us: int | None) -> str:
@@ -434,6 +540,8 @@ def command(args: argparse.Namespace) -> str:
         words.append(f"--queue-delay-us {args.queue_delay_us}")
     if args.loop != "uvloop":
         words.append(f"--loop {args.loop}")
+    if args.answers != "pushed":
+        words.append(f"--answers {args.answers}")
     return " ".join(words)
 
 
@@ -458,6 +566,13 @@ def main() -> None:
         default="uvloop",
         help="the event loop of both engines' callers (uvloop: as `earshot serve` runs them)",
     )
+    parser.add_argument(
+        "--answers",
+        choices=("pushed", "next-call"),
+        default="pushed",
+        help="Triton's late answers: collected as they come (pushed, as the gateways do) or "
+        "left to the stream's next call",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args()
     if args.quick:
@@ -466,7 +581,13 @@ def main() -> None:
     print(HEADER)
     with asyncio.Runner(loop_factory=LOOPS[args.loop]) as runner:
         rounds = runner.run(
-            run_rounds(args.streams, args.seconds, args.chunk_ms / 1000, args.queue_delay_us)
+            run_rounds(
+                args.streams,
+                args.seconds,
+                args.chunk_ms / 1000,
+                args.queue_delay_us,
+                pushed=args.answers == "pushed",
+            )
         )
     after = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     args.report.write_text(report(rounds, args, f"{before} / {after}"))
