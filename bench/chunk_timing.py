@@ -55,7 +55,8 @@ class ChunkTimer:
 
     async def until(self, due: float) -> bool:
         """Wait until ``due`` (``time.monotonic()``), collecting the answers that come meanwhile
-        when they are pushed; False when ``due`` had passed already."""
+        when they are pushed; False when ``due`` had passed already, or passed while a collect
+        ran (the next chunk goes late either way)."""
         pipelined = self._pipelined
         while (left := due - time.monotonic()) > 0:
             if pipelined is None:

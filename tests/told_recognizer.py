@@ -17,9 +17,11 @@ from earshot.events import Recognition
 
 @dataclass
 class ToldStream:
-    """Answers chunk ``n`` with the final ``chunk n`` when :meth:`answer` is called, and then
-    tells its listener, as Triton's stream does; with ``during_call``, the answer comes inside
-    the chunk's own call, after it returned nothing (the gateway is busy when it is told)."""
+    """Answers chunk ``n`` with the final ``chunk n`` when :meth:`answer` is called and then
+    tells its listener, as Triton's stream does when no call runs; a call returns the answers
+    complete before it. With ``during_call`` the listener is told from inside the chunk's own
+    call, which returns nothing: it stands for an answer told while the caller is busy elsewhere
+    (sending results), which Triton's stream cannot make happen on demand."""
 
     during_call: bool = False
     sent_chunks: int = 0
@@ -47,11 +49,12 @@ class ToldStream:
             self.listener()
 
     async def accept(self, samples: Samples) -> list[Recognition]:
+        said = self._returned()  # the answers complete before this call
         self.sent_chunks += 1
         self.arrived.set()
         if self.during_call:
             self.answer()
-        return []
+        return said
 
     async def collect(self) -> list[Recognition]:
         self.collections += 1

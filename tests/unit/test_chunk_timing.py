@@ -56,12 +56,13 @@ def test_an_answer_between_calls_is_timed_to_the_collect_it_came_with_when_pushe
         await timer.accept(chunk)  # sent, not answered by its call
         asyncio.get_running_loop().call_later(ANSWER_AFTER, stream.answer)
         assert await timer.until(time.monotonic() + NEXT_SLOT)
-        await timer.accept(chunk)  # the next chunk, whose call returns what is left
+        await timer.accept(chunk)  # the next chunk, whose call returns what came before it
+        timed = list(timer.timed)
         await timer.finish()
-        return timer.timed, stream
+        return timed, stream
 
     timed, stream = asyncio.run(feed())
-    (_, first), _ = timed
+    ((_, first),) = timed  # the first chunk, timed before finish
     if pushed:
         assert ANSWER_AFTER <= first < NEXT_SLOT  # timed to the collect the listener prompted
         assert stream.collections == 1

@@ -546,10 +546,13 @@ class TritonStream:
 
     def _answered(self, future: asyncio.Future[_Answer]) -> None:
         """A request's answer came: tell the listener if it is the next one to return."""
+        if self._in_flight and self._in_flight[0].future is future:
+            self._tell()
+
+    def _tell(self) -> None:
+        """Tell the listener if an answer is ready and no call runs (a call returns it itself)."""
         listener = self._listener
-        if listener is None or self._lock.locked() or self._finished:
-            return  # a call runs: it returns the answer itself, or the next one does
-        if self._in_flight and self._in_flight[0].future is future and self.ready:
+        if listener is not None and not self._lock.locked() and not self._finished and self.ready:
             listener()
 
     async def collect(self) -> list[Recognition]:
@@ -805,11 +808,10 @@ class TritonStream:
         if self._lock.locked():
             return
         async with self._lock:
-            # An empty chunk resets Triton's idle timer; what it says comes with the next call.
+            # An empty chunk resets Triton's idle timer; what it says is returned as any answer.
             if self._on_link():
                 await self._send(_Audio(_EMPTY, 0, time.perf_counter()), start=False, end=False)
-        if self._listener is not None and self.ready:
-            self._listener()  # an answer came while the keepalive was being sent
+        self._tell()  # an answer may have come while the keepalive was being sent
 
 
 def _request(

@@ -859,8 +859,9 @@ async def _receive(occupant: _Occupant, idle: _IdleWatch, answers: _AnswerWatch)
             raise TimeoutError from None
         if answers.fired:
             answers.fired = False
-            task.uncancel()  # the answer watch did: answers are due
-            return None
+            if task.uncancel() == 0:
+                return None  # the answer watch did, nothing else: answers are due
+            # cancelled for another reason too: handled as that
         if not occupant.stopping:
             raise
         task.uncancel()  # stop() cancelled the wait for a frame, nothing else

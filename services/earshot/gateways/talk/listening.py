@@ -142,6 +142,9 @@ class SpeakerAudio:
                 if samples.size:
                     self._arrivals.hand(self._chunk_arrived)
                     await self._accept(stream.accept(samples), samples.size)
+                elif pipelined is not None and pipelined.ready:
+                    # a wake-up taken with frames that gave no audio (held back, or dropped)
+                    await self._accept(pipelined.collect(), 0)
             if self._resampler is not None:
                 tail = self._resampler.flush()
                 if tail.size:
