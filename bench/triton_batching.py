@@ -279,17 +279,18 @@ async def measured(
     items, calls = batch1[0] - batch0[0], batch1[1] - batch0[1]
     sent, quick = trips1[0] - trips0[0], trips1[1] - trips0[1]
     per_stream = 100.0 / wall / streams
-    spent = [after - before for before, after in zip(times0, times1, strict=True)]
-    timed = {}
-    if spent and spent[0] and spent[6]:
+    timed: dict[str, float] = {}
+    if times is not None:
+        spent = (after - before for before, after in zip(times0, times1, strict=True))
         requests, request, queue, c_input, c_infer, c_output, trips_n, trips_s = spent
-        timed = {
-            "server_request_ms": request / requests / 1000,
-            "server_queue_ms": queue / requests / 1000,
-            "server_compute_input_ms": c_input / requests / 1000,
-            "server_compute_ms": (c_input + c_infer + c_output) / requests / 1000,
-            "client_trip_ms": trips_s / trips_n * 1000,
-        }
+        if requests and trips_n:
+            timed = {
+                "server_request_ms": request / requests / 1000,
+                "server_queue_ms": queue / requests / 1000,
+                "server_compute_input_ms": c_input / requests / 1000,
+                "server_compute_ms": (c_input + c_infer + c_output) / requests / 1000,
+                "client_trip_ms": trips_s / trips_n * 1000,
+            }
     return Round(
         engine=result.engine,
         streams=streams,
@@ -520,6 +521,9 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "`execute` began (queue and compute input: the check below each round); client round "
         "trip ms: the mean of this process's `earshot_triton_round_trip_seconds` (a request "
         "written to its last response read);",
+        "* before each round the benchmark collects its own heap and freezes it "
+        "(`gc.freeze()`), so that a full collection of the earlier rounds' records does not "
+        "fall on the round measured;",
         "* serving CPU: tritonserver plus its Python stub (Triton) or the benchmark process (in "
         "process); client CPU: the benchmark process driving Triton (the gateway's share).",
         "",
