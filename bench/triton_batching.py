@@ -193,6 +193,10 @@ def wait_bound(chunk_seconds: float) -> float | None:
     return next((b for b in ROUND_TRIP_BUCKETS if math.isclose(b, half)), None)
 
 
+#: This process's round-trip histogram (earshot.engines.triton.ROUND_TRIP) and its labels.
+ROUND_TRIP_SERIES = ("earshot_triton_round_trip_seconds", {"model": MODEL})
+
+
 def round_trips(bound: float | None) -> tuple[float, float]:
     """This process's Triton round trips so far: all of them, and those within ``bound``.
 
@@ -200,7 +204,7 @@ def round_trips(bound: float | None) -> tuple[float, float]:
     """
     if bound is None:
         return 0.0, 0.0
-    name, labels = "earshot_triton_round_trip_seconds", {"model": MODEL}
+    name, labels = ROUND_TRIP_SERIES
     total = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
     le = repr(bound)  # the label text prometheus_client writes for a plain float bound
     within = REGISTRY.get_sample_value(f"{name}_bucket", {**labels, "le": le}) or 0.0
@@ -221,7 +225,7 @@ TRITON_TIMES = (
 def triton_times(metrics_text: str) -> tuple[float, ...]:
     """Triton's request count and timing sums (:data:`TRITON_TIMES`), then this process's round
     trips to it: their count and their sum in seconds."""
-    name, labels = "earshot_triton_round_trip_seconds", {"model": MODEL}
+    name, labels = ROUND_TRIP_SERIES
     return (
         *(triton_server.metric_total(metrics_text, m, model=MODEL) for m in TRITON_TIMES),
         REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0,
