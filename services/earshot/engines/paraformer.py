@@ -28,7 +28,8 @@ SAMPLE_RATE = 16_000
 
 # sherpa decodes 0.61 s chunks and counts a chunk's last 0.18 s only with the next one, so audio
 # at the end of a stream needs up to ~0.85 s after it before it is decoded; zeros never add text.
-_TAIL_PADDING = np.zeros(SAMPLE_RATE, dtype=np.float32)
+# (A list: sherpa's binding converts it faster than an ndarray: see ParaformerDecoder.accept.)
+_TAIL_PADDING = [0.0] * SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,10 @@ class ParaformerDecoder:
         """
         if stream.finished:
             raise EngineError("audio arrived after the stream was finished")
-        stream.sherpa.accept_waveform(SAMPLE_RATE, np.ascontiguousarray(samples, np.float32))
+        # sherpa's binding takes a sequence of floats and converts an ndarray element by element,
+        # with the GIL held; a list converts faster (`python -m bench.gil_handoff`: 0.6 s windows,
+        # 1,142 calls/s as a list against 853 as an array, bench/reports/gateway_streams_held.md).
+        stream.sherpa.accept_waveform(SAMPLE_RATE, np.asarray(samples, np.float32).tolist())
 
     def finish(self, stream: ParaformerStream) -> None:
         """Mark the input as ended; the next :meth:`decode` flushes it and finalises its text."""
