@@ -16,6 +16,8 @@ decoding window) on the same model. For each engine and N it reports:
   ``finish``, or (answers pushed, the default, as the gateways take them) the ``collect`` the
   stream's listener prompted when the answer came between calls; and the p99 of the steady part
   of the round, without its first second and its last half second;
+* slowest 1%: the chunks at or over the round's p99, counted by when they were due (its first
+  second, the steady part, its last half second): which part of the round makes its p99;
 * late chunks: sent after their real-time slot because the stream's previous call (``accept``,
   or a ``collect`` of pushed answers) had not returned;
 * requests: the requests Triton executed over the round (``nv_inference_count``);
@@ -93,6 +95,8 @@ class Round:
     batch: float
     server_cpu: float
     client_cpu: float
+    #: the chunks at or over the round's p99 latency, by when they were due: (start, steady, end)
+    slowest: tuple[int, int, int] = (0, 0, 0)
     requests: float = math.nan
     #: Triton only: the share of round trips longer than :func:`wait_bound` (their answers come
     #: with a later call than the one that sent the chunk).
@@ -175,15 +179,24 @@ async def load(
         )
     )  # fmt: skip
     opened, closed = t0 + STEADY_AFTER_SECONDS, t0 + seconds - STEADY_BEFORE_END_SECONDS
+    timed = [pair for chunks, _ in results for pair in chunks]
+    latencies = [latency for _, latency in timed]
+    (p99,) = percentiles_ms(latencies, (99,))
+    slowest = [due for due, latency in timed if latency * 1000 >= p99]
     return Round(
         engine=recognizer.name,
         streams=streams,
-        latencies=[latency for timed, _ in results for _, latency in timed],
-        steady=[lat for timed, _ in results for due, lat in timed if opened <= due < closed],
+        latencies=latencies,
+        steady=[latency for due, latency in timed if opened <= due < closed],
         late_chunks=sum(late for _, late in results),
         batch=0.0,
         server_cpu=0.0,
         client_cpu=0.0,
+        slowest=(
+            sum(due < opened for due in slowest),
+            sum(opened <= due < closed for due in slowest),
+            sum(due >= closed for due in slowest),
+        ),
     )
 
 
@@ -301,6 +314,7 @@ async def measured(
         latencies=result.latencies,
         steady=result.steady,
         late_chunks=result.late_chunks,
+        slowest=result.slowest,
         batch=items / calls if calls else float("nan"),
         server_cpu=(server1 - server0) * per_stream,
         client_cpu=(client1 - client0) * per_stream,
@@ -392,7 +406,7 @@ async def run_rounds(
                 Round(
                     result.engine + " (in process)", n, result.latencies, result.steady,
                     result.late_chunks, result.batch, server_cpu=result.client_cpu,
-                    client_cpu=float("nan"),
+                    client_cpu=float("nan"), slowest=result.slowest,
                 )
             )  # fmt: skip
             print(row(rounds[-1]), flush=True)
@@ -401,9 +415,10 @@ async def run_rounds(
 
 HEADER = (
     "| engine | streams | chunks | late | requests | latency p50 ms | p99 ms | steady p99 ms "
-    "| avg batch | round trips > ½ chunk | Triton request ms: queue + compute | client round trip "
-    "ms | serving CPU %/stream | client CPU %/stream |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| slowest 1%: start / steady / end | avg batch | round trips > ½ chunk "
+    "| Triton request ms: queue + compute | client round trip ms | serving CPU %/stream "
+    "| client CPU %/stream |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -423,7 +438,7 @@ def row(r: Round) -> str:
     trip = "-" if math.isnan(r.client_trip_ms) else f"{r.client_trip_ms:.1f}"
     return (
         f"| {engine} | {r.streams} | {len(r.latencies)} | {r.late_chunks} | {requests} "
-        f"| {p50:.1f} | {p99:.1f} | {steady} "
+        f"| {p50:.1f} | {p99:.1f} | {steady} | {' / '.join(map(str, r.slowest))} "
         f"| {r.batch:.2f} | {slow} | {server} | {trip} | {r.server_cpu:.2f} | {client} |"
     )
 
@@ -503,6 +518,9 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "(a cost the in-process engine has no part like), and the end, when every stream's END "
         "is flushed at once and `finish()` returns the last chunks' answers. The issue's target "
         "is the p99 of the whole round;",
+        "* slowest 1%: the chunks whose latency is at or over the round's p99, counted by when "
+        "they were due: in the start (the first second), the steady part, or the end (the last "
+        "half second);",
         "* late: chunks sent after their real-time slot because the stream's previous call "
         "(`accept()`, or a `collect()` of pushed answers) had not returned (the wait is in their "
         "latency);",
