@@ -148,7 +148,7 @@ class ParaformerDecoder:
                 said[i].extend(self._end_segment_at_endpoint(streams[i]))
         for i, (stream, recognitions) in enumerate(zip(streams, said, strict=True)):
             # Only a decode changes a stream's text: most calls decode few of their streams (sherpa
-            # steps every 0.43 s of audio), and reading a result is a JSON round trip.
+            # steps every 0.6 s of audio), and reading a result is a JSON round trip.
             if i in decoded or stream.finished:
                 recognitions.extend(self._settle(stream))
         return said
