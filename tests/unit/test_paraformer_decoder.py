@@ -164,6 +164,34 @@ def test_streams_decoded_in_one_batch_keep_their_own_results(
     assert len({tuple(r) for r in together}) == 3
 
 
+def test_in_one_batch_a_stream_without_a_step_due_says_nothing_and_the_others_as_alone(
+    decoder: paraformer.ParaformerDecoder,
+) -> None:
+    def fed(*audios: Samples) -> paraformer.ParaformerStream:
+        stream = decoder.open()
+        for audio in audios:
+            decoder.accept(stream, audio)
+            decoder.decode([stream])
+        return stream
+
+    speech, more = syllables(2.0, pitch=150.0), syllables(0.1, pitch=150.0)
+    stepping, waiting, finished = fed(speech), fed(speech), fed(speech)
+    # Alone: the same audio gives these, and a stream whose next step is not due says nothing.
+    stepping_alone, finished_alone = fed(speech), fed(speech)
+    for stream in (stepping, stepping_alone):
+        decoder.accept(stream, syllables(0.7, pitch=250.0))
+    decoder.accept(waiting, more)
+    for stream in (finished, finished_alone):
+        decoder.finish(stream)
+    expected = [decoder.decode([stepping_alone])[0], [], decoder.decode([finished_alone])[0]]
+
+    together = decoder.decode([stepping, waiting, finished])
+
+    assert together == expected
+    assert together[0], "the stepping stream's new partial has text"
+    assert together[2], "the finished stream's final has text"
+
+
 def test_loading_without_a_model_dir_builds_the_tiny_model_once(tmp_path: Path) -> None:
     settings = Settings(cache_dir=tmp_path, model_dir=None)
 
@@ -194,12 +222,14 @@ def test_reading_a_streams_text_again_and_again_does_not_grow_the_heap(
     decoder: paraformer.ParaformerDecoder,
 ) -> None:
     stream = decoder.open()
-    assert feed(decoder, stream, syllables(1.0))  # some text to read back
+    feed(decoder, stream, syllables(1.0))
+    assert decoder._text(stream)  # some text to read back
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(4000):
-            decoder.decode([stream])  # reads the open segment's text each time
+            # What decode() does after each step (a call without a step due reads nothing).
+            decoder._text(stream)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
