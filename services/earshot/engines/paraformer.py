@@ -28,8 +28,8 @@ SAMPLE_RATE = 16_000
 
 # sherpa decodes 0.61 s chunks and counts a chunk's last 0.18 s only with the next one, so audio
 # at the end of a stream needs up to ~0.85 s after it before it is decoded; zeros never add text.
-# (A list: sherpa's binding converts it faster than an ndarray: see ParaformerDecoder.accept.)
-_TAIL_PADDING = [0.0] * SAMPLE_RATE
+# (A tuple: sherpa's binding converts it faster than an ndarray: see ParaformerDecoder.accept.)
+_TAIL_PADDING = (0.0,) * SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,8 @@ class ParaformerDecoder:
             raise EngineError("audio arrived after the stream was finished")
         # sherpa's binding takes a sequence of floats and converts an ndarray element by element,
         # with the GIL held; a list converts faster (`python -m bench.gil_handoff`: 0.6 s windows,
-        # 1,142 calls/s as a list against 853 as an array, bench/reports/gateway_streams_held.md).
+        # 1,120 calls/s as a list against 691 as an array; with this and reading the text only
+        # after a step, the model spent 14 % less CPU a stream: bench/reports/triton_batching.md).
         stream.sherpa.accept_waveform(SAMPLE_RATE, np.asarray(samples, np.float32).tolist())
 
     def finish(self, stream: ParaformerStream) -> None:
