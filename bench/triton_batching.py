@@ -15,9 +15,11 @@ decoding window) on the same model. For each engine and N it reports:
   call; through Triton, whose client pipelines its requests, the same call, a later one or
   ``finish``, or (answers pushed, the default, as the gateways take them) the ``collect`` the
   stream's listener prompted when the answer came between calls; and the p99 of the steady part
-  of the round, without its first second and its last half second;
-* slowest 1%: the chunks at or over the round's p99, counted by when they were due (its first
-  second, the steady part, its last half second): which part of the round makes its p99;
+  of the round, from a second after the last stream started to half a second before the first
+  stream's last slot;
+* slowest 1%: the chunks at or over the round's p99, counted by when they were due in their own
+  stream's life (its first second, 10 % of a 10 s stream's chunks; between, 85 %; its last half
+  second, 5 %): which part of the streams' lives makes the round's p99;
 * late chunks: sent after their real-time slot because the stream's previous call (``accept``,
   or a ``collect`` of pushed answers) had not returned;
 * requests: the requests Triton executed over the round (``nv_inference_count``);
@@ -72,11 +74,14 @@ CHUNK_SECONDS = 0.04
 #: Streams start at random offsets within this long, as independent callers do: sherpa decodes a
 #: stream every 0.6 s of its audio, so over two such steps the streams' steps fall at random.
 #: Streams started within one chunk (``--start-spread 0.04``) decode in the same 40 ms every 0.6 s
-#: and end within one chunk: that worst case.
+#: and end within one chunk. Calls do that after their gateway's gRPC stream to Triton broke (each
+#: restarts its sequence with its next chunk, so their steps stay aligned until they end): that
+#: worst case.
 START_SPREAD_SECONDS = 1.2
-#: The steady part of a round leaves out the chunks due until a second after the last start
-#: (STARTs, each waiting for its answer) and in its last half second (the last chunks answered
-#: by ``finish``, the ENDs' flushes).
+#: The steady part of a round: from a second after the last stream started (STARTs, each waiting
+#: for its answer) to half a second before the first stream's last slot (the last chunks answered
+#: by ``finish``, the ENDs' flushes). A stream's own first second and last half second are its
+#: start and end in the slowest-1% count.
 STEADY_AFTER_SECONDS = 1.0
 STEADY_BEFORE_END_SECONDS = 0.5
 RATE = 16_000
@@ -174,23 +179,30 @@ async def load(
     spread: float = START_SPREAD_SECONDS,
 ) -> Round:
     """Run N real-time streams at once, started at random offsets within ``spread`` seconds."""
+    offsets = [random.uniform(0, spread) for _ in range(streams)]
     t0 = time.monotonic()
     results = await asyncio.gather(
         *(
             one_stream(
-                recognizer, np.roll(audio, i * 7919), seconds=seconds,
-                offset=random.uniform(0, spread), t0=t0, chunk_seconds=chunk_seconds,
-                pushed=pushed,
+                recognizer, np.roll(audio, i * 7919), seconds=seconds, offset=offset, t0=t0,
+                chunk_seconds=chunk_seconds, pushed=pushed,
             )
-            for i in range(streams)
+            for i, offset in enumerate(offsets)
         )
     )  # fmt: skip
-    opened = t0 + spread + STEADY_AFTER_SECONDS
-    closed = t0 + seconds - STEADY_BEFORE_END_SECONDS
+    opened = t0 + max(offsets) + STEADY_AFTER_SECONDS
+    closed = t0 + min(offsets) + seconds - STEADY_BEFORE_END_SECONDS
     timed = [pair for chunks, _ in results for pair in chunks]
     latencies = [latency for _, latency in timed]
     (p99,) = percentiles_ms(latencies, (99,))
-    slowest = [due for due, latency in timed if latency * 1000 >= p99]
+    # Each slow chunk placed in its own stream's life: its first second, its last half second, or
+    # between (10 %, 5 % and 85 % of a 10 s stream's chunks).
+    phases = [
+        (due - t0 - offset, latency)
+        for (chunks, _), offset in zip(results, offsets, strict=True)
+        for due, latency in chunks
+    ]
+    slowest = [since for since, latency in phases if latency * 1000 >= p99]
     return Round(
         engine=recognizer.name,
         streams=streams,
@@ -201,9 +213,12 @@ async def load(
         server_cpu=0.0,
         client_cpu=0.0,
         slowest=(
-            sum(due < opened for due in slowest),
-            sum(opened <= due < closed for due in slowest),
-            sum(due >= closed for due in slowest),
+            sum(since < STEADY_AFTER_SECONDS for since in slowest),
+            sum(
+                STEADY_AFTER_SECONDS <= since < seconds - STEADY_BEFORE_END_SECONDS
+                for since in slowest
+            ),
+            sum(since >= seconds - STEADY_BEFORE_END_SECONDS for since in slowest),
         ),
     )
 
@@ -524,17 +539,21 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "cancelling it and the Talk gateway by a marker in its frame queue, whose cost is not in "
         "the client CPU here;",
         f"* steady p99: the same, of the chunks due from {STEADY_AFTER_SECONDS:g} s after the "
-        f"last start ({args.start_spread + STEADY_AFTER_SECONDS:g} s into the round) to "
-        f"{STEADY_BEFORE_END_SECONDS:g} s before the first stream's last slot: it leaves out "
+        f"last stream started to {STEADY_BEFORE_END_SECONDS:g} s before the first stream's "
+        "last slot, when every stream runs: it leaves out "
         "the start, when the streams START and wait for their START's answer (a cost the "
         "in-process engine has no part like), and the end, when their ENDs are flushed and "
         "`finish()` returns the last chunks' answers. The issue's target is the p99 of the whole "
         "round;",
         "* slowest 1%: the chunks whose latency is at or over the round's p99, counted by when "
-        "they were due: in the start, the steady part or the end (as for steady p99);",
+        f"they were due in their own stream's life: its first {STEADY_AFTER_SECONDS:g} s (10 % "
+        f"of a 10 s stream's chunks), between (85 %), its last {STEADY_BEFORE_END_SECONDS:g} s "
+        "(5 %); evenly spread, the slowest 1% would fall about in those shares;",
         "* start spread: sherpa decodes a stream every 0.6 s of its audio; streams that start "
         "within one chunk (`--start-spread 0.04`) all decode in the same 40 ms every 0.6 s and "
-        "all END within one chunk, a load independent callers do not make; started at random "
+        "all END within one chunk, as calls do after their gateway's gRPC stream to Triton "
+        "broke (each restarts its sequence with its next chunk), not as independent calls "
+        "starting do; started at random "
         f"within {START_SPREAD_SECONDS:g} s (the default: two such steps) their decoding steps "
         "fall at random, as independent callers' do;",
         "* late: chunks sent after their real-time slot because the stream's previous call "
