@@ -106,7 +106,8 @@ class Round:
     batch: float
     server_cpu: float
     client_cpu: float
-    #: the chunks at or over the round's p99 latency, by when they were due: (start, steady, end)
+    #: the chunks at or over the round's p99 latency, by when in their own stream's life they were
+    #: due: (its first second, between, its last half second)
     slowest: tuple[int, int, int] = (0, 0, 0)
     requests: float = math.nan
     #: Triton only: the share of round trips longer than :func:`wait_bound` (their answers come

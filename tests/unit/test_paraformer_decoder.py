@@ -167,20 +167,19 @@ def test_streams_decoded_in_one_batch_keep_their_own_results(
 def test_in_one_batch_a_stream_without_a_step_due_says_nothing_and_the_others_as_alone(
     decoder: paraformer.ParaformerDecoder,
 ) -> None:
-    def fed(*audios: Samples) -> paraformer.ParaformerStream:
+    def fed(audio: Samples) -> paraformer.ParaformerStream:
         stream = decoder.open()
-        for audio in audios:
-            decoder.accept(stream, audio)
-            decoder.decode([stream])
+        decoder.accept(stream, audio)
+        decoder.decode([stream])
         return stream
 
-    speech, more = syllables(2.0, pitch=150.0), syllables(0.1, pitch=150.0)
+    speech = syllables(2.0, pitch=150.0)
     stepping, waiting, finished = fed(speech), fed(speech), fed(speech)
     # Alone: the same audio gives these, and a stream whose next step is not due says nothing.
     stepping_alone, finished_alone = fed(speech), fed(speech)
     for stream in (stepping, stepping_alone):
         decoder.accept(stream, syllables(0.7, pitch=250.0))
-    decoder.accept(waiting, more)
+    decoder.accept(waiting, syllables(0.1, pitch=150.0))
     for stream in (finished, finished_alone):
         decoder.finish(stream)
     expected = [decoder.decode([stepping_alone])[0], [], decoder.decode([finished_alone])[0]]
