@@ -193,22 +193,22 @@ async def load(
     )  # fmt: skip
     opened = t0 + max(offsets) + STEADY_AFTER_SECONDS
     closed = t0 + min(offsets) + seconds - STEADY_BEFORE_END_SECONDS
-    timed = [pair for chunks, _ in results for pair in chunks]
-    latencies = [latency for _, latency in timed]
-    (p99,) = percentiles_ms(latencies, (99,))
-    # Each slow chunk placed in its own stream's life: its first second, its last half second, or
-    # between (10 %, 5 % and 85 % of a 10 s stream's chunks).
-    phases = [
-        (due - t0 - offset, latency)
+    # (due at, seconds into its own stream, latency) per chunk
+    timed = [
+        (due, due - t0 - offset, latency)
         for (chunks, _), offset in zip(results, offsets, strict=True)
         for due, latency in chunks
     ]
-    slowest = [since for since, latency in phases if latency * 1000 >= p99]
+    latencies = [latency for _, _, latency in timed]
+    (p99,) = percentiles_ms(latencies, (99,))
+    # Each slow chunk placed in its own stream's life: its first second, its last half second, or
+    # between (10 %, 5 % and 85 % of a 10 s stream's chunks).
+    slowest = [since for _, since, latency in timed if latency * 1000 >= p99]
     return Round(
         engine=recognizer.name,
         streams=streams,
         latencies=latencies,
-        steady=[latency for due, latency in timed if opened <= due < closed],
+        steady=[latency for due, _, latency in timed if opened <= due < closed],
         late_chunks=sum(late for _, late in results),
         batch=0.0,
         server_cpu=0.0,
