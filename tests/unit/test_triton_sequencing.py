@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
 from earshot.engines import paraformer, sequencing, tiny_paraformer
 from earshot.engines.recognizers import EngineError, Samples
+from earshot.events import Recognition
 
 RATE = 16_000
 
@@ -88,6 +91,61 @@ def test_a_chunk_without_start_for_an_unknown_sequence_gets_an_error_naming_star
     assert "START" in outcomes[0].error
     assert outcomes[1].error is None
     assert len(table) == 1
+
+
+def test_chunks_without_a_step_due_are_answered_before_the_batch_is_decoded(
+    table: sequencing.SequenceTable[object],
+) -> None:
+    table.step([chunk(1, syllables(0.5), start=True), chunk(2, syllables(0.5), start=True)])
+    table.step([chunk(3, syllables(0.5), start=True)])
+
+    # 1 gets enough for its first step, 2 too little, 3 ends, 4 is unknown.
+    chunks = [
+        chunk(1, syllables(0.2)),
+        chunk(2, syllables(0.02)),
+        chunk(3, np.zeros(0, np.float32), end=True),
+        chunk(4, syllables(0.02)),
+    ]
+    answers = list(table.answers(chunks))
+
+    assert [i for i, _ in answers] == [1, 3, 0, 2]
+    outcomes = dict(answers)
+    assert outcomes[1] == sequencing.Outcome()
+    assert outcomes[3].error is not None
+    assert [s.is_final for s in outcomes[0].said] == [False], "1's first step: a partial"
+    assert [s.is_final for s in outcomes[2].said] == [True], "3's end: its final"
+    assert len(table) == 2
+
+
+def test_a_decoder_that_cannot_tell_which_streams_have_work_decodes_every_chunk(
+    files: tiny_paraformer.ParaformerFiles,
+) -> None:
+    class Plain:  # a BatchDecoder without needs_decode
+        def __init__(self) -> None:
+            self.inner = paraformer.ParaformerDecoder(files)
+            self.decoded: list[int] = []
+            self.name, self.sample_rate = self.inner.name, self.inner.sample_rate
+            self.open, self.accept, self.finish = (
+                self.inner.open,
+                self.inner.accept,
+                self.inner.finish,
+            )
+
+        def decode(self, streams: Sequence[paraformer.ParaformerStream]) -> list[list[Recognition]]:
+            self.decoded.append(len(streams))
+            return self.inner.decode(streams)
+
+    decoder = Plain()
+    table = sequencing.SequenceTable(decoder, idle_seconds=60.0)
+
+    answers = list(
+        table.answers(
+            [chunk(1, syllables(0.02), start=True), chunk(2, syllables(0.02), start=True)]
+        )
+    )
+
+    assert [i for i, _ in answers] == [0, 1]
+    assert decoder.decoded == [2]
 
 
 def test_a_sequence_idle_longer_than_the_model_allows_is_forgotten(

@@ -26,8 +26,9 @@ class TritonPythonModel:
 
     def execute(self, requests):
         chunks = [_chunk(request) for request in requests]
-        for request, outcome in zip(requests, self.table.step(chunks)):
-            sender = request.get_response_sender()
+        # Requests whose stream has no decoding step due are answered before the batch decodes.
+        for i, outcome in self.table.answers(chunks):
+            sender = requests[i].get_response_sender()
             if outcome.error is not None:
                 error = pb_utils.TritonError(outcome.error)
                 sender.send(

@@ -132,6 +132,13 @@ class ParaformerDecoder:
             stream.sherpa.input_finished()
             stream.finished = True
 
+    def needs_decode(self, stream: ParaformerStream) -> bool:
+        """Whether :meth:`decode` has work for the stream: a step due, or its finish to settle.
+
+        sherpa steps a stream every 0.6 s of its audio; between steps a decode would say nothing.
+        """
+        return not stream.done and (stream.finished or self._is_ready(stream))
+
     def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
         """Decode every chunk the streams have ready, one batch per step.
 

@@ -9,7 +9,7 @@ asyncio or threads, read the environment.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic
@@ -19,6 +19,7 @@ from earshot.engines.recognizers import (
     EngineError,
     EngineOverloaded,
     Samples,
+    SelectiveDecoder,
     StreamT,
 )
 from earshot.events import Recognition
@@ -83,6 +84,8 @@ class SequenceTable(Generic[StreamT]):
             clock: seconds, monotonic (tests pass their own).
         """
         self._decoder = decoder
+        # Checked once: a runtime protocol check reads every member of the decoder.
+        self._selective = decoder if isinstance(decoder, SelectiveDecoder) else None
         self._idle_seconds = idle_seconds
         self._clock = clock
         self._sequences: dict[int, OpenSequence[StreamT]] = {}
@@ -94,26 +97,47 @@ class SequenceTable(Generic[StreamT]):
         """Feed each chunk to its sequence and decode all of them in one batch.
 
         Returns:
-            One outcome per chunk, in order. A chunk without START for a sequence the table does
-            not hold gets an error; after END (or an error) the sequence is forgotten.
+            One outcome per chunk, in order (as :meth:`answers` gives them).
+        """
+        answered = dict(self.answers(chunks))
+        return [answered[i] for i in range(len(chunks))]
+
+    def answers(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, Outcome]]:
+        """Feed each chunk to its sequence; yield each chunk's outcome as soon as it is known.
+
+        A chunk without START for a sequence the table does not hold gets an error; after END (or
+        an error) the sequence is forgotten. A chunk whose stream the decoder has no work for (a
+        :class:`SelectiveDecoder` tells: with 40 ms chunks and sherpa's 0.6 s steps, most of them)
+        is answered, with nothing, while the chunks are fed; the others are decoded in one batch
+        after the last chunk is fed, and answered then.
+
+        Yields:
+            (the chunk's index in ``chunks``, its outcome), once for each chunk.
         """
         now = self._clock()
         self._forget_idle(now)
-        outcomes = [Outcome() for _ in chunks]
         batch: list[tuple[int, int, OpenSequence[StreamT]]] = []
         for i, chunk in enumerate(chunks):
             try:
-                batch.append((i, chunk.corrid, self._fed(chunk, now)))
+                sequence = self._fed(chunk, now)
             except EngineOverloaded as exc:
-                outcomes[i] = Outcome(error=f"{OVERLOADED_MARK}{exc}")
+                yield i, Outcome(error=f"{OVERLOADED_MARK}{exc}")
+                continue
             except EngineError as exc:
                 self._sequences.pop(chunk.corrid, None)
-                outcomes[i] = Outcome(error=str(exc))
-        for (i, corrid, _), said in zip(batch, self._decode(batch), strict=True):
-            outcomes[i] = said
-            if chunks[i].end or said.error is not None:
+                yield i, Outcome(error=str(exc))
+                continue
+            if self._needs_decode(sequence.state):
+                batch.append((i, chunk.corrid, sequence))
+            else:
+                yield i, Outcome()
+        for (i, corrid, _), outcome in zip(batch, self._decode(batch), strict=True):
+            if chunks[i].end or outcome.error is not None:
                 self._sequences.pop(corrid, None)
-        return outcomes
+            yield i, outcome
+
+    def _needs_decode(self, state: StreamT) -> bool:
+        return self._selective is None or self._selective.needs_decode(state)
 
     def _fed(self, chunk: Chunk, now: float) -> OpenSequence[StreamT]:
         if chunk.start:
