@@ -2,8 +2,8 @@
 
 May do: keep one decoder stream per sequence, call a :class:`BatchDecoder` on the calling thread,
 load a decoder from a model's string ``parameters``. Must not: import ``triton_python_backend_utils``
-(``model-repo/*/1/model.py`` only moves tensors between Triton and :meth:`SequenceTable.step`), use
-asyncio or threads, read the environment.
+(``model-repo/paraformer_streaming/1/model.py`` only moves tensors between Triton and
+:meth:`SequenceTable.answers`), use asyncio or threads, read the environment.
 """
 
 from __future__ import annotations
