@@ -137,6 +137,8 @@ class ParaformerDecoder:
 
         sherpa steps a stream every 0.6 s of its audio; between steps a decode would say nothing.
         """
+        # A finished stream is ready anyway (finish() adds a second of padding); its final is
+        # settled by decode() whatever sherpa says, so it counts as work here too.
         return not stream.done and (stream.finished or self._is_ready(stream))
 
     def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:

@@ -94,7 +94,7 @@ class SequenceTable(Generic[StreamT]):
         return len(self._sequences)
 
     def step(self, chunks: Sequence[Chunk]) -> list[Outcome]:
-        """Feed each chunk to its sequence and decode all of them in one batch.
+        """Feed each chunk to its sequence and decode those with work in one batch.
 
         Returns:
             One outcome per chunk, in order (as :meth:`answers` gives them).
@@ -107,9 +107,13 @@ class SequenceTable(Generic[StreamT]):
 
         A chunk without START for a sequence the table does not hold gets an error; after END (or
         an error) the sequence is forgotten. A chunk whose stream the decoder has no work for (a
-        :class:`SelectiveDecoder` tells: with 40 ms chunks and sherpa's 0.6 s steps, most of them)
-        is answered, with nothing, while the chunks are fed; the others are decoded in one batch
-        after the last chunk is fed, and answered then.
+        :class:`SelectiveDecoder` says which) is answered, with nothing, as soon as it is fed; the
+        others are decoded in one batch after the last chunk is fed, and answered then. A decode
+        that fails answers the chunks of its batch with an error and forgets their sequences.
+
+        The caller takes every answer: the chunks after an answer not taken are neither fed nor
+        decoded. Answers of one sequence come in order when a call holds at most one of its
+        chunks, as Triton's sequence batcher makes them.
 
         Yields:
             (the chunk's index in ``chunks``, its outcome), once for each chunk.
@@ -129,8 +133,10 @@ class SequenceTable(Generic[StreamT]):
                 continue
             if self._needs_decode(sequence.state):
                 batch.append((i, chunk.corrid, sequence))
-            else:
-                yield i, Outcome()
+                continue
+            if chunk.end:
+                self._sequences.pop(chunk.corrid, None)
+            yield i, Outcome()
         for (i, corrid, _), outcome in zip(batch, self._decode(batch), strict=True):
             if chunks[i].end or outcome.error is not None:
                 self._sequences.pop(corrid, None)
