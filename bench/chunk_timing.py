@@ -12,11 +12,18 @@ sent nothing and is answered by its own call, as in process.
 A caller that takes a pipelined stream's answers as they come, as the gateways do, waits for its
 next chunk with :meth:`ChunkTimer.until`: an answer that comes meanwhile is collected then and
 its chunk timed to that collect.
+
+The chunks whose answer carried text are timed again on their own (:attr:`ChunkTimer.texts`): a
+recognition belongs to the chunk of the ``accept`` call that handed its audio over, which a
+recognition's ``heard`` (Triton's) names; one without ``heard`` belongs to the call that returned
+it (in process, a chunk's text comes with its own call). What ``finish`` decodes (the stream's
+last audio and its padding) counts for no chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
 
@@ -35,6 +42,15 @@ class ChunkTimer:
         # Chunks sent whose answer has not come back: (index among sent, due at).
         self._out: deque[tuple[int, float]] = deque()
         self.timed: list[tuple[float, float]] = []
+        #: (due at, latency) of each chunk whose answer carried text, timed to the call that
+        #: returned its first recognition
+        self.texts: list[tuple[float, float]] = []
+        # Per accept call, in order: when it began (time.perf_counter(), as ``heard``) and its
+        # chunk's due time (time.monotonic()).
+        self._began: list[float] = []
+        self._due: list[float] = []
+        self._finish_began = float("inf")
+        self._with_text: set[int] = set()
         self._pipelined = stream if pushed and isinstance(stream, PipelinedStream) else None
         self._answered = asyncio.Event()
         if self._pipelined is not None:
@@ -44,8 +60,11 @@ class ChunkTimer:
         """Feed a chunk whose audio was complete at ``due`` (``time.monotonic()``; default now)."""
         since = time.monotonic() if due is None else min(due, time.monotonic())
         sent_before = self._counted.sent_chunks if self._counted is not None else 0
+        self._began.append(time.perf_counter())
+        self._due.append(since)
         said = await self._stream.accept(samples)
         returned = time.monotonic()
+        self._time_texts(said, returned, own=len(self._began) - 1)
         if self._counted is not None and self._counted.sent_chunks > sent_before:
             self._out.append((sent_before, since))
         else:
@@ -69,15 +88,34 @@ class ChunkTimer:
                 except TimeoutError:
                     return True
             self._answered.clear()
-            await pipelined.collect()
+            said = await pipelined.collect()
+            self._time_texts(said, time.monotonic(), own=None)
             self._settle(time.monotonic())
         return False
 
     async def finish(self) -> list[Recognition]:
         """Finish the stream; the chunks it answers are timed to its return."""
+        self._finish_began = time.perf_counter()
         said = await self._stream.finish()
+        self._time_texts(said, time.monotonic(), own=None)
         self._settle(time.monotonic())
         return said
+
+    def _time_texts(self, said: list[Recognition], returned: float, *, own: int | None) -> None:
+        """Time the chunks whose first text ``said`` holds (``own``: the returning call's chunk)."""
+        for recognition in said:
+            if not recognition.text:
+                continue
+            if recognition.heard is None:
+                chunk = own
+            elif recognition.heard >= self._finish_began:
+                chunk = None
+            else:
+                chunk = bisect.bisect_right(self._began, recognition.heard) - 1
+            if chunk is None or chunk < 0 or chunk in self._with_text:
+                continue
+            self._with_text.add(chunk)
+            self.texts.append((self._due[chunk], returned - self._due[chunk]))
 
     def _settle(self, now: float) -> None:
         answered = self._counted.answered_chunks if self._counted is not None else 0

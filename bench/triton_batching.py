@@ -17,6 +17,9 @@ decoding window) on the same model. For each engine and N it reports:
   stream's listener prompted when the answer came between calls; and the p99 of the steady part
   of the round, from a second after the last stream started to half a second before the first
   stream's last slot;
+* chunks with text: the same latency over only the chunks whose answer carried a recognition
+  (:attr:`bench.chunk_timing.ChunkTimer.texts`; with sherpa's 0.6 s steps, about one chunk in 15):
+  the latency of the text a user sees, which the per-chunk figure mixes with empty answers;
 * slowest 1%: the chunks at or over the round's p99, counted by when they were due in their own
   stream's life (its first second, 10 % of a 10 s stream's chunks; between, 85 %; its last half
   second, 5 %): which part of the streams' lives makes the round's p99;
@@ -103,6 +106,8 @@ class Round:
     #: the latencies of the chunks due in the steady part of the round (:data:`STEADY_AFTER_SECONDS`)
     steady: list[float]
     late_chunks: int
+    #: the latencies of the chunks whose answer carried text (:attr:`ChunkTimer.texts`)
+    texts: list[float]
     batch: float
     server_cpu: float
     client_cpu: float
@@ -151,9 +156,9 @@ async def one_stream(
     t0: float,
     chunk_seconds: float = CHUNK_SECONDS,
     pushed: bool = True,
-) -> tuple[list[tuple[float, float]], int]:
-    """Send ``seconds`` of audio in real time; return (due at, latency) per chunk and the late
-    chunks."""
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+    """Send ``seconds`` of audio in real time; return (due at, latency) per chunk, the same for
+    the chunks whose answer carried text, and the late chunks."""
     chunk = int(chunk_seconds * RATE)
     looped = np.resize(audio, int(seconds * RATE))
     stream = ChunkTimer(recognizer.open_stream(), pushed=pushed)
@@ -166,7 +171,7 @@ async def one_stream(
             await stream.accept(looped[start : start + chunk], due)
     finally:
         await stream.finish()
-    return stream.timed, late
+    return stream.timed, stream.texts, late
 
 
 async def load(
@@ -196,7 +201,7 @@ async def load(
     # (due at, seconds into its own stream, latency) per chunk
     timed = [
         (due, due - t0 - offset, latency)
-        for (chunks, _), offset in zip(results, offsets, strict=True)
+        for (chunks, _, _), offset in zip(results, offsets, strict=True)
         for due, latency in chunks
     ]
     latencies = [latency for _, _, latency in timed]
@@ -209,7 +214,8 @@ async def load(
         streams=streams,
         latencies=latencies,
         steady=[latency for due, _, latency in timed if opened <= due < closed],
-        late_chunks=sum(late for _, late in results),
+        late_chunks=sum(late for _, _, late in results),
+        texts=[latency for _, texts, _ in results for _, latency in texts],
         batch=0.0,
         server_cpu=0.0,
         client_cpu=0.0,
@@ -338,6 +344,7 @@ async def measured(
         latencies=result.latencies,
         steady=result.steady,
         late_chunks=result.late_chunks,
+        texts=result.texts,
         slowest=result.slowest,
         batch=items / calls if calls else float("nan"),
         server_cpu=(server1 - server0) * per_stream,
@@ -432,7 +439,7 @@ async def run_rounds(
             rounds.append(
                 Round(
                     result.engine + " (in process)", n, result.latencies, result.steady,
-                    result.late_chunks, result.batch, server_cpu=result.client_cpu,
+                    result.late_chunks, result.texts, result.batch, server_cpu=result.client_cpu,
                     client_cpu=float("nan"), slowest=result.slowest,
                 )
             )  # fmt: skip
@@ -442,10 +449,10 @@ async def run_rounds(
 
 HEADER = (
     "| engine | streams | chunks | late | requests | latency p50 ms | p99 ms | steady p99 ms "
-    "| slowest 1%: start / steady / end | avg batch | round trips > ½ chunk "
-    "| Triton request ms: queue + compute | client round trip ms | serving CPU %/stream "
-    "| client CPU %/stream |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| chunks with text: p50 / p99 ms | slowest 1%: start / steady / end | avg batch "
+    "| round trips > ½ chunk | Triton request ms: queue + compute | client round trip ms "
+    "| serving CPU %/stream | client CPU %/stream |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -453,6 +460,10 @@ def row(r: Round) -> str:
     """One table row."""
     p50, p99 = percentiles_ms(r.latencies, (50, 99))
     steady = f"{percentiles_ms(r.steady, (99,))[0]:.1f}" if r.steady else "-"
+    texts = "-"
+    if r.texts:
+        text_p50, text_p99 = percentiles_ms(r.texts, (50, 99))
+        texts = f"{text_p50:.1f} / {text_p99:.1f}"
     engine = r.engine if "in process" in r.engine else f"{r.engine} (Triton)"
     client = "-" if math.isnan(r.client_cpu) else f"{r.client_cpu:.2f}"
     requests = "-" if math.isnan(r.requests) else f"{r.requests:.0f}"
@@ -465,7 +476,7 @@ def row(r: Round) -> str:
     trip = "-" if math.isnan(r.client_trip_ms) else f"{r.client_trip_ms:.1f}"
     return (
         f"| {engine} | {r.streams} | {len(r.latencies)} | {r.late_chunks} | {requests} "
-        f"| {p50:.1f} | {p99:.1f} | {steady} | {' / '.join(map(str, r.slowest))} "
+        f"| {p50:.1f} | {p99:.1f} | {steady} | {texts} | {' / '.join(map(str, r.slowest))} "
         f"| {r.batch:.2f} | {slow} | {server} | {trip} | {r.server_cpu:.2f} | {client} |"
     )
 
@@ -486,6 +497,10 @@ def overheads(rounds: list[Round]) -> list[str]:
             (steady_triton,) = percentiles_ms(triton.steady, (99,))
             (steady_local,) = percentiles_ms(local.steady, (99,))
             steady = f" ({steady_triton - steady_local:+.1f} ms in the steady part)"
+        if triton.texts and local.texts:
+            (texts_triton,) = percentiles_ms(triton.texts, (99,))
+            (texts_local,) = percentiles_ms(local.texts, (99,))
+            steady += f", the chunks with text's {texts_triton - texts_local:+.1f} ms"
         lines.append(
             f"* {triton.streams} streams: Triton's p99 is {p99_triton - p99_local:+.1f} ms over in "
             f"process{steady}, average batch {triton.batch:.2f} (targets at 64 streams: under "
@@ -546,6 +561,12 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "in-process engine has no part like), and the end, when their ENDs are flushed and "
         "`finish()` returns the last chunks' answers. The issue's target is the p99 of the whole "
         "round;",
+        "* chunks with text: the same latency over only the chunks whose answer carried a "
+        "recognition, a recognition belonging to the chunk whose `accept()` handed its audio "
+        "over (Triton's recognitions name it by their `heard` time; in process a chunk's text "
+        "comes with its own call), each chunk timed to the call that returned its first "
+        "recognition; what `finish()` decoded counts for no chunk. It is the latency of the "
+        "text a user sees; with sherpa's 0.6 s steps, about one chunk in 15 has text;",
         "* slowest 1%: the chunks whose latency is at or over the round's p99, counted by when "
         f"they were due in their own stream's life: its first {STEADY_AFTER_SECONDS:g} s (10 % "
         f"of a 10 s stream's chunks), between (85 %), its last {STEADY_BEFORE_END_SECONDS:g} s "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -69,3 +70,68 @@ def test_an_answer_between_calls_is_timed_to_the_collect_it_came_with_when_pushe
     else:
         assert first >= NEXT_SLOT  # timed to the next chunk's call
         assert stream.collections == 0
+
+
+class _TextOnSecondChunk(_SlowStream):
+    """Answers in the call, as in process: text for its second chunk only."""
+
+    calls = 0
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        self.calls += 1
+        await asyncio.sleep(CALL_SECONDS)
+        return [Recognition("hello", is_final=False)] if self.calls == 2 else []
+
+
+def test_in_process_the_chunk_whose_own_call_returned_text_is_timed_as_a_text_chunk() -> None:
+    async def feed() -> tuple[list[tuple[float, float]], float]:
+        timer = ChunkTimer(_TextOnSecondChunk())
+        chunk = np.zeros(320, dtype=np.float32)
+        await timer.accept(chunk)
+        second = time.monotonic() - 0.3  # its caller was busy for 0.3 s
+        await timer.accept(chunk, due=second)
+        await timer.accept(chunk)
+        await timer.finish()
+        return timer.texts, second
+
+    texts, second = asyncio.run(feed())
+    ((due, latency),) = texts
+    assert due == second
+    assert latency >= 0.3 + CALL_SECONDS
+
+
+@dataclass
+class _HeardStream(ToldStream):
+    """ToldStream whose recognitions name, as Triton's do, when their chunk's call handed it over."""
+
+    heard_at: list[float] = field(default_factory=list)
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        self.heard_at.append(time.perf_counter())
+        return await super().accept(samples)
+
+    def _returned(self) -> list[Recognition]:
+        said = super()._returned()
+        # ToldStream says "chunk n" for its n-th chunk, from 1.
+        return [replace(r, heard=self.heard_at[int(r.text.split()[1]) - 1]) for r in said]
+
+
+def test_pipelined_text_is_timed_for_the_chunk_that_handed_its_audio_over() -> None:
+    async def feed() -> tuple[list[tuple[float, float]], float, float]:
+        stream = _HeardStream()
+        timer = ChunkTimer(stream, pushed=True)
+        chunk = np.zeros(320, dtype=np.float32)
+        first = time.monotonic() - 0.3
+        await timer.accept(chunk, due=first)
+        second = time.monotonic()
+        await timer.accept(chunk, due=second)
+        asyncio.get_running_loop().call_later(ANSWER_AFTER, stream.answer)
+        await timer.until(time.monotonic() + NEXT_SLOT)  # both answers come with one collect
+        await timer.finish()
+        return timer.texts, first, second
+
+    texts, first, second = asyncio.run(feed())
+    assert [due for due, _ in texts] == [first, second]
+    (_, of_first), (_, of_second) = texts
+    assert of_first >= 0.3 + ANSWER_AFTER
+    assert ANSWER_AFTER <= of_second < 0.3
