@@ -31,8 +31,11 @@ def final(seq: int, session_id: SessionId = SESSION) -> Segment:
 
 
 @pytest_asyncio.fixture
-async def segments(tmp_path: Path) -> AsyncIterator[SegmentStore]:
-    store = await backends.open_segment_store(f"sqlite:///{tmp_path / 'seg.db'}")
+async def segments(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SegmentStore]:
+    # Not in tmp_path, the tests' spool: a drainer quarantines the spool's stray files, and took
+    # the database's own (seg.db, its -wal and -shm) from under the store when it lived there.
+    database = tmp_path_factory.mktemp("segments") / "seg.db"
+    store = await backends.open_segment_store(f"sqlite:///{database}")
     yield store
     await store.aclose()
 
