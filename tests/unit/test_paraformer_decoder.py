@@ -191,37 +191,6 @@ def test_in_one_batch_a_stream_without_a_step_due_says_nothing_and_the_others_as
     assert together[2], "the finished stream's final has text"
 
 
-def test_needs_decode_is_false_exactly_where_a_decode_would_say_and_change_nothing(
-    decoder: paraformer.ParaformerDecoder,
-) -> None:
-    audio = np.concatenate([syllables(2.0), silence(1.5), syllables(1.5, pitch=200.0)])
-    every, selective = decoder.open(), decoder.open()
-    every_said: list[Recognition] = []
-    selective_said: list[Recognition] = []
-    needed: list[bool] = []
-    chunk = 640  # 40 ms, as a gateway sends to Triton
-    for start in range(0, len(audio), chunk):
-        for stream in (every, selective):
-            decoder.accept(stream, audio[start : start + chunk])
-        needed.append(decoder.needs_decode(selective))
-        said = decoder.decode([every])[0]
-        assert needed[-1] or not said, f"a decode at chunk {len(needed)} said {said}"
-        every_said += said
-        if needed[-1]:
-            selective_said += decoder.decode([selective])[0]
-    for stream in (every, selective):
-        decoder.finish(stream)
-    assert decoder.needs_decode(selective), "a finished stream has its final to settle"
-    every_said += decoder.decode([every])[0]
-    selective_said += decoder.decode([selective])[0]
-
-    assert selective_said == every_said
-    assert [r.is_final for r in every_said].count(True) == 2
-    # sherpa steps every 0.6 s of audio: one 40 ms chunk in 15 has a step due.
-    assert 0.04 < needed.count(True) / len(needed) < 0.12
-    assert not decoder.needs_decode(selective), "a settled stream has nothing left"
-
-
 def test_loading_without_a_model_dir_builds_the_tiny_model_once(tmp_path: Path) -> None:
     settings = Settings(cache_dir=tmp_path, model_dir=None)
 

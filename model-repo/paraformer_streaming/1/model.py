@@ -26,33 +26,25 @@ class TritonPythonModel:
 
     def execute(self, requests):
         chunks = [_chunk(request) for request in requests]
-        # Requests whose stream has no decoding step due are answered before the batch decodes.
-        for i, outcome in self.table.answers(chunks):
-            try:
-                _answer(requests[i].get_response_sender(), outcome)
-            except Exception as exc:
-                # One failed send (a cancelled request) must not leave the other chunks unfed.
-                pb_utils.Logger.log_error(f"paraformer_streaming: answering a request: {exc}")
+        for request, outcome in zip(requests, self.table.step(chunks)):
+            sender = request.get_response_sender()
+            if outcome.error is not None:
+                error = pb_utils.TritonError(outcome.error)
+                sender.send(
+                    pb_utils.InferenceResponse(output_tensors=[], error=error),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+                continue
+            # Each send is a round trip to the server: the last recognition carries the final flag.
+            *first, last = outcome.said or [None]
+            for said in first:
+                sender.send(_response(said))
+            final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            if last is None:
+                sender.send(flags=final)
+            else:
+                sender.send(_response(last), flags=final)
         return None
-
-
-def _answer(sender, outcome):
-    if outcome.error is not None:
-        error = pb_utils.TritonError(outcome.error)
-        sender.send(
-            pb_utils.InferenceResponse(output_tensors=[], error=error),
-            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-        )
-        return
-    # Each send is a round trip to the server: the last recognition carries the final flag.
-    *first, last = outcome.said or [None]
-    for said in first:
-        sender.send(_response(said))
-    final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-    if last is None:
-        sender.send(flags=final)
-    else:
-        sender.send(_response(last), flags=final)
 
 
 def _chunk(request):

@@ -132,15 +132,6 @@ class ParaformerDecoder:
             stream.sherpa.input_finished()
             stream.finished = True
 
-    def needs_decode(self, stream: ParaformerStream) -> bool:
-        """Whether :meth:`decode` has work for the stream: a step due, or its finish to settle.
-
-        sherpa steps a stream every 0.6 s of its audio; between steps a decode would say nothing.
-        """
-        # A finished stream is ready anyway (finish() adds a second of padding); its final is
-        # settled by decode() whatever sherpa says, so it counts as work here too.
-        return not stream.done and (stream.finished or self._is_ready(stream))
-
     def decode(self, streams: Sequence[ParaformerStream]) -> list[list[Recognition]]:
         """Decode every chunk the streams have ready, one batch per step.
 

@@ -195,22 +195,6 @@ class BatchDecoder(Protocol[StreamT]):
         ...
 
 
-@runtime_checkable
-class SelectiveDecoder(BatchDecoder[StreamT], Protocol[StreamT]):
-    """A :class:`BatchDecoder` that tells, before decoding, which streams a decode has work for.
-
-    A caller may then answer the other streams' requests at once, without waiting for the batch's
-    decode (:meth:`earshot.engines.sequencing.SequenceTable.answers`).
-    """
-
-    def needs_decode(self, stream: StreamT) -> bool:
-        """Whether :meth:`decode` has work for the stream now: a step due, or a finish to settle.
-
-        When False, decoding the stream now would return no recognitions and change nothing.
-        """
-        ...
-
-
 class SteppedDecoder(BatchDecoder[StreamT], Protocol[StreamT]):
     """A :class:`BatchDecoder` whose model advances every stream by one fixed frame per step.
 

@@ -2,14 +2,14 @@
 
 May do: keep one decoder stream per sequence, call a :class:`BatchDecoder` on the calling thread,
 load a decoder from a model's string ``parameters``. Must not: import ``triton_python_backend_utils``
-(``model-repo/paraformer_streaming/1/model.py`` only moves tensors between Triton and
-:meth:`SequenceTable.answers`), use asyncio or threads, read the environment.
+(``model-repo/*/1/model.py`` only moves tensors between Triton and :meth:`SequenceTable.step`), use
+asyncio or threads, read the environment.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic
@@ -19,7 +19,6 @@ from earshot.engines.recognizers import (
     EngineError,
     EngineOverloaded,
     Samples,
-    SelectiveDecoder,
     StreamT,
 )
 from earshot.events import Recognition
@@ -84,8 +83,6 @@ class SequenceTable(Generic[StreamT]):
             clock: seconds, monotonic (tests pass their own).
         """
         self._decoder = decoder
-        # Checked once: a runtime protocol check reads every member of the decoder.
-        self._selective = decoder if isinstance(decoder, SelectiveDecoder) else None
         self._idle_seconds = idle_seconds
         self._clock = clock
         self._sequences: dict[int, OpenSequence[StreamT]] = {}
@@ -94,56 +91,29 @@ class SequenceTable(Generic[StreamT]):
         return len(self._sequences)
 
     def step(self, chunks: Sequence[Chunk]) -> list[Outcome]:
-        """Feed each chunk to its sequence and decode those with work in one batch.
+        """Feed each chunk to its sequence and decode all of them in one batch.
 
         Returns:
-            One outcome per chunk, in order (as :meth:`answers` gives them).
-        """
-        answered = dict(self.answers(chunks))
-        return [answered[i] for i in range(len(chunks))]
-
-    def answers(self, chunks: Sequence[Chunk]) -> Iterator[tuple[int, Outcome]]:
-        """Feed each chunk to its sequence; yield each chunk's outcome as soon as it is known.
-
-        A chunk without START for a sequence the table does not hold gets an error; after END (or
-        an error) the sequence is forgotten. A chunk whose stream the decoder has no work for (a
-        :class:`SelectiveDecoder` says which) is answered, with nothing, as soon as it is fed; the
-        others are decoded in one batch after the last chunk is fed, and answered then. A decode
-        that fails answers the chunks of its batch with an error and forgets their sequences.
-
-        The caller takes every answer: the chunks after an answer not taken are neither fed nor
-        decoded. Answers of one sequence come in order when a call holds at most one of its
-        chunks, as Triton's sequence batcher makes them.
-
-        Yields:
-            (the chunk's index in ``chunks``, its outcome), once for each chunk.
+            One outcome per chunk, in order. A chunk without START for a sequence the table does
+            not hold gets an error; after END (or an error) the sequence is forgotten.
         """
         now = self._clock()
         self._forget_idle(now)
+        outcomes = [Outcome() for _ in chunks]
         batch: list[tuple[int, int, OpenSequence[StreamT]]] = []
         for i, chunk in enumerate(chunks):
             try:
-                sequence = self._fed(chunk, now)
+                batch.append((i, chunk.corrid, self._fed(chunk, now)))
             except EngineOverloaded as exc:
-                yield i, Outcome(error=f"{OVERLOADED_MARK}{exc}")
-                continue
+                outcomes[i] = Outcome(error=f"{OVERLOADED_MARK}{exc}")
             except EngineError as exc:
                 self._sequences.pop(chunk.corrid, None)
-                yield i, Outcome(error=str(exc))
-                continue
-            if self._needs_decode(sequence.state):
-                batch.append((i, chunk.corrid, sequence))
-                continue
-            if chunk.end:
-                self._sequences.pop(chunk.corrid, None)
-            yield i, Outcome()
-        for (i, corrid, _), outcome in zip(batch, self._decode(batch), strict=True):
-            if chunks[i].end or outcome.error is not None:
+                outcomes[i] = Outcome(error=str(exc))
+        for (i, corrid, _), said in zip(batch, self._decode(batch), strict=True):
+            outcomes[i] = said
+            if chunks[i].end or said.error is not None:
                 self._sequences.pop(corrid, None)
-            yield i, outcome
-
-    def _needs_decode(self, state: StreamT) -> bool:
-        return self._selective is None or self._selective.needs_decode(state)
+        return outcomes
 
     def _fed(self, chunk: Chunk, now: float) -> OpenSequence[StreamT]:
         if chunk.start:
