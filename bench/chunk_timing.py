@@ -14,10 +14,12 @@ next chunk with :meth:`ChunkTimer.until`: an answer that comes meanwhile is coll
 its chunk timed to that collect.
 
 The chunks whose answer carried text are timed again on their own (:attr:`ChunkTimer.texts`): a
-recognition belongs to the chunk of the ``accept`` call that handed its audio over, which a
-recognition's ``heard`` (Triton's) names; one without ``heard`` belongs to the call that returned
-it (in process, a chunk's text comes with its own call). What ``finish`` decodes (the stream's
-last audio and its padding) counts for no chunk.
+recognition belongs to the chunk whose request's answer carried it, the chunk that completed the
+model's decoding step (its text may cover earlier chunks' audio too): the ``accept`` call that a
+recognition's ``heard`` (Triton's) names, or, without ``heard``, the call that returned it (in
+process, a chunk's text comes with its own call). What ``finish`` decodes (the stream's last audio
+and its padding) counts for no chunk. This times how long the answers that carry text take to
+serve, not how long speech takes to become text.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ decoding window) on the same model. For each engine and N it reports:
   of the round, from a second after the last stream started to half a second before the first
   stream's last slot;
 * chunks with text: the same latency over only the chunks whose answer carried a recognition
-  (:attr:`bench.chunk_timing.ChunkTimer.texts`; with sherpa's 0.6 s steps, about one chunk in 15):
-  the latency of the text a user sees, which the per-chunk figure mixes with empty answers;
+  (:attr:`bench.chunk_timing.ChunkTimer.texts`; sherpa steps every 0.6 s, so at most about one
+  chunk in 15), and how many they were: how long the answers that carry text take to serve, which
+  the per-chunk figure mixes with the empty answers;
 * slowest 1%: the chunks at or over the round's p99, counted by when they were due in their own
   stream's life (its first second, 10 % of a 10 s stream's chunks; between, 85 %; its last half
   second, 5 %): which part of the streams' lives makes the round's p99;
@@ -449,7 +450,7 @@ async def run_rounds(
 
 HEADER = (
     "| engine | streams | chunks | late | requests | latency p50 ms | p99 ms | steady p99 ms "
-    "| chunks with text: p50 / p99 ms | slowest 1%: start / steady / end | avg batch "
+    "| chunks with text: p50 / p99 ms (n) | slowest 1%: start / steady / end | avg batch "
     "| round trips > ½ chunk | Triton request ms: queue + compute | client round trip ms "
     "| serving CPU %/stream | client CPU %/stream |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -463,7 +464,7 @@ def row(r: Round) -> str:
     texts = "-"
     if r.texts:
         text_p50, text_p99 = percentiles_ms(r.texts, (50, 99))
-        texts = f"{text_p50:.1f} / {text_p99:.1f}"
+        texts = f"{text_p50:.1f} / {text_p99:.1f} ({len(r.texts)})"
     engine = r.engine if "in process" in r.engine else f"{r.engine} (Triton)"
     client = "-" if math.isnan(r.client_cpu) else f"{r.client_cpu:.2f}"
     requests = "-" if math.isnan(r.requests) else f"{r.requests:.0f}"
@@ -562,11 +563,13 @@ def report(rounds: list[Round], args: argparse.Namespace, load: str) -> str:
         "`finish()` returns the last chunks' answers. The issue's target is the p99 of the whole "
         "round;",
         "* chunks with text: the same latency over only the chunks whose answer carried a "
-        "recognition, a recognition belonging to the chunk whose `accept()` handed its audio "
-        "over (Triton's recognitions name it by their `heard` time; in process a chunk's text "
-        "comes with its own call), each chunk timed to the call that returned its first "
-        "recognition; what `finish()` decoded counts for no chunk. It is the latency of the "
-        "text a user sees; with sherpa's 0.6 s steps, about one chunk in 15 has text;",
+        "recognition, and how many they were: a recognition belongs to the chunk whose "
+        "request's answer carried it, the one that completed the model's decoding step (Triton's "
+        "recognitions name its `accept()` by their `heard` time; in process a chunk's text comes "
+        "with its own call), each chunk timed to the call that returned its first recognition; "
+        "what `finish()` decoded counts for no chunk. It is how long the answers that carry text "
+        "take to serve (sherpa steps every 0.6 s: at most about one chunk in 15), not how long "
+        "speech takes to become text;",
         "* slowest 1%: the chunks whose latency is at or over the round's p99, counted by when "
         f"they were due in their own stream's life: its first {STEADY_AFTER_SECONDS:g} s (10 % "
         f"of a 10 s stream's chunks), between (85 %), its last {STEADY_BEFORE_END_SECONDS:g} s "

@@ -135,3 +135,61 @@ def test_pipelined_text_is_timed_for_the_chunk_that_handed_its_audio_over() -> N
     (_, of_first), (_, of_second) = texts
     assert of_first >= 0.3 + ANSWER_AFTER
     assert ANSWER_AFTER <= of_second < 0.3
+
+
+def test_text_a_later_call_returns_is_timed_for_its_own_chunk() -> None:
+    async def feed() -> tuple[list[tuple[float, float]], float, float]:
+        stream = _HeardStream()
+        timer = ChunkTimer(stream, pushed=False)  # answers come with the next call
+        chunk = np.zeros(320, dtype=np.float32)
+        first = time.monotonic() - 0.3
+        await timer.accept(chunk, due=first)
+        stream.answer()
+        second = time.monotonic()
+        await timer.accept(chunk, due=second)  # returns chunk 1's text, stamped with its call
+        returned = time.monotonic()
+        await timer.finish()
+        return timer.texts, first, returned
+
+    texts, first, returned = asyncio.run(feed())
+    (due, latency), _ = texts
+    assert due == first
+    assert 0.3 <= latency <= returned - first
+
+
+class _TextOnEnd(_SlowStream):
+    """Says its text only when finished, stamped as heard by finish (the stream's last audio)."""
+
+    async def finish(self, tail: Samples | None = None) -> list[Recognition]:
+        return [Recognition("the end", is_final=True, heard=time.perf_counter())]
+
+
+def test_what_finish_decodes_counts_for_no_chunk() -> None:
+    async def feed() -> list[tuple[float, float]]:
+        timer = ChunkTimer(_TextOnEnd())
+        await timer.accept(np.zeros(320, dtype=np.float32))
+        await timer.finish()
+        return timer.texts
+
+    assert asyncio.run(feed()) == []
+
+
+class _TwoForOneChunk(_SlowStream):
+    """Answers its first chunk with a final and a partial, stamped as heard by that call."""
+
+    async def accept(self, samples: Samples) -> list[Recognition]:
+        heard = time.perf_counter()
+        await asyncio.sleep(CALL_SECONDS)
+        return [
+            Recognition("one", is_final=True, heard=heard),
+            Recognition("two", is_final=False, heard=heard),
+        ]
+
+
+def test_a_chunk_with_several_recognitions_is_timed_once() -> None:
+    async def feed() -> list[tuple[float, float]]:
+        timer = ChunkTimer(_TwoForOneChunk())
+        await timer.accept(np.zeros(320, dtype=np.float32))
+        return timer.texts
+
+    assert len(asyncio.run(feed())) == 1
