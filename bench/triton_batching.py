@@ -493,7 +493,7 @@ def overheads(rounds: list[Round]) -> list[str]:
             continue
         (p99_triton,) = percentiles_ms(triton.latencies, (99,))
         (p99_local,) = percentiles_ms(local.latencies, (99,))
-        steady = ""
+        steady = texts = ""
         if triton.steady and local.steady:
             (steady_triton,) = percentiles_ms(triton.steady, (99,))
             (steady_local,) = percentiles_ms(local.steady, (99,))
@@ -501,10 +501,10 @@ def overheads(rounds: list[Round]) -> list[str]:
         if triton.texts and local.texts:
             (texts_triton,) = percentiles_ms(triton.texts, (99,))
             (texts_local,) = percentiles_ms(local.texts, (99,))
-            steady += f", the chunks with text's {texts_triton - texts_local:+.1f} ms"
+            texts = f", the chunks with text's {texts_triton - texts_local:+.1f} ms"
         lines.append(
             f"* {triton.streams} streams: Triton's p99 is {p99_triton - p99_local:+.1f} ms over in "
-            f"process{steady}, average batch {triton.batch:.2f} (targets at 64 streams: under "
+            f"process{steady}{texts}, average batch {triton.batch:.2f} (targets at 64 streams: under "
             "20 ms, at least 16)."
         )
         if not math.isnan(triton.client_trip_ms):
