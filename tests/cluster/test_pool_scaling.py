@@ -32,7 +32,7 @@ import pytest
 
 from tests.cluster.harness import Cluster
 from tests.cluster.release import RELEASE, Release, client_argv, installed_release
-from tests.cluster.test_pools import POOL_LABEL, _apply_pooled, _stored
+from tests.cluster.test_pools import POOL_LABEL, _apply_pooled, _check_stored_once
 from tests.cluster.test_sre_path import _closes
 
 DEPLOYMENT: Final = f"{RELEASE}-pool-default"
@@ -237,12 +237,6 @@ def _stop_all(clients: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
     for _, client in clients:
         client.kill()
         client.wait()
-
-
-def _check_stored_once(release: Release, name: str, finals: list[dict[str, Any]]) -> None:
-    seqs = [f["seq"] for f in finals]
-    assert seqs == list(range(1, len(finals) + 1)), seqs  # no number skipped or repeated
-    assert _stored(release, name, len(finals)) == [[str(f["seq"]), f["text"]] for f in finals]
 
 
 def test_a_pool_scales_up_under_load_and_back_down_draining_live_streams(
