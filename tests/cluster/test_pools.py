@@ -72,8 +72,9 @@ def _check_stored_once(release: Release, name: str, finals: list[dict[str, Any]]
     The store may hold more after them: the protocol has no end-of-stream, so the client leaves
     once a final was followed by quiet (``client.SETTLE_SECONDS``), and what the server still held
     then becomes a final stored and never told (CI once stored a 13th final, "it", after the 12
-    told). A drained connection's untold final would show here as a gap in the numbers told after
-    it, the next connection numbering on from the store.
+    told). An untold final of a drained connection still shows, as a gap: the next connection
+    numbers on from the seq the drained one released its session lease with, and the callers
+    check that a final was told after the reconnect.
     """
     seqs = [f["seq"] for f in finals]
     assert seqs == list(range(1, len(finals) + 1)), seqs  # no number skipped or repeated
