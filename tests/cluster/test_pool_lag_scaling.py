@@ -50,7 +50,7 @@ STREAMS_TARGET: Final = 1000
 STREAMS: Final = 32
 #: The callers join this far apart, until the HPA wants two pods: all 32 at once starved the
 #: gateway on a slower machine so fast that no scrape of its /metrics was answered within the
-#: metrics API's 2 s (the HPA read nothing) and its liveness probe restarted it 25 s later.
+#: metrics API's 2 s (the HPA read nothing) and its liveness probe restarted it within a minute.
 #: Joining one by one, the load passes what 20m serves, and the lag its target, while the
 #: gateway still answers.
 JOIN_INTERVAL_S: Final = 1.5
