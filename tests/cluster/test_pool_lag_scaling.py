@@ -48,21 +48,27 @@ STREAMS_TARGET: Final = 1000
 #: At most this many real-time streams: more CPU than the gateway's limit gives it (16 were not
 #: always: two CI runs saw its loop only 0.05 s late, a pod's 20m just enough for them).
 STREAMS: Final = 32
-#: The callers join this far apart, until the HPA wants two pods: all 32 at once starved the
-#: gateway on a slower machine so fast that no scrape of its /metrics was answered within the
-#: metrics API's 2 s (the HPA read nothing) and its liveness probe restarted it within a minute.
-#: Joining one by one, the load passes what 20m serves, and the lag its target, while the
-#: gateway still answers.
+#: The callers join on this timetable (seconds apart), until the HPA wants two pods. All 32 at
+#: once took a gateway on a slower machine from a lag of 0 to answering no scrape of its /metrics
+#: within the metrics API's 2 s between two of the HPA's 3 s syncs, and its liveness probe
+#: restarted it; joining one by one, the load passes what 20m serves step by step.
 JOIN_INTERVAL_S: Final = 1.5
 #: The gateway container's CPU (request and limit): enough to start within the startup probe's 5
 #: minutes, too little for STREAMS real-time streams.
 CPU_LIMIT: Final = "20m"
-#: Each stream sends the 9.6 s sample this many times: long enough for the lag to build, the HPA
-#: to read it (a 3 s sync here) and raise the Deployment.
-REPEAT: Final = 6
+#: Each stream sends the 9.6 s sample this many times (154 s): the first still streams when the
+#: last has joined (48 s) and the HPA has had 90 s more to read the lag (a 3 s sync here).
+REPEAT: Final = 16
 
 
 _CGROUPS: Final = Path("/sys/fs/cgroup")
+
+
+def _gateway_restarts(release: Release, name: str) -> int:
+    """How many times the kubelet restarted a pool pod's gateway container."""
+    statuses = release.get("pod", name)["status"]["containerStatuses"]
+    (status,) = [s for s in statuses if s["name"] == "gateway"]
+    return int(status["restartCount"])
 
 
 def _gateway_cpu(release: Release, name: str) -> tuple[float, int]:
@@ -131,28 +137,37 @@ def _quiet(release: Release) -> dict[str, float] | None:
     return readings if readings and readings["earshot_gateway_lag_seconds"] < LAG_TARGET_S else None
 
 
+def _register(release: Release) -> list[tuple[str, list[str]]]:
+    """Register STREAMS pooled sessions: each one's name and the command line of its caller."""
+    callers = []
+    for name in (f"load-{index}" for index in range(STREAMS)):
+        endpoint, token = _apply_pooled(release, name)
+        callers.append((name, client_argv(endpoint, f"--token={token}", "--repeat", str(REPEAT))))
+    return callers
+
+
 def _join_until(
     release: Release,
     folder: Path,
+    callers: list[tuple[str, list[str]]],
     clients: list[tuple[str, subprocess.Popen[bytes]]],
     decided: Callable[[], dict[str, Any] | None],
 ) -> dict[str, Any]:
-    """Start callers of registered sessions one by one into ``clients`` until ``decided``.
+    """Start ``callers`` into ``clients``, one each JOIN_INTERVAL_S, until ``decided``.
 
     Returns:
-        What ``decided`` returned, once the callers are joining or within 90 s after the last.
+        What ``decided`` returned, while the callers join or within 90 s after the last.
+
+    Raises:
+        AssertionError: nothing decided 90 s after the last caller joined.
     """
-    names = [f"load-{index}" for index in range(STREAMS)]
-    argvs = [
-        client_argv(endpoint, f"--token={token}", "--repeat", str(REPEAT))
-        for endpoint, token in (_apply_pooled(release, name) for name in names)
-    ]
-    for name, argv in zip(names, argvs, strict=True):
+    first = time.monotonic()
+    for index, (name, argv) in enumerate(callers):
+        time.sleep(max(0.0, first + index * JOIN_INTERVAL_S - time.monotonic()))
         with (folder / f"{name}.jsonl").open("wb") as out:
             clients.append((name, subprocess.Popen(release.cluster.exec_inside(argv), stdout=out)))
         if (decision := decided()) is not None:
             return decision
-        time.sleep(JOIN_INTERVAL_S)
     return _eventually(decided, "scaling up", 90.0)
 
 
@@ -167,22 +182,27 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
     (first,) = release.get("pods", "-l", POOL_LABEL)["items"]
     pod_name = first["metadata"]["name"]
     cpu_before = _gateway_cpu(release, pod_name)
-    seen: list[dict[str, float]] = []
+    restarts_before = _gateway_restarts(release, pod_name)
+    callers = _register(release)
+    clients: list[tuple[str, subprocess.Popen[bytes]]] = []
+    # at each look: the callers joined by then, the HPA's readings
+    seen: list[tuple[int, dict[str, float]]] = []
 
     def decided() -> dict[str, Any] | None:
         """The HPA's status once it wants two pods (its readings then are what it scaled for)."""
         status: dict[str, Any] = release.get(HPA, DEPLOYMENT)["status"]
-        seen.append(_pods_readings(status))
+        seen.append((len(clients), _pods_readings(status)))
         return status if status.get("desiredReplicas") == 2 else None
 
-    clients: list[tuple[str, subprocess.Popen[bytes]]] = []
     started = time.monotonic()
     try:
         try:
-            decision = _join_until(release, tmp_path, clients, decided)
+            decision = _join_until(release, tmp_path, callers, clients, decided)
         except AssertionError as error:
-            raise AssertionError(f"{error}; the HPA read, a second apart: {seen}") from None
+            raise AssertionError(f"{error}; (callers joined, the HPA's readings): {seen}") from None
         decided_s = time.monotonic() - started
+        # a restarted gateway lags while it starts: the lag scaled for must be the callers'
+        restarted = _gateway_restarts(release, pod_name) - restarts_before
         _eventually(lambda: _replicas(release, 2), "scaled up", 30.0)
         # the gateway recognises (a starved one, slowly)
         _eventually(lambda: _told(tmp_path, [name for name, _ in clients]), "a reply", 60.0)
@@ -192,12 +212,13 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
         a - b for a, b in zip(_gateway_cpu(release, pod_name), cpu_before, strict=True)
     )
     readings = _pods_readings(decision)
+    assert not restarted, f"the gateway was restarted before the HPA wanted two pods: {decision}"
     # no caller was refused (no lag limit, a connection cap of STREAMS): the lag is the callers'
     errors = [line for name, _ in clients for line in _lines(tmp_path, name) if '"error"' in line]
     assert not errors, errors
     print(
-        f"at rest the HPA read {at_rest}; streams joining -> the HPA wanted 2 pods after"
-        f" {decided_s:.1f} s with {len(clients)} streams, reading {readings}; the first pod's"
+        f"at rest the HPA read {at_rest}; callers joining -> the HPA wanted 2 pods"
+        f" {decided_s:.1f} s after the first, with {len(clients)} joined, reading {readings}; the first pod's"
         f" gateway used {cpu:.1f} CPU s, throttled in {throttled} periods"
     )
     # What the HPA scaled for, from its status. Its SuccessfulRescale event is not asserted: it was
