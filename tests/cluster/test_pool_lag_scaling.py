@@ -27,7 +27,7 @@ import pytest
 
 from tests.chart.charts import CHART
 from tests.cluster.harness import Cluster
-from tests.cluster.release import RELEASE, Release, client_argv, installed_release
+from tests.cluster.release import RELEASE, Release, installed_release
 from tests.cluster.test_pool_scaling import (
     DEPLOYMENT,
     HPA,
@@ -35,10 +35,12 @@ from tests.cluster.test_pool_scaling import (
     _eventually,
     _pods_readings,
     _quantity,
+    _register,
     _replicas,
+    _start,
     _stop_all,
 )
-from tests.cluster.test_pools import POOL_LABEL, _apply_pooled
+from tests.cluster.test_pools import POOL_LABEL
 
 LAG_TARGET_S: Final = 0.2
 #: The lag target while the pool starts: out of reach.
@@ -137,15 +139,6 @@ def _quiet(release: Release) -> dict[str, float] | None:
     return readings if readings and readings["earshot_gateway_lag_seconds"] < LAG_TARGET_S else None
 
 
-def _register(release: Release) -> list[tuple[str, list[str]]]:
-    """Register STREAMS pooled sessions: each one's name and the command line of its caller."""
-    callers = []
-    for name in (f"load-{index}" for index in range(STREAMS)):
-        endpoint, token = _apply_pooled(release, name)
-        callers.append((name, client_argv(endpoint, f"--token={token}", "--repeat", str(REPEAT))))
-    return callers
-
-
 def _join_until(
     release: Release,
     folder: Path,
@@ -164,8 +157,7 @@ def _join_until(
     first = time.monotonic()
     for index, (name, argv) in enumerate(callers):
         time.sleep(max(0.0, first + index * JOIN_INTERVAL_S - time.monotonic()))
-        with (folder / f"{name}.jsonl").open("wb") as out:
-            clients.append((name, subprocess.Popen(release.cluster.exec_inside(argv), stdout=out)))
+        clients.append(_start(release, folder, name, argv))
         if (decision := decided()) is not None:
             return decision
     return _eventually(decided, "scaling up", 90.0)
@@ -183,7 +175,7 @@ def test_a_pool_behind_real_time_scales_up_on_its_lag(release: Release, tmp_path
     pod_name = first["metadata"]["name"]
     cpu_before = _gateway_cpu(release, pod_name)
     restarts_before = _gateway_restarts(release, pod_name)
-    callers = _register(release)
+    callers = _register(release, STREAMS, REPEAT)
     clients: list[tuple[str, subprocess.Popen[bytes]]] = []
     # at each look: the callers joined by then, the HPA's readings
     seen: list[tuple[int, dict[str, float]]] = []

@@ -144,20 +144,28 @@ def test_the_hpa_reads_both_pool_metrics_from_the_custom_metrics_api(release: Re
     ]
 
 
+def _register(release: Release, count: int, repeat: int) -> list[tuple[str, list[str]]]:
+    """Register ``count`` pooled sessions: each one's name and the command line of its caller."""
+    callers = []
+    for name in (f"load-{index}" for index in range(count)):
+        endpoint, token = _apply_pooled(release, name)
+        callers.append((name, client_argv(endpoint, f"--token={token}", "--repeat", str(repeat))))
+    return callers
+
+
+def _start(
+    release: Release, folder: Path, name: str, argv: list[str]
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a caller in the cluster's namespace, its messages written to ``<name>.jsonl``."""
+    with (folder / f"{name}.jsonl").open("wb") as out:
+        return name, subprocess.Popen(release.cluster.exec_inside(argv), stdout=out)
+
+
 def _start_streams(
     release: Release, folder: Path, count: int = STREAMS, repeat: int = REPEAT
 ) -> list[tuple[str, subprocess.Popen[bytes]]]:
     """Register every session first, then start their callers together (one load step)."""
-    names = [f"load-{index}" for index in range(count)]
-    argvs = [
-        client_argv(endpoint, f"--token={token}", "--repeat", str(repeat))
-        for endpoint, token in (_apply_pooled(release, name) for name in names)
-    ]
-    clients = []
-    for name, argv in zip(names, argvs, strict=True):
-        with (folder / f"{name}.jsonl").open("wb") as out:
-            clients.append((name, subprocess.Popen(release.cluster.exec_inside(argv), stdout=out)))
-    return clients
+    return [_start(release, folder, name, argv) for name, argv in _register(release, count, repeat)]
 
 
 def _rescales(release: Release) -> list[str]:
@@ -216,8 +224,7 @@ def _start_long_streams(
             "--reconnect", "--reconnect-url", endpoint,
             "--reconnect-for", str(repeat * SAMPLE_S + LONG_SLACK_S),
         )  # fmt: skip
-        with (folder / f"{name}.jsonl").open("wb") as out:
-            clients.append((name, subprocess.Popen(release.cluster.exec_inside(argv), stdout=out)))
+        clients.append(_start(release, folder, name, argv))
     return clients
 
 
