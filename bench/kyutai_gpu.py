@@ -23,9 +23,10 @@ Usage: ``python bench/kyutai_gpu.py [--device cuda] [--size 1b] [--streams 1 8 3
 (needs only torch, moshi and earshot). Writes ``bench/reports/kyutai_gpu.md``.
 
 The GPU check is one command, ``NO_TORCH_COMPILE=1 python bench/kyutai_gpu.py --device cuda --size
-1b``, which fits in 10 minutes on an H100/H200-class GPU (up to 15 ramp steps of 75 frames, 6 s
-of audio each, plus building the model: the 13 steps to 768 streams took 94 s on an H200,
-``bench/reports/kyutai_gpu.md``). The 25 warm-up frames of each N are not measured: they take
+1b``, which should fit in 10 minutes on an H100/H200-class GPU (up to 15 ramp steps of 75 frames,
+6 s of audio each, plus building the model: the 13 steps to 768 streams took 94 s on an H200,
+``bench/reports/kyutai_gpu.md``; the default ramp, which goes on to 1024, has not been run as one
+command on a GPU). The 25 warm-up frames of each N are not measured: they take
 its one-off costs (CUDA graph captures among them; with 5, the first N's p99 was 584 ms against a
 p50 of 20 ms). Expected output: one line per N on stdout, ``N=  64  step p50 ... ms  p99 ... ms
 steps/80 ms 1.0..  fill ...%``, then the report (also written to the file): the table above per N
