@@ -53,6 +53,9 @@ class ChunkTimer:
         self._due: list[float] = []
         self._finish_began = float("inf")
         self._with_text: set[int] = set()
+        #: (due at, latency) of the chunks :meth:`finish` answered, when it was told to keep them
+        #: apart from :attr:`timed`
+        self.flushed: list[tuple[float, float]] = []
         self._pipelined = stream if pushed and isinstance(stream, PipelinedStream) else None
         self._answered = asyncio.Event()
         if self._pipelined is not None:
@@ -95,12 +98,13 @@ class ChunkTimer:
             self._settle(time.monotonic())
         return False
 
-    async def finish(self) -> list[Recognition]:
-        """Finish the stream; the chunks it answers are timed to its return."""
+    async def finish(self, *, apart: bool = False) -> list[Recognition]:
+        """Finish the stream; the chunks it answers are timed to its return, in :attr:`timed` or,
+        with ``apart``, in :attr:`flushed` (their wait includes the end-of-stream flush)."""
         self._finish_began = time.perf_counter()
         said = await self._stream.finish()
         self._time_texts(said, time.monotonic(), own=None)
-        self._settle(time.monotonic())
+        self._settle(time.monotonic(), into=self.flushed if apart else self.timed)
         return said
 
     def _time_texts(self, said: list[Recognition], returned: float, *, own: int | None) -> None:
@@ -119,8 +123,9 @@ class ChunkTimer:
             self._with_text.add(chunk)
             self.texts.append((self._due[chunk], returned - self._due[chunk]))
 
-    def _settle(self, now: float) -> None:
+    def _settle(self, now: float, *, into: list[tuple[float, float]] | None = None) -> None:
         answered = self._counted.answered_chunks if self._counted is not None else 0
+        timed = self.timed if into is None else into
         while self._out and self._out[0][0] < answered:
             _, since = self._out.popleft()
-            self.timed.append((since, now - since))
+            timed.append((since, now - since))

@@ -72,6 +72,28 @@ def test_an_answer_between_calls_is_timed_to_the_collect_it_came_with_when_pushe
         assert stream.collections == 0
 
 
+@pytest.mark.parametrize("apart", [True, False], ids=["apart", "with-the-others"])
+def test_the_chunks_finish_answers_are_kept_apart_when_asked(apart: bool) -> None:
+    async def feed() -> ChunkTimer:
+        stream = ToldStream()
+        timer = ChunkTimer(stream, pushed=True)
+        chunk = np.zeros(320, dtype=np.float32)
+        await timer.accept(chunk)
+        stream.answer()
+        await timer.accept(chunk)  # returns the first chunk's answer; answered only by finish
+        await timer.accept(chunk, due=time.monotonic() - 0.5)  # the same, due 0.5 s ago
+        await timer.finish(apart=apart)
+        return timer
+
+    timer = asyncio.run(feed())
+    if apart:
+        assert len(timer.timed) == 1
+        (_, second), (_, third) = timer.flushed
+        assert third >= 0.5 > second
+    else:
+        assert (len(timer.timed), timer.flushed) == (3, [])
+
+
 class _TextOnSecondChunk(_SlowStream):
     """Answers in the call, as in process: text for its second chunk only."""
 
