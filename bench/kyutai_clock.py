@@ -19,12 +19,16 @@ the first one finished, so ramp-up and the end-of-stream flush are left out:
 * fill: the streams each step advanced over the live streams at that step, summed over the window's
   steps (clocked: the clock's own counters, for Triton read from its metrics endpoint; unclocked:
   the streams in each ``_step`` call over N);
-* chunk latency p50/p99/max: from ``accept`` called with the chunk to the return of the call that
-  brought its answer (client side, :mod:`bench.chunk_timing`), over every chunk sent in the
-  window: in process the same call; through Triton, whose client pipelines its requests, the same
-  call, a later one or ``finish``. A chunk that completes a frame waits for the next tick: the
-  clock adds at most one 80 ms period plus the step to it; chunks that complete none are answered
-  at once.
+* chunk latency p50/p99/max: from the chunk's real-time slot (its audio complete) to the return of
+  the call that brought its answer (client side, :mod:`bench.chunk_timing`), over every chunk due
+  in the window; answers are collected as they come, as the gateways take them: in process the
+  chunk's own call, through Triton (whose client pipelines its requests) that call or the collect
+  its stream's listener prompted. A chunk whose slot passed while its stream's previous call ran
+  is sent late (counted), and the wait is in its latency. A chunk that completes a frame waits
+  for the next tick, at most one 80 ms period, plus the step; one that completes none is answered
+  at once, unless it waits behind its stream's previous call. The chunks only the stream's
+  ``finish()`` answered (its last ones: their wait is the end-of-stream flush of the model's text
+  delay, not the clock's) are counted apart with their largest latency.
 
 Usage: ``python -m bench.kyutai_clock [--streams 16 64] [--seconds 12] [--chunk-ms 20]
 [--engines clocked unclocked triton]``. Writes ``bench/reports/kyutai_clock.md``.
@@ -80,6 +84,10 @@ class Row:
     live: float
     step_seconds: float
     latencies: list[float]
+    #: the latencies of the window's chunks that only the stream's ``finish()`` answered
+    flushed: list[float]
+    #: chunks sent after their real-time slot (the stream's previous call had not returned)
+    late: int
 
     @property
     def steps_per_frame(self) -> float:
@@ -163,24 +171,27 @@ async def one_stream(
     chunk_seconds: float,
     offset: float,
     window: Window,
-) -> list[tuple[float, float]]:
-    """Send ``audio`` in real time from ``offset``; return (sent at, latency) per chunk."""
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+    """Send ``audio`` in real time from ``offset``, each chunk once its audio is complete; return
+    (due at, latency) of the chunks answered before ``finish()``, the same of those it answered,
+    and the chunks sent late."""
     chunk = round(chunk_seconds * SAMPLE_RATE)
-    stream = ChunkTimer(recognizer.open_stream())
-    await asyncio.sleep(offset)
-    t0 = time.monotonic()
+    # Answers are collected as they come (pushed), as the gateways take them.
+    stream = ChunkTimer(recognizer.open_stream(), pushed=True)
+    t0 = time.monotonic() + offset
+    late = 0
     try:
         for k, start in enumerate(range(0, len(audio), chunk)):
-            delay = t0 + k * chunk_seconds - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await stream.accept(audio[start : start + chunk])
+            due = t0 + (k + 1) * chunk_seconds
+            if not await stream.until(due):
+                late += 1
+            await stream.accept(audio[start : start + chunk], due)
             if k == 0:
                 window.stream_started()
     finally:
         window.stream_ending()
-        await stream.finish()
-    return stream.timed
+        await stream.finish(apart=True)
+    return stream.timed, stream.flushed, late
 
 
 async def run_round(
@@ -207,17 +218,24 @@ async def run_round(
         )
     )
     assert window.at_close is not None
-    inside = [
-        latency
-        for chunks in timed
-        for sent, latency in chunks
-        if window.opened_at <= sent < window.closed_at
-    ]
+
+    def inside(chunks: list[tuple[float, float]]) -> list[float]:
+        return [latency for due, latency in chunks if window.opened_at <= due < window.closed_at]
+
     steps, advanced, live, seconds = (
         b - a for a, b in zip(window.at_open, window.at_close, strict=True)
     )
     return Row(
-        engine, streams, window.closed_at - window.opened_at, steps, advanced, live, seconds, inside
+        engine,
+        streams,
+        window.closed_at - window.opened_at,
+        steps,
+        advanced,
+        live,
+        seconds,
+        latencies=[latency for answered, _, _ in timed for latency in inside(answered)],
+        flushed=[latency for _, flushed, _ in timed for latency in inside(flushed)],
+        late=sum(late for _, _, late in timed),
     )
 
 
@@ -313,20 +331,21 @@ async def triton_rows(checkpoint: Path, args: argparse.Namespace) -> list[Row]:
 
 HEADER = (
     "| engine | streams | window s | steps per 80 ms of audio | steps per 80 ms of time "
-    "| fill % | mean step ms | steps' share of time % | chunks | chunk p50 ms | p99 ms "
-    "| max ms |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| fill % | mean step ms | steps' share of time % | chunks | late | chunk p50 ms | p99 ms "
+    "| max ms | answered by finish: chunks, max ms |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def row(r: Row) -> str:
     """One table row."""
     p50, p99, top = percentiles_ms(r.latencies, (50, 99, 100))
+    flushed = f"{len(r.flushed)}, {1000 * max(r.flushed):.1f}" if r.flushed else "0, -"
     return (
         f"| {r.engine} | {r.streams} | {r.window_seconds:.1f} | {r.steps_per_frame:.3f} "
         f"| {r.steps_per_tick:.3f} | {100 * r.fill:.1f} | {r.mean_step_ms:.1f} "
-        f"| {100 * r.busy:.0f} | {len(r.latencies)} | {p50:.1f} "
-        f"| {p99:.1f} | {top:.1f} |"
+        f"| {100 * r.busy:.0f} | {len(r.latencies)} | {r.late} | {p50:.1f} "
+        f"| {p99:.1f} | {top:.1f} | {flushed} |"
     )
 
 
@@ -364,11 +383,18 @@ def report(rows: Sequence[Row], args: argparse.Namespace, load: str) -> str:
         "* fill: streams advanced over live streams, summed over the window's steps "
         "(`earshot_engine_streams_advanced_total / earshot_engine_streams_live_total`; unclocked: "
         "the streams in each step over N);",
-        "* chunk latency: from `accept()` called with the chunk to the return of the call that "
-        "brought its answer (client side, `bench/chunk_timing.py`), chunks sent in the window: in "
-        "process the same call; through Triton, whose client pipelines its requests, the same "
-        "call, a later one or `finish()`. With the clock a chunk that completes a frame waits for "
-        "the next tick (at most 80 ms) plus the step; the others are answered at once.",
+        "* chunk latency: from the chunk's real-time slot (its audio complete) to the return of "
+        "the call that brought its answer (client side, `bench/chunk_timing.py`), chunks due in "
+        "the window, answers collected as they come (as the gateways take them): in process the "
+        "chunk's own call; through Triton that call or the collect its stream's listener "
+        "prompted. With the clock a chunk that completes a frame waits for the next tick (at most "
+        "80 ms) plus the step; the others are answered at once unless they wait behind their "
+        "stream's previous call;",
+        "* late: chunks whose slot passed while their stream's previous call ran (sent late; the "
+        "wait is in their latency);",
+        "* answered by finish: the window's chunks that only the stream's `finish()` answered "
+        "(its last ones; their wait is the end-of-stream flush of the model's text delay), kept "
+        "out of the latency columns, with the largest of their latencies.",
         "",
         "The tiny model's step costs milliseconds on CPU, so these figures show the scheduling "
         "(how many streams each step advances), not a real model's capacity: see "
