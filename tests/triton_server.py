@@ -217,6 +217,14 @@ def with_queue_delay(config: str, microseconds: int) -> str:
     )
 
 
+def with_instance_count(config: str, count: int) -> str:
+    """A ``config.pbtxt`` text whose instance group runs ``count`` instances."""
+    changed, n = re.subn(r"(instance_group\s*\[\s*\{\s*count:\s*)\d+", rf"\g<1>{count}", config)
+    if n != 1:
+        raise ValueError("the config has no single instance_group with a count to change")
+    return changed
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model to serve: a folder of ``model-repo/`` (or ``root``) under a name, with changed
@@ -227,6 +235,7 @@ class ModelSpec:
     name: str = ""
     idle_timeout_microseconds: int | None = None
     queue_delay_microseconds: int | None = None
+    instances: int | None = None
     root: Path = MODEL_REPO
 
     @property
@@ -273,6 +282,8 @@ def build_model_repository(target: Path, install: TritonInstall, models: list[Mo
                 config = with_idle_timeout(config, spec.idle_timeout_microseconds)
             if spec.queue_delay_microseconds is not None:
                 config = with_queue_delay(config, spec.queue_delay_microseconds)
+            if spec.instances is not None:
+                config = with_instance_count(config, spec.instances)
             path.write_text(with_parameters(config, parameters))
     return target
 

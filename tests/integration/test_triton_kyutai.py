@@ -25,6 +25,7 @@ RATE = kyutai.SAMPLE_RATE
 CHUNK = 4_800  # 200 ms
 MODEL = "kyutai_stt"
 SHORT_IDLE_MODEL = "kyutai_stt_short_idle"
+TWO_INSTANCES_MODEL = "kyutai_stt_two_instances"  # two instances of one batch slot each
 SLOTS = 16  # max_streams of model-repo/kyutai_stt/configs/cpu.pbtxt
 
 
@@ -56,6 +57,9 @@ def triton(
         triton_server.ModelSpec(MODEL, parameters),
         triton_server.ModelSpec(
             MODEL, parameters, name=SHORT_IDLE_MODEL, idle_timeout_microseconds=1_000_000
+        ),
+        triton_server.ModelSpec(
+            MODEL, {**parameters, "max_streams": "1"}, name=TWO_INSTANCES_MODEL, instances=2
         ),
     ]
     with triton_server.serving(
@@ -210,6 +214,29 @@ async def test_a_stream_beyond_the_models_batch_slots_is_refused_as_overloaded_a
         await streams[SLOTS].accept(talk(7)[:CHUNK])
     finally:
         for stream in streams[1:]:
+            await stream.finish()
+        await recognizer.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_stream_is_refused_only_once_the_slots_of_every_instance_are_taken(
+    triton: triton_server.TritonServer,
+) -> None:
+    # Triton's sequence batcher gives a new sequence a free batcher slot of either instance; each
+    # instance's decoder has one slot here. Were both streams put on one instance, the second would
+    # be refused while the other instance stood idle.
+    recognizer = TritonRecognizer(triton.grpc_url, engine="kyutai", model=TWO_INSTANCES_MODEL)
+    streams = [recognizer.open_stream() for _ in range(4)]
+    try:
+        for stream in streams[:2]:
+            await asyncio.wait_for(stream.accept(talk(9)[:CHUNK]), 10.0)
+        # refused while both slots are held: not queued until one frees (the guard only ends a hang)
+        with pytest.raises(EngineOverloaded, match="slots"):
+            await asyncio.wait_for(streams[2].accept(talk(9)[:CHUNK]), 10.0)
+        await streams[1].finish()  # a slot of one instance frees, whichever it is
+        await asyncio.wait_for(streams[3].accept(talk(9)[:CHUNK]), 10.0)
+    finally:
+        for stream in (streams[0], *streams[2:]):
             await stream.finish()
         await recognizer.aclose()
 
