@@ -86,7 +86,8 @@ class Row:
     latencies: list[float]
     #: the latencies of the window's chunks that only the stream's ``finish()`` answered
     flushed: list[float]
-    #: chunks sent after their real-time slot (the stream's previous call had not returned)
+    #: the window's chunks sent after their real-time slot (the stream's previous call had not
+    #: returned)
     late: int
 
     @property
@@ -171,20 +172,20 @@ async def one_stream(
     chunk_seconds: float,
     offset: float,
     window: Window,
-) -> tuple[list[tuple[float, float]], list[tuple[float, float]], int]:
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[float]]:
     """Send ``audio`` in real time from ``offset``, each chunk once its audio is complete; return
     (due at, latency) of the chunks answered before ``finish()``, the same of those it answered,
-    and the chunks sent late."""
+    and when the chunks sent late were due."""
     chunk = round(chunk_seconds * SAMPLE_RATE)
     # Answers are collected as they come (pushed), as the gateways take them.
     stream = ChunkTimer(recognizer.open_stream(), pushed=True)
     t0 = time.monotonic() + offset
-    late = 0
+    late: list[float] = []
     try:
         for k, start in enumerate(range(0, len(audio), chunk)):
             due = t0 + (k + 1) * chunk_seconds
             if not await stream.until(due):
-                late += 1
+                late.append(due)
             await stream.accept(audio[start : start + chunk], due)
             if k == 0:
                 window.stream_started()
@@ -219,8 +220,11 @@ async def run_round(
     )
     assert window.at_close is not None
 
+    def within(due: float) -> bool:
+        return window.opened_at <= due < window.closed_at
+
     def inside(chunks: list[tuple[float, float]]) -> list[float]:
-        return [latency for due, latency in chunks if window.opened_at <= due < window.closed_at]
+        return [latency for due, latency in chunks if within(due)]
 
     steps, advanced, live, seconds = (
         b - a for a, b in zip(window.at_open, window.at_close, strict=True)
@@ -235,7 +239,7 @@ async def run_round(
         seconds,
         latencies=[latency for answered, _, _ in timed for latency in inside(answered)],
         flushed=[latency for _, flushed, _ in timed for latency in inside(flushed)],
-        late=sum(late for _, _, late in timed),
+        late=sum(within(due) for _, _, late in timed for due in late),
     )
 
 
