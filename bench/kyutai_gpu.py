@@ -67,7 +67,7 @@ from earshot.events import Recognition
 
 REPORT = Path(__file__).parent / "reports" / "kyutai_gpu.md"
 RAMPS = {
-    # past what an H200 sustained (640-768): the ramp must not be what caps the figure
+    # past what an H200 sustained (640; 768 in one run of two): the ramp must not cap the figure
     "cuda": [1, 8, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024],
     "cpu": [1, 2, 4, 8, 16, 32, 64, 128, 256],
 }

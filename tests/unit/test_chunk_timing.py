@@ -94,6 +94,17 @@ def test_the_chunks_finish_answers_are_kept_apart_when_asked(apart: bool) -> Non
         assert (len(timer.timed), timer.flushed) == (3, [])
 
 
+def test_a_wait_for_a_slot_already_past_says_the_chunk_goes_late() -> None:
+    async def feed() -> tuple[bool, bool]:
+        timer = ChunkTimer(_SlowStream())
+        late = await timer.until(time.monotonic() - 0.01)
+        return late, await timer.until(time.monotonic() + 0.01)
+
+    in_time_for_past_slot, in_time_for_next_slot = asyncio.run(feed())
+    assert not in_time_for_past_slot
+    assert in_time_for_next_slot
+
+
 class _TextOnSecondChunk(_SlowStream):
     """Answers in the call, as in process: text for its second chunk only."""
 
