@@ -33,6 +33,7 @@ TEST_TOOLS = ("pytest", "pytest-asyncio")
 #: Unit test modules that need the kyutai extra, or that check the development venv itself.
 LEFT_OUT = (
     "test_kyutai_",
+    "test_bench_figures",  # the Kyutai benchmarks import torch
     "test_decoding_clock",
     "test_frame_gathering",
     "test_session_language",
